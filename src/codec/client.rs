@@ -1,0 +1,221 @@
+//! The client protocol: hand-derived prost messages that mirror
+//! `proto/doozer.proto` (so no `protoc` is needed; `tests/wire.rs` checks the two
+//! agree) and the length-prefixed framing.
+//!
+//! prost's own `encode_length_delimited` writes a varint prefix, which is not
+//! doozer's framing: frames here are a 4-byte big-endian length read as a signed
+//! number, then the message.
+
+use futures::{AsyncRead, AsyncReadExt};
+use prost::Message;
+
+use crate::error::{ErrCode, ReplyError};
+
+/// The `Request.Verb` enum of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Verb {
+    Get = 1,
+    Set = 2,
+    Del = 3,
+    Rev = 5,
+    Wait = 6,
+    Nop = 7,
+    Walk = 9,
+    Getdir = 14,
+    Stat = 16,
+    SelfId = 20,
+    Access = 99,
+}
+
+/// Client → server message. Every field is optional, as in proto2; an unknown
+/// verb number is kept as a number and answered `UNKNOWN_VERB`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Request {
+    #[prost(int32, optional, tag = "1")]
+    pub tag: Option<i32>,
+    #[prost(enumeration = "Verb", optional, tag = "2")]
+    pub verb: Option<i32>,
+    #[prost(string, optional, tag = "4")]
+    pub path: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    pub value: Option<Vec<u8>>,
+    #[prost(int32, optional, tag = "6")]
+    pub other_tag: Option<i32>,
+    #[prost(int32, optional, tag = "7")]
+    pub offset: Option<i32>,
+    #[prost(int64, optional, tag = "9")]
+    pub rev: Option<i64>,
+}
+
+/// Server → client message.
+#[derive(Clone, PartialEq, Message)]
+pub struct Response {
+    #[prost(int32, optional, tag = "1")]
+    pub tag: Option<i32>,
+    #[prost(int32, optional, tag = "2")]
+    pub flags: Option<i32>,
+    #[prost(int64, optional, tag = "3")]
+    pub rev: Option<i64>,
+    #[prost(string, optional, tag = "5")]
+    pub path: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "6")]
+    pub value: Option<Vec<u8>>,
+    #[prost(int32, optional, tag = "8")]
+    pub len: Option<i32>,
+    #[prost(int32, optional, tag = "100")]
+    pub err_code: Option<i32>,
+    #[prost(string, optional, tag = "101")]
+    pub err_detail: Option<String>,
+}
+
+impl Response {
+    /// An error reply for `tag`, with the detail only for `OTHER`.
+    pub fn error(tag: Option<i32>, err: &ReplyError) -> Response {
+        Response {
+            tag,
+            err_code: Some(err.code as i32),
+            err_detail: err.detail.clone(),
+            ..Response::default()
+        }
+    }
+
+    /// The reply's error, if it carries one.
+    pub fn reply_error(&self) -> Option<ReplyError> {
+        let code = self.err_code?;
+        let code = ErrCode::from_wire(code).unwrap_or(ErrCode::Other);
+        Some(ReplyError {
+            code,
+            detail: self.err_detail.clone(),
+        })
+    }
+}
+
+/// Flags of a WAIT or WALK reply (reference §2.6).
+pub mod flags {
+    pub const NOP: i32 = 0;
+    pub const SET: i32 = 4;
+    pub const DEL: i32 = 8;
+}
+
+/// Bytes of the length header.
+pub const HEADER_BYTES: usize = 4;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame length {0} is negative")]
+    NegativeLength(i32),
+    #[error("frame length {len} exceeds the limit of {max} bytes")]
+    TooLong { len: usize, max: usize },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("undecodable message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `msg` as one frame (header and body in a single buffer, so one
+/// write puts the whole frame on the wire).
+pub fn encode_frame<M: Message>(msg: &M) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut out = Vec::with_capacity(HEADER_BYTES + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut out).expect("a Vec grows as needed");
+    out
+}
+
+/// Checks a frame header: the length it announces, or why it is refused.
+/// Checked before anything is allocated for the body.
+pub fn frame_len(header: [u8; HEADER_BYTES], max_frame_bytes: usize) -> Result<usize, FrameError> {
+    let len = i32::from_be_bytes(header);
+    if len < 0 {
+        return Err(FrameError::NegativeLength(len));
+    }
+    let len = len as usize;
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLong {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    Ok(len)
+}
+
+/// Reads one frame's body. `Ok(None)` is a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_bytes: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; HEADER_BYTES];
+    let mut got = 0;
+    while got < HEADER_BYTES {
+        let n = reader.read(&mut header[got..]).await?;
+        if n == 0 {
+            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+        }
+        got += n;
+    }
+    let len = frame_len(header, max_frame_bytes)?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+/// Reads and decodes one message frame.
+pub async fn read_message<M: Message + Default, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_bytes: usize,
+) -> Result<Option<M>, FrameError> {
+    match read_frame(reader, max_frame_bytes).await? {
+        None => Ok(None),
+        Some(body) => Ok(Some(M::decode(body.as_slice())?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks() {
+        assert_eq!(frame_len([0, 0, 0, 8], 100).unwrap(), 8);
+        assert!(matches!(frame_len([0xff, 0xff, 0xff, 0xff], 100), Err(FrameError::NegativeLength(-1))));
+        assert!(matches!(frame_len([0, 0, 1, 0], 100), Err(FrameError::TooLong { len: 256, .. })));
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let req = Request {
+            tag: Some(3),
+            verb: Some(Verb::Set as i32),
+            path: Some("/a".into()),
+            value: Some(b"x".to_vec()),
+            rev: Some(-1),
+            ..Request::default()
+        };
+        let frame = encode_frame(&req);
+        let mut reader = futures::io::Cursor::new(frame);
+        let back: Request = futures::executor::block_on(read_message(&mut reader, 1024)).unwrap().unwrap();
+        assert_eq!(back, req);
+        let end: Option<Request> = futures::executor::block_on(read_message(&mut reader, 1024)).unwrap();
+        assert!(end.is_none());
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let mut reader = futures::io::Cursor::new(vec![0, 0, 0, 9, 1, 2]);
+        let got = futures::executor::block_on(read_frame(&mut reader, 1024));
+        assert!(matches!(got, Err(FrameError::Truncated)));
+        let mut reader = futures::io::Cursor::new(vec![0, 0]);
+        let got = futures::executor::block_on(read_frame(&mut reader, 1024));
+        assert!(matches!(got, Err(FrameError::Truncated)));
+    }
+}

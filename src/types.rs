@@ -1,0 +1,260 @@
+//! Validated value types shared by every layer.
+//!
+//! Requests arrive as loose protobuf fields; they are turned into these types at
+//! the edge so that the core and the store never see an unchecked path, a
+//! sentinel rev or a raw node id string.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A store revision: the number of the consensus slot that produced it.
+///
+/// Revs are consecutive from 1; rev 0 is the empty store before any slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Rev(pub i64);
+
+impl Rev {
+    /// The empty store's rev, and the file rev reported for an absent path.
+    pub const ZERO: Rev = Rev(0);
+
+    pub fn next(self) -> Rev {
+        Rev(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Rev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The rev sentinels of the wire protocol (reference §2.5).
+pub mod sentinel {
+    /// The path is absent (also: "create only" on SET).
+    pub const MISSING: i64 = 0;
+    /// Unconditional write.
+    pub const CLOBBER: i64 = -1;
+    /// The path is a directory.
+    pub const DIR: i64 = -2;
+}
+
+/// The precondition of a SET or DEL, checked when the slot is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RevCheck {
+    /// `-1`: write whatever the path holds now (a directory still fails).
+    Clobber,
+    /// Any other number: the write succeeds when it is `>= ` the path's current
+    /// rev (0 for absent, -2 for a directory, the file rev otherwise). So `0`
+    /// means "create only", a file's rev means "unchanged since", and values
+    /// `<= -2` can never match a file or an absent path.
+    NotOlderThan(i64),
+}
+
+impl RevCheck {
+    pub fn from_wire(rev: i64) -> RevCheck {
+        if rev == sentinel::CLOBBER {
+            RevCheck::Clobber
+        } else {
+            RevCheck::NotOlderThan(rev)
+        }
+    }
+
+    pub fn to_wire(self) -> i64 {
+        match self {
+            RevCheck::Clobber => sentinel::CLOBBER,
+            RevCheck::NotOlderThan(r) => r,
+        }
+    }
+
+    /// Whether a write may proceed over a path whose current rev is `current`
+    /// (in the sentinel encoding: 0 absent, -2 directory).
+    pub fn admits(self, current: i64) -> bool {
+        match self {
+            RevCheck::Clobber => true,
+            RevCheck::NotOlderThan(r) => r >= current,
+        }
+    }
+}
+
+/// Why a string is not a valid path or glob.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("bad path")]
+    BadPath,
+    #[error("invalid glob pattern: {0}")]
+    BadGlob(String),
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'-'
+}
+
+/// A store path: `/`, or `/`-separated non-empty components of ASCII letters,
+/// digits, `.` and `-` (reference §3.1). Cheap to clone.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Path(Arc<str>);
+
+impl Path {
+    pub fn root() -> Path {
+        Path(Arc::from("/"))
+    }
+
+    pub fn parse(text: &str) -> Result<Path, PathError> {
+        if Self::is_valid(text) {
+            Ok(Path(Arc::from(text)))
+        } else {
+            Err(PathError::BadPath)
+        }
+    }
+
+    /// The check of reference §3.1: `^/$|^(/[a-zA-Z0-9.\-]+)+$`.
+    pub fn is_valid(text: &str) -> bool {
+        if text == "/" {
+            return true;
+        }
+        let Some(rest) = text.strip_prefix('/') else {
+            return false;
+        };
+        rest.split('/')
+            .all(|name| !name.is_empty() && name.bytes().all(is_name_byte))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        &*self.0 == "/"
+    }
+
+    /// The components below the root, in order (none for `/`).
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|c| !c.is_empty())
+    }
+
+    /// The path of `name` inside this directory.
+    pub fn join(&self, name: &str) -> Result<Path, PathError> {
+        let text = if self.is_root() {
+            format!("/{name}")
+        } else {
+            format!("{}/{name}", self.0)
+        };
+        Path::parse(&text)
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Path({:?})", &*self.0)
+    }
+}
+
+impl AsRef<str> for Path {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A node's identity: 80 random bits as 16 characters of RFC 4648 base32.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
+
+const BASE32_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+impl NodeId {
+    /// Encodes 10 bytes (80 bits) as 16 base32 characters, no padding.
+    pub fn from_bytes(bytes: [u8; 10]) -> NodeId {
+        let mut bits: u128 = 0;
+        for b in bytes {
+            bits = (bits << 8) | u128::from(b);
+        }
+        let text: String = (0..16)
+            .map(|i| {
+                let shift = 75 - 5 * i;
+                BASE32_ALPHABET[((bits >> shift) & 31) as usize] as char
+            })
+            .collect();
+        NodeId(Arc::from(text))
+    }
+
+    /// Accepts any 16-character base32 string (as another node would write it).
+    pub fn parse(text: &str) -> Option<NodeId> {
+        let ok = text.len() == 16 && text.bytes().all(|b| BASE32_ALPHABET.contains(&b));
+        ok.then(|| NodeId(Arc::from(text)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", &*self.0)
+    }
+}
+
+/// A file body. Shared, never copied on the way from the store to a reply.
+pub type Body = Arc<[u8]>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_syntax_follows_reference() {
+        for ok in ["/", "/a", "/a/b", "/a.b-c/..", "/ctl/node/ABC/addr", "/A9"] {
+            assert!(Path::is_valid(ok), "{ok}");
+        }
+        for bad in ["", "a", "/a/", "//", "/a//b", "/a b", "/a_b", "/é", "/a:b", "/a=b", "/*"] {
+            assert!(!Path::is_valid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_components_and_join() {
+        let p = Path::parse("/a/b").unwrap();
+        assert_eq!(p.components().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(Path::root().components().count(), 0);
+        assert_eq!(Path::root().join("x").unwrap().as_str(), "/x");
+        assert_eq!(p.join("c").unwrap().as_str(), "/a/b/c");
+        assert!(p.join("c/").is_err());
+    }
+
+    #[test]
+    fn rev_check_matches_reference_table() {
+        // cur: 0 absent, -2 directory, 5 a file at rev 5.
+        let admits = |wire: i64, cur: i64| RevCheck::from_wire(wire).admits(cur);
+        assert!(admits(-1, 0) && admits(-1, 5) && admits(-1, -2));
+        assert!(admits(0, 0) && !admits(0, 5));
+        assert!(admits(5, 5) && admits(6, 5) && !admits(4, 5) && admits(1, 0));
+        assert!(!admits(-2, 0) && !admits(-2, 5) && admits(-2, -2) && !admits(-3, -2));
+        assert_eq!(RevCheck::from_wire(-1), RevCheck::Clobber);
+        assert_eq!(RevCheck::from_wire(7).to_wire(), 7);
+    }
+
+    #[test]
+    fn node_id_is_16_base32_chars() {
+        let id = NodeId::from_bytes([0; 10]);
+        assert_eq!(id.as_str(), "AAAAAAAAAAAAAAAA");
+        let id = NodeId::from_bytes([0xff; 10]);
+        assert_eq!(id.as_str(), "7777777777777777");
+        // 0x00..0x09: RFC 4648 encodes 00 01 02 03 04 as "AAAQEAYE".
+        let id = NodeId::from_bytes([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(&id.as_str()[..8], "AAAQEAYE");
+        assert!(NodeId::parse(id.as_str()).is_some());
+        assert!(NodeId::parse("abc").is_none());
+    }
+}

@@ -2,6 +2,11 @@
 //! important data, wire-compatible with the original doozer.
 
 pub mod codec;
+pub mod config;
+pub mod core;
 pub mod error;
+pub mod paxos;
 pub mod runtime;
+pub mod session;
+pub mod store;
 pub mod types;

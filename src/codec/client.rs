@@ -9,7 +9,9 @@
 use futures::{AsyncRead, AsyncReadExt};
 use prost::Message;
 
+use crate::core::{Outcome, Reply};
 use crate::error::{ErrCode, ReplyError};
+use crate::store::EventKind;
 
 /// The `Request.Verb` enum of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -91,6 +93,47 @@ impl Response {
     }
 }
 
+/// The frame for the core's answer to the request tagged `tag`.
+pub fn response(tag: Option<i32>, outcome: &Outcome) -> Response {
+    let reply = match outcome {
+        Ok(reply) => reply,
+        Err(err) => return Response::error(tag, err),
+    };
+    let mut r = Response {
+        tag,
+        ..Response::default()
+    };
+    match reply {
+        Reply::Done => {}
+        Reply::Rev(rev) => r.rev = Some(rev.0),
+        Reply::Value { rev, body } => {
+            r.rev = Some(rev.0);
+            r.value = Some(body.to_vec());
+        }
+        Reply::Event {
+            path,
+            rev,
+            body,
+            kind,
+        } => {
+            r.flags = Some(match kind {
+                EventKind::Set => flags::SET,
+                EventKind::Del => flags::DEL,
+                EventKind::Nop => flags::NOP,
+            });
+            r.rev = Some(rev.0);
+            r.path = Some(path.to_string());
+            r.value = Some(body.to_vec());
+        }
+        Reply::Name(name) => r.path = Some(name.clone()),
+        Reply::Stat { len, rev } => {
+            r.rev = Some(*rev);
+            r.len = Some((*len).clamp(0, i64::from(i32::MAX)) as i32);
+        }
+    }
+    r
+}
+
 /// Flags of a WAIT or WALK reply (reference §2.6).
 pub mod flags {
     pub const NOP: i32 = 0;
@@ -119,11 +162,17 @@ pub enum FrameError {
 /// Encodes `msg` as one frame (header and body in a single buffer, so one
 /// write puts the whole frame on the wire).
 pub fn encode_frame<M: Message>(msg: &M) -> Vec<u8> {
-    let len = msg.encoded_len();
-    let mut out = Vec::with_capacity(HEADER_BYTES + len);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    msg.encode(&mut out).expect("a Vec grows as needed");
+    let mut out = Vec::with_capacity(HEADER_BYTES + msg.encoded_len());
+    encode_frame_into(msg, &mut out);
     out
+}
+
+/// Appends `msg` as one frame to `out`.
+pub fn encode_frame_into<M: Message>(msg: &M, out: &mut Vec<u8>) {
+    let len = msg.encoded_len();
+    out.reserve(HEADER_BYTES + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(out).expect("a Vec grows as needed");
 }
 
 /// Checks a frame header: the length it announces, or why it is refused.

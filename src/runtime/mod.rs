@@ -1,3 +1,7 @@
 //! The process around the core: the event loop thread and the network edges.
+//! async-std is named only in [`rt`].
 
+pub mod client_conn;
+pub mod event_loop;
 pub mod rt;
+pub mod server;

@@ -1,0 +1,252 @@
+//! Every setting and limit of a `doozerd`, in one place, checked once.
+//!
+//! Each bound on memory (frames, values, requests in flight, queues, history)
+//! lives here so that an overflow anywhere has one documented number behind it.
+
+use std::time::Duration;
+
+use crate::core::CoreConfig;
+use crate::paxos;
+use crate::session::{Secrets, SessionLimits};
+
+/// Where the web view listens (`-w`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebSetting {
+    /// The `-l` host, port 8000.
+    Default,
+    /// `-w false` (or any boolean-looking value, as the original).
+    Off,
+    Addr(String),
+}
+
+/// Bounds on what clients can make the server hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest client frame accepted; a longer header closes the connection
+    /// before anything is allocated.
+    pub max_frame_bytes: usize,
+    /// Largest file body; larger SETs get `OTHER value too large`.
+    pub max_value_bytes: usize,
+    /// Requests one connection may have unanswered (WAITs included).
+    pub max_in_flight_per_conn: usize,
+    /// Open client connections; more are refused at accept.
+    pub max_connections: usize,
+    /// Inputs queued for the core; when full, clients get `OTHER busy`.
+    pub inbox_capacity: usize,
+    /// Replies queued for one connection; a client that lets it fill (it
+    /// stopped reading) is disconnected.
+    pub outbox_capacity: usize,
+    /// Writes proposed on this node and not applied yet.
+    pub max_pending_writes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 4 << 20,
+            max_value_bytes: 1 << 20,
+            max_in_flight_per_conn: 4096,
+            max_connections: 10_000,
+            inbox_capacity: 65_536,
+            outbox_capacity: 8192,
+            max_pending_writes: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `-l`: client (and later peer) address, and this node's identity.
+    pub listen: String,
+    /// `-a`: addresses to attach to.
+    pub attach: Vec<String>,
+    /// `-b` / `DOOZER_BOOT_URI`.
+    pub boot_uri: Option<String>,
+    /// `-c`.
+    pub cluster_name: String,
+    /// `-w`.
+    pub web: WebSetting,
+    /// `-pulse`: seconds between `applied` writes.
+    pub pulse: Duration,
+    /// `-fill`: kept for compatibility; the stable-leader engine fills holes
+    /// at election time instead of after a delay.
+    pub fill: Duration,
+    /// `-timeout`: a node unheard of for this long is removed.
+    pub timeout: Duration,
+    /// `-hist`: revisions of history kept readable.
+    pub history_revs: usize,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// The core's unit of time.
+    pub tick: Duration,
+    /// Slots a leader may run past the commit point (the original's alpha).
+    pub alpha: usize,
+    pub limits: Limits,
+    pub secrets: Secrets,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8046".into(),
+            attach: Vec::new(),
+            boot_uri: None,
+            cluster_name: "local".into(),
+            web: WebSetting::Default,
+            pulse: Duration::from_secs(1),
+            fill: Duration::from_millis(100),
+            timeout: Duration::from_secs(60),
+            history_revs: 2000,
+            tls_cert: None,
+            tls_key: None,
+            tick: Duration::from_millis(10),
+            alpha: 1000,
+            limits: Limits::default(),
+            secrets: Secrets::default(),
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("require a listen address")]
+    NoListenAddress,
+    #[error("-hist must be at least 1")]
+    NoHistory,
+    #[error("-{0} must be a positive number of seconds")]
+    BadDuration(&'static str),
+    #[error("need both cert file and key file")]
+    HalfTls,
+    #[error("TLS for client connections is not supported yet (-tlscert/-tlskey)")]
+    TlsUnsupported,
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+    #[error("the frame limit ({frame} bytes) must leave room for a value of {value} bytes")]
+    FrameSmallerThanValue { frame: usize, value: usize },
+    #[error("the frame limit must stay below 1 GiB")]
+    FrameTooLarge,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::NoListenAddress);
+        }
+        if self.history_revs == 0 {
+            return Err(ConfigError::NoHistory);
+        }
+        for (name, d) in [("pulse", self.pulse), ("timeout", self.timeout), ("tick", self.tick)] {
+            if d.is_zero() {
+                return Err(ConfigError::BadDuration(name));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {}
+            (Some(_), Some(_)) => return Err(ConfigError::TlsUnsupported),
+            _ => return Err(ConfigError::HalfTls),
+        }
+        let l = &self.limits;
+        for (name, n) in [
+            ("max_value_bytes", l.max_value_bytes),
+            ("max_in_flight_per_conn", l.max_in_flight_per_conn),
+            ("max_connections", l.max_connections),
+            ("inbox_capacity", l.inbox_capacity),
+            ("outbox_capacity", l.outbox_capacity),
+            ("max_pending_writes", l.max_pending_writes),
+            ("alpha", self.alpha),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
+        // A SET frame carries the value plus the path and a few small fields.
+        if l.max_frame_bytes < l.max_value_bytes + 64 * 1024 {
+            return Err(ConfigError::FrameSmallerThanValue {
+                frame: l.max_frame_bytes,
+                value: l.max_value_bytes,
+            });
+        }
+        if l.max_frame_bytes >= 1 << 30 {
+            return Err(ConfigError::FrameTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Ticks in `d`, at least one.
+    pub fn ticks(&self, d: Duration) -> u64 {
+        (d.as_nanos() / self.tick.as_nanos().max(1)).max(1) as u64
+    }
+
+    pub fn core_config(&self, seed: u64) -> CoreConfig {
+        CoreConfig {
+            history_revs: self.history_revs,
+            pulse_ticks: self.ticks(self.pulse),
+            max_value_bytes: self.limits.max_value_bytes,
+            max_pending_writes: self.limits.max_pending_writes,
+            paxos: paxos::Settings {
+                window: self.alpha,
+                ..paxos::Settings::default()
+            },
+            seed,
+        }
+    }
+
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_in_flight: self.limits.max_in_flight_per_conn,
+            max_value_bytes: self.limits.max_value_bytes,
+        }
+    }
+
+    /// The web view's address, if it is on.
+    pub fn web_addr(&self) -> Option<String> {
+        match &self.web {
+            WebSetting::Off => None,
+            WebSetting::Addr(addr) => Some(addr.clone()),
+            WebSetting::Default => {
+                let host = self.listen.rsplit_once(':').map_or(self.listen.as_str(), |(h, _)| h);
+                Some(format!("{host}:8000"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_match_the_reference() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8046");
+        assert_eq!(c.cluster_name, "local");
+        assert_eq!(c.history_revs, 2000);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert_eq!(c.web_addr().as_deref(), Some("127.0.0.1:8000"));
+        assert_eq!(c.core_config(1).pulse_ticks, 100);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let c = Config {
+            listen: String::new(),
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::NoListenAddress));
+        let c = Config {
+            tls_cert: Some("c".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::HalfTls));
+        let mut c = Config::default();
+        c.limits.max_frame_bytes = 1024;
+        assert!(matches!(c.validate(), Err(ConfigError::FrameSmallerThanValue { .. })));
+        let c = Config {
+            history_revs: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::NoHistory));
+    }
+}

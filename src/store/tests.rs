@@ -1,0 +1,456 @@
+use super::*;
+
+fn p(s: &str) -> Path {
+    Path::parse(s).unwrap()
+}
+
+fn b(s: &str) -> Body {
+    Arc::from(s.as_bytes())
+}
+
+fn g(s: &str) -> Glob {
+    Glob::parse(s).unwrap()
+}
+
+fn set(path: &str, rev: i64, body: &str) -> Mutation {
+    Mutation::Set {
+        path: p(path),
+        check: RevCheck::from_wire(rev),
+        body: b(body),
+    }
+}
+
+fn del(path: &str, rev: i64) -> Mutation {
+    Mutation::Del {
+        path: p(path),
+        check: RevCheck::from_wire(rev),
+    }
+}
+
+fn file(s: &Store, path: &str) -> Option<(i64, String)> {
+    match s.current().entry(&p(path)) {
+        Entry::File { rev, body } => Some((rev.0, String::from_utf8(body.to_vec()).unwrap())),
+        _ => None,
+    }
+}
+
+/// Applies and returns the error, asserting the event's shape on the way.
+fn run(s: &mut Store, m: &Mutation) -> Result<(), ApplyError> {
+    let ev = s.apply(m);
+    assert_eq!(ev.rev, s.rev());
+    assert_eq!(s.event_at(ev.rev), Some(&ev));
+    match ev.error {
+        Some(e) => {
+            assert_eq!(ev.path.as_str(), "/ctl/err");
+            assert_eq!(ev.kind, EventKind::Set);
+            assert_eq!(&*ev.body, e.to_string().as_bytes());
+            assert_eq!(file(s, "/ctl/err"), Some((ev.rev.0, e.to_string())));
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+/// A store with a file `/f` at rev 1 and a directory `/d` (holding `/d/x` at rev 2).
+fn fixture() -> Store {
+    let mut s = Store::new(100);
+    run(&mut s, &set("/f", -1, "F")).unwrap();
+    run(&mut s, &set("/d/x", -1, "X")).unwrap();
+    s
+}
+
+#[test]
+fn rev_table_for_set() {
+    use ApplyError::*;
+    // (request rev, on absent, on file at rev 1, on directory)
+    let table: &[(
+        i64,
+        Result<(), ApplyError>,
+        Result<(), ApplyError>,
+        Result<(), ApplyError>,
+    )] = &[
+        (-1, Ok(()), Ok(()), Err(IsDir)),
+        (0, Ok(()), Err(RevMismatch), Err(IsDir)),
+        (1, Ok(()), Ok(()), Err(IsDir)),
+        (100, Ok(()), Ok(()), Err(IsDir)),
+        (-2, Err(RevMismatch), Err(RevMismatch), Err(IsDir)),
+        (-3, Err(RevMismatch), Err(RevMismatch), Err(RevMismatch)),
+        (
+            i64::MIN,
+            Err(RevMismatch),
+            Err(RevMismatch),
+            Err(RevMismatch),
+        ),
+    ];
+    for &(rev, absent, on_file, on_dir) in table {
+        let mut s = fixture();
+        assert_eq!(
+            run(&mut s, &set("/new", rev, "v")),
+            absent,
+            "set absent rev {rev}"
+        );
+        if absent.is_ok() {
+            assert_eq!(file(&s, "/new"), Some((3, "v".into())));
+        } else {
+            assert_eq!(file(&s, "/new"), None);
+        }
+        let mut s = fixture();
+        assert_eq!(
+            run(&mut s, &set("/f", rev, "v")),
+            on_file,
+            "set file rev {rev}"
+        );
+        let expect = if on_file.is_ok() { (3, "v") } else { (1, "F") };
+        assert_eq!(file(&s, "/f"), Some((expect.0, expect.1.into())));
+        let mut s = fixture();
+        assert_eq!(
+            run(&mut s, &set("/d", rev, "v")),
+            on_dir,
+            "set dir rev {rev}"
+        );
+        assert_eq!(s.current().entry(&p("/d")), Entry::Dir { len: 1 });
+    }
+    // A file at rev 2: rev 1 is stale.
+    let mut s = fixture();
+    assert_eq!(run(&mut s, &set("/d/x", 1, "v")), Err(RevMismatch));
+    assert_eq!(run(&mut s, &set("/d/x", 2, "v")), Ok(()));
+    assert_eq!(file(&s, "/d/x"), Some((4, "v".into())));
+}
+
+#[test]
+fn rev_table_for_del() {
+    use ApplyError::*;
+    let table: &[(
+        i64,
+        Result<(), ApplyError>,
+        Result<(), ApplyError>,
+        Result<(), ApplyError>,
+    )] = &[
+        (-1, Ok(()), Ok(()), Err(IsDir)),
+        (0, Ok(()), Err(RevMismatch), Err(IsDir)),
+        (1, Ok(()), Ok(()), Err(IsDir)),
+        (100, Ok(()), Ok(()), Err(IsDir)),
+        (-2, Err(RevMismatch), Err(RevMismatch), Err(IsDir)),
+        (-3, Err(RevMismatch), Err(RevMismatch), Err(RevMismatch)),
+    ];
+    for &(rev, absent, on_file, on_dir) in table {
+        let mut s = fixture();
+        let before = s.current().files();
+        let ev = s.apply(&del("/new", rev));
+        assert_eq!(ev.error, absent.err(), "del absent rev {rev}");
+        if absent.is_ok() {
+            assert_eq!(ev.kind, EventKind::Del);
+            assert_eq!(ev.path.as_str(), "/new");
+            assert!(ev.body.is_empty());
+            assert_eq!(s.current().files(), before);
+        }
+        let mut s = fixture();
+        assert_eq!(run(&mut s, &del("/f", rev)), on_file, "del file rev {rev}");
+        assert_eq!(file(&s, "/f").is_none(), on_file.is_ok());
+        let mut s = fixture();
+        assert_eq!(run(&mut s, &del("/d", rev)), on_dir, "del dir rev {rev}");
+        assert_eq!(file(&s, "/d/x"), Some((2, "X".into())));
+    }
+}
+
+#[test]
+fn root_is_a_directory() {
+    let mut s = Store::new(10);
+    assert_eq!(s.current().entry(&Path::root()), Entry::Dir { len: 0 });
+    assert_eq!(run(&mut s, &set("/", -1, "x")), Err(ApplyError::IsDir));
+    assert_eq!(run(&mut s, &set("/", 0, "x")), Err(ApplyError::IsDir));
+    assert_eq!(run(&mut s, &del("/", -1)), Err(ApplyError::IsDir));
+    assert_eq!(run(&mut s, &del("/", -3)), Err(ApplyError::RevMismatch));
+    // /ctl/err was written by the failures: the root holds /ctl.
+    assert_eq!(s.current().entry(&Path::root()), Entry::Dir { len: 1 });
+}
+
+#[test]
+fn set_below_a_file_is_notdir_before_the_rev_check() {
+    let mut s = fixture();
+    assert_eq!(run(&mut s, &set("/f/x", -1, "v")), Err(ApplyError::NotDir));
+    assert_eq!(run(&mut s, &set("/f/x/y", 0, "v")), Err(ApplyError::NotDir));
+    // NotDir wins over a failing rev check.
+    assert_eq!(run(&mut s, &set("/f/x", -5, "v")), Err(ApplyError::NotDir));
+    assert_eq!(file(&s, "/f"), Some((1, "F".into())));
+}
+
+#[test]
+fn del_below_a_file_leaves_the_file() {
+    let mut s = fixture();
+    let ev = s.apply(&del("/f/x", -1));
+    assert_eq!(
+        (ev.kind, ev.error, ev.path.as_str()),
+        (EventKind::Del, None, "/f/x")
+    );
+    assert_eq!(file(&s, "/f"), Some((1, "F".into())));
+    assert_eq!(run(&mut s, &del("/f/x/y", 0)), Ok(()));
+    assert_eq!(run(&mut s, &del("/f/x", 7)), Ok(()));
+    // Treated as absent: cur = 0, so -2 fails.
+    assert_eq!(run(&mut s, &del("/f/x", -2)), Err(ApplyError::RevMismatch));
+    assert_eq!(file(&s, "/f"), Some((1, "F".into())));
+}
+
+#[test]
+fn implicit_directories_and_pruning() {
+    let mut s = Store::new(10);
+    run(&mut s, &set("/a/b/c/d", 0, "1")).unwrap();
+    run(&mut s, &set("/a/x", 0, "2")).unwrap();
+    let snap = s.current().clone();
+    assert_eq!(snap.entry(&p("/a")), Entry::Dir { len: 2 });
+    assert_eq!(snap.entry(&p("/a/b")), Entry::Dir { len: 1 });
+    assert_eq!(snap.entry(&p("/a/b/c")), Entry::Dir { len: 1 });
+    run(&mut s, &del("/a/b/c/d", -1)).unwrap();
+    assert_eq!(s.current().entry(&p("/a/b")), Entry::Absent);
+    assert_eq!(s.current().entry(&p("/a/b/c")), Entry::Absent);
+    assert_eq!(s.current().entry(&p("/a")), Entry::Dir { len: 1 });
+    run(&mut s, &del("/a/x", -1)).unwrap();
+    assert_eq!(s.current().entry(&p("/a")), Entry::Absent);
+    assert_eq!(s.current().entry(&Path::root()), Entry::Dir { len: 0 });
+    assert!(s.current().files().is_empty());
+    // The old snapshot is untouched.
+    assert_eq!(
+        snap.entry(&p("/a/b/c/d")),
+        Entry::File {
+            rev: Rev(1),
+            body: b("1")
+        }
+    );
+    assert_eq!(s.snapshot_at(Rev(2)).unwrap(), snap);
+}
+
+#[test]
+fn failures_write_ctl_err_even_over_obstacles() {
+    let mut s = Store::new(10);
+    run(&mut s, &set("/ctl/err/x", 0, "in the way")).unwrap();
+    // /ctl/err is a directory: the forced write replaces it with a file.
+    assert_eq!(run(&mut s, &set("/", -1, "")), Err(ApplyError::IsDir));
+    assert_eq!(file(&s, "/ctl/err/x"), None);
+    // /ctl a file: replaced by a directory holding err.
+    let mut s = Store::new(10);
+    run(&mut s, &set("/ctl", 0, "file")).unwrap();
+    assert_eq!(
+        run(&mut s, &set("/x", -2, "")),
+        Err(ApplyError::RevMismatch)
+    );
+    assert_eq!(s.current().entry(&p("/ctl")), Entry::Dir { len: 1 });
+    assert_eq!(file(&s, "/ctl/err"), Some((2, "rev mismatch".into())));
+    // Error texts are the original's.
+    assert_eq!(ApplyError::NotDir.to_string(), "not a directory");
+    assert_eq!(ApplyError::IsDir.code(), ErrCode::IsDir);
+    assert_eq!(ApplyError::NotDir.code(), ErrCode::NotDir);
+    assert_eq!(ApplyError::RevMismatch.code(), ErrCode::RevMismatch);
+}
+
+#[test]
+fn nop_event() {
+    let mut s = fixture();
+    let before = s.current().clone();
+    let ev = s.apply(&Mutation::Nop);
+    assert_eq!(ev.rev, Rev(3));
+    assert_eq!(
+        (ev.path.as_str(), ev.kind, ev.error),
+        ("/", EventKind::Nop, None)
+    );
+    assert!(ev.body.is_empty());
+    assert_eq!(s.current().files(), before.files());
+    assert_eq!(s.current().rev(), Rev(3));
+}
+
+#[test]
+fn history_gc_too_late_and_future() {
+    let mut s = Store::new(3);
+    assert_eq!((s.rev(), s.head()), (Rev(0), Rev(0)));
+    assert_eq!(s.snapshot_at(Rev(0)), Err(ReadError::Future));
+    assert_eq!(s.snapshot_at(Rev(1)), Err(ReadError::Future));
+    assert_eq!(s.first_match(&Glob::any(), Rev(0)), Ok(None));
+    assert_eq!(s.current().rev(), Rev(0));
+    for i in 1..=5 {
+        run(&mut s, &set("/x", -1, &i.to_string())).unwrap();
+        assert_eq!(s.rev(), Rev(i));
+    }
+    // Revs 3, 4, 5 readable.
+    assert_eq!(s.head(), Rev(3));
+    assert_eq!(s.snapshot_at(Rev(2)), Err(ReadError::TooLate));
+    assert_eq!(s.snapshot_at(Rev(-7)), Err(ReadError::TooLate));
+    assert_eq!(s.snapshot_at(Rev(6)), Err(ReadError::Future));
+    for r in 3..=5 {
+        let snap = s.snapshot_at(Rev(r)).unwrap();
+        assert_eq!(snap.rev(), Rev(r));
+        assert_eq!(
+            snap.entry(&p("/x")),
+            Entry::File {
+                rev: Rev(r),
+                body: b(&r.to_string())
+            }
+        );
+    }
+    assert_eq!(s.event_at(Rev(2)), None);
+    assert_eq!(s.event_at(Rev(3)).unwrap().rev, Rev(3));
+    assert_eq!(s.event_at(Rev(6)), None);
+    assert_eq!(s.first_match(&g("/x"), Rev(2)), Err(ReadError::TooLate));
+    assert_eq!(
+        s.first_match(&g("/x"), Rev(3)).unwrap().unwrap().rev,
+        Rev(3)
+    );
+
+    // While fewer revs than the window were applied, everything from 1 is there.
+    let mut s = Store::new(10);
+    for _ in 0..4 {
+        s.apply(&Mutation::Nop);
+    }
+    assert_eq!(s.head(), Rev(0));
+    assert_eq!(s.snapshot_at(Rev(0)).unwrap().rev(), Rev(1));
+    assert_eq!(
+        s.first_match(&Glob::any(), Rev(-5)).unwrap().unwrap().rev,
+        Rev(1)
+    );
+
+    // A window of one rev keeps only the current one.
+    let mut s = Store::new(0);
+    assert_eq!(s.history_revs(), 1);
+    s.apply(&Mutation::Nop);
+    s.apply(&Mutation::Nop);
+    assert_eq!(s.head(), Rev(2));
+    assert_eq!(s.snapshot_at(Rev(1)), Err(ReadError::TooLate));
+    assert!(s.snapshot_at(Rev(2)).is_ok());
+}
+
+#[test]
+fn first_match_over_history() {
+    let mut s = Store::new(100);
+    s.apply(&set("/a", 0, "1")); // 1
+    s.apply(&Mutation::Nop); // 2
+    s.apply(&set("/b/c", 0, "2")); // 3
+    s.apply(&del("/a", -1)); // 4
+    s.apply(&set("/a", -5, "x")); // 5: fails, /ctl/err
+    let rev_of =
+        |glob: &str, from: i64| s.first_match(&g(glob), Rev(from)).unwrap().map(|e| e.rev.0);
+    assert_eq!(rev_of("/**", 1), Some(1));
+    assert_eq!(rev_of("/**", 2), Some(2));
+    assert_eq!(rev_of("/", 1), Some(2));
+    assert_eq!(rev_of("/", 3), None);
+    assert_eq!(rev_of("/a", 2), Some(4));
+    assert_eq!(rev_of("/b/*", 0), Some(3));
+    assert_eq!(rev_of("/ctl/err", 1), Some(5));
+    assert_eq!(rev_of("/**", 6), None);
+    assert_eq!(rev_of("/**", 600), None);
+    let ev = s.first_match(&g("/a"), Rev(2)).unwrap().unwrap();
+    assert_eq!((ev.kind, ev.body.len()), (EventKind::Del, 0));
+    let ev = s.first_match(&g("/"), Rev(0)).unwrap().unwrap();
+    assert_eq!(ev.kind, EventKind::Nop);
+}
+
+#[test]
+fn getdir_order_and_range() {
+    let mut s = Store::new(10);
+    let snap = s.current().clone();
+    assert_eq!(snap.getdir(&Path::root(), 0), Err(ErrCode::Range));
+    assert_eq!(snap.dir_names(&Path::root()), Ok(vec![]));
+    for path in ["/b", "/a-b", "/a/b", "/B", "/a.x", "/0"] {
+        s.apply(&set(path, 0, ""));
+    }
+    let snap = s.current();
+    let names: Vec<String> = (0..)
+        .map_while(|i| snap.getdir(&Path::root(), i).ok())
+        .collect();
+    assert_eq!(names, ["0", "B", "a", "a-b", "a.x", "b"]);
+    assert_eq!(snap.dir_names(&Path::root()).unwrap(), names);
+    assert_eq!(snap.getdir(&Path::root(), 6), Err(ErrCode::Range));
+    assert_eq!(snap.getdir(&Path::root(), -1), Err(ErrCode::Range));
+    assert_eq!(snap.getdir(&p("/a"), 0), Ok("b".to_string()));
+    assert_eq!(snap.getdir(&p("/b"), 0), Err(ErrCode::NotDir));
+    assert_eq!(snap.getdir(&p("/c"), 0), Err(ErrCode::NoEnt));
+    assert_eq!(snap.getdir(&p("/b/c"), 0), Err(ErrCode::NoEnt));
+    assert_eq!(snap.dir_names(&p("/b")), Err(ErrCode::NotDir));
+    assert_eq!(snap.dir_names(&p("/zz")), Err(ErrCode::NoEnt));
+}
+
+#[test]
+fn walk_order_and_matching() {
+    let mut s = Store::new(10);
+    for path in ["/a-b", "/a/b", "/a/c/d", "/b", "/ab/x"] {
+        s.apply(&set(path, 0, path));
+    }
+    let snap = s.current();
+    let walk_all = |glob: &str| -> Vec<String> {
+        let glob = g(glob);
+        (0..)
+            .map_while(|i| snap.walk(&glob, i).ok())
+            .map(|(path, _, _)| path.to_string())
+            .collect()
+    };
+    assert_eq!(walk_all("/**"), ["/a/b", "/a/c/d", "/a-b", "/ab/x", "/b"]);
+    assert_eq!(walk_all("/a**"), ["/a/b", "/a/c/d", "/a-b", "/ab/x"]);
+    assert_eq!(walk_all("/a/**"), ["/a/b", "/a/c/d"]);
+    assert_eq!(walk_all("/*"), ["/a-b", "/b"]);
+    assert_eq!(walk_all("/a?/*"), ["/ab/x"]);
+    assert_eq!(walk_all("/a"), Vec::<String>::new());
+    assert_eq!(walk_all("/"), Vec::<String>::new());
+    assert_eq!(walk_all("/**d"), ["/a/c/d"]);
+    let (path, rev, body) = snap.walk(&g("/b"), 0).unwrap();
+    assert_eq!((path.as_str(), rev, body), ("/b", Rev(4), b("/b")));
+    assert_eq!(snap.walk(&g("/**"), -1), Err(ErrCode::Range));
+    assert_eq!(snap.walk(&g("/**"), 5), Err(ErrCode::Range));
+    let files: Vec<String> = snap.files().into_iter().map(|f| f.0.to_string()).collect();
+    assert_eq!(files, walk_all("/**"));
+}
+
+#[test]
+fn stat_entries() {
+    let s = fixture();
+    let snap = s.current();
+    assert_eq!(snap.entry(&Path::root()), Entry::Dir { len: 2 });
+    assert_eq!(snap.entry(&p("/d")), Entry::Dir { len: 1 });
+    assert_eq!(
+        snap.entry(&p("/f")),
+        Entry::File {
+            rev: Rev(1),
+            body: b("F")
+        }
+    );
+    assert_eq!(snap.entry(&p("/f/x")), Entry::Absent);
+    assert_eq!(snap.entry(&p("/nope")), Entry::Absent);
+}
+
+#[test]
+fn digest_and_rebuild() {
+    let mut a = Store::new(10);
+    let mut b2 = Store::new(10);
+    let empty = a.current().digest();
+    for m in [
+        set("/x/y", 0, "1"),
+        set("/z", 0, "2"),
+        Mutation::Nop,
+        del("/x/y", -1),
+    ] {
+        a.apply(&m);
+        b2.apply(&m);
+        assert_eq!(a.current().digest(), b2.current().digest());
+    }
+    assert_ne!(a.current().digest(), empty);
+    let mut c = Store::new(10);
+    c.apply(&set("/z", 0, "2"));
+    // Same paths and bodies but a different file rev: different digest.
+    assert_ne!(c.current().digest(), a.current().digest());
+    // Body boundaries matter.
+    let s1 = Snapshot::from_files(Rev(1), [(p("/a"), Rev(1), b("bc"))]);
+    let s2 = Snapshot::from_files(Rev(1), [(p("/ab"), Rev(1), b("c"))]);
+    assert_ne!(s1.digest(), s2.digest());
+
+    let rebuilt = Snapshot::from_files(a.rev(), a.current().files());
+    assert_eq!(&rebuilt, a.current());
+    assert_eq!(rebuilt.digest(), a.current().digest());
+    let mut d = Store::from_snapshot(rebuilt, 10);
+    assert_eq!((d.rev(), d.head()), (Rev(4), Rev(5)));
+    assert_eq!(d.snapshot_at(Rev(4)), Err(ReadError::TooLate));
+    assert_eq!(d.first_match(&Glob::any(), Rev(4)), Err(ReadError::TooLate));
+    assert_eq!(d.first_match(&Glob::any(), Rev(5)), Ok(None));
+    d.apply(&Mutation::Nop);
+    a.apply(&Mutation::Nop);
+    assert_eq!(d.snapshot_at(Rev(5)), a.snapshot_at(Rev(5)));
+    assert_eq!(
+        d.first_match(&Glob::any(), Rev(5)).unwrap().unwrap().rev,
+        Rev(5)
+    );
+}

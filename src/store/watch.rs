@@ -1,0 +1,169 @@
+//! Waiters indexed by the literal prefix of their glob, so that an event only
+//! looks at waiters that could match it instead of scanning them all.
+//!
+//! Every path a glob matches starts with the glob's literal prefix (the text
+//! before its first `*` or `?`). So for an event at path `p`, only the waiters
+//! filed under one of `p`'s prefixes can match; those are the buckets looked up.
+
+use std::collections::BTreeMap;
+
+use super::{Event, Glob};
+use crate::types::Rev;
+
+struct Waiter {
+    glob: Glob,
+    from: Rev,
+}
+
+/// A set of one-shot waits `(glob, from)` keyed by `K`.
+pub struct WatchIndex<K: Ord + Clone> {
+    /// literal prefix → the waiters filed under it.
+    by_prefix: BTreeMap<String, BTreeMap<K, Waiter>>,
+    /// key → the literal prefix it is filed under.
+    prefix_of: BTreeMap<K, String>,
+}
+
+impl<K: Ord + Clone> Default for WatchIndex<K> {
+    fn default() -> Self {
+        WatchIndex::new()
+    }
+}
+
+impl<K: Ord + Clone> WatchIndex<K> {
+    pub fn new() -> WatchIndex<K> {
+        WatchIndex {
+            by_prefix: BTreeMap::new(),
+            prefix_of: BTreeMap::new(),
+        }
+    }
+
+    /// Registers a wait for the first event at or after `from` whose path matches
+    /// `glob`. A key already present is replaced.
+    pub fn insert(&mut self, key: K, glob: Glob, from: Rev) {
+        self.remove(&key);
+        let prefix = glob.literal_prefix().to_string();
+        self.by_prefix
+            .entry(prefix.clone())
+            .or_default()
+            .insert(key.clone(), Waiter { glob, from });
+        self.prefix_of.insert(key, prefix);
+    }
+
+    /// Forgets a wait. Returns whether it was there.
+    pub fn remove(&mut self, key: &K) -> bool {
+        let Some(prefix) = self.prefix_of.remove(key) else {
+            return false;
+        };
+        if let Some(bucket) = self.by_prefix.get_mut(&prefix) {
+            bucket.remove(key);
+            if bucket.is_empty() {
+                self.by_prefix.remove(&prefix);
+            }
+        }
+        true
+    }
+
+    /// Removes and returns, sorted by key, every waiter that `event` fires:
+    /// its glob matches the event's path and its `from` is at most the event's rev.
+    pub fn take_matches(&mut self, event: &Event) -> Vec<K> {
+        let path = event.path.as_str();
+        let mut fired = Vec::new();
+        for end in 1..=path.len() {
+            let prefix = &path[..end];
+            let Some(bucket) = self.by_prefix.get_mut(prefix) else {
+                continue;
+            };
+            let hits: Vec<K> = bucket
+                .iter()
+                .filter(|(_, w)| w.from <= event.rev && w.glob.matches(path))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &hits {
+                bucket.remove(k);
+                self.prefix_of.remove(k);
+            }
+            if bucket.is_empty() {
+                self.by_prefix.remove(prefix);
+            }
+            fired.extend(hits);
+        }
+        fired.sort();
+        fired
+    }
+
+    pub fn len(&self) -> usize {
+        self.prefix_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prefix_of.is_empty()
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.prefix_of.contains_key(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EventKind;
+    use crate::types::Path;
+    use std::sync::Arc;
+
+    fn ev(rev: i64, path: &str) -> Event {
+        Event {
+            rev: Rev(rev),
+            path: Path::parse(path).unwrap(),
+            body: Arc::from(&b""[..]),
+            kind: EventKind::Set,
+            error: None,
+        }
+    }
+
+    fn g(p: &str) -> Glob {
+        Glob::parse(p).unwrap()
+    }
+
+    #[test]
+    fn fires_matching_waiters_once_in_key_order() {
+        let mut w = WatchIndex::new();
+        w.insert(3, g("/a/**"), Rev(1));
+        w.insert(1, g("/**"), Rev(1));
+        w.insert(2, g("/a/b"), Rev(1));
+        w.insert(4, g("/a/c"), Rev(1));
+        w.insert(5, g("/"), Rev(1));
+        w.insert(6, g("/a?/b"), Rev(1));
+        assert_eq!(w.len(), 6);
+        assert_eq!(w.take_matches(&ev(1, "/a/b")), vec![1, 2, 3]);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.take_matches(&ev(2, "/a/b")), Vec::<i32>::new());
+        assert_eq!(w.take_matches(&ev(3, "/ab/b")), vec![6]);
+        // A nop event at `/`.
+        assert_eq!(w.take_matches(&ev(4, "/")), vec![5]);
+        assert_eq!(w.take_matches(&ev(5, "/a/c")), vec![4]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn respects_from_rev() {
+        let mut w = WatchIndex::new();
+        w.insert("k", g("/x"), Rev(10));
+        assert!(w.take_matches(&ev(9, "/x")).is_empty());
+        assert_eq!(w.take_matches(&ev(10, "/x")), vec!["k"]);
+    }
+
+    #[test]
+    fn remove_and_replace() {
+        let mut w = WatchIndex::new();
+        w.insert(1, g("/x"), Rev(1));
+        w.insert(1, g("/y"), Rev(1));
+        assert_eq!(w.len(), 1);
+        assert!(w.take_matches(&ev(1, "/x")).is_empty());
+        assert!(w.contains(&1));
+        assert!(w.remove(&1));
+        assert!(!w.remove(&1));
+        assert!(w.take_matches(&ev(2, "/y")).is_empty());
+        assert!(w.by_prefix.is_empty());
+    }
+}

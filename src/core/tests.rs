@@ -1,1 +1,218 @@
 use super::*;
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        history_revs: 50,
+        pulse_ticks: 100,
+        max_value_bytes: 1024,
+        max_pending_writes: 8,
+        paxos: paxos::Settings::default(),
+        seed: 7,
+    }
+}
+
+fn seed() -> Core {
+    let info = NodeInfo {
+        id: NodeId::from_bytes([1; 10]),
+        addr: "127.0.0.1:8046".into(),
+        hostname: "box".into(),
+        cluster_name: "test".into(),
+        register_ns: true,
+    };
+    Core::seed(info, config())
+}
+
+fn path(p: &str) -> Path {
+    Path::parse(p).unwrap()
+}
+
+/// Sends one request as its own batch and returns the replies.
+fn call(core: &mut Core, conn: ConnId, tag: i32, command: Command) -> Vec<(ConnId, Option<i32>, Outcome)> {
+    let mut out = Vec::new();
+    core.handle(
+        Input::Request {
+            conn,
+            tag: Some(tag),
+            command,
+        },
+        &mut out,
+    );
+    core.end_batch(&mut out);
+    replies(out)
+}
+
+fn replies(out: Vec<Output>) -> Vec<(ConnId, Option<i32>, Outcome)> {
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::Reply { conn, tag, outcome } => Some((conn, tag, outcome)),
+            Output::Peer { .. } => None,
+        })
+        .collect()
+}
+
+fn set(p: &str, rev: i64, body: &str) -> Command {
+    Command::Set {
+        path: path(p),
+        check: RevCheck::from_wire(rev),
+        body: Body::from(body.as_bytes().to_vec()),
+    }
+}
+
+fn get_body(core: &mut Core, p: &str) -> (Rev, Vec<u8>) {
+    match call(core, 9, 0, Command::Get { path: path(p), rev: None }).remove(0).2 {
+        Ok(Reply::Value { rev, body }) => (rev, body.to_vec()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn seed_writes_its_ctl_entries_through_consensus() {
+    let mut core = seed();
+    let id = core.node().id.to_string();
+    assert_eq!(get_body(&mut core, "/ctl/name").1, b"test");
+    assert_eq!(get_body(&mut core, "/ctl/cal/0").1, id.as_bytes());
+    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/addr")).1, b"127.0.0.1:8046");
+    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/hostname")).1, b"box");
+    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/version")).1, NODE_VERSION.as_bytes());
+    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/writable")).1, b"true");
+    assert_eq!(get_body(&mut core, &format!("/ctl/ns/test/{id}")).1, b"127.0.0.1:8046");
+    assert_eq!(core.store().rev(), Rev(7));
+}
+
+#[test]
+fn set_answers_with_the_rev_after_applying() {
+    let mut core = seed();
+    let base = core.store().rev().0;
+    let got = call(&mut core, 1, 5, set("/a", 0, "x"));
+    assert_eq!(got, vec![(1, Some(5), Ok(Reply::Rev(Rev(base + 1))))]);
+    assert_eq!(get_body(&mut core, "/a"), (Rev(base + 1), b"x".to_vec()));
+    let got = call(&mut core, 1, 6, set("/a", 0, "y"));
+    assert_eq!(got[0].2, Err(ErrCode::RevMismatch.into()));
+    // The failed write used a rev and wrote /ctl/err.
+    assert_eq!(get_body(&mut core, "/ctl/err"), (Rev(base + 2), b"rev mismatch".to_vec()));
+    let got = call(&mut core, 1, 7, Command::Del { path: path("/a"), check: RevCheck::Clobber });
+    assert_eq!(got[0].2, Ok(Reply::Done));
+    let got = call(&mut core, 1, 8, Command::Nop);
+    assert_eq!(got[0].2, Ok(Reply::Done));
+    assert_eq!(call(&mut core, 1, 9, Command::Rev)[0].2, Ok(Reply::Rev(Rev(base + 4))));
+}
+
+#[test]
+fn wait_registered_before_a_set_sees_it_and_is_freed_on_close() {
+    let mut core = seed();
+    let next = core.store().rev().0 + 1;
+    let glob = Glob::parse("/x/**").unwrap();
+    assert!(call(&mut core, 1, 1, Command::Wait { glob: glob.clone(), rev: next }).is_empty());
+    assert_eq!(core.waiting(), 1);
+    let got = call(&mut core, 2, 1, set("/x/y", -1, "v"));
+    assert_eq!(got.len(), 2);
+    let event = got.iter().find(|(conn, ..)| *conn == 1).unwrap();
+    assert_eq!(
+        event.2,
+        Ok(Reply::Event {
+            path: path("/x/y"),
+            rev: Rev(next),
+            body: Body::from(b"v".to_vec()),
+            kind: EventKind::Set
+        })
+    );
+    assert_eq!(core.waiting(), 0);
+
+    // A wait far in the future stays until its connection closes.
+    assert!(call(&mut core, 3, 1, Command::Wait { glob, rev: next + 1000 }).is_empty());
+    assert_eq!(core.waiting(), 1);
+    let mut out = Vec::new();
+    core.handle(Input::ConnClosed { conn: 3 }, &mut out);
+    assert_eq!(core.waiting(), 0);
+}
+
+#[test]
+fn wait_answers_from_history_and_nops_match_root() {
+    let mut core = seed();
+    let rev = core.store().rev().0;
+    call(&mut core, 1, 1, Command::Nop);
+    let got = call(&mut core, 1, 2, Command::Wait { glob: Glob::parse("/").unwrap(), rev: rev + 1 });
+    match &got[0].2 {
+        Ok(Reply::Event { path, kind, rev: r, .. }) => {
+            assert_eq!((path.as_str(), *kind, r.0), ("/", EventKind::Nop, rev + 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    // rev 0 is raised to 1: the first event ever.
+    let got = call(&mut core, 1, 3, Command::Wait { glob: Glob::parse("/**").unwrap(), rev: 0 });
+    assert!(matches!(&got[0].2, Ok(Reply::Event { rev: Rev(1), .. })));
+}
+
+#[test]
+fn reads_at_a_future_rev_wait_for_it() {
+    let mut core = seed();
+    let next = core.store().rev().0 + 1;
+    let got = call(&mut core, 1, 1, Command::Get { path: path("/f"), rev: Some(next) });
+    assert!(got.is_empty(), "parked until rev {next}");
+    let got = call(&mut core, 2, 1, set("/f", 0, "z"));
+    assert!(got.iter().any(|(conn, _, o)| *conn == 1 && *o == Ok(Reply::Value { rev: Rev(next), body: Body::from(b"z".to_vec()) })));
+}
+
+#[test]
+fn old_revs_are_too_late() {
+    let mut core = seed();
+    for i in 0..60 {
+        call(&mut core, 1, i, set("/n", -1, "v"));
+    }
+    let got = call(&mut core, 1, 100, Command::Get { path: path("/n"), rev: Some(2) });
+    assert_eq!(got[0].2, Err(ErrCode::TooLate.into()));
+    let got = call(&mut core, 1, 101, Command::Wait { glob: Glob::parse("/**").unwrap(), rev: 2 });
+    assert_eq!(got[0].2, Err(ErrCode::TooLate.into()));
+}
+
+#[test]
+fn pending_writes_are_bounded() {
+    let mut core = seed();
+    let mut out = Vec::new();
+    for tag in 0..9 {
+        let input = Input::Request {
+            conn: 1,
+            tag: Some(tag),
+            command: set("/p", -1, "v"),
+        };
+        core.handle(input, &mut out);
+    }
+    let busy = replies(std::mem::take(&mut out));
+    assert_eq!(busy, vec![(1, Some(8), Err(ReplyError::busy()))]);
+    core.end_batch(&mut out);
+    assert_eq!(replies(out).len(), 8);
+}
+
+#[test]
+fn pulse_writes_applied() {
+    let mut core = seed();
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        core.handle(Input::Tick, &mut out);
+    }
+    core.end_batch(&mut out);
+    let id = core.node().id.to_string();
+    let (rev, body) = get_body(&mut core, &format!("/ctl/node/{id}/applied"));
+    assert_eq!(body, (rev.0 - 1).to_string().into_bytes());
+}
+
+#[test]
+fn stat_getdir_walk() {
+    let mut core = seed();
+    call(&mut core, 1, 1, set("/d/b", -1, "12345"));
+    call(&mut core, 1, 2, set("/d/a", -1, ""));
+    let got = call(&mut core, 1, 3, Command::Stat { path: Some(path("/d")), rev: None });
+    assert_eq!(got[0].2, Ok(Reply::Stat { len: 2, rev: -2 }));
+    let got = call(&mut core, 1, 4, Command::Stat { path: Some(path("/d/b")), rev: None });
+    assert!(matches!(got[0].2, Ok(Reply::Stat { len: 5, .. })));
+    let got = call(&mut core, 1, 5, Command::Stat { path: None, rev: None });
+    assert_eq!(got[0].2, Ok(Reply::Stat { len: 0, rev: 0 }));
+    let got = call(&mut core, 1, 6, Command::Getdir { path: path("/d"), offset: 0, rev: None });
+    assert_eq!(got[0].2, Ok(Reply::Name("a".into())));
+    let got = call(&mut core, 1, 7, Command::Getdir { path: path("/d"), offset: 2, rev: None });
+    assert_eq!(got[0].2, Err(ErrCode::Range.into()));
+    let got = call(&mut core, 1, 8, Command::Walk { glob: Glob::parse("/d/*").unwrap(), offset: 1, rev: None });
+    assert!(matches!(&got[0].2, Ok(Reply::Event { path, kind: EventKind::Set, .. }) if path.as_str() == "/d/b"));
+    let got = call(&mut core, 1, 9, Command::Get { path: path("/d"), rev: None });
+    assert_eq!(got[0].2, Err(ErrCode::IsDir.into()));
+}

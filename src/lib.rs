@@ -1,6 +1,9 @@
 //! doozer: a highly available, completely consistent store for small,
 //! important data, wire-compatible with the original doozer.
 
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod core;
@@ -10,3 +13,4 @@ pub mod runtime;
 pub mod session;
 pub mod store;
 pub mod types;
+pub mod uri;

@@ -43,10 +43,12 @@ impl Secrets {
         }
     }
 
-    /// The rights a secret grants, or `None` when it matches no secret.
+    /// The rights a secret grants, or `None` when it matches no secret. With
+    /// no secret set only the empty secret matches, as in the original, so a
+    /// client that sends a secret to an open server hears that it is wrong.
     pub fn grant(&self, secret: &[u8]) -> Option<Rights> {
         if !self.any_set() {
-            return Some(self.anonymous());
+            return secret.is_empty().then(|| self.anonymous());
         }
         if !self.read_write.is_empty() && secret == self.read_write.as_bytes() {
             return Some(Rights {

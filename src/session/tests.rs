@@ -219,7 +219,9 @@ fn secrets_follow_the_contract() {
     assert!(denied(&mut s, Verb::Get) && denied(&mut s, Verb::Set));
     assert_eq!(rw_only.grant(b""), None);
 
-    // No secret: everything is open.
+    // No secret: everything is open, and only the empty secret is right.
+    assert!(Secrets::default().grant(b"").is_some());
+    assert_eq!(Secrets::default().grant(b"x"), None);
     let mut s = open();
     assert!(READS.into_iter().chain(WRITES).all(|v| !denied(&mut s, v)));
 }

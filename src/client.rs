@@ -1,0 +1,1027 @@
+//! An asynchronous, pipelined doozer client (the Go `github.com/ha/doozer`
+//! library's behaviour, reference §7).
+//!
+//! One [`Client`] is one TCP connection. Any number of tasks may call it at
+//! once: every call gets a fresh tag (a counter that skips tags still in use),
+//! its frame goes through the single writer task, and the single reader task
+//! hands each reply to the call with the same tag, in whatever order the
+//! server answers. When the connection fails, every pending call and every
+//! later call gets the error; nothing hangs. A call that is given up (its
+//! future dropped, for example on a timeout) keeps its tag reserved until the
+//! server answers it, so a late reply can never be taken for another call's.
+//!
+//! Dropping the last handle of a client (or [`Client::close`]) closes the
+//! connection.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::net::Shutdown;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{AsyncWriteExt, StreamExt};
+
+use crate::codec::client::{
+    encode_frame, flags, read_message, FrameError, Request, Response, Verb,
+};
+use crate::error::{ErrCode, ReplyError};
+use crate::runtime::rt::{spawn, timeout, TcpStream};
+use crate::uri::{with_default_port, Uri, UriError};
+
+/// How long [`dial_uri`] waits for one address to accept a connection.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest reply frame the client accepts.
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
+
+/// Up to this many queued frames are coalesced into one socket write.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// Why a client operation failed. `Display` gives the texts the Go client
+/// shows (`REV_MISMATCH`, `OTHER: permission denied`, `EOF`, `closed`, …).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The server answered with an error code.
+    Reply(ReplyError),
+    /// A TCP connection could not be made: `dial tcp <addr>: <reason>`.
+    Dial { addr: String, reason: String },
+    /// The connection failed or the server closed it (`EOF`,
+    /// `unexpected EOF`, `connection reset by peer`, …).
+    Connection(String),
+    /// The client was closed with [`Client::close`].
+    Closed,
+    /// The URI could not be parsed, or names nothing to dial.
+    Uri(UriError),
+    /// The boot cluster knows no address for the cluster name.
+    NoAddrs,
+    /// [`Client::wait_timeout`] ran out of time.
+    WaitTimeout,
+    /// The server's reply lacks a field this verb always carries.
+    Protocol(String),
+}
+
+impl Error {
+    /// The server's error code, if this is an error reply.
+    pub fn code(&self) -> Option<ErrCode> {
+        match self {
+            Error::Reply(e) => Some(e.code),
+            _ => None,
+        }
+    }
+
+    pub fn is_rev_mismatch(&self) -> bool {
+        self.code() == Some(ErrCode::RevMismatch)
+    }
+
+    /// Whether the connection is unusable after this error (as opposed to a
+    /// refusal of one request).
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Connection(_) | Error::Closed | Error::Protocol(_)
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Reply(e) => e.fmt(f),
+            Error::Dial { addr, reason } => write!(f, "dial tcp {addr}: {reason}"),
+            Error::Connection(text) => f.write_str(text),
+            Error::Closed => f.write_str("closed"),
+            Error::Uri(e) => e.fmt(f),
+            Error::NoAddrs => f.write_str("no known address"),
+            Error::WaitTimeout => f.write_str("wait timeout"),
+            Error::Protocol(text) => write!(f, "protocol error: {text}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<ReplyError> for Error {
+    fn from(e: ReplyError) -> Error {
+        Error::Reply(e)
+    }
+}
+
+impl From<ErrCode> for Error {
+    fn from(code: ErrCode) -> Error {
+        Error::Reply(ReplyError::code(code))
+    }
+}
+
+impl From<UriError> for Error {
+    fn from(e: UriError) -> Error {
+        Error::Uri(e)
+    }
+}
+
+/// An I/O error as Go's net package words it (`connection refused`, …),
+/// without Rust's ` (os error N)` suffix.
+pub fn io_error_text(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset by peer".into(),
+        TimedOut | WouldBlock => "i/o timeout".into(),
+        BrokenPipe => "broken pipe".into(),
+        UnexpectedEof => "unexpected EOF".into(),
+        _ => {
+            let text = e.to_string();
+            let text = match text.find(" (os error") {
+                Some(at) => text[..at].to_string(),
+                None => text,
+            };
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => text,
+            }
+        }
+    }
+}
+
+/// One event of a WAIT (or one entry of a WALK).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Event {
+    pub rev: i64,
+    pub path: String,
+    pub body: Vec<u8>,
+    /// `flags & (SET | DEL)`, as the Go client keeps it: 4 set, 8 del, 0 nop.
+    pub flags: i32,
+}
+
+impl Event {
+    pub fn is_set(&self) -> bool {
+        self.flags & flags::SET != 0
+    }
+
+    pub fn is_del(&self) -> bool {
+        self.flags & flags::DEL != 0
+    }
+
+    /// `set`, `del`, or empty for a nop (the CLI's record kind).
+    pub fn kind(&self) -> &'static str {
+        if self.is_set() {
+            "set"
+        } else if self.is_del() {
+            "del"
+        } else {
+            ""
+        }
+    }
+}
+
+/// What STAT says about a path (Go's `FileInfo`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FileInfo {
+    /// The last path component.
+    pub name: String,
+    /// Body length for a file, number of entries for a directory.
+    pub len: i32,
+    /// File rev, or -2 for a directory.
+    pub rev: i64,
+    pub is_dir: bool,
+    /// False when the STAT of this entry failed and only the name is known.
+    pub is_set: bool,
+}
+
+type Reply = Result<Response, Error>;
+
+struct State {
+    next_tag: i32,
+    pending: HashMap<i32, oneshot::Sender<Reply>>,
+    failed: Option<Error>,
+}
+
+/// What the caller handles and the two connection tasks share.
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the connection failed (the first error wins) and fails every
+    /// pending call.
+    fn fail(&self, err: Error) {
+        let (err, drained) = {
+            let mut st = self.lock();
+            let err = st.failed.get_or_insert(err).clone();
+            (err, std::mem::take(&mut st.pending))
+        };
+        for (_, tx) in drained {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+
+    fn failure(&self) -> Error {
+        self.lock().failed.clone().unwrap_or(Error::Closed)
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    stream: TcpStream,
+    addr: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// A connection to one doozer server. Cheap to clone; clones share the
+/// connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.addr)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to one server (`host:port`), with no timeout beyond the
+    /// system's.
+    pub async fn connect(addr: &str) -> Result<Client, Error> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| Error::Dial {
+            addr: addr.to_string(),
+            reason: io_error_text(&e),
+        })?;
+        Ok(Client::from_stream(stream, addr))
+    }
+
+    /// Connects to one server, giving up after `limit`.
+    pub async fn connect_timeout(addr: &str, limit: Duration) -> Result<Client, Error> {
+        match timeout(limit, Client::connect(addr)).await {
+            Some(result) => result,
+            None => Err(Error::Dial {
+                addr: addr.to_string(),
+                reason: "i/o timeout".into(),
+            }),
+        }
+    }
+
+    /// Starts the reader and writer tasks on a connected stream.
+    pub fn from_stream(stream: TcpStream, addr: &str) -> Client {
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_tag: 0,
+                pending: HashMap::new(),
+                failed: None,
+            }),
+        });
+        let (frames, queue) = mpsc::unbounded();
+        spawn(write_loop(stream.clone(), queue, shared.clone()));
+        spawn(read_loop(stream.clone(), shared.clone()));
+        Client {
+            inner: Arc::new(Inner {
+                shared,
+                frames,
+                stream,
+                addr: addr.to_string(),
+            }),
+        }
+    }
+
+    /// The address this client dialled.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Closes the connection: pending and later calls fail with `closed`.
+    pub fn close(&self) {
+        self.inner.shared.fail(Error::Closed);
+        let _ = self.inner.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Whether the connection has failed or been closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.shared.lock().failed.is_some()
+    }
+
+    /// Sends `req` with a fresh tag (any tag in `req` is replaced) and returns
+    /// the server's reply as it is, error fields included.
+    pub async fn call(&self, mut req: Request) -> Result<Response, Error> {
+        let (tx, rx) = oneshot::channel();
+        let tag = {
+            let mut st = self.inner.shared.lock();
+            if let Some(err) = &st.failed {
+                return Err(err.clone());
+            }
+            let mut tag = st.next_tag;
+            while st.pending.contains_key(&tag) {
+                tag = tag.wrapping_add(1);
+            }
+            st.next_tag = tag.wrapping_add(1);
+            st.pending.insert(tag, tx);
+            tag
+        };
+        req.tag = Some(tag);
+        if self
+            .inner
+            .frames
+            .unbounded_send(encode_frame(&req))
+            .is_err()
+        {
+            self.inner.shared.lock().pending.remove(&tag);
+            return Err(self.inner.shared.failure());
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_canceled) => Err(self.inner.shared.failure()),
+        }
+    }
+
+    /// [`Client::call`], with an error reply turned into [`Error::Reply`].
+    async fn request(&self, req: Request) -> Result<Response, Error> {
+        let resp = self.call(req).await?;
+        match resp.reply_error() {
+            Some(mut e) => {
+                if e.detail.as_deref() == Some("") {
+                    e.detail = None;
+                }
+                Err(Error::Reply(e))
+            }
+            None => Ok(resp),
+        }
+    }
+
+    /// GET: the body and the file's rev (0 when absent) at `rev`, or now.
+    pub async fn get(&self, path: &str, rev: Option<i64>) -> Result<(Vec<u8>, i64), Error> {
+        let resp = self
+            .request(req(Verb::Get).path(path).rev_opt(rev).0)
+            .await?;
+        Ok((resp.value.unwrap_or_default(), resp.rev.unwrap_or(0)))
+    }
+
+    /// SET: writes `body` if the file's rev is not newer than `rev` (-1:
+    /// always, 0: only when absent). Returns the new rev.
+    pub async fn set(&self, path: &str, rev: i64, body: &[u8]) -> Result<i64, Error> {
+        let resp = self
+            .request(req(Verb::Set).path(path).rev(rev).value(body.to_vec()).0)
+            .await?;
+        Ok(resp.rev.unwrap_or(0))
+    }
+
+    /// DEL, with the same rev rule as SET.
+    pub async fn del(&self, path: &str, rev: i64) -> Result<(), Error> {
+        self.request(req(Verb::Del).path(path).rev(rev).0).await?;
+        Ok(())
+    }
+
+    pub async fn nop(&self) -> Result<(), Error> {
+        self.request(req(Verb::Nop).0).await?;
+        Ok(())
+    }
+
+    /// REV: the store revision the server has applied.
+    pub async fn rev(&self) -> Result<i64, Error> {
+        let resp = self.request(req(Verb::Rev).0).await?;
+        resp.rev.ok_or_else(|| missing("REV", "rev"))
+    }
+
+    /// SELF: the server's node id.
+    pub async fn self_id(&self) -> Result<Vec<u8>, Error> {
+        let resp = self.request(req(Verb::SelfId).0).await?;
+        Ok(resp.value.unwrap_or_default())
+    }
+
+    /// ACCESS with a secret.
+    pub async fn access(&self, secret: &[u8]) -> Result<(), Error> {
+        self.request(req(Verb::Access).value(secret.to_vec()).0)
+            .await?;
+        Ok(())
+    }
+
+    /// STAT: `(len, rev)`: a file's length and rev, a directory's entry count
+    /// and -2, or `(0, 0)` for an absent path.
+    pub async fn stat(&self, path: &str, rev: Option<i64>) -> Result<(i32, i64), Error> {
+        let resp = self
+            .request(req(Verb::Stat).path(path).rev_opt(rev).0)
+            .await?;
+        Ok((resp.len.unwrap_or(0), resp.rev.unwrap_or(0)))
+    }
+
+    /// GETDIR: the name of the `offset`-th entry (sorted) of directory `path`.
+    pub async fn getdir(&self, path: &str, rev: Option<i64>, offset: i32) -> Result<String, Error> {
+        let resp = self
+            .request(req(Verb::Getdir).path(path).rev_opt(rev).offset(offset).0)
+            .await?;
+        resp.path.ok_or_else(|| missing("GETDIR", "path"))
+    }
+
+    /// WALK: the `offset`-th file (depth-first, sorted per level) matching
+    /// `glob`.
+    pub async fn walk(&self, glob: &str, rev: Option<i64>, offset: i32) -> Result<Event, Error> {
+        let resp = self
+            .request(req(Verb::Walk).path(glob).rev_opt(rev).offset(offset).0)
+            .await?;
+        event_of("WALK", resp)
+    }
+
+    /// WAIT: the first event at or after `rev` whose path matches `glob`.
+    pub async fn wait(&self, glob: &str, rev: i64) -> Result<Event, Error> {
+        let resp = self.request(req(Verb::Wait).path(glob).rev(rev).0).await?;
+        event_of("WAIT", resp)
+    }
+
+    /// [`Client::wait`] that gives up after `limit` with
+    /// [`Error::WaitTimeout`]. The connection stays usable.
+    pub async fn wait_timeout(
+        &self,
+        glob: &str,
+        rev: i64,
+        limit: Duration,
+    ) -> Result<Event, Error> {
+        timeout(limit, self.wait(glob, rev))
+            .await
+            .unwrap_or(Err(Error::WaitTimeout))
+    }
+
+    /// Every entry name of directory `path` at `rev` (GETDIR from offset 0
+    /// until `RANGE`), like Go's `Getdir(dir, rev, 0, -1)`.
+    pub async fn getdir_all(&self, path: &str, rev: i64) -> Result<Vec<String>, Error> {
+        let mut names = Vec::new();
+        loop {
+            match self.getdir(path, Some(rev), names.len() as i32).await {
+                Ok(name) => names.push(name),
+                Err(e) if e.code() == Some(ErrCode::Range) => return Ok(names),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Every file matching `glob` at `rev` (WALK until `RANGE`).
+    pub async fn walk_all(&self, glob: &str, rev: i64) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::new();
+        loop {
+            match self.walk(glob, Some(rev), events.len() as i32).await {
+                Ok(ev) => events.push(ev),
+                Err(e) if e.code() == Some(ErrCode::Range) => return Ok(events),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Go's `Statinfo`: STAT at `rev`; an absent path is `NOENT`.
+    pub async fn statinfo(&self, rev: i64, path: &str) -> Result<FileInfo, Error> {
+        let (len, file_rev) = self.stat(path, Some(rev)).await?;
+        if file_rev == 0 {
+            return Err(ErrCode::NoEnt.into());
+        }
+        Ok(FileInfo {
+            name: basename(path).to_string(),
+            len,
+            rev: file_rev,
+            is_dir: file_rev == -2,
+            is_set: true,
+        })
+    }
+
+    /// Go's `Getdirinfo`: the entries of `dir` with a STAT each. An entry
+    /// whose STAT fails keeps only its name.
+    pub async fn getdirinfo(&self, dir: &str, rev: i64) -> Result<Vec<FileInfo>, Error> {
+        let names = self.getdir_all(dir, rev).await?;
+        let mut infos = Vec::with_capacity(names.len());
+        for name in names {
+            let path = join(dir, &name);
+            infos.push(match self.statinfo(rev, &path).await {
+                Ok(info) => info,
+                Err(_) => FileInfo {
+                    name,
+                    ..FileInfo::default()
+                },
+            });
+        }
+        Ok(infos)
+    }
+}
+
+/// One step of [`walk_tree`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Visit {
+    Dir(String, FileInfo),
+    File(String, FileInfo),
+    Error(Error),
+}
+
+/// Go's `doozer.Walk(conn, rev, root, visitor, errors)`: the tree under
+/// `root` at `rev`, pre-order, every directory and file with its full path,
+/// entries sorted per level. Errors (an absent root is `NOENT`, a failed
+/// listing, `TOO_LATE`, …) are reported and the walk goes on with what it
+/// has.
+pub async fn walk_tree(client: &Client, rev: i64, root: &str, mut visit: impl FnMut(Visit)) {
+    let info = match client.statinfo(rev, root).await {
+        Ok(info) => info,
+        Err(e) => return visit(Visit::Error(e)),
+    };
+    let mut stack = vec![(root.to_string(), info)];
+    while let Some((path, info)) = stack.pop() {
+        if !info.is_dir {
+            visit(Visit::File(path, info));
+            continue;
+        }
+        visit(Visit::Dir(path.clone(), info));
+        let children = match client.getdirinfo(&path, rev).await {
+            Ok(children) => children,
+            Err(e) => {
+                visit(Visit::Error(e));
+                Vec::new()
+            }
+        };
+        for child in children.into_iter().rev() {
+            stack.push((join(&path, &child.name), child));
+        }
+    }
+}
+
+/// [`walk_tree`], collected.
+pub async fn walk_tree_collect(client: &Client, rev: i64, root: &str) -> Vec<Visit> {
+    let mut out = Vec::new();
+    walk_tree(client, rev, root, |v| out.push(v)).await;
+    out
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn basename(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(at) => &path[at + 1..],
+        None => path,
+    }
+}
+
+/// Connects to a cluster named by `uri` (Go's `DialUri(uri, buri)`):
+///
+/// * with `cn` and a boot URI: dial the boot cluster (through its own URI),
+///   take its REV, list `/ctl/ns/<cn>/*` at that rev and GET each address;
+/// * otherwise the `ca` addresses (none: `invalid uri`).
+///
+/// The addresses are tried in random order, each with
+/// [`DEFAULT_DIAL_TIMEOUT`], until one answers (the last failure is the
+/// error). With `sk`, ACCESS is sent first; if it fails the connection is
+/// closed and that is the error.
+pub async fn dial_uri(uri: &Uri, boot: Option<&Uri>) -> Result<Client, Error> {
+    dial_uri_timeout(uri, boot, DEFAULT_DIAL_TIMEOUT).await
+}
+
+/// [`dial_uri`] with a per-address connect timeout.
+pub async fn dial_uri_timeout(
+    uri: &Uri,
+    boot: Option<&Uri>,
+    limit: Duration,
+) -> Result<Client, Error> {
+    let mut addrs = match (&uri.cluster_name, boot) {
+        (Some(name), Some(boot)) => {
+            let dzns = Box::pin(dial_uri_timeout(boot, None, limit)).await?;
+            let found = lookup(&dzns, name).await;
+            dzns.close();
+            let found = found?;
+            if found.is_empty() {
+                return Err(Error::NoAddrs);
+            }
+            found
+        }
+        _ if uri.addrs.is_empty() => return Err(Error::Uri(UriError::Invalid)),
+        _ => uri.addrs.clone(),
+    };
+    shuffle(&mut addrs);
+    let mut last = Error::NoAddrs;
+    let mut client = None;
+    for addr in &addrs {
+        match Client::connect_timeout(addr, limit).await {
+            Ok(c) => {
+                client = Some(c);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let client = client.ok_or(last)?;
+    if let Some(secret) = &uri.secret {
+        if let Err(e) = client.access(secret.as_bytes()).await {
+            client.close();
+            return Err(e);
+        }
+    }
+    Ok(client)
+}
+
+/// [`dial_uri`] from texts, as the CLI has them. The boot URI is parsed
+/// only when it is used (the URI has `cn` and `boot` is not empty).
+pub async fn dial_uri_str(uri: &str, boot: &str) -> Result<Client, Error> {
+    let uri = Uri::parse(uri)?;
+    let boot = match (&uri.cluster_name, boot) {
+        (Some(_), b) if !b.is_empty() => Some(Uri::parse(b)?),
+        _ => None,
+    };
+    dial_uri(&uri, boot.as_ref()).await
+}
+
+/// The addresses a boot cluster lists for cluster `name` (Go's `lookup`).
+/// No `/ctl/ns/<name>` at all is an empty list.
+pub async fn lookup(dzns: &Client, name: &str) -> Result<Vec<String>, Error> {
+    let rev = dzns.rev().await?;
+    let dir = format!("/ctl/ns/{name}");
+    let names = match dzns.getdir_all(&dir, rev).await {
+        Ok(names) => names,
+        Err(e) if e.code() == Some(ErrCode::NoEnt) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut addrs = Vec::with_capacity(names.len());
+    for entry in names {
+        let (body, _) = dzns.get(&format!("{dir}/{entry}"), Some(rev)).await?;
+        addrs.push(with_default_port(&String::from_utf8_lossy(&body)));
+    }
+    Ok(addrs)
+}
+
+/// A random `u64` from the standard library's per-process random hash keys.
+pub(crate) fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9e37_79b9_7f4a_7c15);
+    h.finish()
+}
+
+fn shuffle<T>(items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = (random_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+async fn write_loop(
+    mut stream: TcpStream,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    shared: Arc<Shared>,
+) {
+    let mut buf = Vec::new();
+    while let Some(frame) = queue.next().await {
+        buf.clear();
+        buf.extend_from_slice(&frame);
+        while buf.len() < WRITE_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(frame) => buf.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = stream.write_all(&buf).await {
+            shared.fail(Error::Connection(io_error_text(&e)));
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+async fn read_loop(mut stream: TcpStream, shared: Arc<Shared>) {
+    loop {
+        let err = match read_message::<Response, _>(&mut stream, MAX_REPLY_BYTES).await {
+            Ok(Some(resp)) => {
+                let Some(tag) = resp.tag else {
+                    log::warn!("doozer client: reply without a tag: {resp:?}");
+                    continue;
+                };
+                let waiter = shared.lock().pending.remove(&tag);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(Ok(resp));
+                    }
+                    None => log::warn!("doozer client: reply for unknown tag {tag}"),
+                }
+                continue;
+            }
+            Ok(None) => Error::Connection("EOF".into()),
+            Err(FrameError::Decode(e)) => {
+                log::warn!("doozer client: undecodable reply: {e}");
+                continue;
+            }
+            Err(FrameError::Truncated) => Error::Connection("unexpected EOF".into()),
+            Err(FrameError::Io(e)) => Error::Connection(io_error_text(&e)),
+            Err(e) => Error::Protocol(e.to_string()),
+        };
+        shared.fail(err);
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    }
+}
+
+fn missing(verb: &str, field: &str) -> Error {
+    Error::Protocol(format!("{verb} reply without {field}"))
+}
+
+fn event_of(verb: &str, resp: Response) -> Result<Event, Error> {
+    Ok(Event {
+        rev: resp.rev.ok_or_else(|| missing(verb, "rev"))?,
+        path: resp.path.ok_or_else(|| missing(verb, "path"))?,
+        body: resp.value.unwrap_or_default(),
+        flags: resp.flags.ok_or_else(|| missing(verb, "flags"))? & (flags::SET | flags::DEL),
+    })
+}
+
+/// A small builder for requests.
+struct Req(Request);
+
+fn req(verb: Verb) -> Req {
+    Req(Request {
+        verb: Some(verb as i32),
+        ..Request::default()
+    })
+}
+
+impl Req {
+    fn path(mut self, path: &str) -> Req {
+        self.0.path = Some(path.to_string());
+        self
+    }
+
+    fn rev(mut self, rev: i64) -> Req {
+        self.0.rev = Some(rev);
+        self
+    }
+
+    fn rev_opt(mut self, rev: Option<i64>) -> Req {
+        self.0.rev = rev;
+        self
+    }
+
+    fn value(mut self, value: Vec<u8>) -> Req {
+        self.0.value = Some(value);
+        self
+    }
+
+    fn offset(mut self, offset: i32) -> Req {
+        self.0.offset = Some(offset);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::client::read_message;
+    use crate::runtime::rt::{block_on, sleep, TcpListener};
+
+    /// A tiny in-memory server: a flat map of files, WAIT answered by the next
+    /// SET, replies to GET delayed so that they come out of order.
+    async fn fake_server(listener: TcpListener, close_after: Option<usize>) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut reader = stream.clone();
+        let writer = Arc::new(futures::lock::Mutex::new(stream.clone()));
+        let mut files: HashMap<String, (Vec<u8>, i64)> = HashMap::new();
+        let mut rev = 0i64;
+        let mut waits: Vec<Request> = Vec::new();
+        let mut seen = 0usize;
+        while let Ok(Some(r)) = read_message::<Request, _>(&mut reader, 1 << 20).await {
+            seen += 1;
+            if close_after == Some(seen) {
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            let mut resp = Response {
+                tag: r.tag,
+                ..Response::default()
+            };
+            let path = r.path.clone().unwrap_or_default();
+            match Verb::try_from(r.verb.unwrap_or(0)) {
+                Ok(Verb::Rev) => resp.rev = Some(rev),
+                Ok(Verb::SelfId) => resp.value = Some(b"SELFID".to_vec()),
+                Ok(Verb::Access) => {
+                    if r.value.as_deref() != Some(b"good") {
+                        resp = Response::error(r.tag, &ReplyError::permission_denied());
+                    }
+                }
+                Ok(Verb::Set) => {
+                    let cur = files.get(&path).map(|f| f.1).unwrap_or(0);
+                    let want = r.rev.unwrap_or(-5);
+                    if want != -1 && want < cur {
+                        resp = Response::error(r.tag, &ErrCode::RevMismatch.into());
+                    } else {
+                        rev += 1;
+                        files.insert(path.clone(), (r.value.clone().unwrap_or_default(), rev));
+                        resp.rev = Some(rev);
+                        for w in waits.drain(..) {
+                            let ev = Response {
+                                tag: w.tag,
+                                rev: Some(rev),
+                                path: Some(path.clone()),
+                                value: r.value.clone(),
+                                flags: Some(4),
+                                ..Response::default()
+                            };
+                            writer
+                                .lock()
+                                .await
+                                .write_all(&encode_frame(&ev))
+                                .await
+                                .unwrap();
+                        }
+                    }
+                }
+                Ok(Verb::Wait) => {
+                    waits.push(r);
+                    continue;
+                }
+                Ok(Verb::Get) => {
+                    let (body, frev) = files.get(&path).cloned().unwrap_or_default();
+                    resp.value = Some(body);
+                    resp.rev = Some(frev);
+                    // Answer later, from another task: out of order.
+                    let writer = writer.clone();
+                    spawn(async move {
+                        sleep(Duration::from_millis(50)).await;
+                        writer
+                            .lock()
+                            .await
+                            .write_all(&encode_frame(&resp))
+                            .await
+                            .unwrap();
+                    });
+                    continue;
+                }
+                Ok(Verb::Stat) => match (path.as_str(), files.get(&path)) {
+                    ("/", _) => {
+                        resp.len = Some(files.len() as i32);
+                        resp.rev = Some(-2);
+                    }
+                    (_, Some((body, frev))) => {
+                        resp.len = Some(body.len() as i32);
+                        resp.rev = Some(*frev);
+                    }
+                    _ => {
+                        resp.len = Some(0);
+                        resp.rev = Some(0);
+                    }
+                },
+                Ok(Verb::Getdir) => {
+                    let mut names: Vec<&String> = files.keys().collect();
+                    names.sort();
+                    match names.get(r.offset.unwrap_or(0) as usize) {
+                        Some(name) => resp.path = Some(name[1..].to_string()),
+                        None => resp = Response::error(r.tag, &ErrCode::Range.into()),
+                    }
+                }
+                _ => resp = Response::error(r.tag, &ErrCode::UnknownVerb.into()),
+            }
+            writer
+                .lock()
+                .await
+                .write_all(&encode_frame(&resp))
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn start(close_after: Option<usize>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        spawn(fake_server(listener, close_after));
+        addr
+    }
+
+    #[test]
+    fn pipelined_calls_and_out_of_order_replies() {
+        block_on(async {
+            let addr = start(None).await;
+            let c = Client::connect(&addr).await.unwrap();
+            assert_eq!(c.rev().await.unwrap(), 0);
+            assert_eq!(c.set("/a", 0, b"one").await.unwrap(), 1);
+            let err = c.set("/a", 0, b"two").await.unwrap_err();
+            assert!(err.is_rev_mismatch());
+            assert_eq!(err.to_string(), "REV_MISMATCH");
+            // A GET (answered late) and a REV in flight together.
+            let (got, rev) = futures::join!(c.get("/a", None), c.rev());
+            assert_eq!(got.unwrap(), (b"one".to_vec(), 1));
+            assert_eq!(rev.unwrap(), 1);
+            // A WAIT registered before a SET sees it.
+            let waiter = c.clone();
+            let w = spawn(async move { waiter.wait("/**", 2).await });
+            sleep(Duration::from_millis(20)).await;
+            assert_eq!(c.set("/b", -1, b"x").await.unwrap(), 2);
+            let ev = w.await.unwrap();
+            assert_eq!(
+                (ev.path.as_str(), ev.rev, ev.kind(), ev.body.as_slice()),
+                ("/b", 2, "set", &b"x"[..])
+            );
+            assert_eq!(c.self_id().await.unwrap(), b"SELFID");
+            assert_eq!(c.stat("/a", None).await.unwrap(), (3, 1));
+            assert_eq!(c.getdir_all("/", 2).await.unwrap(), ["a", "b"]);
+            let tree = walk_tree_collect(&c, 2, "/").await;
+            let paths: Vec<String> = tree
+                .iter()
+                .map(|v| match v {
+                    Visit::Dir(p, _) => format!("d {p}"),
+                    Visit::File(p, _) => format!("f {p}"),
+                    Visit::Error(e) => format!("e {e}"),
+                })
+                .collect();
+            assert_eq!(paths, ["d /", "f /a", "f /b"]);
+            let tree = walk_tree_collect(&c, 2, "/nope").await;
+            assert_eq!(tree, [Visit::Error(ErrCode::NoEnt.into())]);
+            // A WAIT that never fires times out without harming the connection.
+            let err = c
+                .wait_timeout("/zzz", 100, Duration::from_millis(30))
+                .await
+                .unwrap_err();
+            assert_eq!(err.to_string(), "wait timeout");
+            assert_eq!(c.rev().await.unwrap(), 2);
+            c.close();
+            assert_eq!(c.rev().await.unwrap_err(), Error::Closed);
+        });
+    }
+
+    #[test]
+    fn pending_calls_fail_when_the_connection_dies() {
+        block_on(async {
+            // The server hangs up on the third request; the WAIT pending since
+            // the first must get an error, and so must every later call.
+            let addr = start(Some(3)).await;
+            let c = Client::connect(&addr).await.unwrap();
+            let waiter = c.clone();
+            let w = spawn(async move { waiter.wait("/x", 1).await });
+            sleep(Duration::from_millis(20)).await;
+            assert_eq!(c.rev().await.unwrap(), 0);
+            let err = c.rev().await.unwrap_err();
+            assert_eq!(err.to_string(), "EOF");
+            assert_eq!(w.await.unwrap_err().to_string(), "EOF");
+            assert_eq!(c.nop().await.unwrap_err().to_string(), "EOF");
+        });
+    }
+
+    #[test]
+    fn dial_uri_falls_through_and_sends_the_secret() {
+        block_on(async {
+            let dead = {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                l.local_addr().unwrap().to_string()
+            };
+            let addr = start(None).await;
+            let uri = Uri::parse(&format!("doozer:?ca={dead}&ca={addr}&sk=good")).unwrap();
+            let c = dial_uri(&uri, None).await.unwrap();
+            assert_eq!(c.addr(), addr);
+            assert_eq!(c.rev().await.unwrap(), 0);
+
+            let addr = start(None).await;
+            let err = dial_uri_str(&format!("doozer:?ca={addr}&sk=bad"), "")
+                .await
+                .unwrap_err();
+            assert_eq!(err.to_string(), "OTHER: permission denied");
+
+            let err = dial_uri_str(&format!("doozer:?ca={dead}"), "")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("dial tcp {dead}: connection refused")
+            );
+            assert_eq!(
+                dial_uri_str("doozer:?cn=x", "")
+                    .await
+                    .unwrap_err()
+                    .to_string(),
+                "invalid uri"
+            );
+            assert_eq!(
+                dial_uri_str("nope", "").await.unwrap_err().to_string(),
+                "invalid uri"
+            );
+        });
+    }
+
+    #[test]
+    fn dial_uri_with_an_empty_boot_lookup_is_an_error() {
+        block_on(async {
+            let boot = start(None).await;
+            // The fake server has no /ctl/ns/<name>: GETDIR answers RANGE at
+            // once, so the list is empty.
+            let err = dial_uri_str("doozer:?cn=prod", &format!("doozer:?ca={boot}"))
+                .await
+                .unwrap_err();
+            assert_eq!(err, Error::NoAddrs);
+            assert_eq!(err.to_string(), "no known address");
+        });
+    }
+}

@@ -1,0 +1,208 @@
+//! The real `doozer` CLI against a real `doozerd`: every command, its stdout,
+//! stderr and exit code, the error cases included (reference §8 with the
+//! fixes of CONTRACT.md).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(server: &Server, args: &[&str], stdin: &str) -> Run {
+    let out = server.doozer(args, stdin.as_bytes());
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok(server: &Server, args: &[&str], stdin: &str) -> String {
+    let r = run(server, args, stdin);
+    assert_eq!(r.code, 0, "doozer {args:?}: stderr {:?}", r.stderr);
+    r.stdout
+}
+
+fn rev_line(text: &str) -> i64 {
+    assert!(text.ends_with('\n'), "{text:?} ends with a newline");
+    text.trim_end().parse().unwrap()
+}
+
+#[test]
+fn set_get_add_del_touch_stat() {
+    let server = Server::start(&[]);
+    let rev = rev_line(&ok(&server, &["set", "/a", "0"], "hello"));
+    assert_eq!(ok(&server, &["get", "/a"], ""), "hello");
+    assert_eq!(ok(&server, &["stat", "/a"], ""), format!("{rev} 5\n"));
+
+    // Rev mismatch: exit 1 (the documented code), error on stderr.
+    let r = run(&server, &["set", "/a", "0"], "again");
+    assert_eq!((r.code, r.stdout.as_str()), (1, ""));
+    assert_eq!(r.stderr.trim_end(), "Error: REV_MISMATCH");
+    let rev2 = rev_line(&ok(&server, &["set", "/a", &rev.to_string()], "second"));
+    assert!(rev2 > rev);
+    assert_eq!(ok(&server, &["get", "/a"], ""), "second");
+
+    let added = rev_line(&ok(&server, &["add", "/b"], "bee"));
+    assert!(added > rev2);
+    let r = run(&server, &["add", "/b"], "bee");
+    assert_eq!(r.code, 1, "add over an existing file is a rev mismatch");
+
+    assert_eq!(ok(&server, &["del", "/b", &added.to_string()], ""), "");
+    assert_eq!(ok(&server, &["get", "/b"], ""), "", "an absent file prints nothing");
+
+    assert_eq!(ok(&server, &["touch", "/t"], ""), "");
+    let stat = ok(&server, &["stat", "/t"], "");
+    assert!(stat.ends_with(" 0\n"), "{stat:?}");
+    let before = stat.split(' ').next().unwrap().parse::<i64>().unwrap();
+    ok(&server, &["touch", "/t"], "");
+    let after = ok(&server, &["stat", "/t"], "");
+    assert!(after.split(' ').next().unwrap().parse::<i64>().unwrap() > before);
+
+    // Directories.
+    ok(&server, &["set", "/d/x", "-1"], "1");
+    ok(&server, &["set", "/d/y", "-1"], "2");
+    assert_eq!(ok(&server, &["stat", "/d"], ""), "d 2\n");
+    let r = run(&server, &["get", "/d"], "");
+    assert_eq!((r.code, r.stderr.trim_end()), (2, "Error: ISDIR"));
+    let r = run(&server, &["set", "/d", "-1"], "x");
+    assert_eq!((r.code, r.stderr.trim_end()), (2, "Error: ISDIR"));
+
+    // Absent file in stat.
+    let r = run(&server, &["stat", "/nope"], "");
+    assert_eq!(r.code, 2);
+    assert_eq!(r.stderr.trim_end(), "No such file or directory: /nope");
+
+    // Bad paths.
+    let r = run(&server, &["set", "/bad/", "0"], "x");
+    assert_eq!((r.code, r.stderr.trim_end()), (2, "Error: BAD_PATH"));
+    let r = run(&server, &["get", "nope"], "");
+    assert_eq!((r.code, r.stderr.trim_end()), (2, "Error: BAD_PATH"));
+}
+
+#[test]
+fn rev_self_nop_find() {
+    let server = Server::start(&[]);
+    let rev = rev_line(&ok(&server, &["rev"], ""));
+    assert!(rev >= 7);
+    let id = ok(&server, &["self"], "");
+    assert_eq!(id.len(), 16, "{id:?}");
+    assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+    assert_eq!(ok(&server, &["get", "/ctl/cal/0"], ""), id);
+    assert_eq!(ok(&server, &["nop"], ""), "");
+    assert!(rev_line(&ok(&server, &["rev"], "")) > rev);
+
+    ok(&server, &["set", "/f/a/b", "-1"], "1");
+    ok(&server, &["set", "/f/a-b", "-1"], "2");
+    ok(&server, &["set", "/f/c", "-1"], "3");
+    // Pre-order, sorted per level: /f/a/b before /f/a-b.
+    assert_eq!(ok(&server, &["find", "/f"], ""), "/f\n/f/a\n/f/a/b\n/f/a-b\n/f/c\n");
+    let r = run(&server, &["find", "/missing"], "");
+    assert_eq!(r.code, 2, "find fails after an error: {}", r.stderr);
+    assert!(r.stderr.contains("NOENT"), "{:?}", r.stderr);
+}
+
+#[test]
+fn wait_and_watch_records() {
+    let server = Server::start(&[]);
+    let rev = rev_line(&ok(&server, &["set", "/w/x", "-1"], "body"));
+    let record = ok(&server, &["wait", "-r", &rev.to_string(), "/w/**"], "");
+    assert_eq!(record, format!("/w/x {rev} set 4\nbody\n"));
+    // Flags after the command work too, and -r before it.
+    let record = ok(&server, &["-r", &rev.to_string(), "wait", "/w/**"], "");
+    assert_eq!(record, format!("/w/x {rev} set 4\nbody\n"));
+
+    // Wait with a timeout that expires.
+    let r = run(&server, &["wait", "-t", "200ms", "/never/**"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // Watch: set, del and nop records, in order.
+    let start = rev_line(&ok(&server, &["rev"], "")) + 1;
+    let mut child = Command::new(DOOZER)
+        .args(["watch", "-r", &start.to_string(), "/**"])
+        .env("DOOZER_URI", server.uri())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let set_rev = rev_line(&ok(&server, &["set", "/w/y", "-1"], "two\nlines"));
+    ok(&server, &["del", "/w/y", "-1"], "");
+    ok(&server, &["nop"], "");
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines.len() < 7 && Instant::now() < deadline {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        lines.push(line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text: String = lines.concat();
+    assert_eq!(
+        text,
+        format!(
+            "/w/y {set_rev} set 9\ntwo\nlines\n/w/y {} del 0\n\n/ {}  0\n\n",
+            set_rev + 1,
+            set_rev + 2
+        )
+    );
+}
+
+#[test]
+fn usage_errors_and_version() {
+    let server = Server::start(&[]);
+    let r = run(&server, &[], "");
+    assert_eq!(r.code, 127);
+    assert!(r.stderr.contains("missing command"), "{}", r.stderr);
+    let r = run(&server, &["frob"], "");
+    assert_eq!(r.code, 127);
+    assert!(r.stderr.contains("Unknown command: frob"));
+    let r = run(&server, &["get"], "");
+    assert_eq!(r.code, 127);
+    assert!(r.stderr.contains("get: wrong number of arguments"));
+    let r = run(&server, &["-v"], "");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "doozer 0.9.0\n"));
+    let r = run(&server, &["set", "/x", "notanumber"], "");
+    assert_eq!(r.code, 2);
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let addr = free_addr();
+    let out = doozer_with_env(&[("DOOZER_URI", &format!("doozer:?ca={addr}"))], &["get", "/x"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("Error:"));
+}
+
+#[test]
+fn secrets_deny_and_grant() {
+    let server = Server::start_with_env(&[], &[("DOOZER_RWSECRET", "rw"), ("DOOZER_ROSECRET", "ro")]);
+    for args in [&["get", "/ctl/name"][..], &["rev"], &["self"]] {
+        let r = run(&server, args, "");
+        assert_eq!(r.code, 2, "{args:?}");
+        assert_eq!(r.stderr.trim_end(), "Error: OTHER: permission denied", "{args:?}");
+    }
+    let ro = format!("doozer:?ca={}&sk=ro", server.addr);
+    let rw = format!("doozer:?ca={}&sk=rw", server.addr);
+    let wrong = format!("doozer:?ca={}&sk=nope", server.addr);
+    assert_eq!(ok(&server, &["-a", &ro, "get", "/ctl/name"], ""), "local");
+    let r = run(&server, &["-a", &ro, "set", "/x", "0"], "v");
+    assert_eq!((r.code, r.stderr.trim_end()), (2, "Error: OTHER: permission denied"));
+    let r = run(&server, &["-a", &wrong, "get", "/ctl/name"], "");
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
+    // -a after the command.
+    rev_line(&ok(&server, &["set", "-a", &rw, "/x", "0"], "v"));
+    assert_eq!(ok(&server, &["get", "-a", &ro, "/x"], ""), "v");
+}

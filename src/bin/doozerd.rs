@@ -18,7 +18,12 @@ use doozer::session::Secrets;
 struct Flags {
     /// listen address: client and peer traffic, and this node's identity
     /// (default 127.0.0.1:8046)
-    #[argh(option, short = 'l', long = "listen", default = "String::from(\"127.0.0.1:8046\")")]
+    #[argh(
+        option,
+        short = 'l',
+        long = "listen",
+        default = "String::from(\"127.0.0.1:8046\")"
+    )]
     listen: String,
 
     /// attach to the cluster member at this address (repeatable; the first
@@ -31,7 +36,12 @@ struct Flags {
     boot: Option<String>,
 
     /// cluster name (default local)
-    #[argh(option, short = 'c', long = "cluster", default = "String::from(\"local\")")]
+    #[argh(
+        option,
+        short = 'c',
+        long = "cluster",
+        default = "String::from(\"local\")"
+    )]
     cluster: String,
 
     /// web view address, or false to turn it off (default: the -l host, port
@@ -128,7 +138,9 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     if value.is_finite() && value > 0.0 && value < 1e9 {
         Ok(Duration::from_secs_f64(value))
     } else {
-        Err(format!("-{name} must be a positive number of seconds, not {value}"))
+        Err(format!(
+            "-{name} must be a positive number of seconds, not {value}"
+        ))
     }
 }
 
@@ -160,7 +172,8 @@ fn config_from(flags: Flags) -> Result<Config, String> {
     };
     if let Some(n) = flags.max_value_bytes {
         config.limits.max_value_bytes = n;
-        config.limits.max_frame_bytes = config.limits.max_frame_bytes.max(n.saturating_add(1 << 20));
+        config.limits.max_frame_bytes =
+            config.limits.max_frame_bytes.max(n.saturating_add(1 << 20));
     }
     if let Some(n) = flags.max_connections {
         config.limits.max_connections = n;
@@ -242,7 +255,17 @@ mod tests {
 
     #[test]
     fn flags_parse_into_a_config() {
-        let args = norm(&["-l", "127.0.0.9:9000", "-timeout", "5", "-hist=10", "-w", "false", "-c", "x"]);
+        let args = norm(&[
+            "-l",
+            "127.0.0.9:9000",
+            "-timeout",
+            "5",
+            "-hist=10",
+            "-w",
+            "false",
+            "-c",
+            "x",
+        ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let flags = Flags::from_args(&["doozerd"], &refs).unwrap();
         let config = config_from(flags).unwrap();

@@ -194,7 +194,8 @@ forward; an absent file is created empty.
     },
 ];
 
-const WAIT_HELP_HEAD: &str = "Prints the first change to a path matching <glob> at or after revision
+const WAIT_HELP_HEAD: &str =
+    "Prints the first change to a path matching <glob> at or after revision
 -r (by default, the current revision). With -t, gives up after that long;
 -t takes durations like 500ms, 30s or 1m30s (units ns, us, ms, s, m, h).
 
@@ -254,10 +255,25 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "\"doozer:?ca=127.0.0.1:8046\"",
         "the cluster to talk to",
     ),
-    ("b", Kind::Value, "\"\"", "the DzNS that finds a cluster named by cn="),
+    (
+        "b",
+        Kind::Value,
+        "\"\"",
+        "the DzNS that finds a cluster named by cn=",
+    ),
     ("h", Kind::Bool, "false", "print this help"),
-    ("r", Kind::Value, "-1", "revision for find, wait and watch (-1: the current one)"),
-    ("t", Kind::Value, "0", "how long wait may block (0: no limit)"),
+    (
+        "r",
+        Kind::Value,
+        "-1",
+        "revision for find, wait and watch (-1: the current one)",
+    ),
+    (
+        "t",
+        Kind::Value,
+        "0",
+        "how long wait may block (0: no limit)",
+    ),
     ("v", Kind::Bool, "false", "print the version"),
 ];
 
@@ -943,9 +959,21 @@ Commands:
         // -h after the command: that command's help on stdout.
         let (status, out, err) = run_plain(&["get", "-h"]);
         assert_eq!((status, err.as_str()), (0, ""));
-        assert_eq!(out, format!("Use: doozer [options] get [options] <path>\n\n{}", command("get").unwrap().help));
+        assert_eq!(
+            out,
+            format!(
+                "Use: doozer [options] get [options] <path>\n\n{}",
+                command("get").unwrap().help
+            )
+        );
         let (_, out, _) = run_plain(&["help", "nop"]);
-        assert_eq!(out, format!("Use: doozer [options] nop [options] \n\n{}", command("nop").unwrap().help));
+        assert_eq!(
+            out,
+            format!(
+                "Use: doozer [options] nop [options] \n\n{}",
+                command("nop").unwrap().help
+            )
+        );
         let (status, out, _) = run_plain(&["help", "nosuch"]);
         assert_eq!(
             (status, out.as_str()),
@@ -962,9 +990,9 @@ Commands:
         let (status, out, err) = run_plain(&["set", "/x"]);
         assert_eq!(status, 127);
         assert_eq!(err, "set: wrong number of arguments\n");
-        assert!(
-            out.starts_with("Use: doozer [options] set [options] <path> <rev>\n\nWrites standard input")
-        );
+        assert!(out.starts_with(
+            "Use: doozer [options] set [options] <path> <rev>\n\nWrites standard input"
+        ));
         let (status, out, err) = run_plain(&["rev", "extra"]);
         assert_eq!(
             (status, err.as_str()),
@@ -972,7 +1000,11 @@ Commands:
         );
         assert_eq!(
             out,
-            format!("Use: doozer [options] rev [options] \n\n{}", command("rev").unwrap().help).as_str()
+            format!(
+                "Use: doozer [options] rev [options] \n\n{}",
+                command("rev").unwrap().help
+            )
+            .as_str()
         );
         // Go's flag parsing stops at the first argument: "/x 0 -a u" is three.
         let (status, _, err) = run_plain(&["set", "/x", "0", "-a", "u"]);

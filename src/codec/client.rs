@@ -50,7 +50,9 @@ pub struct Request {
     pub rev: Option<i64>,
 }
 
-/// Server → client message.
+/// Server → client message. (`len` is the protocol's field name; the derive
+/// makes it a getter, which is not a collection length.)
+#[allow(clippy::len_without_is_empty)]
 #[derive(Clone, PartialEq, Message)]
 pub struct Response {
     #[prost(int32, optional, tag = "1")]
@@ -202,7 +204,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while got < HEADER_BYTES {
         let n = reader.read(&mut header[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         got += n;
     }
@@ -236,8 +242,14 @@ mod tests {
     #[test]
     fn header_checks() {
         assert_eq!(frame_len([0, 0, 0, 8], 100).unwrap(), 8);
-        assert!(matches!(frame_len([0xff, 0xff, 0xff, 0xff], 100), Err(FrameError::NegativeLength(-1))));
-        assert!(matches!(frame_len([0, 0, 1, 0], 100), Err(FrameError::TooLong { len: 256, .. })));
+        assert!(matches!(
+            frame_len([0xff, 0xff, 0xff, 0xff], 100),
+            Err(FrameError::NegativeLength(-1))
+        ));
+        assert!(matches!(
+            frame_len([0, 0, 1, 0], 100),
+            Err(FrameError::TooLong { len: 256, .. })
+        ));
     }
 
     #[test]
@@ -252,9 +264,12 @@ mod tests {
         };
         let frame = encode_frame(&req);
         let mut reader = futures::io::Cursor::new(frame);
-        let back: Request = futures::executor::block_on(read_message(&mut reader, 1024)).unwrap().unwrap();
+        let back: Request = futures::executor::block_on(read_message(&mut reader, 1024))
+            .unwrap()
+            .unwrap();
         assert_eq!(back, req);
-        let end: Option<Request> = futures::executor::block_on(read_message(&mut reader, 1024)).unwrap();
+        let end: Option<Request> =
+            futures::executor::block_on(read_message(&mut reader, 1024)).unwrap();
         assert!(end.is_none());
     }
 

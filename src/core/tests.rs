@@ -27,7 +27,12 @@ fn path(p: &str) -> Path {
 }
 
 /// Sends one request as its own batch and returns the replies.
-fn call(core: &mut Core, conn: ConnId, tag: i32, command: Command) -> Vec<(ConnId, Option<i32>, Outcome)> {
+fn call(
+    core: &mut Core,
+    conn: ConnId,
+    tag: i32,
+    command: Command,
+) -> Vec<(ConnId, Option<i32>, Outcome)> {
     let mut out = Vec::new();
     core.handle(
         Input::Request {
@@ -59,7 +64,18 @@ fn set(p: &str, rev: i64, body: &str) -> Command {
 }
 
 fn get_body(core: &mut Core, p: &str) -> (Rev, Vec<u8>) {
-    match call(core, 9, 0, Command::Get { path: path(p), rev: None }).remove(0).2 {
+    match call(
+        core,
+        9,
+        0,
+        Command::Get {
+            path: path(p),
+            rev: None,
+        },
+    )
+    .remove(0)
+    .2
+    {
         Ok(Reply::Value { rev, body }) => (rev, body.to_vec()),
         other => panic!("{other:?}"),
     }
@@ -71,11 +87,26 @@ fn seed_writes_its_ctl_entries_through_consensus() {
     let id = core.node().id.to_string();
     assert_eq!(get_body(&mut core, "/ctl/name").1, b"test");
     assert_eq!(get_body(&mut core, "/ctl/cal/0").1, id.as_bytes());
-    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/addr")).1, b"127.0.0.1:8046");
-    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/hostname")).1, b"box");
-    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/version")).1, NODE_VERSION.as_bytes());
-    assert_eq!(get_body(&mut core, &format!("/ctl/node/{id}/writable")).1, b"true");
-    assert_eq!(get_body(&mut core, &format!("/ctl/ns/test/{id}")).1, b"127.0.0.1:8046");
+    assert_eq!(
+        get_body(&mut core, &format!("/ctl/node/{id}/addr")).1,
+        b"127.0.0.1:8046"
+    );
+    assert_eq!(
+        get_body(&mut core, &format!("/ctl/node/{id}/hostname")).1,
+        b"box"
+    );
+    assert_eq!(
+        get_body(&mut core, &format!("/ctl/node/{id}/version")).1,
+        NODE_VERSION.as_bytes()
+    );
+    assert_eq!(
+        get_body(&mut core, &format!("/ctl/node/{id}/writable")).1,
+        b"true"
+    );
+    assert_eq!(
+        get_body(&mut core, &format!("/ctl/ns/test/{id}")).1,
+        b"127.0.0.1:8046"
+    );
     assert_eq!(core.store().rev(), Rev(7));
 }
 
@@ -89,12 +120,26 @@ fn set_answers_with_the_rev_after_applying() {
     let got = call(&mut core, 1, 6, set("/a", 0, "y"));
     assert_eq!(got[0].2, Err(ErrCode::RevMismatch.into()));
     // The failed write used a rev and wrote /ctl/err.
-    assert_eq!(get_body(&mut core, "/ctl/err"), (Rev(base + 2), b"rev mismatch".to_vec()));
-    let got = call(&mut core, 1, 7, Command::Del { path: path("/a"), check: RevCheck::Clobber });
+    assert_eq!(
+        get_body(&mut core, "/ctl/err"),
+        (Rev(base + 2), b"rev mismatch".to_vec())
+    );
+    let got = call(
+        &mut core,
+        1,
+        7,
+        Command::Del {
+            path: path("/a"),
+            check: RevCheck::Clobber,
+        },
+    );
     assert_eq!(got[0].2, Ok(Reply::Done));
     let got = call(&mut core, 1, 8, Command::Nop);
     assert_eq!(got[0].2, Ok(Reply::Done));
-    assert_eq!(call(&mut core, 1, 9, Command::Rev)[0].2, Ok(Reply::Rev(Rev(base + 4))));
+    assert_eq!(
+        call(&mut core, 1, 9, Command::Rev)[0].2,
+        Ok(Reply::Rev(Rev(base + 4)))
+    );
 }
 
 #[test]
@@ -102,7 +147,16 @@ fn wait_registered_before_a_set_sees_it_and_is_freed_on_close() {
     let mut core = seed();
     let next = core.store().rev().0 + 1;
     let glob = Glob::parse("/x/**").unwrap();
-    assert!(call(&mut core, 1, 1, Command::Wait { glob: glob.clone(), rev: next }).is_empty());
+    assert!(call(
+        &mut core,
+        1,
+        1,
+        Command::Wait {
+            glob: glob.clone(),
+            rev: next
+        }
+    )
+    .is_empty());
     assert_eq!(core.waiting(), 1);
     let got = call(&mut core, 2, 1, set("/x/y", -1, "v"));
     assert_eq!(got.len(), 2);
@@ -119,7 +173,16 @@ fn wait_registered_before_a_set_sees_it_and_is_freed_on_close() {
     assert_eq!(core.waiting(), 0);
 
     // A wait far in the future stays until its connection closes.
-    assert!(call(&mut core, 3, 1, Command::Wait { glob, rev: next + 1000 }).is_empty());
+    assert!(call(
+        &mut core,
+        3,
+        1,
+        Command::Wait {
+            glob,
+            rev: next + 1000
+        }
+    )
+    .is_empty());
     assert_eq!(core.waiting(), 1);
     let mut out = Vec::new();
     core.handle(Input::ConnClosed { conn: 3 }, &mut out);
@@ -131,15 +194,33 @@ fn wait_answers_from_history_and_nops_match_root() {
     let mut core = seed();
     let rev = core.store().rev().0;
     call(&mut core, 1, 1, Command::Nop);
-    let got = call(&mut core, 1, 2, Command::Wait { glob: Glob::parse("/").unwrap(), rev: rev + 1 });
+    let got = call(
+        &mut core,
+        1,
+        2,
+        Command::Wait {
+            glob: Glob::parse("/").unwrap(),
+            rev: rev + 1,
+        },
+    );
     match &got[0].2 {
-        Ok(Reply::Event { path, kind, rev: r, .. }) => {
+        Ok(Reply::Event {
+            path, kind, rev: r, ..
+        }) => {
             assert_eq!((path.as_str(), *kind, r.0), ("/", EventKind::Nop, rev + 1));
         }
         other => panic!("{other:?}"),
     }
     // rev 0 is raised to 1: the first event ever.
-    let got = call(&mut core, 1, 3, Command::Wait { glob: Glob::parse("/**").unwrap(), rev: 0 });
+    let got = call(
+        &mut core,
+        1,
+        3,
+        Command::Wait {
+            glob: Glob::parse("/**").unwrap(),
+            rev: 0,
+        },
+    );
     assert!(matches!(&got[0].2, Ok(Reply::Event { rev: Rev(1), .. })));
 }
 
@@ -147,10 +228,23 @@ fn wait_answers_from_history_and_nops_match_root() {
 fn reads_at_a_future_rev_wait_for_it() {
     let mut core = seed();
     let next = core.store().rev().0 + 1;
-    let got = call(&mut core, 1, 1, Command::Get { path: path("/f"), rev: Some(next) });
+    let got = call(
+        &mut core,
+        1,
+        1,
+        Command::Get {
+            path: path("/f"),
+            rev: Some(next),
+        },
+    );
     assert!(got.is_empty(), "parked until rev {next}");
     let got = call(&mut core, 2, 1, set("/f", 0, "z"));
-    assert!(got.iter().any(|(conn, _, o)| *conn == 1 && *o == Ok(Reply::Value { rev: Rev(next), body: Body::from(b"z".to_vec()) })));
+    assert!(got.iter().any(|(conn, _, o)| *conn == 1
+        && *o
+            == Ok(Reply::Value {
+                rev: Rev(next),
+                body: Body::from(b"z".to_vec())
+            })));
 }
 
 #[test]
@@ -159,9 +253,25 @@ fn old_revs_are_too_late() {
     for i in 0..60 {
         call(&mut core, 1, i, set("/n", -1, "v"));
     }
-    let got = call(&mut core, 1, 100, Command::Get { path: path("/n"), rev: Some(2) });
+    let got = call(
+        &mut core,
+        1,
+        100,
+        Command::Get {
+            path: path("/n"),
+            rev: Some(2),
+        },
+    );
     assert_eq!(got[0].2, Err(ErrCode::TooLate.into()));
-    let got = call(&mut core, 1, 101, Command::Wait { glob: Glob::parse("/**").unwrap(), rev: 2 });
+    let got = call(
+        &mut core,
+        1,
+        101,
+        Command::Wait {
+            glob: Glob::parse("/**").unwrap(),
+            rev: 2,
+        },
+    );
     assert_eq!(got[0].2, Err(ErrCode::TooLate.into()));
 }
 
@@ -201,18 +311,79 @@ fn stat_getdir_walk() {
     let mut core = seed();
     call(&mut core, 1, 1, set("/d/b", -1, "12345"));
     call(&mut core, 1, 2, set("/d/a", -1, ""));
-    let got = call(&mut core, 1, 3, Command::Stat { path: Some(path("/d")), rev: None });
+    let got = call(
+        &mut core,
+        1,
+        3,
+        Command::Stat {
+            path: Some(path("/d")),
+            rev: None,
+        },
+    );
     assert_eq!(got[0].2, Ok(Reply::Stat { len: 2, rev: -2 }));
-    let got = call(&mut core, 1, 4, Command::Stat { path: Some(path("/d/b")), rev: None });
+    let got = call(
+        &mut core,
+        1,
+        4,
+        Command::Stat {
+            path: Some(path("/d/b")),
+            rev: None,
+        },
+    );
     assert!(matches!(got[0].2, Ok(Reply::Stat { len: 5, .. })));
-    let got = call(&mut core, 1, 5, Command::Stat { path: None, rev: None });
+    let got = call(
+        &mut core,
+        1,
+        5,
+        Command::Stat {
+            path: None,
+            rev: None,
+        },
+    );
     assert_eq!(got[0].2, Ok(Reply::Stat { len: 0, rev: 0 }));
-    let got = call(&mut core, 1, 6, Command::Getdir { path: path("/d"), offset: 0, rev: None });
+    let got = call(
+        &mut core,
+        1,
+        6,
+        Command::Getdir {
+            path: path("/d"),
+            offset: 0,
+            rev: None,
+        },
+    );
     assert_eq!(got[0].2, Ok(Reply::Name("a".into())));
-    let got = call(&mut core, 1, 7, Command::Getdir { path: path("/d"), offset: 2, rev: None });
+    let got = call(
+        &mut core,
+        1,
+        7,
+        Command::Getdir {
+            path: path("/d"),
+            offset: 2,
+            rev: None,
+        },
+    );
     assert_eq!(got[0].2, Err(ErrCode::Range.into()));
-    let got = call(&mut core, 1, 8, Command::Walk { glob: Glob::parse("/d/*").unwrap(), offset: 1, rev: None });
-    assert!(matches!(&got[0].2, Ok(Reply::Event { path, kind: EventKind::Set, .. }) if path.as_str() == "/d/b"));
-    let got = call(&mut core, 1, 9, Command::Get { path: path("/d"), rev: None });
+    let got = call(
+        &mut core,
+        1,
+        8,
+        Command::Walk {
+            glob: Glob::parse("/d/*").unwrap(),
+            offset: 1,
+            rev: None,
+        },
+    );
+    assert!(
+        matches!(&got[0].2, Ok(Reply::Event { path, kind: EventKind::Set, .. }) if path.as_str() == "/d/b")
+    );
+    let got = call(
+        &mut core,
+        1,
+        9,
+        Command::Get {
+            path: path("/d"),
+            rev: None,
+        },
+    );
     assert_eq!(got[0].2, Err(ErrCode::IsDir.into()));
 }

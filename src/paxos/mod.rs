@@ -455,7 +455,12 @@ impl<V: Value> Paxos<V> {
         }
         let first = self.next_to_deliver;
         let chosen_top = self.chosen.keys().next_back().copied().unwrap_or(first - 1);
-        let last = best.keys().next_back().copied().unwrap_or(first - 1).max(chosen_top);
+        let last = best
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(first - 1)
+            .max(chosen_top);
         let mut refill = Vec::new();
         for slot in first..=last {
             let value = match (self.chosen.get(&slot), best.remove(&slot)) {

@@ -39,7 +39,9 @@ fn settle(nodes: &mut [Paxos<Val>], mut inflight: Vec<(NodeId, NodeId, Msg<Val>)
 }
 
 fn sent_by(node: &Paxos<Val>, out: Vec<(NodeId, Msg<Val>)>) -> Vec<(NodeId, NodeId, Msg<Val>)> {
-    out.into_iter().map(|(to, m)| (node.me().clone(), to, m)).collect()
+    out.into_iter()
+        .map(|(to, m)| (node.me().clone(), to, m))
+        .collect()
 }
 
 #[test]
@@ -57,7 +59,9 @@ fn lone_member_is_a_quorum_of_one() {
     let decided: Vec<_> = std::iter::from_fn(|| nodes[0].take_decided()).collect();
     assert_eq!(
         decided,
-        (0..5).map(|i| (i64::from(i) + 1, Val::Put(i))).collect::<Vec<_>>()
+        (0..5)
+            .map(|i| (i64::from(i) + 1, Val::Put(i)))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -141,7 +145,10 @@ fn new_leader_reproposes_accepted_values_and_fills_holes() {
 
 fn settle_among(nodes: &mut [Paxos<Val>], inflight: Vec<(NodeId, NodeId, Msg<Val>)>) {
     let alive: Vec<NodeId> = nodes.iter().map(|n| n.me().clone()).collect();
-    let mut queue: Vec<_> = inflight.into_iter().filter(|(_, to, _)| alive.contains(to)).collect();
+    let mut queue: Vec<_> = inflight
+        .into_iter()
+        .filter(|(_, to, _)| alive.contains(to))
+        .collect();
     for _ in 0..10_000 {
         let Some((from, to, msg)) = queue.pop() else {
             return;

@@ -101,14 +101,18 @@ async fn serve(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
         let action = lock(&session).on_request(request, writable);
         let immediate = match action {
             Action::Reply(response) => response,
-            Action::Submit { tag, command } => match ctx.inbox.try_send(Input::Request { conn, tag, command }) {
-                Ok(()) => continue,
-                Err(TrySendError::Full(_)) => {
-                    lock(&session).completed(tag);
-                    Response::error(tag, &ReplyError::busy())
+            Action::Submit { tag, command } => {
+                match ctx.inbox.try_send(Input::Request { conn, tag, command }) {
+                    Ok(()) => continue,
+                    Err(TrySendError::Full(_)) => {
+                        lock(&session).completed(tag);
+                        Response::error(tag, &ReplyError::busy())
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        break Some("server is shutting down".into())
+                    }
                 }
-                Err(TrySendError::Disconnected(_)) => break Some("server is shutting down".into()),
-            },
+            }
         };
         if outbox.try_send(Outgoing::Immediate(immediate)).is_err() {
             break Some("client is not reading its replies".into());
@@ -123,7 +127,11 @@ async fn serve(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
     writer.await;
 }
 
-async fn write_replies(mut stream: TcpStream, mut replies: mpsc::Receiver<Outgoing>, session: Arc<Mutex<Session>>) {
+async fn write_replies(
+    mut stream: TcpStream,
+    mut replies: mpsc::Receiver<Outgoing>,
+    session: Arc<Mutex<Session>>,
+) {
     let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
     while let Some(first) = replies.next().await {
         encode(first, &mut buf, &session);

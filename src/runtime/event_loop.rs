@@ -137,7 +137,11 @@ impl EventLoop {
 
     fn on_control(&mut self, msg: Control, out: &mut Vec<Output>) {
         match msg {
-            Control::Opened { conn, outbox, hang_up } => {
+            Control::Opened {
+                conn,
+                outbox,
+                hang_up,
+            } => {
                 self.links.insert(
                     conn,
                     Link {
@@ -191,8 +195,12 @@ impl EventLoop {
 
     fn publish_status(&self) {
         let status = &self.status;
-        status.writable.store(self.core.is_writable(), Ordering::Release);
-        status.rev.store(self.core.store().rev().0, Ordering::Release);
+        status
+            .writable
+            .store(self.core.is_writable(), Ordering::Release);
+        status
+            .rev
+            .store(self.core.store().rev().0, Ordering::Release);
         status.waiting.store(self.core.waiting(), Ordering::Relaxed);
     }
 }

@@ -20,7 +20,9 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("attaching to a cluster (-a, -b) is not available yet: this build runs a single seed node")]
+    #[error(
+        "attaching to a cluster (-a, -b) is not available yet: this build runs a single seed node"
+    )]
     AttachUnsupported,
     #[error("cannot start the core thread: {0}")]
     Thread(std::io::Error),

@@ -59,16 +59,14 @@ fn fixture() -> Store {
     s
 }
 
+/// (request rev, outcome on an absent path, on the file at rev 1, on a directory)
+type TableRow = (i64, Outcome, Outcome, Outcome);
+type Outcome = Result<(), ApplyError>;
+
 #[test]
 fn rev_table_for_set() {
     use ApplyError::*;
-    // (request rev, on absent, on file at rev 1, on directory)
-    let table: &[(
-        i64,
-        Result<(), ApplyError>,
-        Result<(), ApplyError>,
-        Result<(), ApplyError>,
-    )] = &[
+    let table: &[TableRow] = &[
         (-1, Ok(()), Ok(()), Err(IsDir)),
         (0, Ok(()), Err(RevMismatch), Err(IsDir)),
         (1, Ok(()), Ok(()), Err(IsDir)),
@@ -120,12 +118,7 @@ fn rev_table_for_set() {
 #[test]
 fn rev_table_for_del() {
     use ApplyError::*;
-    let table: &[(
-        i64,
-        Result<(), ApplyError>,
-        Result<(), ApplyError>,
-        Result<(), ApplyError>,
-    )] = &[
+    let table: &[TableRow] = &[
         (-1, Ok(()), Ok(()), Err(IsDir)),
         (0, Ok(()), Err(RevMismatch), Err(IsDir)),
         (1, Ok(()), Ok(()), Err(IsDir)),

@@ -45,7 +45,9 @@ impl Server {
         let addr = free_addr();
         let mut cmd = Command::new(DOOZERD);
         cmd.args(["-l", &addr, "-w", "false"]).args(extra);
-        cmd.env_remove("DOOZER_RWSECRET").env_remove("DOOZER_ROSECRET").env_remove("DOOZER_BOOT_URI");
+        cmd.env_remove("DOOZER_RWSECRET")
+            .env_remove("DOOZER_ROSECRET")
+            .env_remove("DOOZER_BOOT_URI");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -62,7 +64,14 @@ impl Server {
             if let Ok(mut conn) = TcpStream::connect(&self.addr) {
                 // Ready once it answers (a REV, or a refusal when secrets are set).
                 conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                send(&mut conn, &Request { tag: Some(0), verb: Some(5), ..Default::default() });
+                send(
+                    &mut conn,
+                    &Request {
+                        tag: Some(0),
+                        verb: Some(5),
+                        ..Default::default()
+                    },
+                );
                 if recv(&mut conn).is_some() {
                     return;
                 }
@@ -78,7 +87,8 @@ impl Server {
 
     pub fn connect(&self) -> TcpStream {
         let conn = TcpStream::connect(&self.addr).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         conn
     }
 
@@ -155,7 +165,12 @@ pub fn closed_by_server(conn: &mut TcpStream) -> bool {
         match conn.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
             Err(_) => return true,
         }
     }

@@ -1,5 +1,23 @@
 //! doozer: a highly available, completely consistent store for small,
 //! important data, wire-compatible with the original doozer.
+//!
+//! # Shape
+//!
+//! ```text
+//!  clients ──TCP── runtime::client_conn (reader + writer task per connection)
+//!                     │ session: rights, tags, argument checks → core::Command
+//!                     ▼ crossbeam bounded inbox (try_send; full → OTHER busy)
+//!  ticker ───────► runtime::event_loop (one thread) ── owns ──► core::Core
+//!                     ▲                                          ├ paxos (ordering)
+//!                     │ bounded outbox per connection (try_send;  └ store (tree, history,
+//!                     │ full → that client is disconnected)          watches)
+//! ```
+//!
+//! [`core::Core`] is a pure state machine: typed inputs in, outputs out, time
+//! as ticks, randomness from a seed. That is what lets tests run it without
+//! sockets and replay any run from its seed. [`store`] and [`paxos`] know
+//! nothing of each other; the core joins them. Wire formats live in
+//! [`codec`]; the async runtime is named only in [`runtime::rt`].
 
 pub mod bench;
 pub mod cli;

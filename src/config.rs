@@ -38,6 +38,13 @@ pub struct Limits {
     pub outbox_capacity: usize,
     /// Writes proposed on this node and not applied yet.
     pub max_pending_writes: usize,
+    /// Largest peer frame accepted or sent (a batch of slots, a snapshot);
+    /// a longer header closes the link before anything is allocated, and a
+    /// longer message is dropped by its sender.
+    pub max_peer_frame_bytes: usize,
+    /// Messages queued for one peer link; when full, new ones are dropped
+    /// (consensus retransmits).
+    pub peer_queue_capacity: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +57,8 @@ impl Default for Limits {
             inbox_capacity: 65_536,
             outbox_capacity: 8192,
             max_pending_writes: 100_000,
+            max_peer_frame_bytes: 256 << 20,
+            peer_queue_capacity: 4096,
         }
     }
 }
@@ -99,8 +108,8 @@ impl Default for Config {
             history_revs: 2000,
             tls_cert: None,
             tls_key: None,
-            tick: Duration::from_millis(10),
-            alpha: 1000,
+            tick: Duration::from_millis(5),
+            alpha: 256,
             limits: Limits::default(),
             secrets: Secrets::default(),
         }
@@ -126,6 +135,10 @@ pub enum ConfigError {
     FrameSmallerThanValue { frame: usize, value: usize },
     #[error("the frame limit must stay below 1 GiB")]
     FrameTooLarge,
+    #[error("the peer frame limit ({frame} bytes) must leave 1 MiB above a value of {value} bytes")]
+    PeerFrameSmallerThanValue { frame: usize, value: usize },
+    #[error("the peer frame limit must not exceed {0} bytes")]
+    PeerFrameTooLarge(usize),
 }
 
 impl Config {
@@ -158,6 +171,7 @@ impl Config {
             ("inbox_capacity", l.inbox_capacity),
             ("outbox_capacity", l.outbox_capacity),
             ("max_pending_writes", l.max_pending_writes),
+            ("peer_queue_capacity", l.peer_queue_capacity),
             ("alpha", self.alpha),
         ] {
             if n == 0 {
@@ -174,6 +188,19 @@ impl Config {
         if l.max_frame_bytes >= 1 << 30 {
             return Err(ConfigError::FrameTooLarge);
         }
+        // A slot batch or catch-up frame must carry at least one largest value.
+        if l.max_peer_frame_bytes < l.max_value_bytes.saturating_add(1 << 20) {
+            return Err(ConfigError::PeerFrameSmallerThanValue {
+                frame: l.max_peer_frame_bytes,
+                value: l.max_value_bytes,
+            });
+        }
+        // Decoding claims about the in-memory size of a message, which can
+        // exceed its wire size; half the decoder's limit leaves that room.
+        let peer_max = crate::codec::peer::DECODE_LIMIT / 2;
+        if l.max_peer_frame_bytes > peer_max {
+            return Err(ConfigError::PeerFrameTooLarge(peer_max));
+        }
         Ok(())
     }
 
@@ -186,6 +213,7 @@ impl Config {
         CoreConfig {
             history_revs: self.history_revs,
             pulse_ticks: self.ticks(self.pulse),
+            timeout_ticks: self.ticks(self.timeout),
             max_value_bytes: self.limits.max_value_bytes,
             max_pending_writes: self.limits.max_pending_writes,
             paxos: paxos::Settings {
@@ -232,7 +260,7 @@ mod tests {
         assert_eq!(c.history_revs, 2000);
         assert_eq!(c.timeout, Duration::from_secs(60));
         assert_eq!(c.web_addr().as_deref(), Some("127.0.0.1:8000"));
-        assert_eq!(c.core_config(1).pulse_ticks, 100);
+        assert_eq!(c.core_config(1).pulse_ticks, 200);
     }
 
     #[test]
@@ -252,6 +280,17 @@ mod tests {
         assert!(matches!(
             c.validate(),
             Err(ConfigError::FrameSmallerThanValue { .. })
+        ));
+        let mut c = Config::default();
+        c.limits.max_peer_frame_bytes = c.limits.max_value_bytes + 1024;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PeerFrameSmallerThanValue { .. })
+        ));
+        c.limits.max_peer_frame_bytes = 1 << 30;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PeerFrameTooLarge(_))
         ));
         let c = Config {
             history_revs: 0,

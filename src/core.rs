@@ -11,10 +11,10 @@
 //! when the local store has applied its slot, so the writer reads its own write
 //! on this node.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::error::{ErrCode, ReplyError};
-use crate::paxos::{self, Paxos, Slot};
+use crate::paxos::{self, Membership, Paxos, Slot};
 use crate::store::{
     Entry, Event, EventKind, Glob, Mutation, ReadError, Snapshot, Store, WatchIndex,
 };
@@ -104,11 +104,8 @@ pub enum Input {
     ConnClosed { conn: ConnId },
     /// One unit of time (the runtime's tick interval).
     Tick,
-    /// A message from another member.
-    Peer {
-        from: NodeId,
-        msg: paxos::Msg<Decree>,
-    },
+    /// A message from another node.
+    Peer { from: NodeId, msg: PeerMsg },
 }
 
 /// What the core asks the runtime to do.
@@ -119,10 +116,41 @@ pub enum Output {
         tag: Option<i32>,
         outcome: Outcome,
     },
+    /// A message for another node, reached at `addr` (its `-l` address).
     Peer {
         to: NodeId,
-        msg: paxos::Msg<Decree>,
+        addr: String,
+        msg: PeerMsg,
     },
+}
+
+/// Everything nodes say to each other.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerMsg {
+    /// The consensus engine's own traffic.
+    Paxos(paxos::Msg<Decree>),
+    /// Sent to the leader now and then by every other node: it is alive and
+    /// has applied up to `applied`.
+    Alive { applied: Rev },
+    /// Please send the decided slots from `from` on (or a snapshot).
+    CatchUp { from: Rev },
+    /// Decided slots `first..first + decrees.len()`.
+    Decided { first: Rev, decrees: Vec<Decree> },
+    /// The whole state at a rev, for a node too far behind for the log.
+    Snapshot(Box<SnapshotData>),
+}
+
+/// A node's replicated state at one rev: enough to continue from `rev + 1`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotData {
+    pub rev: Rev,
+    /// Every file: path, file rev, body.
+    pub files: Vec<(Path, Rev, Body)>,
+    /// Voter sets: (first slot governed, voters).
+    pub membership: Vec<(Slot, Vec<NodeId>)>,
+    /// Per origin: the floor below which every write was applied, and the
+    /// writes at or above it that were.
+    pub dedupe: Vec<(NodeId, u64, Vec<u64>)>,
 }
 
 /// The value of one consensus slot.
@@ -135,6 +163,9 @@ pub enum Decree {
     Write {
         origin: NodeId,
         seq: u64,
+        /// Every write of `origin` below this seq was already answered, so
+        /// replicas may forget them when looking for duplicates.
+        floor: u64,
         mutation: Mutation,
     },
 }
@@ -143,6 +174,19 @@ impl paxos::Value for Decree {
     fn nop() -> Self {
         Decree::Fill
     }
+
+    fn size(&self) -> usize {
+        match self {
+            Decree::Fill => 1,
+            Decree::Write { mutation, .. } => {
+                32 + match mutation {
+                    Mutation::Set { path, body, .. } => path.as_str().len() + body.len(),
+                    Mutation::Del { path, .. } => path.as_str().len(),
+                    Mutation::Nop => 0,
+                }
+            }
+        }
+    }
 }
 
 /// Who learns the result of a write proposed here.
@@ -150,7 +194,23 @@ impl paxos::Value for Decree {
 enum Proposer {
     Client { conn: ConnId, tag: Option<i32> },
     Pulse,
-    Bootstrap,
+    /// The node's own `/ctl` entries (seed bootstrap, attach, re-attach).
+    Register,
+    /// A slave claiming an empty `/ctl/cal` slot.
+    Claim,
+    /// The leader removing a silent node.
+    Removal,
+}
+
+/// A write proposed here and not applied yet.
+#[derive(Clone, Debug)]
+struct Pending {
+    proposer: Proposer,
+    decree: Decree,
+    /// The leader it was last handed to (`None`: not handed to anyone yet),
+    /// and when.
+    sent_to: Option<NodeId>,
+    sent_tick: u64,
 }
 
 /// This node's identity, written under `/ctl/node/<id>`.
@@ -170,6 +230,8 @@ pub struct NodeInfo {
 pub struct CoreConfig {
     pub history_revs: usize,
     pub pulse_ticks: u64,
+    /// A node unheard of for this long is removed by the leader.
+    pub timeout_ticks: u64,
     pub max_value_bytes: usize,
     /// Writes proposed here and not yet applied; past it, `OTHER busy`.
     pub max_pending_writes: usize,
@@ -190,90 +252,157 @@ struct ParkedRead {
 /// waits are one range.
 type WaitKey = (ConnId, u64);
 
+/// Where a node is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Attaching: waiting for a snapshot from `target`.
+    Joining { target: NodeId, target_addr: String },
+    /// Has a copy of the store and follows the log.
+    Running,
+}
+
+/// Writes of one origin already applied, to drop a write proposed twice (an
+/// origin proposes again when a leader may have lost it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Applied {
+    /// Every write below this seq was applied.
+    floor: u64,
+    /// Writes at or above the floor that were applied.
+    seqs: BTreeSet<u64>,
+}
+
 pub struct Core {
     node: NodeInfo,
     config: CoreConfig,
     store: Store,
     paxos: Paxos<Decree>,
-    writable: bool,
+    phase: Phase,
     next_seq: u64,
-    pending_writes: BTreeMap<u64, Proposer>,
+    pending_writes: BTreeMap<u64, Pending>,
+    /// The leader pending writes were last handed to.
+    last_leader: Option<NodeId>,
     waits: WatchIndex<WaitKey>,
     wait_tags: BTreeMap<WaitKey, Option<i32>>,
     next_wait: u64,
     parked_reads: BTreeMap<Rev, Vec<ParkedRead>>,
     ticks: u64,
     last_pulse_tick: u64,
-    pulse_in_flight: bool,
+    /// Decided slots kept to serve other nodes' catch-up (the last
+    /// `history_revs`).
+    decided_log: VecDeque<(Rev, Decree)>,
+    /// Slots applied in this batch, streamed to slaves by the leader.
+    newly_applied: Vec<(Rev, Decree)>,
+    applied_writes: BTreeMap<NodeId, Applied>,
+    /// Every node with an `/ctl/node/<id>/addr`, and that address.
+    nodes: BTreeMap<NodeId, String>,
+    /// The voters in `/ctl/cal` as of the current rev.
+    cal: BTreeSet<NodeId>,
+    /// Leader: when each node was last heard from; when this node took over.
+    last_heard: BTreeMap<NodeId, u64>,
+    lead_since: Option<u64>,
+    /// Leader: nodes whose removal is in flight, and since when.
+    removing: BTreeMap<NodeId, u64>,
+    /// Each node's applied rev, as it last told the leader.
+    applied_of: BTreeMap<NodeId, Rev>,
+    /// The catch-up request in flight: asked whom, when.
+    catch_up: Option<(NodeId, u64)>,
 }
 
+/// Ticks between `Alive` messages to the leader, claim attempts and other
+/// housekeeping.
+const HOUSEKEEPING_TICKS: u64 = 20;
+/// Decided slots sent in one catch-up answer.
+const CATCH_UP_SLOTS: usize = 4096;
+
 impl Core {
-    /// A node that founds a new cluster: the only member, leader at once, with
-    /// its `/ctl` entries as the first slots.
-    pub fn seed(node: NodeInfo, config: CoreConfig) -> Core {
-        let voters = BTreeSet::from([node.id.clone()]);
-        let paxos = Paxos::new(
-            node.id.clone(),
-            voters,
-            1,
-            config.paxos.clone(),
-            config.seed,
-        );
+    fn new(node: NodeInfo, config: CoreConfig, membership: Membership, phase: Phase) -> Core {
+        let paxos = Paxos::new(node.id.clone(), membership, 1, config.paxos.clone(), config.seed);
         let store = Store::new(config.history_revs);
-        let mut core = Core {
+        Core {
             node,
             config,
             store,
             paxos,
-            writable: true,
-            next_seq: 0,
+            phase,
+            next_seq: 1,
             pending_writes: BTreeMap::new(),
+            last_leader: None,
             waits: WatchIndex::new(),
             wait_tags: BTreeMap::new(),
             next_wait: 0,
             parked_reads: BTreeMap::new(),
             ticks: 0,
             last_pulse_tick: 0,
-            pulse_in_flight: false,
-        };
+            decided_log: VecDeque::new(),
+            newly_applied: Vec::new(),
+            applied_writes: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            cal: BTreeSet::new(),
+            last_heard: BTreeMap::new(),
+            lead_since: None,
+            removing: BTreeMap::new(),
+            applied_of: BTreeMap::new(),
+            catch_up: None,
+        }
+    }
+
+    /// A node that founds a new cluster: the only member, leader at once, with
+    /// its `/ctl` entries as the first slots.
+    pub fn seed(node: NodeInfo, config: CoreConfig) -> Core {
+        let membership = Membership::new(BTreeSet::from([node.id.clone()]));
+        let mut core = Core::new(node, config, membership, Phase::Running);
         let mut sent = Vec::new();
-        core.paxos.campaign(&mut sent);
+        core.paxos.start_election(&mut sent);
         debug_assert!(sent.is_empty(), "a lone seed has nobody to talk to");
         let mut out = Vec::new();
-        for mutation in core.seed_mutations() {
-            core.propose(Proposer::Bootstrap, mutation, &mut out);
+        let name = Mutation::Set {
+            path: Path::parse("/ctl/name").expect("valid"),
+            check: RevCheck::NotOlderThan(0),
+            body: Body::from(core.node.cluster_name.clone().into_bytes()),
+        };
+        core.propose(Proposer::Register, name, &mut out);
+        for mutation in core.registration(RevCheck::NotOlderThan(0)) {
+            core.propose(Proposer::Register, mutation, &mut out);
         }
         core.end_batch(&mut out);
         debug_assert!(out.is_empty(), "a lone seed has nobody to talk to");
         core
     }
 
-    fn seed_mutations(&self) -> Vec<Mutation> {
+    /// A node attaching to the cluster that `target` (at `target_addr`) is a
+    /// member of. It asks `target` for a snapshot, then follows the log as a
+    /// slave and claims an empty `/ctl/cal` slot when one appears.
+    pub fn join(node: NodeInfo, config: CoreConfig, target: NodeId, target_addr: String) -> Core {
+        let membership = Membership::new(BTreeSet::from([target.clone()]));
+        Core::new(node, config, membership, Phase::Joining { target, target_addr })
+    }
+
+    /// This node's `/ctl/node/<id>` entries (and the seed's cal slot and ns
+    /// entry).
+    fn registration(&self, check: RevCheck) -> Vec<Mutation> {
         let node = &self.node;
         let id = node.id.as_str();
         let mut files = vec![
-            ("/ctl/name".to_string(), node.cluster_name.clone()),
             (format!("/ctl/node/{id}/addr"), node.addr.clone()),
             (format!("/ctl/node/{id}/hostname"), node.hostname.clone()),
             (format!("/ctl/node/{id}/version"), NODE_VERSION.to_string()),
-            ("/ctl/cal/0".to_string(), id.to_string()),
         ];
-        if node.register_ns {
-            files.push((
-                format!("/ctl/ns/{}/{id}", node.cluster_name),
-                node.addr.clone(),
-            ));
+        if self.store.rev() == Rev::ZERO {
+            files.push(("/ctl/cal/0".to_string(), id.to_string()));
+            if node.register_ns {
+                files.push((format!("/ctl/ns/{}/{id}", node.cluster_name), node.addr.clone()));
+            }
         }
         files.push((format!("/ctl/node/{id}/writable"), "true".to_string()));
         files
             .into_iter()
             .filter_map(|(path, body)| {
                 // A cluster name that is not a valid path component cannot be
-                // listed under /ctl/ns; the rest of the seed still works.
+                // listed under /ctl/ns; the rest still works.
                 let path = Path::parse(&path).ok()?;
                 Some(Mutation::Set {
                     path,
-                    check: RevCheck::NotOlderThan(0),
+                    check,
                     body: Body::from(body.into_bytes()),
                 })
             })
@@ -288,8 +417,17 @@ impl Core {
         &self.store
     }
 
+    /// Whether this node takes writes now (it has a copy of the store).
     pub fn is_writable(&self) -> bool {
-        self.writable
+        self.phase == Phase::Running
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.paxos.is_leader()
+    }
+
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.paxos.leader()
     }
 
     /// Registered WAITs, for the node's stats.
@@ -303,25 +441,26 @@ impl Core {
             Input::Request { conn, tag, command } => self.on_request(conn, tag, command, out),
             Input::ConnClosed { conn } => self.on_conn_closed(conn),
             Input::Tick => self.on_tick(out),
-            Input::Peer { from, msg } => {
-                let mut sent = Vec::new();
-                self.paxos.handle(from, msg, &mut sent);
-                push_peer(sent, out);
-            }
+            Input::Peer { from, msg } => self.on_peer(from, msg, out),
         }
-        self.apply_decided(out);
     }
 
-    fn on_request(
-        &mut self,
-        conn: ConnId,
-        tag: Option<i32>,
-        command: Command,
-        out: &mut Vec<Output>,
-    ) {
-        let reply = |outcome: Outcome, out: &mut Vec<Output>| {
-            out.push(Output::Reply { conn, tag, outcome })
-        };
+    /// Ends a batch of inputs: sends what was proposed during it as one
+    /// message, applies whatever got decided, and streams it to slaves.
+    pub fn end_batch(&mut self, out: &mut Vec<Output>) {
+        let mut sent = Vec::new();
+        self.paxos.flush(&mut sent);
+        self.push_peer(sent, out);
+        self.apply_decided(out);
+        // Applying may have made room in the window (or changed the voters).
+        let mut sent = Vec::new();
+        self.paxos.flush(&mut sent);
+        self.push_peer(sent, out);
+        self.stream_to_slaves(out);
+    }
+
+    fn on_request(&mut self, conn: ConnId, tag: Option<i32>, command: Command, out: &mut Vec<Output>) {
+        let reply = |outcome: Outcome, out: &mut Vec<Output>| out.push(Output::Reply { conn, tag, outcome });
         match command {
             Command::Set { path, check, body } => {
                 if body.len() > self.config.max_value_bytes {
@@ -329,9 +468,7 @@ impl Core {
                 }
                 self.submit_write(conn, tag, Mutation::Set { path, check, body }, out);
             }
-            Command::Del { path, check } => {
-                self.submit_write(conn, tag, Mutation::Del { path, check }, out)
-            }
+            Command::Del { path, check } => self.submit_write(conn, tag, Mutation::Del { path, check }, out),
             Command::Nop => self.submit_write(conn, tag, Mutation::Nop, out),
             Command::Rev => reply(Ok(Reply::Rev(self.store.rev())), out),
             Command::Wait { glob, rev } => match self.store.first_match(&glob, Rev(rev.max(1))) {
@@ -344,25 +481,12 @@ impl Core {
                 }
                 Err(_) => reply(Err(ErrCode::TooLate.into()), out),
             },
-            read => self.read(
-                ParkedRead {
-                    conn,
-                    tag,
-                    command: read,
-                },
-                out,
-            ),
+            read => self.read(ParkedRead { conn, tag, command: read }, out),
         }
     }
 
-    fn submit_write(
-        &mut self,
-        conn: ConnId,
-        tag: Option<i32>,
-        mutation: Mutation,
-        out: &mut Vec<Output>,
-    ) {
-        if !self.writable {
+    fn submit_write(&mut self, conn: ConnId, tag: Option<i32>, mutation: Mutation, out: &mut Vec<Output>) {
+        if !self.is_writable() {
             let outcome = Err(ErrCode::Readonly.into());
             return out.push(Output::Reply { conn, tag, outcome });
         }
@@ -373,33 +497,42 @@ impl Core {
         self.propose(Proposer::Client { conn, tag }, mutation, out);
     }
 
-    fn propose(&mut self, proposer: Proposer, mutation: Mutation, out: &mut Vec<Output>) {
+    /// Hands a write to the engine (queued here when leading, forwarded
+    /// otherwise). Without a known leader it waits in `pending_writes` and
+    /// is handed over once one is known.
+    fn propose(&mut self, proposer: Proposer, mutation: Mutation, out: &mut Vec<Output>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pending_writes.insert(seq, proposer);
+        let floor = self.pending_writes.keys().next().copied().unwrap_or(seq);
         let decree = Decree::Write {
             origin: self.node.id.clone(),
             seq,
+            floor,
             mutation,
         };
-        if self.paxos.propose(decree).is_err() {
-            // Only a lone seed exists so far, and it always leads; forwarding
-            // to another leader comes with the cluster.
-            self.pending_writes.remove(&seq);
-            if let Proposer::Client { conn, tag } = proposer {
-                let outcome = Err(ReplyError::other("no leader"));
-                out.push(Output::Reply { conn, tag, outcome });
-            }
-        }
+        self.pending_writes.insert(
+            seq,
+            Pending {
+                proposer,
+                decree,
+                sent_to: None,
+                sent_tick: self.ticks,
+            },
+        );
+        self.send_pending(seq);
+        let _ = out;
+        seq
     }
 
-    /// Ends a batch of inputs: sends what was proposed during it as one
-    /// message, and applies whatever got decided.
-    pub fn end_batch(&mut self, out: &mut Vec<Output>) {
-        let mut sent = Vec::new();
-        self.paxos.flush(&mut sent);
-        push_peer(sent, out);
-        self.apply_decided(out);
+    fn send_pending(&mut self, seq: u64) {
+        let leader = self.paxos.leader().cloned();
+        let Some(pending) = self.pending_writes.get_mut(&seq) else {
+            return;
+        };
+        if self.paxos.propose(pending.decree.clone()).is_ok() {
+            pending.sent_to = leader;
+            pending.sent_tick = self.ticks;
+        }
     }
 
     /// Answers a read now, or parks it until the store reaches its rev.
@@ -445,84 +578,78 @@ impl Core {
             reads.retain(|read| read.conn != conn);
         }
         self.parked_reads.retain(|_, reads| !reads.is_empty());
-        // The writes still get decided (they may already be chosen), but
-        // nobody is told.
-        self.pending_writes.retain(
-            |_, proposer| !matches!(proposer, Proposer::Client { conn: c, .. } if *c == conn),
-        );
+        // Writes not yet handed to a leader are dropped; the others still get
+        // decided (they may already be chosen), but nobody is told.
+        self.pending_writes.retain(|_, pending| match pending.proposer {
+            Proposer::Client { conn: c, .. } => c != conn,
+            _ => true,
+        });
     }
 
-    fn on_tick(&mut self, out: &mut Vec<Output>) {
-        self.ticks += 1;
-        let mut sent = Vec::new();
-        self.paxos.tick(&mut sent);
-        push_peer(sent, out);
-        let pulse_due = self.ticks - self.last_pulse_tick >= self.config.pulse_ticks;
-        if pulse_due && !self.pulse_in_flight && self.writable && self.paxos.is_leader() {
-            self.last_pulse_tick = self.ticks;
-            self.pulse_in_flight = true;
-            let path = Path::parse(&format!("/ctl/node/{}/applied", self.node.id))
-                .expect("node ids are valid names");
-            let body = Body::from(self.store.rev().to_string().into_bytes());
-            self.propose(
-                Proposer::Pulse,
-                Mutation::Set {
-                    path,
-                    check: RevCheck::Clobber,
-                    body,
-                },
-                out,
-            );
+    fn push_peer(&self, sent: Vec<(NodeId, paxos::Msg<Decree>)>, out: &mut Vec<Output>) {
+        for (to, msg) in sent {
+            self.send_peer(to, PeerMsg::Paxos(msg), out);
         }
+    }
+
+    fn send_peer(&self, to: NodeId, msg: PeerMsg, out: &mut Vec<Output>) {
+        let addr = match self.nodes.get(&to) {
+            Some(addr) => addr.clone(),
+            None => match &self.phase {
+                Phase::Joining { target, target_addr } if *target == to => target_addr.clone(),
+                _ => {
+                    log::debug!("no address known for {to}; message dropped");
+                    return;
+                }
+            },
+        };
+        out.push(Output::Peer { to, addr, msg });
     }
 
     /// Applies every slot the engine has decided, in order, and answers
     /// whoever waited for them.
     fn apply_decided(&mut self, out: &mut Vec<Output>) {
-        let mut applied_any = false;
         while let Some((slot, decree)) = self.paxos.take_decided() {
-            self.apply(slot, decree, out);
-            applied_any = true;
-        }
-        if applied_any {
-            self.paxos.compact_below(self.store.rev().0 + 1);
+            self.apply(Rev(slot), decree, out);
         }
     }
 
-    fn apply(&mut self, slot: Slot, decree: Decree, out: &mut Vec<Output>) {
-        assert_eq!(
-            slot,
-            self.store.rev().0 + 1,
-            "slots are applied in order without gaps"
-        );
-        let (event, proposer) = match decree {
+    fn apply(&mut self, rev: Rev, decree: Decree, out: &mut Vec<Output>) {
+        assert_eq!(rev, self.store.rev().next(), "slots are applied in order without gaps");
+        let (event, mine) = match &decree {
             Decree::Fill => (self.store.apply(&Mutation::Nop), None),
             Decree::Write {
                 origin,
                 seq,
+                floor,
                 mutation,
             } => {
-                let event = self.store.apply(&mutation);
-                let proposer = if origin == self.node.id {
-                    self.pending_writes.remove(&seq)
+                let applied = self.applied_writes.entry(origin.clone()).or_default();
+                if *floor > applied.floor {
+                    applied.floor = *floor;
+                    applied.seqs = applied.seqs.split_off(floor);
+                }
+                let duplicate = *seq < applied.floor || !applied.seqs.insert(*seq);
+                let event = if duplicate {
+                    self.store.apply(&Mutation::Nop)
                 } else {
-                    None
+                    self.store.apply(mutation)
                 };
-                (event, proposer)
+                let mine = (*origin == self.node.id && !duplicate).then_some(*seq);
+                (event, mine)
             }
         };
-        match proposer {
-            Some(Proposer::Client { conn, tag }) => {
-                let outcome = match (event.error, event.kind) {
-                    (Some(err), _) => Err(err.code().into()),
-                    (None, EventKind::Set) => Ok(Reply::Rev(event.rev)),
-                    (None, _) => Ok(Reply::Done),
-                };
-                out.push(Output::Reply { conn, tag, outcome });
-            }
-            Some(Proposer::Pulse) => self.pulse_in_flight = false,
-            Some(Proposer::Bootstrap) | None => {}
+        self.decided_log.push_back((rev, decree.clone()));
+        while self.decided_log.len() > self.config.history_revs {
+            self.decided_log.pop_front();
         }
+        if self.paxos.is_leader() {
+            self.newly_applied.push((rev, decree));
+        }
+        if let Some(pending) = mine.and_then(|seq| self.pending_writes.remove(&seq)) {
+            self.answer_write(pending.proposer, &event, out);
+        }
+        self.observe(&event);
         for key in self.waits.take_matches(&event) {
             if let Some(tag) = self.wait_tags.remove(&key) {
                 out.push(Output::Reply {
@@ -532,21 +659,95 @@ impl Core {
                 });
             }
         }
-        let due: Vec<Rev> = self
-            .parked_reads
-            .range(..=event.rev)
-            .map(|(rev, _)| *rev)
-            .collect();
+        let due: Vec<Rev> = self.parked_reads.range(..=event.rev).map(|(rev, _)| *rev).collect();
         for rev in due {
             for read in self.parked_reads.remove(&rev).unwrap_or_default() {
                 self.read(read, out);
             }
         }
     }
+
+    fn answer_write(&mut self, proposer: Proposer, event: &Event, out: &mut Vec<Output>) {
+        match proposer {
+            Proposer::Client { conn, tag } => {
+                let outcome = match (event.error, event.kind) {
+                    (Some(err), _) => Err(err.code().into()),
+                    (None, EventKind::Set) => Ok(Reply::Rev(event.rev)),
+                    (None, _) => Ok(Reply::Done),
+                };
+                out.push(Output::Reply { conn, tag, outcome });
+            }
+            Proposer::Pulse | Proposer::Register | Proposer::Claim | Proposer::Removal => {
+                if let Some(err) = event.error {
+                    log::debug!("internal write at rev {} failed: {err}", event.rev);
+                }
+            }
+        }
+    }
+
+    /// Keeps the caches of `/ctl` in step with the store.
+    fn observe(&mut self, event: &Event) {
+        let path = event.path.as_str();
+        if path == "/" || !path.starts_with("/ctl") {
+            return;
+        }
+        if path.starts_with("/ctl/node/") || path == "/ctl/node" || path == "/ctl" {
+            let me_before = self.nodes.contains_key(&self.node.id);
+            self.refresh_nodes();
+            if me_before && !self.nodes.contains_key(&self.node.id) {
+                log::warn!(
+                    "this node ({}) was removed from the cluster at rev {} (silent for longer than -timeout); re-attaching as a slave",
+                    self.node.id,
+                    event.rev
+                );
+            }
+        }
+        if path.starts_with("/ctl/cal/") || path == "/ctl/cal" || path == "/ctl" {
+            self.refresh_cal();
+            self.paxos.record_voters(event.rev.0, self.cal.clone());
+        }
+    }
+
+    fn refresh_nodes(&mut self) {
+        let snapshot = self.store.current();
+        let dir = Path::parse("/ctl/node").expect("valid");
+        let names = snapshot.dir_names(&dir).unwrap_or_default();
+        self.nodes = names
+            .into_iter()
+            .filter_map(|name| {
+                let id = NodeId::parse(&name)?;
+                let path = Path::parse(&format!("/ctl/node/{name}/addr")).ok()?;
+                match snapshot.entry(&path) {
+                    Entry::File { body, .. } => Some((id, String::from_utf8(body.to_vec()).ok()?)),
+                    _ => None,
+                }
+            })
+            .collect();
+    }
+
+    fn refresh_cal(&mut self) {
+        self.cal = cal_slots(self.store.current())
+            .into_iter()
+            .filter_map(|(_, _, body)| NodeId::parse(std::str::from_utf8(&body).ok()?))
+            .collect();
+    }
 }
 
-fn push_peer(sent: Vec<(NodeId, paxos::Msg<Decree>)>, out: &mut Vec<Output>) {
-    out.extend(sent.into_iter().map(|(to, msg)| Output::Peer { to, msg }));
+/// Every `/ctl/cal/<slot>` file: its path, rev and body.
+fn cal_slots(snapshot: &Snapshot) -> Vec<(Path, Rev, Body)> {
+    let dir = Path::parse("/ctl/cal").expect("valid");
+    snapshot
+        .dir_names(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| {
+            let path = dir.join(&name).ok()?;
+            match snapshot.entry(&path) {
+                Entry::File { rev, body } => Some((path, rev, body)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 fn event_reply(event: &Event) -> Reply {
@@ -599,6 +800,8 @@ fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
         other => unreachable!("{other:?} is not a read"),
     }
 }
+
+mod cluster;
 
 #[cfg(test)]
 mod tests;

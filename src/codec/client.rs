@@ -194,11 +194,12 @@ pub fn frame_len(header: [u8; HEADER_BYTES], max_frame_bytes: usize) -> Result<u
     Ok(len)
 }
 
-/// Reads one frame's body. `Ok(None)` is a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads a frame's 4-byte header. `Ok(None)` is a clean end of stream before
+/// its first byte. (The listener reads a connection's first header itself, to
+/// tell clients from peers, and passes it to [`read_body`].)
+pub async fn read_header<R: AsyncRead + Unpin>(
     reader: &mut R,
-    max_frame_bytes: usize,
-) -> Result<Option<Vec<u8>>, FrameError> {
+) -> Result<Option<[u8; HEADER_BYTES]>, FrameError> {
     let mut header = [0u8; HEADER_BYTES];
     let mut got = 0;
     while got < HEADER_BYTES {
@@ -212,6 +213,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
+    Ok(Some(header))
+}
+
+/// Reads the body of the frame whose header is `header`, after checking it.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: [u8; HEADER_BYTES],
+    max_frame_bytes: usize,
+) -> Result<Vec<u8>, FrameError> {
     let len = frame_len(header, max_frame_bytes)?;
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await.map_err(|e| {
@@ -221,7 +231,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(body))
+    Ok(body)
+}
+
+/// Reads one frame's body. `Ok(None)` is a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_bytes: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    match read_header(reader).await? {
+        None => Ok(None),
+        Some(header) => read_body(reader, header, max_frame_bytes).await.map(Some),
+    }
 }
 
 /// Reads and decodes one message frame.
@@ -233,6 +254,16 @@ pub async fn read_message<M: Message + Default, R: AsyncRead + Unpin>(
         None => Ok(None),
         Some(body) => Ok(Some(M::decode(body.as_slice())?)),
     }
+}
+
+/// Reads and decodes the message whose header was already read.
+pub async fn read_message_after<M: Message + Default, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: [u8; HEADER_BYTES],
+    max_frame_bytes: usize,
+) -> Result<M, FrameError> {
+    let body = read_body(reader, header, max_frame_bytes).await?;
+    Ok(M::decode(body.as_slice())?)
 }
 
 #[cfg(test)]
@@ -281,5 +312,24 @@ mod tests {
         let mut reader = futures::io::Cursor::new(vec![0, 0]);
         let got = futures::executor::block_on(read_frame(&mut reader, 1024));
         assert!(matches!(got, Err(FrameError::Truncated)));
+    }
+
+    #[test]
+    fn a_header_read_apart_continues_the_frame() {
+        let req = Request {
+            tag: Some(1),
+            verb: Some(Verb::Rev as i32),
+            ..Request::default()
+        };
+        let frame = encode_frame(&req);
+        let mut reader = futures::io::Cursor::new(frame);
+        let header = futures::executor::block_on(read_header(&mut reader))
+            .unwrap()
+            .unwrap();
+        let back: Request =
+            futures::executor::block_on(read_message_after(&mut reader, header, 1024)).unwrap();
+        assert_eq!(back, req);
+        let got = futures::executor::block_on(read_header(&mut reader)).unwrap();
+        assert!(got.is_none());
     }
 }

@@ -2,5 +2,8 @@
 //!
 //! - [`client`]: the doozer client protocol, byte-compatible with the original
 //!   (4-byte big-endian length + a proto2 message, see `proto/doozer.proto`).
+//! - [`peer`]: node-to-node links on the same port (a magic prefix, then
+//!   4-byte big-endian length + bincode frames).
 
 pub mod client;
+pub mod peer;

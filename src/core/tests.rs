@@ -4,6 +4,7 @@ fn config() -> CoreConfig {
     CoreConfig {
         history_revs: 50,
         pulse_ticks: 100,
+        timeout_ticks: 1000,
         max_value_bytes: 1024,
         max_pending_writes: 8,
         paxos: paxos::Settings::default(),

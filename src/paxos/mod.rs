@@ -2,18 +2,26 @@
 //!
 //! Why this shape: the original ran one Paxos instance per slot with a rotating
 //! owner and filled idle owners' slots after a delay, so every write waited for a
-//! fill. Here one leader runs phase 1 once for every open slot and then streams
-//! phase-2 batches, so a write costs one round trip to a quorum (zero network
-//! hops for a lone node, which is simply a quorum of one).
+//! fill and a dead member stalled the log. Here one leader runs phase 1 once for
+//! every open slot and then streams phase-2 batches, so a write costs one round
+//! trip to a quorum (none at all for a lone node, a quorum of one).
+//!
+//! Each slot is an ordinary single-decree Paxos instance whose acceptors are
+//! that slot's voters ([`Membership`]); a leader may only propose a slot once a
+//! majority of that slot's voters promised its ballot. Elections start with a
+//! pre-vote, so a node that was cut off cannot depose a healthy leader when it
+//! comes back.
 //!
 //! The engine knows nothing of the store or of sockets: values are opaque, time
 //! is a count of ticks, randomness comes from a seeded generator, and every
-//! message to another member is returned in `out`. Messages a node sends to
-//! itself are delivered at once, inside the same call.
+//! message to another node is returned in `out`. Messages to itself are
+//! delivered at once, inside the same call.
 
 mod ballot;
+mod membership;
 
 pub use ballot::Ballot;
+pub use membership::{is_quorum, quorum, Membership};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -25,18 +33,32 @@ pub type Slot = i64;
 /// A value the engine can order. A new leader fills holes with `nop()`.
 pub trait Value: Clone + std::fmt::Debug + PartialEq {
     fn nop() -> Self;
+    /// Roughly how many bytes it takes on the wire (to bound batches).
+    fn size(&self) -> usize;
 }
 
 /// Peer messages of the engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Msg<V> {
+    /// Would you vote for me in `round`? Asked before a real election so a
+    /// node cut off for a while cannot depose a healthy leader on its return.
+    PreVote { round: u64, commit: Slot },
+    /// The answer, with the sender's commit point so a stale asker learns it
+    /// is behind.
+    PreVoteReply {
+        round: u64,
+        granted: bool,
+        commit: Slot,
+    },
     /// Phase 1a for every slot from `from_slot` on.
     Prepare { ballot: Ballot, from_slot: Slot },
-    /// Phase 1b: what this acceptor accepted at or after `from_slot`.
+    /// Phase 1b: what this acceptor accepted at or after `from_slot`, and how
+    /// far it knows the log to be decided.
     Promise {
         ballot: Ballot,
         from_slot: Slot,
         accepted: Vec<(Slot, Ballot, V)>,
+        commit: Slot,
     },
     /// Phase 2a for the consecutive slots `first_slot..`, plus the leader's
     /// commit point (every slot `<= commit` is chosen).
@@ -52,32 +74,68 @@ pub enum Msg<V> {
         first_slot: Slot,
         last_slot: Slot,
     },
-    /// The receiver has promised a higher ballot.
-    Reject { promised: Ballot },
+    /// The receiver has promised a higher ballot; `commit` is its commit
+    /// point.
+    Reject { promised: Ballot, commit: Slot },
     /// Heartbeat from the leader carrying the commit point.
     Commit { ballot: Ballot, commit: Slot },
+    /// Values for the leader to order, from a node that does not lead.
+    Forward { values: Vec<V> },
 }
 
-/// Settings, in ticks.
+/// Settings, in ticks and counts.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How many slots past the commit point a leader may have in flight.
+    /// How many slots past its applied point a leader may propose (alpha):
+    /// the voters of those slots are already known.
     pub window: usize,
     /// A follower that hears nothing from a leader for a random number of ticks
     /// in this range starts an election.
     pub election_ticks: (u32, u32),
     /// A leader sends a heartbeat after this many quiet ticks.
     pub heartbeat_ticks: u32,
+    /// Largest phase-2 batch, in bytes of values.
+    pub max_batch_bytes: usize,
+    /// Largest phase-2 batch, in slots.
+    pub max_batch_slots: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            window: 1000,
+            window: 256,
             election_ticks: (30, 60),
-            heartbeat_ticks: 5,
+            heartbeat_ticks: 10,
+            max_batch_bytes: 4 << 20,
+            max_batch_slots: 4096,
         }
     }
+}
+
+/// A chosen value learned without its ballot (from the log of another node)
+/// is reported with this one, which outranks every real ballot.
+fn chosen_ballot() -> Ballot {
+    Ballot {
+        round: u64::MAX,
+        leader: None,
+    }
+}
+
+#[derive(Debug)]
+struct Lead<V> {
+    ballot: Ballot,
+    /// The next slot to propose.
+    next_slot: Slot,
+    /// Who promised this ballot (from the first undecided slot on).
+    promised_by: BTreeSet<NodeId>,
+    /// Values accepted under earlier ballots, reported in promises, for slots
+    /// not yet proposed under this ballot.
+    recovered: BTreeMap<Slot, (Ballot, V)>,
+    /// Proposed and not yet known chosen: the value and who accepted it.
+    inflight: BTreeMap<Slot, (V, BTreeSet<NodeId>)>,
+    quiet_ticks: u32,
+    resend_ticks: u32,
+    sent_commit: Slot,
 }
 
 #[derive(Debug)]
@@ -87,48 +145,63 @@ enum Role<V> {
         quiet_ticks: u32,
         timeout_ticks: u32,
     },
-    Candidate {
-        ballot: Ballot,
-        promises: BTreeMap<NodeId, Vec<(Slot, Ballot, V)>>,
+    PreCandidate {
+        round: u64,
+        grants: BTreeSet<NodeId>,
         elapsed_ticks: u32,
         timeout_ticks: u32,
     },
-    Leader {
+    Candidate {
         ballot: Ballot,
-        next_slot: Slot,
-        acks: BTreeMap<Slot, BTreeSet<NodeId>>,
-        quiet_ticks: u32,
+        promised_by: BTreeSet<NodeId>,
+        recovered: BTreeMap<Slot, (Ballot, V)>,
+        highest_commit: Slot,
+        elapsed_ticks: u32,
+        timeout_ticks: u32,
     },
+    Leader(Box<Lead<V>>),
 }
 
-/// One member's engine: acceptor, learner and (when elected) leader.
+/// One node's engine: acceptor and learner always, leader when elected.
 pub struct Paxos<V: Value> {
     me: NodeId,
-    voters: BTreeSet<NodeId>,
     settings: Settings,
     rng: rand_chacha::ChaCha8Rng,
+    membership: Membership,
     role: Role<V>,
     /// Acceptor: the highest ballot promised.
     promised: Ballot,
-    /// Acceptor: accepted and not yet decided values.
+    /// Acceptor: accepted values of slots not yet known chosen.
     accepted: BTreeMap<Slot, (Ballot, V)>,
     /// Learner: chosen values not yet taken by the caller.
-    chosen: BTreeMap<Slot, V>,
-    /// Learner: the next slot to hand out; everything below it is decided.
+    chosen: BTreeMap<Slot, (Ballot, V)>,
+    /// Learner: the next slot to hand out; everything below it is delivered.
     next_to_deliver: Slot,
     /// The highest slot known to be chosen.
     commit: Slot,
-    /// Values waiting for a slot while this node leads.
+    /// Leader: values waiting for a slot.
     queue: VecDeque<V>,
+    /// Follower: values to forward to the leader at the next flush.
+    forward: Vec<V>,
+    /// Ticks since a leader was last heard from (pre-votes are refused while
+    /// a leader is alive).
+    leader_silent_ticks: u32,
+    /// The leader pads with nops up to here so a membership change takes
+    /// effect promptly on an idle cluster.
+    pad_until: Slot,
+    /// A node that knows the log further than we do, and how far.
+    hint: Option<(NodeId, Slot)>,
     /// Messages to self, delivered before a call returns.
     loopback: VecDeque<Msg<V>>,
 }
 
+type Out<V> = Vec<(NodeId, Msg<V>)>;
+
 impl<V: Value> Paxos<V> {
-    /// A member whose first undecided slot is `first_slot`, voting with `voters`.
+    /// A node whose first undecided slot is `first_slot`.
     pub fn new(
         me: NodeId,
-        voters: BTreeSet<NodeId>,
+        membership: Membership,
         first_slot: Slot,
         settings: Settings,
         seed: u64,
@@ -138,9 +211,9 @@ impl<V: Value> Paxos<V> {
         let timeout_ticks = random_ticks(&mut rng, settings.election_ticks);
         Paxos {
             me,
-            voters,
             settings,
             rng,
+            membership,
             role: Role::Follower {
                 leader: None,
                 quiet_ticks: 0,
@@ -152,6 +225,10 @@ impl<V: Value> Paxos<V> {
             next_to_deliver: first_slot,
             commit: first_slot - 1,
             queue: VecDeque::new(),
+            forward: Vec::new(),
+            leader_silent_ticks: u32::MAX / 2,
+            pad_until: 0,
+            hint: None,
             loopback: VecDeque::new(),
         }
     }
@@ -161,97 +238,135 @@ impl<V: Value> Paxos<V> {
     }
 
     pub fn is_leader(&self) -> bool {
-        matches!(self.role, Role::Leader { .. })
+        matches!(self.role, Role::Leader(_))
     }
 
     /// The leader this node follows or is, if known.
     pub fn leader(&self) -> Option<&NodeId> {
         match &self.role {
-            Role::Leader { .. } => Some(&self.me),
+            Role::Leader(_) => Some(&self.me),
             Role::Follower { leader, .. } => leader.as_ref(),
-            Role::Candidate { .. } => None,
+            _ => None,
         }
     }
 
-    /// Values queued at this leader and not yet given a slot.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    pub fn commit(&self) -> Slot {
+        self.commit
     }
 
-    fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    pub fn next_to_deliver(&self) -> Slot {
+        self.next_to_deliver
     }
 
-    /// Starts an election now (a seed does this at once instead of waiting a
-    /// timeout).
-    pub fn campaign(&mut self, out: &mut Vec<(NodeId, Msg<V>)>) {
-        let round = self.promised.round.max(self.current_ballot().round) + 1;
-        let ballot = Ballot::new(round, self.me.clone());
-        let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
-        self.role = Role::Candidate {
-            ballot: ballot.clone(),
-            promises: BTreeMap::new(),
-            elapsed_ticks: 0,
-            timeout_ticks,
-        };
-        let msg = Msg::Prepare {
-            ballot,
-            from_slot: self.next_to_deliver,
-        };
-        self.broadcast(msg, out);
-        self.drain_loopback(out);
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
-    fn current_ballot(&self) -> Ballot {
-        match &self.role {
-            Role::Leader { ballot, .. } | Role::Candidate { ballot, .. } => ballot.clone(),
-            Role::Follower { .. } => self.promised.clone(),
+    /// The voters of the slots this node may still see proposed.
+    fn window_end(&self) -> Slot {
+        self.next_to_deliver - 1 + self.settings.window as Slot
+    }
+
+    /// Whether this node votes on some slot of its window.
+    pub fn is_voter(&self) -> bool {
+        self.membership
+            .union_between(self.next_to_deliver, self.window_end())
+            .contains(&self.me)
+    }
+
+    /// Records that slots from `rev + window` on are voted by `voters` (the
+    /// caller read them from the store at `rev`). The leader then pads the log
+    /// so the change takes effect without waiting for writes.
+    pub fn record_voters(&mut self, rev: Slot, voters: BTreeSet<NodeId>) {
+        let from = rev + self.settings.window as Slot;
+        if self.membership.change_from(from, voters) {
+            self.pad_until = self.pad_until.max(from);
         }
     }
 
-    /// Queues `value` for ordering; the next [`Paxos::flush`] sends it, so
-    /// every value proposed in one batch of inputs shares one message. Returns
-    /// the value back when this node cannot order it (not the leader), so the
-    /// caller can forward or hold it.
+    /// A node that knows more of the log than this one (someone to catch up
+    /// from), taken once.
+    pub fn take_hint(&mut self) -> Option<(NodeId, Slot)> {
+        self.hint.take().filter(|(_, commit)| *commit >= self.next_to_deliver)
+    }
+
+    fn note_commit(&mut self, from: &NodeId, commit: Slot) {
+        if commit >= self.next_to_deliver && *from != self.me {
+            let better = self.hint.as_ref().is_none_or(|(_, known)| commit > *known);
+            if better {
+                self.hint = Some((from.clone(), commit));
+            }
+        }
+    }
+
+    /// Whether slots up to the known commit point are missing here (so the
+    /// caller should fetch them).
+    pub fn is_behind(&self) -> bool {
+        self.commit >= self.next_to_deliver && !self.chosen.contains_key(&self.next_to_deliver)
+    }
+
+    /// Asks for `value` to be ordered: queued here when leading, forwarded to
+    /// the leader at the next flush otherwise. Returns it back when no leader
+    /// is known, so the caller can hold it and retry.
     pub fn propose(&mut self, value: V) -> Result<(), V> {
-        if !self.is_leader() {
-            return Err(value);
+        match self.leader() {
+            Some(leader) if *leader == self.me => self.queue.push_back(value),
+            Some(_) => self.forward.push(value),
+            None => return Err(value),
         }
-        self.queue.push_back(value);
         Ok(())
     }
 
-    /// Sends one Accept for every queued value that fits the window.
-    pub fn flush(&mut self, out: &mut Vec<(NodeId, Msg<V>)>) {
-        let Role::Leader {
-            ballot, next_slot, ..
-        } = &self.role
-        else {
-            return;
-        };
-        let room = (self.commit + self.settings.window as i64 + 1 - *next_slot).max(0) as usize;
-        let take = room.min(self.queue.len());
-        if take == 0 {
-            return;
+    /// The leader's heartbeat (its ballot and commit point), for the caller
+    /// to send to nodes the engine does not talk to (slaves, returning nodes).
+    pub fn heartbeat(&self) -> Option<Msg<V>> {
+        match &self.role {
+            Role::Leader(lead) => Some(Msg::Commit {
+                ballot: lead.ballot.clone(),
+                commit: self.commit,
+            }),
+            _ => None,
         }
-        let values: Vec<V> = self.queue.drain(..take).collect();
-        let msg = Msg::Accept {
-            ballot: ballot.clone(),
-            first_slot: *next_slot,
-            values,
-            commit: self.commit,
-        };
-        if let Role::Leader { next_slot, .. } = &mut self.role {
-            *next_slot += take as i64;
-        }
-        self.broadcast(msg, out);
-        self.drain_loopback(out);
     }
 
-    /// Advances time by one tick: heartbeats, election timeouts.
-    pub fn tick(&mut self, out: &mut Vec<(NodeId, Msg<V>)>) {
-        let mut start_election = false;
-        let mut heartbeat = None;
+    /// Takes the next decided value, in slot order.
+    pub fn take_decided(&mut self) -> Option<(Slot, V)> {
+        let (_, value) = self.chosen.remove(&self.next_to_deliver)?;
+        let slot = self.next_to_deliver;
+        self.accepted.remove(&slot);
+        self.next_to_deliver += 1;
+        Some((slot, value))
+    }
+
+    /// A decided value learned from another node's log.
+    pub fn learn(&mut self, slot: Slot, value: V) {
+        if slot >= self.next_to_deliver {
+            self.accepted.remove(&slot);
+            self.chosen.insert(slot, (chosen_ballot(), value));
+            self.commit = self.commit.max(slot);
+        }
+    }
+
+    /// The caller installed a snapshot: everything up to `rev` is decided and
+    /// applied, and `membership` votes from here on.
+    pub fn restart_at(&mut self, rev: Slot, membership: Membership) {
+        self.next_to_deliver = rev + 1;
+        self.commit = self.commit.max(rev);
+        self.accepted = self.accepted.split_off(&(rev + 1));
+        self.chosen = self.chosen.split_off(&(rev + 1));
+        self.membership = membership;
+        if let Role::Leader(lead) = &mut self.role {
+            lead.next_slot = lead.next_slot.max(rev + 1);
+        }
+    }
+
+    /// Advances time by one tick: heartbeats, resends, elections.
+    pub fn tick(&mut self, out: &mut Out<V>) {
+        self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
+        let is_voter = self.is_voter();
+        let heartbeat = self.settings.heartbeat_ticks;
+        let mut start_prevote = false;
+        let mut leader_duties = false;
         match &mut self.role {
             Role::Follower {
                 quiet_ticks,
@@ -259,62 +374,275 @@ impl<V: Value> Paxos<V> {
                 ..
             } => {
                 *quiet_ticks += 1;
-                start_election = *quiet_ticks >= *timeout_ticks && self.voters.contains(&self.me);
+                start_prevote = *quiet_ticks >= *timeout_ticks && is_voter;
             }
-            Role::Candidate {
+            Role::PreCandidate {
+                elapsed_ticks,
+                timeout_ticks,
+                ..
+            }
+            | Role::Candidate {
                 elapsed_ticks,
                 timeout_ticks,
                 ..
             } => {
                 *elapsed_ticks += 1;
-                start_election = *elapsed_ticks >= *timeout_ticks;
-            }
-            Role::Leader {
-                ballot,
-                quiet_ticks,
-                ..
-            } => {
-                *quiet_ticks += 1;
-                if *quiet_ticks >= self.settings.heartbeat_ticks {
-                    *quiet_ticks = 0;
-                    heartbeat = Some(Msg::Commit {
-                        ballot: ballot.clone(),
-                        commit: self.commit,
-                    });
+                start_prevote = *elapsed_ticks >= *timeout_ticks && is_voter;
+                if *elapsed_ticks >= *timeout_ticks && !is_voter {
+                    self.become_follower(None);
                 }
             }
+            Role::Leader(_) => {
+                self.leader_silent_ticks = 0;
+                leader_duties = true;
+            }
         }
-        if start_election {
-            self.campaign(out);
+        if start_prevote {
+            self.start_prevote(out);
         }
-        if let Some(msg) = heartbeat {
-            self.broadcast_others(msg, out);
+        if leader_duties {
+            self.leader_tick(heartbeat, out);
         }
         self.flush(out);
     }
 
-    /// Takes the next decided value, in slot order.
-    pub fn take_decided(&mut self) -> Option<(Slot, V)> {
-        let value = self.chosen.remove(&self.next_to_deliver)?;
-        let slot = self.next_to_deliver;
-        self.next_to_deliver += 1;
-        Some((slot, value))
+    fn leader_tick(&mut self, heartbeat: u32, out: &mut Out<V>) {
+        let commit = self.commit;
+        let window = self.membership.union_between(self.next_to_deliver, self.window_end());
+        let Role::Leader(lead) = &mut self.role else {
+            return;
+        };
+        lead.quiet_ticks += 1;
+        lead.resend_ticks += 1;
+        if lead.quiet_ticks >= heartbeat {
+            lead.quiet_ticks = 0;
+            lead.sent_commit = commit;
+            let msg = Msg::Commit {
+                ballot: lead.ballot.clone(),
+                commit,
+            };
+            for to in window.iter().filter(|v| **v != self.me) {
+                out.push((to.clone(), msg.clone()));
+            }
+        }
+        if lead.resend_ticks >= 2 * heartbeat {
+            lead.resend_ticks = 0;
+            // Resend what a voter has not acknowledged (a lost message, a
+            // reconnected link), and phase 1 to voters that never promised.
+            let Some((first, _)) = lead.inflight.first_key_value() else {
+                return;
+            };
+            let first = *first;
+            let ballot = lead.ballot.clone();
+            let lagging: BTreeSet<NodeId> = window
+                .iter()
+                .filter(|v| **v != self.me && !lead.inflight[&first].1.contains(*v))
+                .cloned()
+                .collect();
+            let values: Vec<V> = lead
+                .inflight
+                .values()
+                .take(self.settings.max_batch_slots)
+                .map(|(v, _)| v.clone())
+                .collect();
+            let unpromised: Vec<NodeId> = window.difference(&lead.promised_by).cloned().collect();
+            let msg = Msg::Accept {
+                ballot: ballot.clone(),
+                first_slot: first,
+                values,
+                commit,
+            };
+            for to in lagging {
+                out.push((to, msg.clone()));
+            }
+            let prepare = Msg::Prepare {
+                ballot,
+                from_slot: self.next_to_deliver,
+            };
+            for to in unpromised {
+                out.push((to, prepare.clone()));
+            }
+        }
+    }
+
+    /// Starts an election now (a seed does this at once instead of waiting
+    /// for a timeout). A lone voter wins it within the call.
+    pub fn start_election(&mut self, out: &mut Out<V>) {
+        self.start_prevote(out);
+    }
+
+    fn start_prevote(&mut self, out: &mut Out<V>) {
+        let round = self.promised.round.max(self.current_round()) + 1;
+        let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
+        self.role = Role::PreCandidate {
+            round,
+            grants: BTreeSet::from([self.me.clone()]),
+            elapsed_ticks: 0,
+            timeout_ticks,
+        };
+        let voters = self.membership.union_between(self.next_to_deliver, self.window_end());
+        if self.membership.quorum_of_all(
+            &BTreeSet::from([self.me.clone()]),
+            self.next_to_deliver,
+            self.window_end(),
+        ) {
+            self.campaign(round, out);
+            return;
+        }
+        let msg = Msg::PreVote {
+            round,
+            commit: self.commit,
+        };
+        for to in voters.into_iter().filter(|v| *v != self.me) {
+            out.push((to, msg.clone()));
+        }
+    }
+
+    fn current_round(&self) -> u64 {
+        match &self.role {
+            Role::Leader(lead) => lead.ballot.round,
+            Role::Candidate { ballot, .. } => ballot.round,
+            Role::PreCandidate { round, .. } => *round,
+            Role::Follower { .. } => self.promised.round,
+        }
+    }
+
+    fn campaign(&mut self, round: u64, out: &mut Out<V>) {
+        let ballot = Ballot::new(round.max(self.promised.round + 1), self.me.clone());
+        let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
+        self.role = Role::Candidate {
+            ballot: ballot.clone(),
+            promised_by: BTreeSet::new(),
+            recovered: BTreeMap::new(),
+            highest_commit: self.commit,
+            elapsed_ticks: 0,
+            timeout_ticks,
+        };
+        let msg = Msg::Prepare {
+            ballot,
+            from_slot: self.next_to_deliver,
+        };
+        let voters = self.membership.union_between(self.next_to_deliver, self.window_end());
+        for to in voters {
+            self.send(to, msg.clone(), out);
+        }
+        self.drain_loopback(out);
+    }
+
+    /// Sends what waits: forwarded values to the leader; when leading, phase 2
+    /// for queued values (in batches), or the commit point if it moved.
+    pub fn flush(&mut self, out: &mut Out<V>) {
+        if !self.forward.is_empty() {
+            match self.leader().cloned() {
+                Some(leader) if leader != self.me => {
+                    let values = std::mem::take(&mut self.forward);
+                    out.push((leader, Msg::Forward { values }));
+                }
+                Some(_) => {
+                    let values = std::mem::take(&mut self.forward);
+                    self.queue.extend(values);
+                }
+                None => {}
+            }
+        }
+        if self.is_leader() {
+            self.propose_queued(out);
+        }
+        self.drain_loopback(out);
+    }
+
+    fn propose_queued(&mut self, out: &mut Out<V>) {
+        let window_end = self.window_end();
+        let commit = self.commit;
+        let max_bytes = self.settings.max_batch_bytes;
+        let max_slots = self.settings.max_batch_slots;
+        let Role::Leader(lead) = &mut self.role else {
+            return;
+        };
+        let mut batches: Vec<(Slot, Vec<V>)> = Vec::new();
+        let mut uncovered: BTreeSet<NodeId> = BTreeSet::new();
+        loop {
+            let slot = lead.next_slot;
+            let has_work = !self.queue.is_empty() || lead.recovered.contains_key(&slot) || slot <= self.pad_until;
+            if !has_work || slot > window_end {
+                break;
+            }
+            let voters = self.membership.voters(slot);
+            if !is_quorum(&lead.promised_by, voters) {
+                uncovered.extend(voters.difference(&lead.promised_by).cloned());
+                break;
+            }
+            let value = match lead.recovered.remove(&slot) {
+                Some((_, v)) => v,
+                None => self.queue.pop_front().unwrap_or_else(V::nop),
+            };
+            let start_new = match batches.last() {
+                None => true,
+                Some((_, values)) => {
+                    values.len() >= max_slots || values.iter().map(V::size).sum::<usize>() + value.size() > max_bytes
+                }
+            };
+            if start_new {
+                batches.push((slot, Vec::new()));
+            }
+            batches.last_mut().expect("just pushed").1.push(value.clone());
+            lead.inflight.insert(slot, (value, BTreeSet::new()));
+            lead.next_slot += 1;
+        }
+        let ballot = lead.ballot.clone();
+        let send_commit = batches.is_empty() && commit > lead.sent_commit;
+        if !batches.is_empty() || send_commit {
+            lead.sent_commit = commit;
+            lead.quiet_ticks = 0;
+        }
+        for (first_slot, values) in batches {
+            let last = first_slot + values.len() as Slot - 1;
+            let voters = self.membership.union_between(first_slot, last);
+            let msg = Msg::Accept {
+                ballot: ballot.clone(),
+                first_slot,
+                values,
+                commit,
+            };
+            for to in voters {
+                self.send(to, msg.clone(), out);
+            }
+        }
+        if send_commit {
+            let voters = self.membership.union_between(self.next_to_deliver, window_end);
+            let msg = Msg::Commit {
+                ballot: ballot.clone(),
+                commit,
+            };
+            for to in voters.into_iter().filter(|v| *v != self.me) {
+                out.push((to, msg.clone()));
+            }
+        }
+        let prepare = Msg::Prepare {
+            ballot,
+            from_slot: self.next_to_deliver,
+        };
+        for to in uncovered {
+            // Only new voters land here; a repeat is harmless (rate: one per
+            // flush that reaches them, i.e. per batch).
+            self.send(to, prepare.clone(), out);
+        }
     }
 
     /// Handles a message from `from` (which may be this node).
-    pub fn handle(&mut self, from: NodeId, msg: Msg<V>, out: &mut Vec<(NodeId, Msg<V>)>) {
+    pub fn handle(&mut self, from: NodeId, msg: Msg<V>, out: &mut Out<V>) {
         self.step(from, msg, out);
         self.drain_loopback(out);
     }
 
-    fn drain_loopback(&mut self, out: &mut Vec<(NodeId, Msg<V>)>) {
+    fn drain_loopback(&mut self, out: &mut Out<V>) {
         while let Some(msg) = self.loopback.pop_front() {
             let me = self.me.clone();
             self.step(me, msg, out);
         }
     }
 
-    fn send(&mut self, to: NodeId, msg: Msg<V>, out: &mut Vec<(NodeId, Msg<V>)>) {
+    fn send(&mut self, to: NodeId, msg: Msg<V>, out: &mut Out<V>) {
         if to == self.me {
             self.loopback.push_back(msg);
         } else {
@@ -322,25 +650,21 @@ impl<V: Value> Paxos<V> {
         }
     }
 
-    fn broadcast(&mut self, msg: Msg<V>, out: &mut Vec<(NodeId, Msg<V>)>) {
-        let voters: Vec<NodeId> = self.voters.iter().cloned().collect();
-        for to in voters {
-            self.send(to, msg.clone(), out);
-        }
-    }
-
-    fn broadcast_others(&mut self, msg: Msg<V>, out: &mut Vec<(NodeId, Msg<V>)>) {
-        for to in self.voters.iter().filter(|v| **v != self.me) {
-            out.push((to.clone(), msg.clone()));
-        }
-    }
-
-    fn step(&mut self, from: NodeId, msg: Msg<V>, out: &mut Vec<(NodeId, Msg<V>)>) {
+    fn step(&mut self, from: NodeId, msg: Msg<V>, out: &mut Out<V>) {
         match msg {
+            Msg::PreVote { round, commit } => self.on_prevote(from, round, commit, out),
+            Msg::PreVoteReply {
+                round,
+                granted,
+                commit,
+            } => self.on_prevote_reply(from, round, granted, commit, out),
             Msg::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot, out),
             Msg::Promise {
-                ballot, accepted, ..
-            } => self.on_promise(from, ballot, accepted, out),
+                ballot,
+                accepted,
+                commit,
+                ..
+            } => self.on_promise(from, ballot, accepted, commit, out),
             Msg::Accept {
                 ballot,
                 first_slot,
@@ -351,67 +675,115 @@ impl<V: Value> Paxos<V> {
                 ballot,
                 first_slot,
                 last_slot,
-            } => self.on_accepted(from, ballot, first_slot, last_slot, out),
-            Msg::Reject { promised } => self.on_reject(promised),
-            Msg::Commit { ballot, commit } => self.on_commit(from, ballot, commit),
+            } => self.on_accepted(from, ballot, first_slot, last_slot),
+            Msg::Reject { promised, commit } => {
+                self.note_commit(&from, commit);
+                self.on_reject(promised);
+            }
+            Msg::Commit { ballot, commit } => self.on_commit(from, ballot, commit, out),
+            Msg::Forward { values } => {
+                if self.is_leader() {
+                    self.queue.extend(values);
+                }
+                // Otherwise dropped: the origin proposes again once it learns
+                // who leads.
+            }
         }
     }
 
-    fn follow(&mut self, leader: NodeId) {
+    fn become_follower(&mut self, leader: Option<NodeId>) {
+        let heard = leader.is_some();
         if let Role::Follower {
             leader: known,
             quiet_ticks,
             ..
         } = &mut self.role
         {
-            *known = Some(leader);
-            *quiet_ticks = 0;
+            if heard {
+                *known = leader;
+                *quiet_ticks = 0;
+            }
             return;
         }
+        // A deposed leader hands its unordered values to whoever leads now.
+        if let Role::Leader(lead) = &mut self.role {
+            let inflight = std::mem::take(&mut lead.inflight);
+            drop(inflight);
+            self.forward.extend(self.queue.drain(..));
+        }
         let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
-        // A deposed leader keeps its queued values; the caller takes them back
-        // with `drain_unordered` and forwards them.
         self.role = Role::Follower {
-            leader: Some(leader),
+            leader,
             quiet_ticks: 0,
             timeout_ticks,
         };
     }
 
-    /// Values this node accepted for proposal but can no longer order itself
-    /// (it lost the leadership), for the caller to forward.
-    pub fn drain_unordered(&mut self) -> Vec<V> {
-        if self.is_leader() {
-            return Vec::new();
+    /// A message from the leader of `ballot` arrived.
+    fn heard_leader(&mut self, leader: NodeId) {
+        self.leader_silent_ticks = 0;
+        if leader != self.me {
+            self.become_follower(Some(leader));
         }
-        self.queue.drain(..).collect()
     }
 
-    fn on_prepare(
-        &mut self,
-        from: NodeId,
-        ballot: Ballot,
-        from_slot: Slot,
-        out: &mut Vec<(NodeId, Msg<V>)>,
-    ) {
+    fn on_prevote(&mut self, from: NodeId, round: u64, commit: Slot, out: &mut Out<V>) {
+        let leader_alive = self.leader_silent_ticks < self.settings.election_ticks.0;
+        let voter = self
+            .membership
+            .union_between(self.next_to_deliver, self.window_end())
+            .contains(&from);
+        let granted = !leader_alive && voter && round > self.promised.round && commit >= self.commit;
+        let reply = Msg::PreVoteReply {
+            round,
+            granted,
+            commit: self.commit,
+        };
+        self.send(from, reply, out);
+    }
+
+    fn on_prevote_reply(&mut self, from: NodeId, round: u64, granted: bool, commit: Slot, out: &mut Out<V>) {
+        self.note_commit(&from, commit);
+        let (from_slot, to_slot) = (self.next_to_deliver, self.window_end());
+        let Role::PreCandidate {
+            round: mine, grants, ..
+        } = &mut self.role
+        else {
+            return;
+        };
+        if *mine != round || !granted {
+            return;
+        }
+        grants.insert(from);
+        if self.membership.quorum_of_all(grants, from_slot, to_slot) {
+            self.campaign(round, out);
+        }
+    }
+
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, out: &mut Out<V>) {
         if ballot < self.promised {
-            let promised = self.promised.clone();
-            self.send(from, Msg::Reject { promised }, out);
+            let msg = Msg::Reject {
+                promised: self.promised.clone(),
+                commit: self.commit,
+            };
+            self.send(from, msg, out);
             return;
         }
         self.promised = ballot.clone();
         if from != self.me {
-            self.follow(from.clone());
+            self.become_follower(None);
         }
         let accepted = self
             .accepted
             .range(from_slot..)
+            .chain(self.chosen.range(from_slot..))
             .map(|(slot, (b, v))| (*slot, b.clone(), v.clone()))
             .collect();
         let msg = Msg::Promise {
             ballot,
             from_slot,
             accepted,
+            commit: self.commit,
         };
         self.send(from, msg, out);
     }
@@ -421,64 +793,95 @@ impl<V: Value> Paxos<V> {
         from: NodeId,
         ballot: Ballot,
         accepted: Vec<(Slot, Ballot, V)>,
-        out: &mut Vec<(NodeId, Msg<V>)>,
+        commit: Slot,
+        out: &mut Out<V>,
     ) {
-        let quorum = self.quorum();
+        self.note_commit(&from, commit);
+        let (first, window_end) = (self.next_to_deliver, self.window_end());
+        match &mut self.role {
+            Role::Leader(lead) if lead.ballot == ballot => {
+                // A voter that joined the window after the election.
+                lead.promised_by.insert(from);
+                for (slot, b, v) in accepted {
+                    if slot >= lead.next_slot {
+                        merge_highest(&mut lead.recovered, slot, b, v);
+                    }
+                }
+            }
+            Role::Candidate {
+                ballot: mine,
+                promised_by,
+                recovered,
+                highest_commit,
+                ..
+            } if *mine == ballot => {
+                promised_by.insert(from);
+                *highest_commit = (*highest_commit).max(commit);
+                for (slot, b, v) in accepted {
+                    if slot >= first {
+                        merge_highest(recovered, slot, b, v);
+                    }
+                }
+                if self.membership.quorum_of_all(promised_by, first, window_end) {
+                    self.become_leader(out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn become_leader(&mut self, out: &mut Out<V>) {
         let Role::Candidate {
-            ballot: mine,
-            promises,
+            ballot,
+            promised_by,
+            mut recovered,
+            highest_commit,
             ..
-        } = &mut self.role
+        } = std::mem::replace(
+            &mut self.role,
+            Role::Follower {
+                leader: None,
+                quiet_ticks: 0,
+                timeout_ticks: 0,
+            },
+        )
         else {
             return;
         };
-        if *mine != ballot {
+        // Slots some promiser knows decided must be known chosen here: their
+        // acceptors may have forgotten them after delivery, so the promises
+        // cannot be trusted to report them. Catch up first (the hint says
+        // from whom), then run again.
+        let known = (self.next_to_deliver..=highest_commit).all(|slot| self.chosen.contains_key(&slot));
+        if !known {
+            self.become_follower(None);
             return;
         }
-        promises.insert(from, accepted);
-        if promises.len() < quorum {
-            return;
+        for (slot, (b, v)) in &self.chosen {
+            merge_highest(&mut recovered, *slot, b.clone(), v.clone());
         }
-        // Elected: re-propose the highest-ballot accepted value of every open
-        // slot and fill the holes with nops.
-        let mut best: BTreeMap<Slot, (Ballot, V)> = BTreeMap::new();
-        for (slot, b, v) in promises.values().flatten() {
-            if *slot < self.next_to_deliver || self.chosen.contains_key(slot) {
-                continue;
-            }
-            match best.get(slot) {
-                Some((seen, _)) if seen >= b => {}
-                _ => {
-                    best.insert(*slot, (b.clone(), v.clone()));
-                }
-            }
-        }
-        let first = self.next_to_deliver;
-        let chosen_top = self.chosen.keys().next_back().copied().unwrap_or(first - 1);
-        let last = best
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(first - 1)
-            .max(chosen_top);
-        let mut refill = Vec::new();
-        for slot in first..=last {
-            let value = match (self.chosen.get(&slot), best.remove(&slot)) {
-                (Some(v), _) => v.clone(),
-                (None, Some((_, v))) => v,
-                (None, None) => V::nop(),
-            };
-            refill.push(value);
-        }
-        self.role = Role::Leader {
-            ballot: ballot.clone(),
-            next_slot: first,
-            acks: BTreeMap::new(),
+        // Every open slot up to the last one anyone reported is proposed
+        // again (a hole becomes a nop), ahead of new values.
+        let last = recovered.keys().next_back().copied().unwrap_or(self.next_to_deliver - 1);
+        self.pad_until = self.pad_until.max(last);
+        self.role = Role::Leader(Box::new(Lead {
+            ballot,
+            next_slot: self.next_to_deliver,
+            promised_by,
+            recovered,
+            inflight: BTreeMap::new(),
             quiet_ticks: 0,
-        };
-        // Open slots go first, ahead of anything queued while campaigning.
-        for value in refill.into_iter().rev() {
-            self.queue.push_front(value);
+            resend_ticks: 0,
+            sent_commit: self.commit,
+        }));
+        self.leader_silent_ticks = 0;
+        self.queue.extend(self.forward.drain(..));
+        // Announce the new leadership at once, so followers forward to it.
+        if let Some(heartbeat) = self.heartbeat() {
+            let voters = self.membership.union_between(self.next_to_deliver, self.window_end());
+            for to in voters.into_iter().filter(|v| *v != self.me) {
+                out.push((to, heartbeat.clone()));
+            }
         }
         self.flush(out);
     }
@@ -490,25 +893,26 @@ impl<V: Value> Paxos<V> {
         first_slot: Slot,
         values: Vec<V>,
         commit: Slot,
-        out: &mut Vec<(NodeId, Msg<V>)>,
+        out: &mut Out<V>,
     ) {
         if ballot < self.promised {
-            let promised = self.promised.clone();
-            self.send(from, Msg::Reject { promised }, out);
+            let msg = Msg::Reject {
+                promised: self.promised.clone(),
+                commit: self.commit,
+            };
+            self.send(from, msg, out);
             return;
         }
         self.promised = ballot.clone();
-        if from != self.me {
-            self.follow(from.clone());
-        }
-        let count = values.len() as i64;
+        self.heard_leader(from.clone());
+        let count = values.len() as Slot;
         for (i, value) in values.into_iter().enumerate() {
-            let slot = first_slot + i as i64;
+            let slot = first_slot + i as Slot;
             if slot >= self.next_to_deliver && !self.chosen.contains_key(&slot) {
                 self.accepted.insert(slot, (ballot.clone(), value));
             }
         }
-        self.learn_commit(&ballot, commit);
+        self.learn_commit(&from, &ballot, commit);
         if count > 0 {
             let msg = Msg::Accepted {
                 ballot,
@@ -519,94 +923,94 @@ impl<V: Value> Paxos<V> {
         }
     }
 
-    fn on_accepted(
-        &mut self,
-        from: NodeId,
-        ballot: Ballot,
-        first_slot: Slot,
-        last_slot: Slot,
-        out: &mut Vec<(NodeId, Msg<V>)>,
-    ) {
-        let quorum = self.quorum();
-        let Role::Leader {
-            ballot: mine,
-            acks,
-            next_slot,
-            ..
-        } = &mut self.role
-        else {
+    fn on_accepted(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot, last_slot: Slot) {
+        let Role::Leader(lead) = &mut self.role else {
             return;
         };
-        if *mine != ballot {
+        if lead.ballot != ballot {
             return;
         }
-        let last_slot = last_slot.min(*next_slot - 1);
-        for slot in first_slot.max(self.commit + 1)..=last_slot {
-            acks.entry(slot).or_default().insert(from.clone());
+        for (_, (_, acks)) in lead.inflight.range_mut(first_slot..=last_slot) {
+            acks.insert(from.clone());
         }
         let mut commit = self.commit;
-        while acks.get(&(commit + 1)).is_some_and(|a| a.len() >= quorum) {
+        while let Some((_, acks)) = lead.inflight.get(&(commit + 1)) {
+            if !is_quorum(acks, self.membership.voters(commit + 1)) {
+                break;
+            }
             commit += 1;
-            acks.remove(&commit);
+            lead.inflight.remove(&commit);
         }
         if commit > self.commit {
-            let ballot = ballot.clone();
-            self.learn_commit(&ballot, commit);
+            let me = self.me.clone();
+            self.learn_commit(&me, &ballot, commit);
         }
-        let _ = out;
     }
 
     fn on_reject(&mut self, promised: Ballot) {
-        if promised > self.current_ballot() {
-            let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
-            self.role = Role::Follower {
-                leader: None,
-                quiet_ticks: 0,
-                timeout_ticks,
-            };
-        }
         if promised > self.promised {
-            self.promised = promised;
+            self.promised = promised.clone();
+        }
+        if promised.round > self.current_round() || (self.is_leader() && promised > self.current_ballot()) {
+            self.become_follower(None);
         }
     }
 
-    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot) {
+    fn current_ballot(&self) -> Ballot {
+        match &self.role {
+            Role::Leader(lead) => lead.ballot.clone(),
+            Role::Candidate { ballot, .. } => ballot.clone(),
+            _ => self.promised.clone(),
+        }
+    }
+
+    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot, out: &mut Out<V>) {
         if ballot < self.promised {
+            // A deposed leader that has not heard yet: tell it.
+            let msg = Msg::Reject {
+                promised: self.promised.clone(),
+                commit: self.commit,
+            };
+            self.send(from, msg, out);
             return;
         }
         self.promised = ballot.clone();
-        if from != self.me {
-            self.follow(from);
-        }
-        self.learn_commit(&ballot, commit);
+        self.heard_leader(from.clone());
+        self.learn_commit(&from, &ballot, commit);
     }
 
     /// Every slot up to `commit` that this node accepted at `ballot` (the
-    /// leader's current ballot) holds the chosen value.
-    fn learn_commit(&mut self, ballot: &Ballot, commit: Slot) {
+    /// ballot of the leader that says so) holds the chosen value.
+    fn learn_commit(&mut self, from: &NodeId, ballot: &Ballot, commit: Slot) {
         if commit > self.commit {
             self.commit = commit;
         }
-        let from = self.next_to_deliver;
-        if commit < from {
-            return;
-        }
-        let chosen_now: Vec<Slot> = self
-            .accepted
-            .range(from..=commit)
-            .filter(|(_, (b, _))| b == ballot)
-            .map(|(slot, _)| *slot)
-            .collect();
-        for slot in chosen_now {
-            if let Some((_, value)) = self.accepted.remove(&slot) {
-                self.chosen.insert(slot, value);
+        let start = self.next_to_deliver;
+        if commit >= start {
+            let now_chosen: Vec<Slot> = self
+                .accepted
+                .range(start..=commit)
+                .filter(|(_, (b, _))| b == ballot)
+                .map(|(slot, _)| *slot)
+                .collect();
+            for slot in now_chosen {
+                if let Some(entry) = self.accepted.remove(&slot) {
+                    self.chosen.insert(slot, entry);
+                }
             }
         }
+        if self.is_behind() {
+            self.note_commit(from, commit);
+        }
     }
+}
 
-    /// Forgets acceptor state below `slot` once the caller has applied it.
-    pub fn compact_below(&mut self, slot: Slot) {
-        self.accepted = self.accepted.split_off(&slot);
+fn merge_highest<V>(map: &mut BTreeMap<Slot, (Ballot, V)>, slot: Slot, ballot: Ballot, value: V) {
+    match map.get(&slot) {
+        Some((seen, _)) if *seen >= ballot => {}
+        _ => {
+            map.insert(slot, (ballot, value));
+        }
     }
 }
 

@@ -1,0 +1,380 @@
+//! The core's cluster duties: time, peers, catch-up, slaves, liveness.
+//!
+//! Everything here is driven by ticks and peer messages and only ever
+//! proposes ordinary writes through consensus (removing a silent node,
+//! claiming a free slot, registering this node), so every replica sees the
+//! same decisions in the same order.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+impl Core {
+    pub(super) fn on_tick(&mut self, out: &mut Vec<Output>) {
+        self.ticks += 1;
+        let mut sent = Vec::new();
+        self.paxos.tick(&mut sent);
+        self.push_peer(sent, out);
+        self.track_leadership();
+        if self.is_writable() {
+            self.resend_pending();
+            self.pulse(out);
+        }
+        if self.ticks % HOUSEKEEPING_TICKS == 0 {
+            self.housekeeping(out);
+        }
+        self.catch_up_if_behind(out);
+    }
+
+    fn track_leadership(&mut self) {
+        match (self.paxos.is_leader(), self.lead_since) {
+            (true, None) => {
+                self.lead_since = Some(self.ticks);
+                log::info!("this node leads the cluster");
+            }
+            (false, Some(_)) => self.lead_since = None,
+            _ => {}
+        }
+    }
+
+    /// Hands pending writes to a new leader, and again to the same one when
+    /// they take too long (a message or a leader may have been lost; a
+    /// duplicate is dropped when applied).
+    fn resend_pending(&mut self) {
+        let leader = self.paxos.leader().cloned();
+        let changed = leader != self.last_leader;
+        self.last_leader = leader.clone();
+        let Some(leader) = leader else {
+            return;
+        };
+        // Scanning every pending write each tick would cost too much under
+        // load; only look when the leader changed, and now and then.
+        if !changed && self.ticks % HOUSEKEEPING_TICKS != 0 {
+            return;
+        }
+        let retry_ticks = u64::from(self.config.paxos.election_ticks.1) * 2;
+        let stale: Vec<u64> = self
+            .pending_writes
+            .iter()
+            .filter(|(_, p)| {
+                p.sent_to.is_none()
+                    || (changed && p.sent_to.as_ref() != Some(&leader))
+                    || self.ticks - p.sent_tick > retry_ticks
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in stale {
+            self.send_pending(seq);
+        }
+    }
+
+    fn pulse(&mut self, out: &mut Vec<Output>) {
+        if self.ticks - self.last_pulse_tick < self.config.pulse_ticks {
+            return;
+        }
+        if self.pending_writes.values().any(|p| p.proposer == Proposer::Pulse) {
+            return;
+        }
+        if !self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
+            return;
+        }
+        self.last_pulse_tick = self.ticks;
+        let Ok(path) = Path::parse(&format!("/ctl/node/{}/applied", self.node.id)) else {
+            return;
+        };
+        let body = Body::from(self.store.rev().to_string().into_bytes());
+        let mutation = Mutation::Set {
+            path,
+            check: RevCheck::Clobber,
+            body,
+        };
+        self.propose(Proposer::Pulse, mutation, out);
+    }
+
+    fn housekeeping(&mut self, out: &mut Vec<Output>) {
+        match &self.phase {
+            Phase::Joining { target, .. } => {
+                // Ask (again) for the snapshot that starts this node.
+                let target = target.clone();
+                self.send_peer(target, PeerMsg::CatchUp { from: Rev(1) }, out);
+                return;
+            }
+            Phase::Running => {}
+        }
+        if let Some(leader) = self.paxos.leader().cloned() {
+            if leader != self.node.id {
+                let applied = self.store.rev();
+                self.send_peer(leader, PeerMsg::Alive { applied }, out);
+            }
+        }
+        self.register_if_missing(out);
+        self.claim_free_slot(out);
+        if self.paxos.is_leader() {
+            self.remove_silent_nodes(out);
+        }
+    }
+
+    /// Writes this node's `/ctl/node/<id>` entries when they are missing: on
+    /// attach, and after the leader removed it while it was silent.
+    fn register_if_missing(&mut self, out: &mut Vec<Output>) {
+        if self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
+            return;
+        }
+        let in_flight = self.pending_writes.values().any(|p| p.proposer == Proposer::Register);
+        if in_flight {
+            return;
+        }
+        log::info!("registering this node under /ctl/node/{}", self.node.id);
+        for mutation in self.registration(RevCheck::Clobber) {
+            self.propose(Proposer::Register, mutation, out);
+        }
+    }
+
+    /// A slave takes the first empty `/ctl/cal` slot with a conditional write,
+    /// so exactly one contender wins it.
+    fn claim_free_slot(&mut self, out: &mut Vec<Output>) {
+        if self.cal.contains(&self.node.id) || !self.nodes.contains_key(&self.node.id) {
+            return;
+        }
+        if self.pending_writes.values().any(|p| p.proposer == Proposer::Claim) {
+            return;
+        }
+        let free = cal_slots(self.store.current())
+            .into_iter()
+            .find(|(_, _, body)| body.is_empty());
+        if let Some((path, rev, _)) = free {
+            log::info!("claiming the free member slot {path}");
+            let mutation = Mutation::Set {
+                path,
+                check: RevCheck::NotOlderThan(rev.0),
+                body: Body::from(self.node.id.as_str().as_bytes().to_vec()),
+            };
+            self.propose(Proposer::Claim, mutation, out);
+        }
+    }
+
+    /// The leader alone removes a node unheard of for `-timeout`: its member
+    /// slot is emptied and its `/ctl/node/<id>` files deleted, each write
+    /// conditional on what the leader saw, so a race costs nothing.
+    fn remove_silent_nodes(&mut self, out: &mut Vec<Output>) {
+        let Some(since) = self.lead_since else {
+            return;
+        };
+        let timeout = self.config.timeout_ticks;
+        let retry = timeout.max(HOUSEKEEPING_TICKS * 10);
+        self.removing.retain(|id, started| self.nodes.contains_key(id) && self.ticks - *started < retry);
+        let silent: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .filter(|id| **id != self.node.id && !self.removing.contains_key(*id))
+            .filter(|id| {
+                let heard = self.last_heard.get(*id).copied().unwrap_or(since).max(since);
+                self.ticks - heard > timeout
+            })
+            .cloned()
+            .collect();
+        for id in silent {
+            log::warn!("removing node {id}: nothing heard from it for longer than -timeout");
+            self.removing.insert(id.clone(), self.ticks);
+            let snapshot = self.store.current().clone();
+            for (path, rev, body) in cal_slots(&snapshot) {
+                if body.as_ref() == id.as_str().as_bytes() {
+                    let mutation = Mutation::Set {
+                        path,
+                        check: RevCheck::NotOlderThan(rev.0),
+                        body: Body::from(Vec::new()),
+                    };
+                    self.propose(Proposer::Removal, mutation, out);
+                }
+            }
+            let Ok(dir) = Path::parse(&format!("/ctl/node/{id}")) else {
+                continue;
+            };
+            for name in snapshot.dir_names(&dir).unwrap_or_default() {
+                let Ok(path) = dir.join(&name) else {
+                    continue;
+                };
+                if let Entry::File { rev, .. } = snapshot.entry(&path) {
+                    let mutation = Mutation::Del {
+                        path,
+                        check: RevCheck::NotOlderThan(rev.0),
+                    };
+                    self.propose(Proposer::Removal, mutation, out);
+                }
+            }
+        }
+    }
+
+    /// Nodes that follow the log without voting: they get every decided slot
+    /// from the leader as it is applied.
+    fn slaves(&self) -> Vec<NodeId> {
+        let next = self.paxos.next_to_deliver();
+        let voters = self.paxos.membership().union_between(next, next + self.config.paxos.window as Slot);
+        self.nodes
+            .keys()
+            .filter(|id| **id != self.node.id && !voters.contains(*id))
+            .cloned()
+            .collect()
+    }
+
+    pub(super) fn stream_to_slaves(&mut self, out: &mut Vec<Output>) {
+        if self.newly_applied.is_empty() {
+            return;
+        }
+        let applied = std::mem::take(&mut self.newly_applied);
+        if !self.paxos.is_leader() {
+            return;
+        }
+        let first = applied[0].0;
+        let decrees: Vec<Decree> = applied.into_iter().map(|(_, d)| d).collect();
+        for slave in self.slaves() {
+            let msg = PeerMsg::Decided {
+                first,
+                decrees: decrees.clone(),
+            };
+            self.send_peer(slave, msg, out);
+        }
+    }
+
+    pub(super) fn on_peer(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Output>) {
+        self.last_heard.insert(from.clone(), self.ticks);
+        match msg {
+            PeerMsg::Paxos(msg) => {
+                let mut sent = Vec::new();
+                self.paxos.handle(from, msg, &mut sent);
+                self.push_peer(sent, out);
+            }
+            PeerMsg::Alive { applied } => {
+                self.applied_of.insert(from.clone(), applied);
+                // Tell it who leads and how far the log is decided, so a node
+                // that was away learns it is behind.
+                if let Some(heartbeat) = self.paxos.heartbeat() {
+                    self.send_peer(from, PeerMsg::Paxos(heartbeat), out);
+                }
+            }
+            PeerMsg::CatchUp { from: first } => self.serve_catch_up(from, first, out),
+            PeerMsg::Decided { first, decrees } => {
+                if self.phase == Phase::Running {
+                    for (i, decree) in decrees.into_iter().enumerate() {
+                        self.paxos.learn(first.0 + i as Slot, decree);
+                    }
+                    if self.catch_up.as_ref().is_some_and(|(asked, _)| *asked == from) {
+                        self.catch_up = None;
+                    }
+                }
+            }
+            PeerMsg::Snapshot(snapshot) => self.install(*snapshot, out),
+        }
+        self.apply_decided(out);
+    }
+
+    fn serve_catch_up(&mut self, to: NodeId, first: Rev, out: &mut Vec<Output>) {
+        if self.phase != Phase::Running || first > self.store.rev() {
+            return;
+        }
+        let log_start = self.decided_log.front().map(|(rev, _)| *rev);
+        match log_start {
+            Some(start) if first >= start => {
+                let skip = (first.0 - start.0) as usize;
+                let decrees: Vec<Decree> = self
+                    .decided_log
+                    .iter()
+                    .skip(skip)
+                    .take(CATCH_UP_SLOTS)
+                    .map(|(_, d)| d.clone())
+                    .collect();
+                self.send_peer(to, PeerMsg::Decided { first, decrees }, out);
+            }
+            _ => {
+                let snapshot = self.snapshot_data();
+                log::info!("sending a snapshot at rev {} to {to}", snapshot.rev);
+                self.send_peer(to, PeerMsg::Snapshot(Box::new(snapshot)), out);
+            }
+        }
+    }
+
+    /// The replicated state at the current rev.
+    pub fn snapshot_data(&self) -> SnapshotData {
+        SnapshotData {
+            rev: self.store.rev(),
+            files: self.store.current().files(),
+            membership: self.paxos.membership().entries(),
+            dedupe: self
+                .applied_writes
+                .iter()
+                .map(|(id, a)| (id.clone(), a.floor, a.seqs.iter().copied().collect()))
+                .collect(),
+        }
+    }
+
+    fn install(&mut self, snapshot: SnapshotData, out: &mut Vec<Output>) {
+        if snapshot.rev <= self.store.rev() && self.phase == Phase::Running {
+            return;
+        }
+        let Some(membership) = Membership::from_entries(snapshot.membership) else {
+            log::warn!("ignoring a snapshot without voters");
+            return;
+        };
+        log::info!("installing a snapshot at rev {}", snapshot.rev);
+        let tree = Snapshot::from_files(snapshot.rev, snapshot.files);
+        self.store = Store::from_snapshot(tree, self.config.history_revs);
+        self.applied_writes = snapshot
+            .dedupe
+            .into_iter()
+            .map(|(id, floor, seqs)| {
+                let seqs = seqs.into_iter().collect();
+                (id, Applied { floor, seqs })
+            })
+            .collect();
+        self.decided_log.clear();
+        self.paxos.restart_at(snapshot.rev.0, membership);
+        self.refresh_nodes();
+        self.refresh_cal();
+        self.phase = Phase::Running;
+        self.catch_up = None;
+        // The history before the snapshot is gone: waits that needed it can
+        // never be answered from it.
+        let keys: Vec<WaitKey> = self.wait_tags.keys().copied().collect();
+        for key in keys {
+            self.waits.remove(&key);
+            if let Some(tag) = self.wait_tags.remove(&key) {
+                let outcome = Err(ErrCode::TooLate.into());
+                out.push(Output::Reply { conn: key.0, tag, outcome });
+            }
+        }
+        let parked: Vec<ParkedRead> = std::mem::take(&mut self.parked_reads).into_values().flatten().collect();
+        for read in parked {
+            self.read(read, out);
+        }
+    }
+
+    /// Asks a node that knows more of the log for what this one misses.
+    fn catch_up_if_behind(&mut self, out: &mut Vec<Output>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        if let Some((_, asked)) = &self.catch_up {
+            if self.ticks - asked < HOUSEKEEPING_TICKS {
+                return;
+            }
+            self.catch_up = None;
+        }
+        let hint = self.paxos.take_hint();
+        let source = match hint {
+            Some((node, _)) => Some(node),
+            None if self.paxos.is_behind() => self.paxos.leader().filter(|l| **l != self.node.id).cloned(),
+            None => None,
+        };
+        if let Some(source) = source {
+            let from = self.store.rev().next();
+            self.catch_up = Some((source.clone(), self.ticks));
+            self.send_peer(source, PeerMsg::CatchUp { from }, out);
+        }
+    }
+
+    /// Who is in the cluster, for `/ctl` readers and the web view: voters of
+    /// the current rev.
+    pub fn members(&self) -> &BTreeSet<NodeId> {
+        &self.cal
+    }
+}

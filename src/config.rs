@@ -135,7 +135,9 @@ pub enum ConfigError {
     FrameSmallerThanValue { frame: usize, value: usize },
     #[error("the frame limit must stay below 1 GiB")]
     FrameTooLarge,
-    #[error("the peer frame limit ({frame} bytes) must leave 1 MiB above a value of {value} bytes")]
+    #[error(
+        "the peer frame limit ({frame} bytes) must leave 1 MiB above a value of {value} bytes"
+    )]
     PeerFrameSmallerThanValue { frame: usize, value: usize },
     #[error("the peer frame limit must not exceed {0} bytes")]
     PeerFrameTooLarge(usize),

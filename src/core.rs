@@ -129,15 +129,19 @@ pub enum Output {
 pub enum PeerMsg {
     /// The consensus engine's own traffic.
     Paxos(paxos::Msg<Decree>),
-    /// Sent to the leader now and then by every other node: it is alive and
-    /// has applied up to `applied`.
-    Alive { applied: Rev },
-    /// Please send the decided slots from `from` on (or a snapshot).
-    CatchUp { from: Rev },
+    /// Sent to the leader now and then by every other node: it is alive, has
+    /// applied up to `applied` and listens on `addr` (which the leader may not
+    /// know: a node it removed, or one attaching).
+    Alive { applied: Rev, addr: String },
+    /// Please send the decided slots from `from` on (or a snapshot), to
+    /// `addr` (the asker may not be registered yet).
+    CatchUp { from: Rev, addr: String },
     /// Decided slots `first..first + decrees.len()`.
     Decided { first: Rev, decrees: Vec<Decree> },
     /// The whole state at a rev, for a node too far behind for the log.
     Snapshot(Box<SnapshotData>),
+    /// An answer to `Alive` sent to a node that does not lead: who does.
+    LeaderIs { leader: NodeId, addr: String },
 }
 
 /// A node's replicated state at one rev: enough to continue from `rev + 1`.
@@ -306,6 +310,10 @@ pub struct Core {
     applied_of: BTreeMap<NodeId, Rev>,
     /// The catch-up request in flight: asked whom, when.
     catch_up: Option<(NodeId, u64)>,
+    /// Addresses of nodes not (yet) registered that asked for catch-up.
+    unregistered: BTreeMap<NodeId, String>,
+    /// Who another node says leads, when the engine does not know yet.
+    leader_hint: Option<NodeId>,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
@@ -313,6 +321,8 @@ pub struct Core {
 const HOUSEKEEPING_TICKS: u64 = 20;
 /// Decided slots sent in one catch-up answer.
 const CATCH_UP_SLOTS: usize = 4096;
+/// Unregistered nodes (attaching) whose address is remembered.
+const MAX_UNREGISTERED: usize = 64;
 
 impl Core {
     fn new(node: NodeInfo, config: CoreConfig, membership: Membership, phase: Phase) -> Core {
@@ -343,6 +353,8 @@ impl Core {
             removing: BTreeMap::new(),
             applied_of: BTreeMap::new(),
             catch_up: None,
+            unregistered: BTreeMap::new(),
+            leader_hint: None,
         }
     }
 
@@ -593,15 +605,13 @@ impl Core {
     }
 
     fn send_peer(&self, to: NodeId, msg: PeerMsg, out: &mut Vec<Output>) {
-        let addr = match self.nodes.get(&to) {
-            Some(addr) => addr.clone(),
-            None => match &self.phase {
-                Phase::Joining { target, target_addr } if *target == to => target_addr.clone(),
-                _ => {
-                    log::debug!("no address known for {to}; message dropped");
-                    return;
-                }
-            },
+        let addr = match (self.nodes.get(&to), self.unregistered.get(&to), &self.phase) {
+            (Some(addr), _, _) | (None, Some(addr), _) => addr.clone(),
+            (None, None, Phase::Joining { target, target_addr }) if *target == to => target_addr.clone(),
+            _ => {
+                log::debug!("no address known for {to}; message dropped");
+                return;
+            }
         };
         out.push(Output::Peer { to, addr, msg });
     }
@@ -723,6 +733,8 @@ impl Core {
                 }
             })
             .collect();
+        let nodes = &self.nodes;
+        self.unregistered.retain(|id, _| !nodes.contains_key(id));
     }
 
     fn refresh_cal(&mut self) {

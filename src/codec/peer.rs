@@ -320,10 +320,11 @@ macro_rules! wire_struct {
 
 wire_enum!(PeerMsg {
     0 => Paxos(msg),
-    1 => Alive { applied },
-    2 => CatchUp { from },
+    1 => Alive { applied, addr },
+    2 => CatchUp { from, addr },
     3 => Decided { first, decrees },
     4 => Snapshot(snapshot),
+    5 => LeaderIs { leader, addr },
 });
 
 wire_enum!(Msg<V> {
@@ -485,7 +486,10 @@ mod tests {
             Msg::Promise {
                 ballot: ballot(4, 1),
                 from_slot: 17,
-                accepted: vec![(17, ballot(2, 3), decrees[1].clone()), (18, Ballot::ZERO, Decree::Fill)],
+                accepted: vec![
+                    (17, ballot(2, 3), decrees[1].clone()),
+                    (18, Ballot::ZERO, Decree::Fill),
+                ],
                 commit: 16,
             },
             Msg::Accept {
@@ -514,8 +518,14 @@ mod tests {
         ];
         let mut all: Vec<PeerMsg> = paxos.into_iter().map(PeerMsg::Paxos).collect();
         all.extend([
-            PeerMsg::Alive { applied: Rev(42) },
-            PeerMsg::CatchUp { from: Rev(0) },
+            PeerMsg::Alive {
+                applied: Rev(42),
+                addr: "127.0.0.2:8046".into(),
+            },
+            PeerMsg::CatchUp {
+                from: Rev(0),
+                addr: "127.0.0.1:8046".into(),
+            },
             PeerMsg::Decided {
                 first: Rev(5),
                 decrees: decrees.clone(),
@@ -612,7 +622,10 @@ mod tests {
         };
         let mut out = vec![1, 2, 3];
         let err = encode_peer_frame_into(&msg, &mut out, 50).unwrap_err();
-        assert!(matches!(err, PeerFrameError::TooLong { max: 50, .. }), "{err}");
+        assert!(
+            matches!(err, PeerFrameError::TooLong { max: 50, .. }),
+            "{err}"
+        );
         assert_eq!(out, [1, 2, 3]);
     }
 
@@ -622,18 +635,32 @@ mod tests {
         // Encode with plain strings where the types would be, then decode.
         let cfg = wire_config();
         // Alive is variant 1; CatchUp 2. Use Hello for the node id.
-        let bad_hello = bincode::encode_to_vec((PROTOCOL_VERSION, "not-a-node-id!!!", "c"), cfg).unwrap();
+        let bad_hello =
+            bincode::encode_to_vec((PROTOCOL_VERSION, "not-a-node-id!!!", "c"), cfg).unwrap();
         let err = decode_body::<Hello>(&bad_hello).unwrap_err();
         assert!(err.to_string().contains("invalid node id"), "{err}");
-        let lower = bincode::encode_to_vec((PROTOCOL_VERSION, "aaaaaaaaaaaaaaaa", "c"), cfg).unwrap();
+        let lower =
+            bincode::encode_to_vec((PROTOCOL_VERSION, "aaaaaaaaaaaaaaaa", "c"), cfg).unwrap();
         assert!(decode_body::<Hello>(&lower).is_err());
-        let good = bincode::encode_to_vec((PROTOCOL_VERSION, "AAAAAAAAAAAAAAAA", "c"), cfg).unwrap();
+        let good =
+            bincode::encode_to_vec((PROTOCOL_VERSION, "AAAAAAAAAAAAAAAA", "c"), cfg).unwrap();
         assert_eq!(decode_body::<Hello>(&good).unwrap().from, id(0));
 
         // Decided { first, [Write { origin, seq, floor, Set { path, .. } }] }
         let decided = |path: &str| {
             bincode::encode_to_vec(
-                (3u32, 1i64, 1u64, (1u32, "AAAAAAAAAAAAAAAA", 1u64, 0u64, (0u32, path, 0u32, b"v".to_vec()))),
+                (
+                    3u32,
+                    1i64,
+                    1u64,
+                    (
+                        1u32,
+                        "AAAAAAAAAAAAAAAA",
+                        1u64,
+                        0u64,
+                        (0u32, path, 0u32, b"v".to_vec()),
+                    ),
+                ),
                 cfg,
             )
             .unwrap()
@@ -648,10 +675,16 @@ mod tests {
         let unknown = bincode::encode_to_vec(77u32, cfg).unwrap();
         assert!(matches!(
             decode_peer_msg(&unknown),
-            Err(PeerFrameError::Decode(DecodeError::UnexpectedVariant { found: 77, .. }))
+            Err(PeerFrameError::Decode(DecodeError::UnexpectedVariant {
+                found: 77,
+                ..
+            }))
         ));
         // Bytes after the message are refused.
-        let mut trailing = encode_peer_frame(&PeerMsg::Alive { applied: Rev(1) });
+        let mut trailing = encode_peer_frame(&PeerMsg::Alive {
+            applied: Rev(1),
+            addr: String::new(),
+        });
         trailing.push(0);
         assert!(matches!(
             decode_peer_msg(&trailing[HEADER_BYTES..]),
@@ -665,7 +698,10 @@ mod tests {
         let got = read_all(vec![0x80, 0, 0, 0], 1 << 20);
         assert!(matches!(
             got[0],
-            Err(PeerFrameError::TooLong { len: 0x8000_0000, max: 1_048_576 })
+            Err(PeerFrameError::TooLong {
+                len: 0x8000_0000,
+                max: 1_048_576
+            })
         ));
         let got = read_all(vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3], usize::MAX);
         // Under an unlimited cap the body is only read as it arrives.
@@ -682,7 +718,18 @@ mod tests {
         ));
         // A body length of 2^40 likewise.
         let bytes = bincode::encode_to_vec(
-            (3u32, 1i64, 1u64, (1u32, "AAAAAAAAAAAAAAAA", 1u64, 0u64, (0u32, "/a", 0u32, 1u64 << 40))),
+            (
+                3u32,
+                1i64,
+                1u64,
+                (
+                    1u32,
+                    "AAAAAAAAAAAAAAAA",
+                    1u64,
+                    0u64,
+                    (0u32, "/a", 0u32, 1u64 << 40),
+                ),
+            ),
             wire_config(),
         )
         .unwrap();

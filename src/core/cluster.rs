@@ -96,16 +96,35 @@ impl Core {
             Phase::Joining { target, .. } => {
                 // Ask (again) for the snapshot that starts this node.
                 let target = target.clone();
-                self.send_peer(target, PeerMsg::CatchUp { from: Rev(1) }, out);
+                // From rev 0: a snapshot, whatever the log holds.
+                let addr = self.node.addr.clone();
+                self.send_peer(target, PeerMsg::CatchUp { from: Rev(0), addr }, out);
                 return;
             }
             Phase::Running => {}
         }
-        if let Some(leader) = self.paxos.leader().cloned() {
-            if leader != self.node.id {
-                let applied = self.store.rev();
-                self.send_peer(leader, PeerMsg::Alive { applied }, out);
+        // Tell the leader this node lives; a node that does not know the
+        // leader asks every voter (the leader answers with a heartbeat).
+        let alive = PeerMsg::Alive {
+            applied: self.store.rev(),
+            addr: self.node.addr.clone(),
+        };
+        let leader = self.paxos.leader().cloned();
+        if leader.is_some() && leader == self.leader_hint {
+            self.leader_hint = None;
+        }
+        let mut to: BTreeSet<NodeId> = leader.into_iter().chain(self.leader_hint.clone()).collect();
+        if to.is_empty() {
+            // Nobody known to lead: ask every node this one knows of.
+            let next = self.paxos.next_to_deliver();
+            to = self.paxos.membership().voters(next).clone();
+            to.extend(self.nodes.keys().cloned());
+            if let Phase::Joining { target, .. } = &self.phase {
+                to.insert(target.clone());
             }
+        }
+        for node in to.into_iter().filter(|n| *n != self.node.id) {
+            self.send_peer(node, alive.clone(), out);
         }
         self.register_if_missing(out);
         self.claim_free_slot(out);
@@ -244,15 +263,29 @@ impl Core {
                 self.paxos.handle(from, msg, &mut sent);
                 self.push_peer(sent, out);
             }
-            PeerMsg::Alive { applied } => {
+            PeerMsg::Alive { applied, addr } => {
+                self.remember_addr(&from, addr);
                 self.applied_of.insert(from.clone(), applied);
                 // Tell it who leads and how far the log is decided, so a node
                 // that was away learns it is behind.
                 if let Some(heartbeat) = self.paxos.heartbeat() {
                     self.send_peer(from, PeerMsg::Paxos(heartbeat), out);
+                } else if let Some(leader) = self.paxos.leader().filter(|l| **l != from).cloned() {
+                    if let Some(addr) = self.nodes.get(&leader).cloned() {
+                        self.send_peer(from, PeerMsg::LeaderIs { leader, addr }, out);
+                    }
                 }
             }
-            PeerMsg::CatchUp { from: first } => self.serve_catch_up(from, first, out),
+            PeerMsg::LeaderIs { leader, addr } => {
+                if self.paxos.leader() != Some(&leader) {
+                    self.remember_addr(&leader, addr);
+                    self.leader_hint = Some(leader);
+                }
+            }
+            PeerMsg::CatchUp { from: first, addr } => {
+                self.remember_addr(&from, addr);
+                self.serve_catch_up(from, first, out)
+            }
             PeerMsg::Decided { first, decrees } => {
                 if self.phase == Phase::Running {
                     for (i, decree) in decrees.into_iter().enumerate() {
@@ -268,13 +301,25 @@ impl Core {
         self.apply_decided(out);
     }
 
+    /// Keeps the address of a node that is not registered (attaching, or
+    /// removed), so it can be answered. Bounded.
+    fn remember_addr(&mut self, id: &NodeId, addr: String) {
+        if self.nodes.contains_key(id) {
+            return;
+        }
+        if self.unregistered.len() >= MAX_UNREGISTERED && !self.unregistered.contains_key(id) {
+            self.unregistered.pop_first();
+        }
+        self.unregistered.insert(id.clone(), addr);
+    }
+
     fn serve_catch_up(&mut self, to: NodeId, first: Rev, out: &mut Vec<Output>) {
         if self.phase != Phase::Running || first > self.store.rev() {
             return;
         }
         let log_start = self.decided_log.front().map(|(rev, _)| *rev);
         match log_start {
-            Some(start) if first >= start => {
+            Some(start) if first >= start && first > Rev(0) => {
                 let skip = (first.0 - start.0) as usize;
                 let decrees: Vec<Decree> = self
                     .decided_log
@@ -368,8 +413,29 @@ impl Core {
         if let Some(source) = source {
             let from = self.store.rev().next();
             self.catch_up = Some((source.clone(), self.ticks));
-            self.send_peer(source, PeerMsg::CatchUp { from }, out);
+            let addr = self.node.addr.clone();
+            self.send_peer(source, PeerMsg::CatchUp { from, addr }, out);
         }
+    }
+
+    /// A one-line summary of this node's replication state, for logs and
+    /// failing tests.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} phase={:?} rev={} leader={:?} is_leader={} commit={} next={} behind={} registered={} voter={} catch_up={:?} pending={}",
+            self.node.id,
+            self.phase,
+            self.store.rev(),
+            self.paxos.leader(),
+            self.paxos.is_leader(),
+            self.paxos.commit(),
+            self.paxos.next_to_deliver(),
+            self.paxos.is_behind(),
+            self.nodes.contains_key(&self.node.id),
+            self.paxos.is_voter(),
+            self.catch_up,
+            self.pending_writes.len()
+        )
     }
 
     /// Who is in the cluster, for `/ctl` readers and the web view: voters of

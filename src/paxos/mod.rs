@@ -136,6 +136,11 @@ struct Lead<V> {
     quiet_ticks: u32,
     resend_ticks: u32,
     sent_commit: Slot,
+    /// Voters heard from (under this ballot) since the last quorum check, and
+    /// ticks since that check: a leader that cannot hear a majority steps
+    /// down, so a cut-off leader stops believing it leads.
+    heard: BTreeSet<NodeId>,
+    check_ticks: u32,
 }
 
 #[derive(Debug)]
@@ -371,10 +376,14 @@ impl<V: Value> Paxos<V> {
             Role::Follower {
                 quiet_ticks,
                 timeout_ticks,
-                ..
+                leader,
             } => {
                 *quiet_ticks += 1;
                 start_prevote = *quiet_ticks >= *timeout_ticks && is_voter;
+                if *quiet_ticks >= 2 * *timeout_ticks {
+                    // Whoever led has gone quiet: stop forwarding to it.
+                    *leader = None;
+                }
             }
             Role::PreCandidate {
                 elapsed_ticks,
@@ -409,6 +418,19 @@ impl<V: Value> Paxos<V> {
     fn leader_tick(&mut self, heartbeat: u32, out: &mut Out<V>) {
         let commit = self.commit;
         let window = self.membership.union_between(self.next_to_deliver, self.window_end());
+        let check_every = self.settings.election_ticks.1;
+        let Role::Leader(lead) = &mut self.role else {
+            return;
+        };
+        lead.check_ticks += 1;
+        if lead.check_ticks >= check_every {
+            lead.check_ticks = 0;
+            let heard = std::mem::replace(&mut lead.heard, BTreeSet::from([self.me.clone()]));
+            if !self.membership.quorum_of_all(&heard, self.next_to_deliver, self.window_end()) {
+                self.become_follower(None);
+                return;
+            }
+        }
         let Role::Leader(lead) = &mut self.role else {
             return;
         };
@@ -873,6 +895,8 @@ impl<V: Value> Paxos<V> {
             quiet_ticks: 0,
             resend_ticks: 0,
             sent_commit: self.commit,
+            heard: BTreeSet::from([self.me.clone()]),
+            check_ticks: 0,
         }));
         self.leader_silent_ticks = 0;
         self.queue.extend(self.forward.drain(..));
@@ -930,8 +954,11 @@ impl<V: Value> Paxos<V> {
         if lead.ballot != ballot {
             return;
         }
-        for (_, (_, acks)) in lead.inflight.range_mut(first_slot..=last_slot) {
-            acks.insert(from.clone());
+        lead.heard.insert(from.clone());
+        if first_slot <= last_slot {
+            for (_, (_, acks)) in lead.inflight.range_mut(first_slot..=last_slot) {
+                acks.insert(from.clone());
+            }
         }
         let mut commit = self.commit;
         while let Some((_, acks)) = lead.inflight.get(&(commit + 1)) {
@@ -977,6 +1004,15 @@ impl<V: Value> Paxos<V> {
         self.promised = ballot.clone();
         self.heard_leader(from.clone());
         self.learn_commit(&from, &ballot, commit);
+        if from != self.me {
+            // An empty acknowledgement: the leader counts who it still hears.
+            let ack = Msg::Accepted {
+                ballot,
+                first_slot: commit + 1,
+                last_slot: commit,
+            };
+            self.send(from, ack, out);
+        }
     }
 
     /// Every slot up to `commit` that this node accepted at `ballot` (the

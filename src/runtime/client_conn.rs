@@ -1,6 +1,10 @@
 //! Client connections: accept, read frames, check them in the session, hand
 //! commands to the core, write replies.
 //!
+//! Peers share the port: a connection whose first 4 bytes are the peer magic
+//! goes to [`peer_link::serve_inbound`]; any other first 4 bytes are the
+//! header of a client's first frame.
+//!
 //! Each connection is two tasks: a reader that owns the session checks and
 //! `try_send`s to the core, and a writer that drains the connection's bounded
 //! outbox and writes replies in as few syscalls as it can.
@@ -13,8 +17,10 @@ use futures::channel::mpsc;
 use futures::{AsyncWriteExt, StreamExt};
 
 use super::event_loop::{Control, NodeStatus, Outgoing};
+use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
-use crate::codec::client::{self, read_message, Request, Response};
+use crate::codec::client::{self, read_message, read_message_after, Request, Response};
+use crate::codec::peer::MAGIC;
 use crate::core::{ConnId, Input};
 use crate::error::ReplyError;
 use crate::session::{Action, Secrets, Session, SessionLimits};
@@ -31,12 +37,14 @@ pub struct ClientContext {
     pub max_frame_bytes: usize,
     pub outbox_capacity: usize,
     pub max_connections: usize,
+    /// Where connections that turn out to be peer links go.
+    pub peers: PeerInbound,
 }
 
 /// Bytes gathered before a writer flushes to the socket.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
-/// Accepts client connections for ever.
+/// Accepts client and peer connections for ever.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
     let mut next_conn: ConnId = 1;
     loop {
@@ -61,13 +69,42 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         ctx.status.connections.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         rt::spawn(async move {
-            serve(conn, stream, &ctx).await;
+            dispatch(conn, stream, &ctx).await;
             ctx.status.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn serve(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
+/// Reads a connection's first 4 bytes, here in its own task: an idle client
+/// is normal and must not hold up the accept loop.
+async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
+    let mut reader = &stream;
+    let header = match client::read_header(&mut reader).await {
+        Ok(Some(header)) => header,
+        // Connected and left without a word.
+        Ok(None) => return,
+        Err(err) => {
+            let peer = stream
+                .peer_addr()
+                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            log::info!("client {peer} (connection {conn}) disconnected: {err}");
+            return;
+        }
+    };
+    if header == MAGIC {
+        peer_link::serve_inbound(stream, &ctx.peers).await;
+    } else {
+        serve(conn, stream, header, ctx).await;
+    }
+}
+
+/// Serves a client whose first frame header was already read.
+async fn serve(
+    conn: ConnId,
+    stream: TcpStream,
+    first_header: [u8; client::HEADER_BYTES],
+    ctx: &ClientContext,
+) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -91,8 +128,15 @@ async fn serve(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
     let writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
 
     let mut reader = stream.clone();
+    let mut first_header = Some(first_header);
     let reason = loop {
-        let request: Request = match read_message(&mut reader, ctx.max_frame_bytes).await {
+        let read = match first_header.take() {
+            Some(header) => read_message_after(&mut reader, header, ctx.max_frame_bytes)
+                .await
+                .map(Some),
+            None => read_message(&mut reader, ctx.max_frame_bytes).await,
+        };
+        let request: Request = match read {
             Ok(Some(request)) => request,
             Ok(None) => break None,
             Err(err) => break Some(err.to_string()),

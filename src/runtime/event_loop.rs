@@ -6,13 +6,14 @@
 //! with `try_send` both ways: a slow client is disconnected, never waited for.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, TryRecvError};
 use futures::channel::mpsc;
 
+use super::peer_link::PeerLinks;
 use crate::codec::client::Response;
 use crate::core::{ConnId, Core, Input, Outcome, Output};
 
@@ -49,6 +50,10 @@ pub struct NodeStatus {
     pub rev: AtomicI64,
     pub connections: AtomicUsize,
     pub waiting: AtomicUsize,
+    /// Peer messages received and dropped because the core's inbox was full.
+    pub peer_in_dropped: AtomicU64,
+    /// Peer messages dropped because a link's queue was full.
+    pub peer_out_dropped: AtomicU64,
 }
 
 /// Inputs handled before outputs are routed; bounds the latency one batch adds.
@@ -66,6 +71,7 @@ pub struct EventLoop {
     tick: Duration,
     status: Arc<NodeStatus>,
     links: HashMap<ConnId, Link>,
+    peers: PeerLinks,
 }
 
 impl EventLoop {
@@ -75,6 +81,7 @@ impl EventLoop {
         control: Receiver<Control>,
         tick: Duration,
         status: Arc<NodeStatus>,
+        peers: PeerLinks,
     ) -> EventLoop {
         EventLoop {
             core,
@@ -83,6 +90,7 @@ impl EventLoop {
             tick,
             status,
             links: HashMap::new(),
+            peers,
         }
     }
 
@@ -173,9 +181,7 @@ impl EventLoop {
                         cut.push(conn);
                     }
                 }
-                Output::Peer { to, .. } => {
-                    log::debug!("no peer link to {to} in a single-node build; message dropped");
-                }
+                Output::Peer { to, addr, msg } => self.peers.send(to, &addr, msg),
             }
         }
         for conn in cut {
@@ -202,5 +208,8 @@ impl EventLoop {
             .rev
             .store(self.core.store().rev().0, Ordering::Release);
         status.waiting.store(self.core.waiting(), Ordering::Relaxed);
+        status
+            .peer_out_dropped
+            .store(self.peers.dropped(), Ordering::Relaxed);
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod client_conn;
 pub mod event_loop;
+pub mod peer_link;
 pub mod rt;
 pub mod server;

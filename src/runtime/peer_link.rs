@@ -10,10 +10,11 @@
 //!   when the queue is full (consensus retransmits what matters). Each link is
 //!   a task that dials, writes [`MAGIC`](peer::MAGIC) and a [`Hello`], then
 //!   streams frames, several per write. On any error it hangs up, waits a
-//!   backoff (50 ms doubling to 1 s) and dials again; messages that arrive in
-//!   the meantime are kept, newest first, up to a small bound, and forgotten
-//!   after a few seconds. A link with nothing to send dials nobody, and one
-//!   idle for [`IDLE_TIMEOUT`] ends (the next message opens it again).
+//!   backoff (50 ms doubling to 1 s) and dials again; messages that arrive
+//!   while it waits are kept, the newest ones up to a small bound, and
+//!   forgotten after a few seconds (while it dials, the queue holds them).
+//!   A link with nothing to send dials nobody, and one idle for
+//!   [`IDLE_TIMEOUT`] ends (the next message opens it again).
 //! - **Inbound**: the listener tells a peer from a client by the first 4
 //!   bytes and hands peers to [`serve_inbound`], which checks the hello and
 //!   feeds each message to the core's inbox with `try_send`; a full inbox
@@ -266,11 +267,8 @@ impl LinkTask {
                     }
                 }
             }
-            let addr = self.addr.clone();
-            let dial = rt::timeout(DIAL_TIMEOUT, TcpStream::connect(addr));
-            let Some(dialed) = self.drain_while(dial).await else {
-                return;
-            };
+            // Meanwhile the queue holds what arrives (it is bounded too).
+            let dialed = rt::timeout(DIAL_TIMEOUT, TcpStream::connect(&*self.addr)).await;
             let failure = match dialed {
                 Some(Ok(stream)) => {
                     let since = Instant::now();
@@ -356,12 +354,15 @@ impl LinkTask {
         }
         // The other side never writes: a read that ends means it hung up.
         let mut closed = Box::pin(watch_closed(stream.clone()).fuse());
+        // One timer per idle period, not per message: when it fires, it is
+        // re-armed for what is left since the last message.
+        let mut last_msg = Instant::now();
+        let mut idle = Box::pin(rt::sleep(IDLE_TIMEOUT).fuse());
         loop {
             buf.clear();
             if buf.capacity() > 4 * WRITE_BATCH_BYTES {
                 buf = Vec::with_capacity(WRITE_BATCH_BYTES);
             }
-            let mut idle = Box::pin(rt::sleep(IDLE_TIMEOUT).fuse());
             let event = futures::select! {
                 msg = self.rx.next() => Event::Msg(msg),
                 reason = closed => Event::Closed(reason),
@@ -371,8 +372,16 @@ impl LinkTask {
                 Event::Msg(Some(msg)) => msg,
                 Event::Msg(None) => return Stop::SenderGone,
                 Event::Closed(reason) => return Stop::Failed(reason),
-                Event::Idle => return Stop::Idle,
+                Event::Idle => {
+                    let quiet = last_msg.elapsed();
+                    if quiet >= IDLE_TIMEOUT {
+                        return Stop::Idle;
+                    }
+                    idle = Box::pin(rt::sleep(IDLE_TIMEOUT - quiet).fuse());
+                    continue;
+                }
             };
+            last_msg = Instant::now();
             self.encode(&msg, &mut buf);
             while buf.len() < WRITE_BATCH_BYTES {
                 match self.rx.try_recv() {

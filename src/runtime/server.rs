@@ -5,6 +5,7 @@ use std::thread;
 
 use super::client_conn::{accept_loop, ClientContext};
 use super::event_loop::{EventLoop, NodeStatus};
+use super::peer_link::{PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
 use crate::config::Config;
 use crate::core::{Core, NodeInfo};
@@ -88,7 +89,27 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     let status = Arc::new(NodeStatus::default());
     let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(config.limits.inbox_capacity);
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
-    let event_loop = EventLoop::new(core, inbox_rx, control_rx, config.tick, status.clone());
+    let limits = &config.limits;
+    let peer_links = PeerLinks::new(
+        id.clone(),
+        &config.cluster_name,
+        limits.max_peer_frame_bytes,
+        limits.peer_queue_capacity,
+    );
+    let peer_inbound = PeerInbound::new(
+        inbox_tx.clone(),
+        &config.cluster_name,
+        limits.max_peer_frame_bytes,
+        status.clone(),
+    );
+    let event_loop = EventLoop::new(
+        core,
+        inbox_rx,
+        control_rx,
+        config.tick,
+        status.clone(),
+        peer_links,
+    );
     thread::Builder::new()
         .name("doozer-core".into())
         .spawn(move || event_loop.run())
@@ -104,6 +125,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         max_frame_bytes: config.limits.max_frame_bytes,
         outbox_capacity: config.limits.outbox_capacity,
         max_connections: config.limits.max_connections,
+        peers: peer_inbound,
     });
     let accept = rt::spawn(accept_loop(listener, ctx));
     Ok(Node {

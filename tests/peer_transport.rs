@@ -1,0 +1,407 @@
+//! The peer transport over real sockets: `PeerLinks` dialing the shared
+//! client/peer listener (`accept_loop`) of another "node" whose core is
+//! replaced by the test reading its inbox.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use futures::{AsyncReadExt, AsyncWriteExt};
+
+use doozer::codec::client::{encode_frame, read_message, Request, Response};
+use doozer::codec::peer::{
+    encode_hello, encode_peer_frame, read_hello, read_peer_frame, Hello, MAGIC, PROTOCOL_VERSION,
+};
+use doozer::core::{Decree, Input, PeerMsg};
+use doozer::error::ErrCode;
+use doozer::paxos::{Ballot, Msg};
+use doozer::runtime::client_conn::{accept_loop, ClientContext};
+use doozer::runtime::event_loop::{Control, NodeStatus};
+use doozer::runtime::peer_link::{PeerInbound, PeerLinks};
+use doozer::runtime::rt::{self, TcpListener, TcpStream};
+use doozer::session::{Secrets, SessionLimits};
+use doozer::store::Mutation;
+use doozer::types::{NodeId, Path, Rev, RevCheck};
+
+const MAX_FRAME: usize = 4 << 20;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn id(n: u8) -> NodeId {
+    NodeId::from_bytes([n; 10])
+}
+
+/// A small message numbered `n`.
+fn alive(n: i64) -> PeerMsg {
+    PeerMsg::Decided {
+        first: Rev(n),
+        decrees: Vec::new(),
+    }
+}
+
+/// A free port on a loopback address of its own.
+async fn bind() -> TcpListener {
+    let n = 2 + rand_u8() % 250;
+    TcpListener::bind(format!("127.0.0.{n}:0")).await.unwrap()
+}
+
+fn rand_u8() -> u8 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish() as u8
+}
+
+/// One side of a test: a listener that takes clients and peers, and the
+/// channels its core would read.
+struct Node {
+    id: NodeId,
+    addr: String,
+    inbox: Receiver<Input>,
+    /// Kept so client connections can announce themselves.
+    _control: Receiver<Control>,
+    status: Arc<NodeStatus>,
+}
+
+fn node(n: u8, cluster: &str, inbox_capacity: usize) -> Node {
+    let listener = rt::block_on(bind());
+    let addr = listener.local_addr().unwrap().to_string();
+    let (inbox_tx, inbox) = crossbeam_channel::bounded(inbox_capacity);
+    let (control_tx, control) = crossbeam_channel::unbounded();
+    let status = Arc::new(NodeStatus::default());
+    let ctx = Arc::new(ClientContext {
+        inbox: inbox_tx.clone(),
+        control: control_tx,
+        status: status.clone(),
+        node_id: id(n),
+        secrets: Secrets::default(),
+        session_limits: SessionLimits {
+            max_in_flight: 16,
+            max_value_bytes: 1 << 20,
+        },
+        max_frame_bytes: 2 << 20,
+        outbox_capacity: 16,
+        max_connections: 100,
+        peers: PeerInbound::new(inbox_tx, cluster, MAX_FRAME, status.clone()),
+    });
+    rt::spawn(accept_loop(listener, ctx));
+    Node {
+        id: id(n),
+        addr,
+        inbox,
+        _control: control,
+        status,
+    }
+}
+
+fn links(n: u8, cluster: &str) -> PeerLinks {
+    PeerLinks::new(id(n), cluster, MAX_FRAME, 4096)
+}
+
+/// The next peer message in `inbox`.
+fn next_peer(inbox: &Receiver<Input>) -> (NodeId, PeerMsg) {
+    match inbox.recv_timeout(WAIT) {
+        Ok(Input::Peer { from, msg }) => (from, msg),
+        Ok(other) => panic!("expected a peer message, got {other:?}"),
+        Err(err) => panic!("no peer message: {err}"),
+    }
+}
+
+fn assert_quiet(inbox: &Receiver<Input>, for_: Duration) {
+    match inbox.recv_timeout(for_) {
+        Err(RecvTimeoutError::Timeout) => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+fn catch_up() -> PeerMsg {
+    PeerMsg::CatchUp {
+        from: Rev(7),
+        addr: "127.0.0.1:1".into(),
+    }
+}
+
+fn big_accept(bytes: usize) -> PeerMsg {
+    let body: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    PeerMsg::Paxos(Msg::Accept {
+        ballot: Ballot::new(3, id(1)),
+        first_slot: 10,
+        values: vec![
+            Decree::Write {
+                origin: id(1),
+                seq: 1,
+                floor: 0,
+                mutation: Mutation::Set {
+                    path: Path::parse("/big").unwrap(),
+                    check: RevCheck::Clobber,
+                    body: body.into(),
+                },
+            },
+            Decree::Fill,
+        ],
+        commit: 9,
+    })
+}
+
+/// Waits until `stream` is closed by the other side (EOF or reset).
+async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match rt::timeout(WAIT, stream.read(&mut buf)).await {
+            Some(Ok(0)) | Some(Err(_)) => return true,
+            Some(Ok(_)) => continue,
+            None => return false,
+        }
+    }
+    false
+}
+
+async fn raw_peer(addr: &str, hello: &Hello) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&encode_hello(hello)).await.unwrap();
+    stream
+}
+
+#[test]
+fn messages_flow_both_ways_in_order() {
+    let a = node(1, "c", 65_536);
+    let b = node(2, "c", 65_536);
+    let mut a_links = links(1, "c");
+    let mut b_links = links(2, "c");
+
+    for i in 0..2000 {
+        a_links.send(b.id.clone(), &b.addr, alive(i));
+    }
+    let big = big_accept(1 << 20);
+    a_links.send(b.id.clone(), &b.addr, big.clone());
+    b_links.send(a.id.clone(), &a.addr, catch_up());
+
+    for i in 0..2000 {
+        assert_eq!(next_peer(&b.inbox), (a.id.clone(), alive(i)));
+    }
+    assert_eq!(next_peer(&b.inbox), (a.id.clone(), big));
+    assert_eq!(next_peer(&a.inbox), (b.id.clone(), catch_up()));
+    assert_eq!(a_links.len(), 1);
+    assert_eq!(a_links.dropped(), 0);
+}
+
+#[test]
+fn a_link_redials_after_the_listener_drops_it_and_keeps_the_backlog() {
+    rt::block_on(async {
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut links = links(1, "c");
+        let to = id(2);
+
+        links.send(to.clone(), &addr, alive(1));
+        let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let mut magic = [0u8; 4];
+        conn.read_exact(&mut magic).await.unwrap();
+        assert_eq!(magic, MAGIC);
+        let hello = read_hello(&mut conn).await.unwrap();
+        assert_eq!(
+            hello,
+            Hello {
+                version: PROTOCOL_VERSION,
+                from: id(1),
+                cluster: "c".into()
+            }
+        );
+        let got = read_peer_frame(&mut conn, MAX_FRAME).await.unwrap();
+        assert_eq!(got, Some(alive(1)));
+
+        // The listener hangs up; the link notices without sending and redials
+        // once it has something to say.
+        drop(conn);
+        rt::sleep(Duration::from_millis(200)).await;
+        links.send(to.clone(), &addr, alive(2));
+        let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        conn.read_exact(&mut magic).await.unwrap();
+        assert_eq!(magic, MAGIC);
+        read_hello(&mut conn).await.unwrap();
+        let got = read_peer_frame(&mut conn, MAX_FRAME).await.unwrap();
+        assert_eq!(got, Some(alive(2)));
+
+        // Now nobody listens: messages wait in the backlog and arrive, in
+        // order, once the address answers again.
+        drop(conn);
+        drop(listener);
+        rt::sleep(Duration::from_millis(100)).await;
+        for i in 3..6 {
+            links.send(to.clone(), &addr, alive(i));
+            rt::sleep(Duration::from_millis(100)).await;
+        }
+        let listener = TcpListener::bind(&addr).await.unwrap();
+        let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        conn.read_exact(&mut magic).await.unwrap();
+        read_hello(&mut conn).await.unwrap();
+        for i in 3..6 {
+            let got = rt::timeout(WAIT, read_peer_frame(&mut conn, MAX_FRAME))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, Some(alive(i)));
+        }
+    });
+}
+
+#[test]
+fn a_new_address_replaces_the_link() {
+    let old = node(2, "c", 1024);
+    let new = node(3, "c", 1024);
+    let mut links = links(1, "c");
+    links.send(id(2), &old.addr, alive(1));
+    assert_eq!(next_peer(&old.inbox), (id(1), alive(1)));
+    links.send(id(2), &new.addr, alive(2));
+    assert_eq!(next_peer(&new.inbox), (id(1), alive(2)));
+    assert_eq!(links.len(), 1);
+    links.retain(|_| false);
+    assert!(links.is_empty());
+    assert_quiet(&old.inbox, Duration::from_millis(100));
+}
+
+#[test]
+fn a_peer_of_another_cluster_is_refused() {
+    let a = node(1, "prod", 1024);
+    let mut stranger = links(9, "test");
+    stranger.send(a.id.clone(), &a.addr, alive(1));
+    assert_quiet(&a.inbox, Duration::from_millis(500));
+
+    rt::block_on(async {
+        let mut conn = raw_peer(
+            &a.addr,
+            &Hello {
+                version: PROTOCOL_VERSION,
+                from: id(9),
+                cluster: "test".into(),
+            },
+        )
+        .await;
+        let _ = conn.write_all(&encode_peer_frame(&alive(2))).await;
+        assert!(closed_by_peer(&mut conn).await);
+        // Another protocol version is refused too.
+        let mut conn = raw_peer(
+            &a.addr,
+            &Hello {
+                version: PROTOCOL_VERSION + 1,
+                from: id(9),
+                cluster: "prod".into(),
+            },
+        )
+        .await;
+        assert!(closed_by_peer(&mut conn).await);
+    });
+    assert_quiet(&a.inbox, Duration::from_millis(100));
+}
+
+#[test]
+fn a_bad_peer_frame_closes_only_that_connection() {
+    let a = node(1, "c", 1024);
+    let mut good = links(2, "c");
+    good.send(a.id.clone(), &a.addr, alive(1));
+    assert_eq!(next_peer(&a.inbox), (id(2), alive(1)));
+
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        from: id(3),
+        cluster: "c".into(),
+    };
+    rt::block_on(async {
+        // A valid message, then garbage.
+        let mut conn = raw_peer(&a.addr, &hello).await;
+        conn.write_all(&encode_peer_frame(&alive(5))).await.unwrap();
+        conn.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut conn).await);
+        // An over-cap length: refused from the header.
+        let mut conn = raw_peer(&a.addr, &hello).await;
+        let len = (MAX_FRAME as u32 + 1).to_be_bytes();
+        conn.write_all(&len).await.unwrap();
+        assert!(closed_by_peer(&mut conn).await);
+        // An invalid node id in the hello.
+        let mut conn = TcpStream::connect(&a.addr).await.unwrap();
+        let mut bytes = encode_hello(&hello);
+        let at = bytes.len() - 2 - 16; // the id, before the 1-char cluster
+        bytes[at] = b'!';
+        conn.write_all(&bytes).await.unwrap();
+        assert!(closed_by_peer(&mut conn).await);
+        // A magic and nothing else, then a hang-up.
+        let mut conn = TcpStream::connect(&a.addr).await.unwrap();
+        conn.write_all(&MAGIC).await.unwrap();
+        drop(conn);
+    });
+    assert_eq!(next_peer(&a.inbox), (id(3), alive(5)));
+    // The good link is undisturbed.
+    good.send(a.id.clone(), &a.addr, alive(2));
+    assert_eq!(next_peer(&a.inbox), (id(2), alive(2)));
+}
+
+#[test]
+fn a_full_inbox_drops_peer_messages_and_keeps_the_link() {
+    let a = node(1, "c", 4);
+    let mut l = links(2, "c");
+    for i in 0..100 {
+        l.send(a.id.clone(), &a.addr, alive(i));
+    }
+    let deadline = Instant::now() + WAIT;
+    while a.status.peer_in_dropped.load(Ordering::Relaxed) < 96 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(a.status.peer_in_dropped.load(Ordering::Relaxed), 96);
+    for i in 0..4 {
+        assert_eq!(next_peer(&a.inbox), (id(2), alive(i)));
+    }
+    l.send(a.id.clone(), &a.addr, alive(100));
+    assert_eq!(next_peer(&a.inbox), (id(2), alive(100)));
+}
+
+#[test]
+fn clients_share_the_port() {
+    let a = node(1, "c", 1024);
+    let mut l = links(2, "c");
+    rt::block_on(async {
+        let mut client = TcpStream::connect(&a.addr).await.unwrap();
+        // An idle client is not cut off while peers come and go.
+        l.send(a.id.clone(), &a.addr, alive(1));
+        rt::sleep(Duration::from_millis(200)).await;
+        // Unknown verb: answered by the session, no core needed.
+        let req = Request {
+            tag: Some(7),
+            verb: Some(1234),
+            ..Request::default()
+        };
+        client.write_all(&encode_frame(&req)).await.unwrap();
+        let resp: Response = rt::timeout(WAIT, read_message(&mut client, 1 << 20))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.tag, Some(7));
+        assert_eq!(resp.err_code, Some(ErrCode::UnknownVerb as i32));
+        // A REV goes to the core's inbox as a request.
+        let req = Request {
+            tag: Some(8),
+            verb: Some(5),
+            ..Request::default()
+        };
+        client.write_all(&encode_frame(&req)).await.unwrap();
+    });
+    let mut saw_peer = false;
+    let mut saw_request = false;
+    while !(saw_peer && saw_request) {
+        match a.inbox.recv_timeout(WAIT).unwrap() {
+            Input::Peer { from, msg } => {
+                assert_eq!((from, msg), (id(2), alive(1)));
+                saw_peer = true;
+            }
+            Input::Request { tag, .. } => {
+                assert_eq!(tag, Some(8));
+                saw_request = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,641 @@
+//! Seeded simulation of whole clusters: the real `Core` of every node over a
+//! simulated network that delays, drops, duplicates and reorders messages,
+//! partitions nodes, and crashes them (a crashed node comes back as a new
+//! node, as a restarted process does).
+//!
+//! After every step the checkers run: no two nodes applied different events
+//! at one rev; nodes at equal revs hold identical stores; every acknowledged
+//! write is the event at the rev it was acknowledged with. After the faults
+//! heal, every live node converges and new writes complete.
+//!
+//! A failure prints its seed; `SIM_SEED=n cargo test --test simulation -- --nocapture`
+//! replays it (see scripts/sim-replay.sh). `SIM_SEEDS=n` runs more seeds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use doozer::core::{Command, ConnId, Core, CoreConfig, Input, NodeInfo, Outcome, Output, PeerMsg, Reply};
+use doozer::paxos;
+use doozer::store::{Event, EventKind, Glob};
+use doozer::types::{Body, NodeId, Path, Rev, RevCheck};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const TIMEOUT_TICKS: u64 = 300;
+
+fn config(seed: u64) -> CoreConfig {
+    CoreConfig {
+        history_revs: 400,
+        pulse_ticks: 100,
+        timeout_ticks: TIMEOUT_TICKS,
+        max_value_bytes: 1 << 20,
+        max_pending_writes: 10_000,
+        paxos: paxos::Settings {
+            window: 32,
+            ..paxos::Settings::default()
+        },
+        seed,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Faults {
+    drop_pct: u32,
+    dup_pct: u32,
+    max_delay: u64,
+}
+
+struct Node {
+    core: Core,
+    /// The last rev the checkers looked at.
+    checked: Rev,
+}
+
+struct Sim {
+    seed: u64,
+    rng: ChaCha8Rng,
+    now: u64,
+    nodes: BTreeMap<NodeId, Node>,
+    /// Messages in flight: (deliver at, sequence) → (from, to, msg).
+    wire: BTreeMap<(u64, u64), (NodeId, NodeId, PeerMsg)>,
+    wire_seq: u64,
+    faults: Faults,
+    /// Ordered pairs that cannot talk (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    /// The first event seen at each rev, and the store digest at each rev.
+    events: BTreeMap<Rev, Event>,
+    digests: BTreeMap<Rev, u64>,
+    /// Acknowledged sets: rev → (path, body).
+    acked: BTreeMap<Rev, (Path, Body)>,
+    /// Requests sent and not answered: (node, conn, tag) → what was asked.
+    asked: BTreeMap<(NodeId, ConnId, i32), Command>,
+    next_tag: i32,
+    next_node: u8,
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        Sim {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now: 0,
+            nodes: BTreeMap::new(),
+            wire: BTreeMap::new(),
+            wire_seq: 0,
+            faults: Faults {
+                drop_pct: 0,
+                dup_pct: 0,
+                max_delay: 1,
+            },
+            blocked: BTreeSet::new(),
+            events: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            next_tag: 0,
+            next_node: 1,
+            log: Vec::new(),
+        }
+    }
+
+    fn fail(&self, what: String) -> ! {
+        let tail: Vec<&String> = self.log.iter().rev().take(30).collect();
+        panic!(
+            "simulation seed {} failed at tick {}: {what}\nreplay: SIM_SEED={} cargo test --test simulation -- --nocapture\nlast events (newest first): {tail:#?}",
+            self.seed, self.now, self.seed
+        );
+    }
+
+    fn new_info(&mut self) -> NodeInfo {
+        let n = self.next_node;
+        self.next_node += 1;
+        let mut bytes = [0u8; 10];
+        bytes[0] = n;
+        bytes[1..9].copy_from_slice(&self.seed.to_le_bytes());
+        NodeInfo {
+            id: NodeId::from_bytes(bytes),
+            addr: format!("127.0.0.{n}:8046"),
+            hostname: format!("host{n}"),
+            cluster_name: "sim".into(),
+            register_ns: true,
+        }
+    }
+
+    fn add_seed(&mut self) -> NodeId {
+        let info = self.new_info();
+        let id = info.id.clone();
+        let core = Core::seed(info, config(self.rng.random()));
+        self.nodes.insert(id.clone(), Node { core, checked: Rev(0) });
+        id
+    }
+
+    fn add_slave(&mut self, target: &NodeId) -> NodeId {
+        let info = self.new_info();
+        let id = info.id.clone();
+        let target_addr = self.nodes[target].core.node().addr.clone();
+        let core = Core::join(info, config(self.rng.random()), target.clone(), target_addr);
+        self.log.push(format!("t{} join {id} via {target}", self.now));
+        self.nodes.insert(id.clone(), Node { core, checked: Rev(0) });
+        id
+    }
+
+    fn crash(&mut self, id: &NodeId) {
+        self.log.push(format!("t{} crash {id}", self.now));
+        self.nodes.remove(id);
+        self.asked.retain(|(node, _, _), _| node != id);
+    }
+
+    fn route(&mut self, from: &NodeId, out: Vec<Output>) {
+        for output in out {
+            match output {
+                Output::Reply { conn, tag, outcome } => {
+                    let tag = tag.expect("sim requests carry tags");
+                    let Some(command) = self.asked.remove(&(from.clone(), conn, tag)) else {
+                        self.fail(format!("{from} answered an unknown request {conn}/{tag}"));
+                    };
+                    self.on_reply(from, command, outcome);
+                }
+                Output::Peer { to, msg, .. } => {
+                    if self.blocked.contains(&(from.clone(), to.clone())) {
+                        continue;
+                    }
+                    if self.rng.random_range(0..100) < self.faults.drop_pct {
+                        continue;
+                    }
+                    let copies = if self.rng.random_range(0..100) < self.faults.dup_pct { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let at = self.now + 1 + self.rng.random_range(0..=self.faults.max_delay);
+                        self.wire_seq += 1;
+                        self.wire.insert((at, self.wire_seq), (from.clone(), to.clone(), msg.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, node: &NodeId, command: Command, outcome: Outcome) {
+        if let (Command::Set { path, body, .. }, Ok(Reply::Rev(rev))) = (&command, &outcome) {
+            if let Some((p, b)) = self.acked.get(rev) {
+                if p != path || b != body {
+                    self.fail(format!("two writes acknowledged at rev {rev}"));
+                }
+            }
+            self.acked.insert(*rev, (path.clone(), body.clone()));
+            self.log.push(format!("t{} {node} acked {path} at {rev}", self.now));
+        }
+    }
+
+    fn feed(&mut self, id: &NodeId, input: Input) {
+        let Some(node) = self.nodes.get_mut(id) else {
+            return;
+        };
+        let mut out = Vec::new();
+        node.core.handle(input, &mut out);
+        node.core.end_batch(&mut out);
+        self.route(id, out);
+    }
+
+    fn step(&mut self) {
+        self.now += 1;
+        let due: Vec<(u64, u64)> = self.wire.range(..=(self.now, u64::MAX)).map(|(k, _)| *k).collect();
+        for key in due {
+            let (from, to, msg) = self.wire.remove(&key).expect("listed");
+            self.feed(&to, Input::Peer { from, msg });
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            self.feed(&id, Input::Tick);
+        }
+        self.check();
+    }
+
+    fn request(&mut self, at: &NodeId, command: Command) {
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        self.asked.insert((at.clone(), 1, tag), command.clone());
+        self.feed(at, Input::Request { conn: 1, tag: Some(tag), command });
+    }
+
+    fn random_write(&mut self) {
+        let ids: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.core.is_writable())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let at = ids[self.rng.random_range(0..ids.len())].clone();
+        let key = self.rng.random_range(0..6);
+        let path = Path::parse(&format!("/k/{key}")).unwrap();
+        let command = match self.rng.random_range(0..10) {
+            0 => Command::Del {
+                path,
+                check: RevCheck::Clobber,
+            },
+            1 => Command::Nop,
+            _ => {
+                let value = format!("v{}", self.rng.random_range(0..1_000_000));
+                Command::Set {
+                    path,
+                    check: RevCheck::Clobber,
+                    body: Body::from(value.into_bytes()),
+                }
+            }
+        };
+        self.request(&at, command);
+    }
+
+    /// The safety checks, over every rev each node applied since last time.
+    fn check(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            let node = &self.nodes[&id];
+            let store = node.core.store();
+            let rev = store.rev();
+            let from = node.checked.next().max(store.head()).max(Rev(1));
+            let mut seen = Vec::new();
+            for r in from.0..=rev.0 {
+                if let Some(event) = store.event_at(Rev(r)) {
+                    seen.push((Rev(r), event.clone()));
+                }
+            }
+            let digest = store.current().digest();
+            for (r, event) in seen {
+                match self.events.get(&r) {
+                    Some(known) if *known != event => {
+                        self.fail(format!("{id} applied {event:?} at rev {r}, another node {known:?}"))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.events.insert(r, event);
+                    }
+                }
+            }
+            match self.digests.get(&rev) {
+                Some(known) if *known != digest && rev > Rev(0) => {
+                    self.fail(format!("{id} at rev {rev} holds a different store"))
+                }
+                Some(_) => {}
+                None => {
+                    self.digests.insert(rev, digest);
+                }
+            }
+            self.nodes.get_mut(&id).expect("listed").checked = rev;
+        }
+        let acked: Vec<(Rev, Path, Body)> = self.acked.iter().map(|(r, (p, b))| (*r, p.clone(), b.clone())).collect();
+        for (rev, path, body) in acked {
+            if let Some(event) = self.events.get(&rev) {
+                if event.path != path || event.body != body || event.kind != EventKind::Set {
+                    self.fail(format!("write of {path} acknowledged at rev {rev}, but the event there is {event:?}"));
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.step();
+        }
+    }
+
+    fn members(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .values()
+            .max_by_key(|n| n.core.store().rev())
+            .map(|n| n.core.members().clone())
+            .unwrap_or_default()
+    }
+
+    fn live_members(&self) -> usize {
+        self.members().iter().filter(|m| self.nodes.contains_key(*m)).count()
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes.iter().find(|(_, n)| n.core.is_leader()).map(|(id, _)| id.clone())
+    }
+
+    /// Opens `slots` member slots and waits until slaves claimed them.
+    fn grow_to(&mut self, members: usize) {
+        let seed_id = self.leader().expect("a leader");
+        for slot in 1..members {
+            let path = Path::parse(&format!("/ctl/cal/{slot}")).unwrap();
+            self.request(
+                &seed_id,
+                Command::Set {
+                    path,
+                    check: RevCheck::NotOlderThan(0),
+                    body: Body::from(Vec::new()),
+                },
+            );
+        }
+        for _ in 0..3000 {
+            self.step();
+            if self.live_members() >= members {
+                return;
+            }
+        }
+        self.fail(format!("only {} of {members} member slots were claimed", self.live_members()));
+    }
+
+    /// Heals every fault, then checks that the cluster converges and takes
+    /// writes again.
+    fn heal_and_converge(&mut self) {
+        self.blocked.clear();
+        self.faults = Faults {
+            drop_pct: 0,
+            dup_pct: 0,
+            max_delay: 1,
+        };
+        self.run(TIMEOUT_TICKS * 3);
+        let writer = self
+            .nodes
+            .iter()
+            .find(|(_, n)| n.core.is_writable())
+            .map(|(id, _)| id.clone())
+            .expect("a writable node");
+        let path = Path::parse("/final").unwrap();
+        self.request(
+            &writer,
+            Command::Set {
+                path,
+                check: RevCheck::Clobber,
+                body: Body::from(b"done".to_vec()),
+            },
+        );
+        for _ in 0..2000 {
+            self.step();
+            let done = !self.asked.keys().any(|(n, _, _)| *n == writer);
+            let revs: BTreeSet<Rev> = self.nodes.values().map(|n| n.core.store().rev()).collect();
+            if done && revs.len() == 1 {
+                let digests: BTreeSet<u64> = self.nodes.values().map(|n| n.core.store().current().digest()).collect();
+                if digests.len() != 1 {
+                    self.fail("nodes at one rev differ".into());
+                }
+                return;
+            }
+        }
+        let revs: Vec<String> = self.nodes.values().map(|n| n.core.describe()).collect();
+        self.fail(format!("no convergence after healing: {revs:#?}, {} writes unanswered", self.asked.len()));
+    }
+}
+
+/// One randomised run: a cluster of `members` voters plus `slaves`, writes
+/// from every side, and a schedule of faults drawn from the seed.
+fn scenario(seed: u64, members: usize, slaves: usize, ticks: u64) {
+    let mut sim = Sim::new(seed);
+    let seed_id = sim.add_seed();
+    for _ in 0..(members - 1 + slaves) {
+        sim.add_slave(&seed_id);
+    }
+    sim.run(50);
+    sim.grow_to(members);
+    let mut until = 0;
+    for _ in 0..ticks {
+        if sim.now >= until {
+            until = sim.now + sim.rng.random_range(50..300);
+            sim.blocked.clear();
+            sim.faults = Faults {
+                drop_pct: sim.rng.random_range(0..15),
+                dup_pct: sim.rng.random_range(0..5),
+                max_delay: sim.rng.random_range(1..6),
+            };
+            match sim.rng.random_range(0..8) {
+                0 => partition(&mut sim, false),
+                1 => partition(&mut sim, true),
+                2 => isolate_leader(&mut sim),
+                3 => {
+                    // Asymmetric: one node hears nobody.
+                    let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
+                    let victim = ids[sim.rng.random_range(0..ids.len())].clone();
+                    for other in &ids {
+                        sim.blocked.insert((other.clone(), victim.clone()));
+                    }
+                    sim.log.push(format!("t{} deafen {victim}", sim.now));
+                }
+                4 => crash_and_replace(&mut sim, members),
+                _ => {}
+            }
+        }
+        if sim.rng.random_range(0..4) == 0 {
+            sim.random_write();
+        }
+        sim.step();
+    }
+    sim.heal_and_converge();
+}
+
+fn partition(sim: &mut Sim, majority_side_has_leader: bool) {
+    let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
+    let leader = sim.leader();
+    let mut side: BTreeSet<NodeId> = BTreeSet::new();
+    for id in &ids {
+        if sim.rng.random_range(0..2) == 0 {
+            side.insert(id.clone());
+        }
+    }
+    if let Some(leader) = leader {
+        if majority_side_has_leader {
+            side.remove(&leader);
+        } else {
+            side.insert(leader);
+        }
+    }
+    for a in &ids {
+        for b in &ids {
+            if side.contains(a) != side.contains(b) {
+                sim.blocked.insert((a.clone(), b.clone()));
+            }
+        }
+    }
+    sim.log.push(format!("t{} partition {side:?}", sim.now));
+}
+
+fn isolate_leader(sim: &mut Sim) {
+    let Some(leader) = sim.leader() else {
+        return;
+    };
+    for other in sim.nodes.keys() {
+        if *other != leader {
+            sim.blocked.insert((leader.clone(), other.clone()));
+            sim.blocked.insert((other.clone(), leader.clone()));
+        }
+    }
+    sim.log.push(format!("t{} isolate leader {leader}", sim.now));
+}
+
+/// Crashes a random node if the members keep a majority without it, and
+/// starts a new node that attaches as a slave.
+fn crash_and_replace(sim: &mut Sim, members: usize) {
+    let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
+    let victim = ids[sim.rng.random_range(0..ids.len())].clone();
+    let cal = sim.members();
+    let live = sim.live_members();
+    if cal.contains(&victim) && live <= members / 2 + 1 {
+        return;
+    }
+    sim.crash(&victim);
+    let target = sim
+        .members()
+        .into_iter()
+        .find(|m| sim.nodes.contains_key(m));
+    if let Some(target) = target {
+        sim.add_slave(&target);
+    }
+}
+
+fn seeds(default: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("SIM_SEED") {
+        return vec![seed.parse().expect("SIM_SEED is a number")];
+    }
+    let count = std::env::var("SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+    (1..=count).collect()
+}
+
+#[test]
+fn three_members_and_a_slave_under_faults() {
+    for seed in seeds(60) {
+        scenario(seed, 3, 1, 1500);
+    }
+}
+
+#[test]
+fn five_members_and_two_slaves_under_faults() {
+    for seed in seeds(25) {
+        scenario(1000 + seed, 5, 2, 1500);
+    }
+}
+
+#[test]
+fn seven_members_under_faults() {
+    for seed in seeds(10) {
+        scenario(2000 + seed, 7, 1, 1500);
+    }
+}
+
+/// #26: the lone survivor of a cluster cannot commit writes alone, does not
+/// hang its reads, and the cluster recovers when a majority is back.
+#[test]
+fn lone_survivor_waits_for_quorum() {
+    let mut sim = Sim::new(26);
+    let seed_id = sim.add_seed();
+    for _ in 0..2 {
+        sim.add_slave(&seed_id);
+    }
+    sim.run(50);
+    sim.grow_to(3);
+    let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
+    let survivor = ids[0].clone();
+    for other in &ids[1..] {
+        sim.blocked.insert((survivor.clone(), other.clone()));
+        sim.blocked.insert((other.clone(), survivor.clone()));
+    }
+    sim.run(100);
+    let before = sim.nodes[&survivor].core.store().rev();
+    let path = Path::parse("/lonely").unwrap();
+    sim.request(&survivor, Command::Set { path: path.clone(), check: RevCheck::Clobber, body: Body::from(b"x".to_vec()) });
+    sim.request(&survivor, Command::Get { path, rev: None });
+    sim.run(200);
+    assert_eq!(sim.asked.len(), 1, "the read answers, the write waits");
+    assert!(sim.nodes[&survivor].core.store().rev() >= before);
+    sim.heal_and_converge();
+}
+
+/// #59: a few seconds of packet loss must not wedge anyone.
+#[test]
+fn short_packet_loss_heals() {
+    for seed in seeds(5) {
+        let mut sim = Sim::new(5900 + seed);
+        let seed_id = sim.add_seed();
+        for _ in 0..3 {
+            sim.add_slave(&seed_id);
+        }
+        sim.run(50);
+        sim.grow_to(3);
+        sim.faults = Faults {
+            drop_pct: 70,
+            dup_pct: 0,
+            max_delay: 3,
+        };
+        for _ in 0..(TIMEOUT_TICKS / 2) {
+            sim.random_write();
+            sim.step();
+        }
+        sim.heal_and_converge();
+    }
+}
+
+/// #44 and #64: a node replaced on the same address (a new id), and a node
+/// bounced, never make the leader evict a healthy other node.
+#[test]
+fn bouncing_a_node_evicts_nobody_else() {
+    let mut sim = Sim::new(64);
+    let seed_id = sim.add_seed();
+    for _ in 0..3 {
+        sim.add_slave(&seed_id);
+    }
+    sim.run(50);
+    sim.grow_to(3);
+    let members = sim.members();
+    let leader = sim.leader().unwrap();
+    let victim = members.iter().find(|m| **m != leader).unwrap().clone();
+    let addr = sim.nodes[&victim].core.node().addr.clone();
+    sim.crash(&victim);
+    // Restart on the same address with a new id.
+    let mut info = sim.new_info();
+    info.addr = addr;
+    let id = info.id.clone();
+    let core = Core::join(info, config(7), leader.clone(), sim.nodes[&leader].core.node().addr.clone());
+    sim.nodes.insert(id, Node { core, checked: Rev(0) });
+    sim.run(TIMEOUT_TICKS * 3);
+    let survivors: BTreeSet<NodeId> = members.iter().filter(|m| **m != victim).cloned().collect();
+    for m in &survivors {
+        assert!(sim.members().contains(m), "healthy member {m} was evicted");
+    }
+    assert!(!sim.members().contains(&victim), "the dead member was removed");
+    assert_eq!(sim.live_members(), 3, "a slave took the free slot");
+    sim.heal_and_converge();
+}
+
+/// The fire drill (#70): kill the leader repeatedly while writes flow; the
+/// cluster keeps electing, replacing and answering.
+#[test]
+fn fire_drill() {
+    let mut sim = Sim::new(70);
+    let seed_id = sim.add_seed();
+    for _ in 0..4 {
+        sim.add_slave(&seed_id);
+    }
+    sim.run(50);
+    sim.grow_to(3);
+    for round in 0..4 {
+        for _ in 0..200 {
+            sim.random_write();
+            sim.step();
+        }
+        if let Some(leader) = sim.leader() {
+            sim.crash(&leader);
+            let target = sim.members().into_iter().find(|m| sim.nodes.contains_key(m)).unwrap();
+            sim.add_slave(&target);
+        }
+        sim.run(TIMEOUT_TICKS * 2);
+        assert!(sim.leader().is_some(), "round {round}: no leader after the drill");
+    }
+    sim.heal_and_converge();
+}
+
+/// A WAIT registered on a slave sees writes made on a member.
+#[test]
+fn slaves_serve_waits_and_reads() {
+    let mut sim = Sim::new(5);
+    let seed_id = sim.add_seed();
+    let slave = sim.add_slave(&seed_id);
+    sim.run(100);
+    let rev = sim.nodes[&slave].core.store().rev();
+    sim.request(&slave, Command::Wait { glob: Glob::parse("/w/**").unwrap(), rev: rev.0 + 1 });
+    let path = Path::parse("/w/x").unwrap();
+    sim.request(&seed_id, Command::Set { path, check: RevCheck::Clobber, body: Body::from(b"1".to_vec()) });
+    sim.run(20);
+    assert!(sim.asked.is_empty(), "the wait on the slave fired: {:?}", sim.asked);
+}

@@ -312,8 +312,11 @@ pub struct Core {
     catch_up: Option<(NodeId, u64)>,
     /// Addresses of nodes not (yet) registered that asked for catch-up.
     unregistered: BTreeMap<NodeId, String>,
-    /// Who another node says leads, when the engine does not know yet.
-    leader_hint: Option<NodeId>,
+    /// Who another node says leads (and when it said so), when the engine
+    /// does not know yet.
+    leader_hint: Option<(NodeId, u64)>,
+    /// The last node known to be ahead of this one.
+    catch_up_source: Option<NodeId>,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
@@ -355,6 +358,7 @@ impl Core {
             catch_up: None,
             unregistered: BTreeMap::new(),
             leader_hint: None,
+            catch_up_source: None,
         }
     }
 

@@ -110,10 +110,16 @@ impl Core {
             addr: self.node.addr.clone(),
         };
         let leader = self.paxos.leader().cloned();
-        if leader.is_some() && leader == self.leader_hint {
+        let hint_ticks = u64::from(self.config.paxos.election_ticks.1) * 2;
+        let stale_hint = self
+            .leader_hint
+            .as_ref()
+            .is_some_and(|(hint, at)| leader.as_ref() == Some(hint) || self.ticks - at > hint_ticks);
+        if stale_hint {
             self.leader_hint = None;
         }
-        let mut to: BTreeSet<NodeId> = leader.into_iter().chain(self.leader_hint.clone()).collect();
+        let hint = self.leader_hint.as_ref().map(|(hint, _)| hint.clone());
+        let mut to: BTreeSet<NodeId> = leader.into_iter().chain(hint).collect();
         if to.is_empty() {
             // Nobody known to lead: ask every node this one knows of.
             let next = self.paxos.next_to_deliver();
@@ -279,7 +285,7 @@ impl Core {
             PeerMsg::LeaderIs { leader, addr } => {
                 if self.paxos.leader() != Some(&leader) {
                     self.remember_addr(&leader, addr);
-                    self.leader_hint = Some(leader);
+                    self.leader_hint = Some((leader, self.ticks));
                 }
             }
             PeerMsg::CatchUp { from: first, addr } => {
@@ -404,10 +410,18 @@ impl Core {
             }
             self.catch_up = None;
         }
-        let hint = self.paxos.take_hint();
+        let hint = self.paxos.take_hint().map(|(node, _)| node);
+        if hint.is_some() {
+            self.catch_up_source = hint.clone();
+        }
         let source = match hint {
-            Some((node, _)) => Some(node),
-            None if self.paxos.is_behind() => self.paxos.leader().filter(|l| **l != self.node.id).cloned(),
+            Some(node) => Some(node),
+            None if self.paxos.is_behind() => self
+                .paxos
+                .leader()
+                .filter(|l| **l != self.node.id)
+                .cloned()
+                .or_else(|| self.catch_up_source.clone()),
             None => None,
         };
         if let Some(source) = source {
@@ -418,11 +432,19 @@ impl Core {
         }
     }
 
+    /// The voter sets of the slots this node may still see proposed (more
+    /// than one while a membership change is on its way in).
+    pub fn window_voters(&self) -> Vec<BTreeSet<NodeId>> {
+        let next = self.paxos.next_to_deliver();
+        let end = next + self.config.paxos.window as Slot;
+        self.paxos.membership().sets_between(next, end).into_iter().cloned().collect()
+    }
+
     /// A one-line summary of this node's replication state, for logs and
     /// failing tests.
     pub fn describe(&self) -> String {
         format!(
-            "{} phase={:?} rev={} leader={:?} is_leader={} commit={} next={} behind={} registered={} voter={} catch_up={:?} pending={}",
+            "{} phase={:?} rev={} leader={:?} is_leader={} commit={} next={} behind={} registered={} voter={} catch_up={:?} pending={} voters={:?}",
             self.node.id,
             self.phase,
             self.store.rev(),
@@ -434,7 +456,13 @@ impl Core {
             self.nodes.contains_key(&self.node.id),
             self.paxos.is_voter(),
             self.catch_up,
-            self.pending_writes.len()
+            self.pending_writes.len(),
+            self.paxos
+                .membership()
+                .entries()
+                .into_iter()
+                .map(|(slot, v)| (slot.max(-1), v.iter().map(|n| n.as_str()[..4].to_string()).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
         )
     }
 

@@ -196,7 +196,10 @@ impl paxos::Value for Decree {
 /// Who learns the result of a write proposed here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Proposer {
-    Client { conn: ConnId, tag: Option<i32> },
+    Client {
+        conn: ConnId,
+        tag: Option<i32>,
+    },
     Pulse,
     /// The node's own `/ctl` entries (seed bootstrap, attach, re-attach).
     Register,
@@ -329,7 +332,13 @@ const MAX_UNREGISTERED: usize = 64;
 
 impl Core {
     fn new(node: NodeInfo, config: CoreConfig, membership: Membership, phase: Phase) -> Core {
-        let paxos = Paxos::new(node.id.clone(), membership, 1, config.paxos.clone(), config.seed);
+        let paxos = Paxos::new(
+            node.id.clone(),
+            membership,
+            1,
+            config.paxos.clone(),
+            config.seed,
+        );
         let store = Store::new(config.history_revs);
         Core {
             node,
@@ -390,7 +399,15 @@ impl Core {
     /// slave and claims an empty `/ctl/cal` slot when one appears.
     pub fn join(node: NodeInfo, config: CoreConfig, target: NodeId, target_addr: String) -> Core {
         let membership = Membership::new(BTreeSet::from([target.clone()]));
-        Core::new(node, config, membership, Phase::Joining { target, target_addr })
+        Core::new(
+            node,
+            config,
+            membership,
+            Phase::Joining {
+                target,
+                target_addr,
+            },
+        )
     }
 
     /// This node's `/ctl/node/<id>` entries (and the seed's cal slot and ns
@@ -406,7 +423,10 @@ impl Core {
         if self.store.rev() == Rev::ZERO {
             files.push(("/ctl/cal/0".to_string(), id.to_string()));
             if node.register_ns {
-                files.push((format!("/ctl/ns/{}/{id}", node.cluster_name), node.addr.clone()));
+                files.push((
+                    format!("/ctl/ns/{}/{id}", node.cluster_name),
+                    node.addr.clone(),
+                ));
             }
         }
         files.push((format!("/ctl/node/{id}/writable"), "true".to_string()));
@@ -475,8 +495,16 @@ impl Core {
         self.stream_to_slaves(out);
     }
 
-    fn on_request(&mut self, conn: ConnId, tag: Option<i32>, command: Command, out: &mut Vec<Output>) {
-        let reply = |outcome: Outcome, out: &mut Vec<Output>| out.push(Output::Reply { conn, tag, outcome });
+    fn on_request(
+        &mut self,
+        conn: ConnId,
+        tag: Option<i32>,
+        command: Command,
+        out: &mut Vec<Output>,
+    ) {
+        let reply = |outcome: Outcome, out: &mut Vec<Output>| {
+            out.push(Output::Reply { conn, tag, outcome })
+        };
         match command {
             Command::Set { path, check, body } => {
                 if body.len() > self.config.max_value_bytes {
@@ -484,7 +512,9 @@ impl Core {
                 }
                 self.submit_write(conn, tag, Mutation::Set { path, check, body }, out);
             }
-            Command::Del { path, check } => self.submit_write(conn, tag, Mutation::Del { path, check }, out),
+            Command::Del { path, check } => {
+                self.submit_write(conn, tag, Mutation::Del { path, check }, out)
+            }
             Command::Nop => self.submit_write(conn, tag, Mutation::Nop, out),
             Command::Rev => reply(Ok(Reply::Rev(self.store.rev())), out),
             Command::Wait { glob, rev } => match self.store.first_match(&glob, Rev(rev.max(1))) {
@@ -497,11 +527,24 @@ impl Core {
                 }
                 Err(_) => reply(Err(ErrCode::TooLate.into()), out),
             },
-            read => self.read(ParkedRead { conn, tag, command: read }, out),
+            read => self.read(
+                ParkedRead {
+                    conn,
+                    tag,
+                    command: read,
+                },
+                out,
+            ),
         }
     }
 
-    fn submit_write(&mut self, conn: ConnId, tag: Option<i32>, mutation: Mutation, out: &mut Vec<Output>) {
+    fn submit_write(
+        &mut self,
+        conn: ConnId,
+        tag: Option<i32>,
+        mutation: Mutation,
+        out: &mut Vec<Output>,
+    ) {
         if !self.is_writable() {
             let outcome = Err(ErrCode::Readonly.into());
             return out.push(Output::Reply { conn, tag, outcome });
@@ -596,10 +639,11 @@ impl Core {
         self.parked_reads.retain(|_, reads| !reads.is_empty());
         // Writes not yet handed to a leader are dropped; the others still get
         // decided (they may already be chosen), but nobody is told.
-        self.pending_writes.retain(|_, pending| match pending.proposer {
-            Proposer::Client { conn: c, .. } => c != conn,
-            _ => true,
-        });
+        self.pending_writes
+            .retain(|_, pending| match pending.proposer {
+                Proposer::Client { conn: c, .. } => c != conn,
+                _ => true,
+            });
     }
 
     fn push_peer(&self, sent: Vec<(NodeId, paxos::Msg<Decree>)>, out: &mut Vec<Output>) {
@@ -611,7 +655,14 @@ impl Core {
     fn send_peer(&self, to: NodeId, msg: PeerMsg, out: &mut Vec<Output>) {
         let addr = match (self.nodes.get(&to), self.unregistered.get(&to), &self.phase) {
             (Some(addr), _, _) | (None, Some(addr), _) => addr.clone(),
-            (None, None, Phase::Joining { target, target_addr }) if *target == to => target_addr.clone(),
+            (
+                None,
+                None,
+                Phase::Joining {
+                    target,
+                    target_addr,
+                },
+            ) if *target == to => target_addr.clone(),
             _ => {
                 log::debug!("no address known for {to}; message dropped");
                 return;
@@ -629,7 +680,11 @@ impl Core {
     }
 
     fn apply(&mut self, rev: Rev, decree: Decree, out: &mut Vec<Output>) {
-        assert_eq!(rev, self.store.rev().next(), "slots are applied in order without gaps");
+        assert_eq!(
+            rev,
+            self.store.rev().next(),
+            "slots are applied in order without gaps"
+        );
         let (event, mine) = match &decree {
             Decree::Fill => (self.store.apply(&Mutation::Nop), None),
             Decree::Write {
@@ -673,7 +728,11 @@ impl Core {
                 });
             }
         }
-        let due: Vec<Rev> = self.parked_reads.range(..=event.rev).map(|(rev, _)| *rev).collect();
+        let due: Vec<Rev> = self
+            .parked_reads
+            .range(..=event.rev)
+            .map(|(rev, _)| *rev)
+            .collect();
         for rev in due {
             for read in self.parked_reads.remove(&rev).unwrap_or_default() {
                 self.read(read, out);

@@ -13,7 +13,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use doozer::core::{Command, ConnId, Core, CoreConfig, Input, NodeInfo, Outcome, Output, PeerMsg, Reply};
+use doozer::core::{
+    Command, ConnId, Core, CoreConfig, Input, NodeInfo, Outcome, Output, PeerMsg, Reply,
+};
 use doozer::paxos;
 use doozer::store::{Event, EventKind, Glob};
 use doozer::types::{Body, NodeId, Path, Rev, RevCheck};
@@ -125,7 +127,13 @@ impl Sim {
         let info = self.new_info();
         let id = info.id.clone();
         let core = Core::seed(info, config(self.rng.random()));
-        self.nodes.insert(id.clone(), Node { core, checked: Rev(0) });
+        self.nodes.insert(
+            id.clone(),
+            Node {
+                core,
+                checked: Rev(0),
+            },
+        );
         id
     }
 
@@ -134,8 +142,15 @@ impl Sim {
         let id = info.id.clone();
         let target_addr = self.nodes[target].core.node().addr.clone();
         let core = Core::join(info, config(self.rng.random()), target.clone(), target_addr);
-        self.log.push(format!("t{} join {id} via {target}", self.now));
-        self.nodes.insert(id.clone(), Node { core, checked: Rev(0) });
+        self.log
+            .push(format!("t{} join {id} via {target}", self.now));
+        self.nodes.insert(
+            id.clone(),
+            Node {
+                core,
+                checked: Rev(0),
+            },
+        );
         id
     }
 
@@ -159,7 +174,11 @@ impl Sim {
                     if let Ok(trace) = std::env::var("SIM_TRACE") {
                         if from.as_str().starts_with(&trace) || to.as_str().starts_with(&trace) {
                             let text = format!("{msg:?}");
-                            eprintln!("t{} {from} -> {to}: {}", self.now, &text[..text.len().min(160)]);
+                            eprintln!(
+                                "t{} {from} -> {to}: {}",
+                                self.now,
+                                &text[..text.len().min(160)]
+                            );
                         }
                     }
                     if self.blocked.contains(&(from.clone(), to.clone())) {
@@ -168,11 +187,16 @@ impl Sim {
                     if self.rng.random_range(0..100) < self.faults.drop_pct {
                         continue;
                     }
-                    let copies = if self.rng.random_range(0..100) < self.faults.dup_pct { 2 } else { 1 };
+                    let copies = if self.rng.random_range(0..100) < self.faults.dup_pct {
+                        2
+                    } else {
+                        1
+                    };
                     for _ in 0..copies {
                         let at = self.now + 1 + self.rng.random_range(0..=self.faults.max_delay);
                         self.wire_seq += 1;
-                        self.wire.insert((at, self.wire_seq), (from.clone(), to.clone(), msg.clone()));
+                        self.wire
+                            .insert((at, self.wire_seq), (from.clone(), to.clone(), msg.clone()));
                     }
                 }
             }
@@ -187,7 +211,8 @@ impl Sim {
                 }
             }
             self.acked.insert(*rev, (path.clone(), body.clone()));
-            self.log.push(format!("t{} {node} acked {path} at {rev}", self.now));
+            self.log
+                .push(format!("t{} {node} acked {path} at {rev}", self.now));
         }
     }
 
@@ -203,7 +228,11 @@ impl Sim {
 
     fn step(&mut self) {
         self.now += 1;
-        let due: Vec<(u64, u64)> = self.wire.range(..=(self.now, u64::MAX)).map(|(k, _)| *k).collect();
+        let due: Vec<(u64, u64)> = self
+            .wire
+            .range(..=(self.now, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
         for key in due {
             let (from, to, msg) = self.wire.remove(&key).expect("listed");
             self.feed(&to, Input::Peer { from, msg });
@@ -219,7 +248,14 @@ impl Sim {
         self.next_tag += 1;
         let tag = self.next_tag;
         self.asked.insert((at.clone(), 1, tag), command.clone());
-        self.feed(at, Input::Request { conn: 1, tag: Some(tag), command });
+        self.feed(
+            at,
+            Input::Request {
+                conn: 1,
+                tag: Some(tag),
+                command,
+            },
+        );
     }
 
     fn random_write(&mut self) {
@@ -270,9 +306,9 @@ impl Sim {
             let digest = store.current().digest();
             for (r, event) in seen {
                 match self.events.get(&r) {
-                    Some(known) if *known != event => {
-                        self.fail(format!("{id} applied {event:?} at rev {r}, another node {known:?}"))
-                    }
+                    Some(known) if *known != event => self.fail(format!(
+                        "{id} applied {event:?} at rev {r}, another node {known:?}"
+                    )),
                     Some(_) => {}
                     None => {
                         self.events.insert(r, event);
@@ -290,7 +326,11 @@ impl Sim {
             }
             self.nodes.get_mut(&id).expect("listed").checked = rev;
         }
-        let acked: Vec<(Rev, Path, Body)> = self.acked.iter().map(|(r, (p, b))| (*r, p.clone(), b.clone())).collect();
+        let acked: Vec<(Rev, Path, Body)> = self
+            .acked
+            .iter()
+            .map(|(r, (p, b))| (*r, p.clone(), b.clone()))
+            .collect();
         for (rev, path, body) in acked {
             if let Some(event) = self.events.get(&rev) {
                 if event.path != path || event.body != body || event.kind != EventKind::Set {
@@ -315,11 +355,17 @@ impl Sim {
     }
 
     fn live_members(&self) -> usize {
-        self.members().iter().filter(|m| self.nodes.contains_key(*m)).count()
+        self.members()
+            .iter()
+            .filter(|m| self.nodes.contains_key(*m))
+            .count()
     }
 
     fn leader(&self) -> Option<NodeId> {
-        self.nodes.iter().find(|(_, n)| n.core.is_leader()).map(|(id, _)| id.clone())
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.core.is_leader())
+            .map(|(id, _)| id.clone())
     }
 
     /// Opens `slots` member slots and waits until slaves claimed them.
@@ -339,12 +385,18 @@ impl Sim {
         for _ in 0..3000 {
             self.step();
             // Claimed, and in force: no change still on its way in.
-            let settled = self.nodes.values().all(|n| n.core.window_voters().len() == 1);
+            let settled = self
+                .nodes
+                .values()
+                .all(|n| n.core.window_voters().len() == 1);
             if self.live_members() >= members && settled {
                 return;
             }
         }
-        self.fail(format!("only {} of {members} member slots were claimed", self.live_members()));
+        self.fail(format!(
+            "only {} of {members} member slots were claimed",
+            self.live_members()
+        ));
     }
 
     /// Heals every fault, then checks that the cluster converges and takes
@@ -377,7 +429,11 @@ impl Sim {
             let done = !self.asked.keys().any(|(n, _, _)| *n == writer);
             let revs: BTreeSet<Rev> = self.nodes.values().map(|n| n.core.store().rev()).collect();
             if done && revs.len() == 1 {
-                let digests: BTreeSet<u64> = self.nodes.values().map(|n| n.core.store().current().digest()).collect();
+                let digests: BTreeSet<u64> = self
+                    .nodes
+                    .values()
+                    .map(|n| n.core.store().current().digest())
+                    .collect();
                 if digests.len() != 1 {
                     self.fail("nodes at one rev differ".into());
                 }
@@ -385,7 +441,10 @@ impl Sim {
             }
         }
         let revs: Vec<String> = self.nodes.values().map(|n| n.core.describe()).collect();
-        self.fail(format!("no convergence after healing: {revs:#?}, {} writes unanswered", self.asked.len()));
+        self.fail(format!(
+            "no convergence after healing: {revs:#?}, {} writes unanswered",
+            self.asked.len()
+        ));
     }
 }
 
@@ -470,7 +529,8 @@ fn isolate_leader(sim: &mut Sim) {
             sim.blocked.insert((other.clone(), leader.clone()));
         }
     }
-    sim.log.push(format!("t{} isolate leader {leader}", sim.now));
+    sim.log
+        .push(format!("t{} isolate leader {leader}", sim.now));
 }
 
 /// Crashes a random node if the members keep a majority without it, and
@@ -481,11 +541,18 @@ fn crash_and_replace(sim: &mut Sim, members: usize) {
     let _ = members;
     // Crash only what every voter set still being decided survives: the
     // cluster tolerates a minority of each, no more (reference #26).
-    let newest = sim.nodes.values().max_by_key(|n| n.core.store().rev()).expect("nodes");
+    let newest = sim
+        .nodes
+        .values()
+        .max_by_key(|n| n.core.store().rev())
+        .expect("nodes");
     let mut sets = newest.core.window_voters();
     sets.push(sim.members());
     for set in sets {
-        let live_after = set.iter().filter(|m| sim.nodes.contains_key(*m) && **m != victim).count();
+        let live_after = set
+            .iter()
+            .filter(|m| sim.nodes.contains_key(*m) && **m != victim)
+            .count();
         if set.contains(&victim) && live_after < paxos::quorum(set.len()) {
             return;
         }
@@ -504,27 +571,30 @@ fn seeds(default: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {
         return vec![seed.parse().expect("SIM_SEED is a number")];
     }
-    let count = std::env::var("SIM_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(default);
+    let count = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default);
     (1..=count).collect()
 }
 
 #[test]
 fn three_members_and_a_slave_under_faults() {
-    for seed in seeds(60) {
+    for seed in seeds(150) {
         scenario(seed, 3, 1, 1500);
     }
 }
 
 #[test]
 fn five_members_and_two_slaves_under_faults() {
-    for seed in seeds(25) {
+    for seed in seeds(60) {
         scenario(1000 + seed, 5, 2, 1500);
     }
 }
 
 #[test]
 fn seven_members_under_faults() {
-    for seed in seeds(10) {
+    for seed in seeds(25) {
         scenario(2000 + seed, 7, 1, 1500);
     }
 }
@@ -549,7 +619,14 @@ fn lone_survivor_waits_for_quorum() {
     sim.run(100);
     let before = sim.nodes[&survivor].core.store().rev();
     let path = Path::parse("/lonely").unwrap();
-    sim.request(&survivor, Command::Set { path: path.clone(), check: RevCheck::Clobber, body: Body::from(b"x".to_vec()) });
+    sim.request(
+        &survivor,
+        Command::Set {
+            path: path.clone(),
+            check: RevCheck::Clobber,
+            body: Body::from(b"x".to_vec()),
+        },
+    );
     sim.request(&survivor, Command::Get { path, rev: None });
     sim.run(200);
     assert_eq!(sim.asked.len(), 1, "the read answers, the write waits");
@@ -601,15 +678,30 @@ fn bouncing_a_node_evicts_nobody_else() {
     let mut info = sim.new_info();
     info.addr = addr;
     let id = info.id.clone();
-    let core = Core::join(info, config(7), leader.clone(), sim.nodes[&leader].core.node().addr.clone());
-    sim.nodes.insert(id, Node { core, checked: Rev(0) });
+    let core = Core::join(
+        info,
+        config(7),
+        leader.clone(),
+        sim.nodes[&leader].core.node().addr.clone(),
+    );
+    sim.nodes.insert(
+        id,
+        Node {
+            core,
+            checked: Rev(0),
+        },
+    );
     sim.run(TIMEOUT_TICKS * 3);
     let survivors: BTreeSet<NodeId> = members.iter().filter(|m| **m != victim).cloned().collect();
     for m in &survivors {
         assert!(sim.members().contains(m), "healthy member {m} was evicted");
     }
     let states: Vec<String> = sim.nodes.values().map(|n| n.core.describe()).collect();
-    assert!(!sim.members().contains(&victim), "the dead member was not removed: {states:#?} {:?}", sim.members());
+    assert!(
+        !sim.members().contains(&victim),
+        "the dead member was not removed: {states:#?} {:?}",
+        sim.members()
+    );
     assert_eq!(sim.live_members(), 3, "a slave took the free slot");
     sim.heal_and_converge();
 }
@@ -632,11 +724,18 @@ fn fire_drill() {
         }
         if let Some(leader) = sim.leader() {
             sim.crash(&leader);
-            let target = sim.members().into_iter().find(|m| sim.nodes.contains_key(m)).unwrap();
+            let target = sim
+                .members()
+                .into_iter()
+                .find(|m| sim.nodes.contains_key(m))
+                .unwrap();
             sim.add_slave(&target);
         }
         sim.run(TIMEOUT_TICKS * 2);
-        assert!(sim.leader().is_some(), "round {round}: no leader after the drill");
+        assert!(
+            sim.leader().is_some(),
+            "round {round}: no leader after the drill"
+        );
     }
     sim.heal_and_converge();
 }
@@ -649,9 +748,26 @@ fn slaves_serve_waits_and_reads() {
     let slave = sim.add_slave(&seed_id);
     sim.run(100);
     let rev = sim.nodes[&slave].core.store().rev();
-    sim.request(&slave, Command::Wait { glob: Glob::parse("/w/**").unwrap(), rev: rev.0 + 1 });
+    sim.request(
+        &slave,
+        Command::Wait {
+            glob: Glob::parse("/w/**").unwrap(),
+            rev: rev.0 + 1,
+        },
+    );
     let path = Path::parse("/w/x").unwrap();
-    sim.request(&seed_id, Command::Set { path, check: RevCheck::Clobber, body: Body::from(b"1".to_vec()) });
+    sim.request(
+        &seed_id,
+        Command::Set {
+            path,
+            check: RevCheck::Clobber,
+            body: Body::from(b"1".to_vec()),
+        },
+    );
     sim.run(20);
-    assert!(sim.asked.is_empty(), "the wait on the slave fired: {:?}", sim.asked);
+    assert!(
+        sim.asked.is_empty(),
+        "the wait on the slave fired: {:?}",
+        sim.asked
+    );
 }

@@ -213,6 +213,7 @@ fn main() -> ExitCode {
     };
     let web = config.web_addr();
     let cluster = config.cluster_name.clone();
+    let attaching = !config.attach.is_empty();
     let node = match rt::block_on(server::start(config)) {
         Ok(node) => node,
         Err(err) => {
@@ -221,9 +222,14 @@ fn main() -> ExitCode {
         }
     };
     log::info!(
-        "doozerd {NODE_VERSION} listening on {} as node {} of cluster {cluster:?} (seed){}",
+        "doozerd {NODE_VERSION} listening on {} as node {} of cluster {cluster:?} ({}){}",
         node.addr,
         node.id,
+        if attaching {
+            "attaching as a slave"
+        } else {
+            "seed"
+        },
         match web {
             Some(addr) => format!("; web view {addr} not in this build yet"),
             None => String::new(),

@@ -72,7 +72,11 @@ impl Core {
         if self.ticks - self.last_pulse_tick < self.config.pulse_ticks {
             return;
         }
-        if self.pending_writes.values().any(|p| p.proposer == Proposer::Pulse) {
+        if self
+            .pending_writes
+            .values()
+            .any(|p| p.proposer == Proposer::Pulse)
+        {
             return;
         }
         if !self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
@@ -111,10 +115,9 @@ impl Core {
         };
         let leader = self.paxos.leader().cloned();
         let hint_ticks = u64::from(self.config.paxos.election_ticks.1) * 2;
-        let stale_hint = self
-            .leader_hint
-            .as_ref()
-            .is_some_and(|(hint, at)| leader.as_ref() == Some(hint) || self.ticks - at > hint_ticks);
+        let stale_hint = self.leader_hint.as_ref().is_some_and(|(hint, at)| {
+            leader.as_ref() == Some(hint) || self.ticks - at > hint_ticks
+        });
         if stale_hint {
             self.leader_hint = None;
         }
@@ -145,7 +148,10 @@ impl Core {
         if self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
             return;
         }
-        let in_flight = self.pending_writes.values().any(|p| p.proposer == Proposer::Register);
+        let in_flight = self
+            .pending_writes
+            .values()
+            .any(|p| p.proposer == Proposer::Register);
         if in_flight {
             return;
         }
@@ -161,7 +167,11 @@ impl Core {
         if self.cal.contains(&self.node.id) || !self.nodes.contains_key(&self.node.id) {
             return;
         }
-        if self.pending_writes.values().any(|p| p.proposer == Proposer::Claim) {
+        if self
+            .pending_writes
+            .values()
+            .any(|p| p.proposer == Proposer::Claim)
+        {
             return;
         }
         let free = cal_slots(self.store.current())
@@ -187,13 +197,19 @@ impl Core {
         };
         let timeout = self.config.timeout_ticks;
         let retry = timeout.max(HOUSEKEEPING_TICKS * 10);
-        self.removing.retain(|id, started| self.nodes.contains_key(id) && self.ticks - *started < retry);
+        self.removing
+            .retain(|id, started| self.nodes.contains_key(id) && self.ticks - *started < retry);
         let silent: Vec<NodeId> = self
             .nodes
             .keys()
             .filter(|id| **id != self.node.id && !self.removing.contains_key(*id))
             .filter(|id| {
-                let heard = self.last_heard.get(*id).copied().unwrap_or(since).max(since);
+                let heard = self
+                    .last_heard
+                    .get(*id)
+                    .copied()
+                    .unwrap_or(since)
+                    .max(since);
                 self.ticks - heard > timeout
             })
             .cloned()
@@ -234,7 +250,10 @@ impl Core {
     /// from the leader as it is applied.
     fn slaves(&self) -> Vec<NodeId> {
         let next = self.paxos.next_to_deliver();
-        let voters = self.paxos.membership().union_between(next, next + self.config.paxos.window as Slot);
+        let voters = self
+            .paxos
+            .membership()
+            .union_between(next, next + self.config.paxos.window as Slot);
         self.nodes
             .keys()
             .filter(|id| **id != self.node.id && !voters.contains(*id))
@@ -297,7 +316,11 @@ impl Core {
                     for (i, decree) in decrees.into_iter().enumerate() {
                         self.paxos.learn(first.0 + i as Slot, decree);
                     }
-                    if self.catch_up.as_ref().is_some_and(|(asked, _)| *asked == from) {
+                    if self
+                        .catch_up
+                        .as_ref()
+                        .is_some_and(|(asked, _)| *asked == from)
+                    {
                         self.catch_up = None;
                     }
                 }
@@ -390,10 +413,17 @@ impl Core {
             self.waits.remove(&key);
             if let Some(tag) = self.wait_tags.remove(&key) {
                 let outcome = Err(ErrCode::TooLate.into());
-                out.push(Output::Reply { conn: key.0, tag, outcome });
+                out.push(Output::Reply {
+                    conn: key.0,
+                    tag,
+                    outcome,
+                });
             }
         }
-        let parked: Vec<ParkedRead> = std::mem::take(&mut self.parked_reads).into_values().flatten().collect();
+        let parked: Vec<ParkedRead> = std::mem::take(&mut self.parked_reads)
+            .into_values()
+            .flatten()
+            .collect();
         for read in parked {
             self.read(read, out);
         }
@@ -437,7 +467,12 @@ impl Core {
     pub fn window_voters(&self) -> Vec<BTreeSet<NodeId>> {
         let next = self.paxos.next_to_deliver();
         let end = next + self.config.paxos.window as Slot;
-        self.paxos.membership().sets_between(next, end).into_iter().cloned().collect()
+        self.paxos
+            .membership()
+            .sets_between(next, end)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// A one-line summary of this node's replication state, for logs and

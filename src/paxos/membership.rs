@@ -89,12 +89,18 @@ impl Membership {
 
     /// Everyone who votes on some slot of `from..=to`.
     pub fn union_between(&self, from: Slot, to: Slot) -> BTreeSet<NodeId> {
-        self.sets_between(from, to).into_iter().flatten().cloned().collect()
+        self.sets_between(from, to)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     /// Whether `nodes` hold a majority of every voter set of `from..=to`.
     pub fn quorum_of_all(&self, nodes: &BTreeSet<NodeId>, from: Slot, to: Slot) -> bool {
-        self.sets_between(from, to).into_iter().all(|voters| is_quorum(nodes, voters))
+        self.sets_between(from, to)
+            .into_iter()
+            .all(|voters| is_quorum(nodes, voters))
     }
 
     /// Forgets changes that govern only slots below `slot`.
@@ -130,13 +136,19 @@ mod tests {
         assert_eq!(*m.voters(5), set(&[1]));
         assert!(m.change_from(10, set(&[1, 2, 3])));
         assert!(!m.change_from(12, set(&[1, 2, 3])), "same set is no change");
-        assert!(!m.change_from(13, BTreeSet::new()), "an empty set changes nothing");
+        assert!(
+            !m.change_from(13, BTreeSet::new()),
+            "an empty set changes nothing"
+        );
         assert_eq!(*m.voters(9), set(&[1]));
         assert_eq!(*m.voters(10), set(&[1, 2, 3]));
         assert_eq!(m.sets_between(5, 20).len(), 2);
         assert_eq!(m.union_between(5, 20), set(&[1, 2, 3]));
         assert!(m.quorum_of_all(&set(&[1, 2]), 5, 20));
-        assert!(!m.quorum_of_all(&set(&[2, 3]), 5, 20), "slot 5 needs node 1");
+        assert!(
+            !m.quorum_of_all(&set(&[2, 3]), 5, 20),
+            "slot 5 needs node 1"
+        );
         assert!(m.quorum_of_all(&set(&[2, 3]), 10, 20));
         assert_eq!([1, 2, 3, 4, 5, 7].map(quorum), [1, 2, 2, 3, 3, 4]);
 

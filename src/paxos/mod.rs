@@ -292,7 +292,9 @@ impl<V: Value> Paxos<V> {
     /// A node that knows more of the log than this one (someone to catch up
     /// from), taken once.
     pub fn take_hint(&mut self) -> Option<(NodeId, Slot)> {
-        self.hint.take().filter(|(_, commit)| *commit >= self.next_to_deliver)
+        self.hint
+            .take()
+            .filter(|(_, commit)| *commit >= self.next_to_deliver)
     }
 
     fn note_commit(&mut self, from: &NodeId, commit: Slot) {
@@ -417,7 +419,9 @@ impl<V: Value> Paxos<V> {
 
     fn leader_tick(&mut self, heartbeat: u32, out: &mut Out<V>) {
         let commit = self.commit;
-        let window = self.membership.union_between(self.next_to_deliver, self.window_end());
+        let window = self
+            .membership
+            .union_between(self.next_to_deliver, self.window_end());
         let check_every = self.settings.election_ticks.1;
         let Role::Leader(lead) = &mut self.role else {
             return;
@@ -426,7 +430,10 @@ impl<V: Value> Paxos<V> {
         if lead.check_ticks >= check_every {
             lead.check_ticks = 0;
             let heard = std::mem::replace(&mut lead.heard, BTreeSet::from([self.me.clone()]));
-            if !self.membership.quorum_of_all(&heard, self.next_to_deliver, self.window_end()) {
+            if !self
+                .membership
+                .quorum_of_all(&heard, self.next_to_deliver, self.window_end())
+            {
                 self.become_follower(None);
                 return;
             }
@@ -502,7 +509,9 @@ impl<V: Value> Paxos<V> {
             elapsed_ticks: 0,
             timeout_ticks,
         };
-        let voters = self.membership.union_between(self.next_to_deliver, self.window_end());
+        let voters = self
+            .membership
+            .union_between(self.next_to_deliver, self.window_end());
         if self.membership.quorum_of_all(
             &BTreeSet::from([self.me.clone()]),
             self.next_to_deliver,
@@ -544,7 +553,9 @@ impl<V: Value> Paxos<V> {
             ballot,
             from_slot: self.next_to_deliver,
         };
-        let voters = self.membership.union_between(self.next_to_deliver, self.window_end());
+        let voters = self
+            .membership
+            .union_between(self.next_to_deliver, self.window_end());
         for to in voters {
             self.send(to, msg.clone(), out);
         }
@@ -585,7 +596,9 @@ impl<V: Value> Paxos<V> {
         let mut uncovered: BTreeSet<NodeId> = BTreeSet::new();
         loop {
             let slot = lead.next_slot;
-            let has_work = !self.queue.is_empty() || lead.recovered.contains_key(&slot) || slot <= self.pad_until;
+            let has_work = !self.queue.is_empty()
+                || lead.recovered.contains_key(&slot)
+                || slot <= self.pad_until;
             if !has_work || slot > window_end {
                 break;
             }
@@ -601,13 +614,18 @@ impl<V: Value> Paxos<V> {
             let start_new = match batches.last() {
                 None => true,
                 Some((_, values)) => {
-                    values.len() >= max_slots || values.iter().map(V::size).sum::<usize>() + value.size() > max_bytes
+                    values.len() >= max_slots
+                        || values.iter().map(V::size).sum::<usize>() + value.size() > max_bytes
                 }
             };
             if start_new {
                 batches.push((slot, Vec::new()));
             }
-            batches.last_mut().expect("just pushed").1.push(value.clone());
+            batches
+                .last_mut()
+                .expect("just pushed")
+                .1
+                .push(value.clone());
             lead.inflight.insert(slot, (value, BTreeSet::new()));
             lead.next_slot += 1;
         }
@@ -631,7 +649,9 @@ impl<V: Value> Paxos<V> {
             }
         }
         if send_commit {
-            let voters = self.membership.union_between(self.next_to_deliver, window_end);
+            let voters = self
+                .membership
+                .union_between(self.next_to_deliver, window_end);
             let msg = Msg::Commit {
                 ballot: ballot.clone(),
                 commit,
@@ -755,7 +775,8 @@ impl<V: Value> Paxos<V> {
             .membership
             .union_between(self.next_to_deliver, self.window_end())
             .contains(&from);
-        let granted = !leader_alive && voter && round > self.promised.round && commit >= self.commit;
+        let granted =
+            !leader_alive && voter && round > self.promised.round && commit >= self.commit;
         let reply = Msg::PreVoteReply {
             round,
             granted,
@@ -764,11 +785,20 @@ impl<V: Value> Paxos<V> {
         self.send(from, reply, out);
     }
 
-    fn on_prevote_reply(&mut self, from: NodeId, round: u64, granted: bool, commit: Slot, out: &mut Out<V>) {
+    fn on_prevote_reply(
+        &mut self,
+        from: NodeId,
+        round: u64,
+        granted: bool,
+        commit: Slot,
+        out: &mut Out<V>,
+    ) {
         self.note_commit(&from, commit);
         let (from_slot, to_slot) = (self.next_to_deliver, self.window_end());
         let Role::PreCandidate {
-            round: mine, grants, ..
+            round: mine,
+            grants,
+            ..
         } = &mut self.role
         else {
             return;
@@ -844,7 +874,10 @@ impl<V: Value> Paxos<V> {
                         merge_highest(recovered, slot, b, v);
                     }
                 }
-                if self.membership.quorum_of_all(promised_by, first, window_end) {
+                if self
+                    .membership
+                    .quorum_of_all(promised_by, first, window_end)
+                {
                     self.become_leader(out);
                 }
             }
@@ -874,7 +907,8 @@ impl<V: Value> Paxos<V> {
         // acceptors may have forgotten them after delivery, so the promises
         // cannot be trusted to report them. Catch up first (the hint says
         // from whom), then run again.
-        let known = (self.next_to_deliver..=highest_commit).all(|slot| self.chosen.contains_key(&slot));
+        let known =
+            (self.next_to_deliver..=highest_commit).all(|slot| self.chosen.contains_key(&slot));
         if !known {
             self.become_follower(None);
             return;
@@ -884,7 +918,11 @@ impl<V: Value> Paxos<V> {
         }
         // Every open slot up to the last one anyone reported is proposed
         // again (a hole becomes a nop), ahead of new values.
-        let last = recovered.keys().next_back().copied().unwrap_or(self.next_to_deliver - 1);
+        let last = recovered
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.next_to_deliver - 1);
         self.pad_until = self.pad_until.max(last);
         self.role = Role::Leader(Box::new(Lead {
             ballot,
@@ -902,7 +940,9 @@ impl<V: Value> Paxos<V> {
         self.queue.extend(self.forward.drain(..));
         // Announce the new leadership at once, so followers forward to it.
         if let Some(heartbeat) = self.heartbeat() {
-            let voters = self.membership.union_between(self.next_to_deliver, self.window_end());
+            let voters = self
+                .membership
+                .union_between(self.next_to_deliver, self.window_end());
             for to in voters.into_iter().filter(|v| *v != self.me) {
                 out.push((to, heartbeat.clone()));
             }
@@ -978,7 +1018,9 @@ impl<V: Value> Paxos<V> {
         if promised > self.promised {
             self.promised = promised.clone();
         }
-        if promised.round > self.current_round() || (self.is_leader() && promised > self.current_ballot()) {
+        if promised.round > self.current_round()
+            || (self.is_leader() && promised > self.current_ballot())
+        {
             self.become_follower(None);
         }
     }

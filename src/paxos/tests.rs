@@ -32,7 +32,15 @@ impl Net {
     fn new(n: u8) -> Net {
         let voters: BTreeSet<NodeId> = (1..=n).map(id).collect();
         let nodes = (1..=n)
-            .map(|i| Paxos::new(id(i), Membership::new(voters.clone()), 1, Settings::default(), u64::from(i)))
+            .map(|i| {
+                Paxos::new(
+                    id(i),
+                    Membership::new(voters.clone()),
+                    1,
+                    Settings::default(),
+                    u64::from(i),
+                )
+            })
             .collect();
         Net {
             nodes,
@@ -48,7 +56,8 @@ impl Net {
 
     fn sent(&mut self, from: usize, out: Vec<(NodeId, Msg<Val>)>) {
         let sender = self.nodes[from].me().clone();
-        self.queue.extend(out.into_iter().map(|(to, m)| (sender.clone(), to, m)));
+        self.queue
+            .extend(out.into_iter().map(|(to, m)| (sender.clone(), to, m)));
     }
 
     fn settle(&mut self) {

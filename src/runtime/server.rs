@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use super::client_conn::{accept_loop, ClientContext};
 use super::event_loop::{EventLoop, NodeStatus};
 use super::peer_link::{PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
+use crate::client::Client;
 use crate::config::Config;
 use crate::core::{Core, NodeInfo};
 use crate::types::NodeId;
@@ -21,10 +23,10 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error(
-        "attaching to a cluster (-a, -b) is not available yet: this build runs a single seed node"
-    )]
-    AttachUnsupported,
+    #[error("booting through a DzNS (-b, DOOZER_BOOT_URI) is not available yet; use -a to attach")]
+    BootUnsupported,
+    #[error("failed to attach: {0}")]
+    Attach(String),
     #[error("cannot start the core thread: {0}")]
     Thread(std::io::Error),
 }
@@ -60,11 +62,77 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Binds `-l`, seeds a new cluster and starts serving.
+/// How long one `-a` address may take to answer the attach check.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The first `-a` address that is a member of a cluster with our name, and
+/// that member's id.
+async fn find_member(config: &Config) -> Result<(NodeId, String), StartError> {
+    let mut reasons = Vec::new();
+    for addr in &config.attach {
+        match rt::timeout(ATTACH_TIMEOUT * 3, check_member(addr, config)).await {
+            Some(Ok(id)) => return Ok((id, addr.clone())),
+            Some(Err(reason)) => reasons.push(format!("{addr}: {reason}")),
+            None => reasons.push(format!("{addr}: no answer in time")),
+        }
+    }
+    Err(StartError::Attach(reasons.join("; ")))
+}
+
+/// The attach check of the original: the target answers, belongs to a
+/// cluster of the same name, and is one of its members (its id is in a
+/// `/ctl/cal` slot and that id's `addr` is exactly the address dialled).
+async fn check_member(addr: &str, config: &Config) -> Result<NodeId, String> {
+    let client = Client::connect_timeout(addr, ATTACH_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let secret = &config.secrets.read_write;
+    if !secret.is_empty() {
+        client
+            .access(secret.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (name, _) = client
+        .get("/ctl/name", None)
+        .await
+        .map_err(|e| e.to_string())?;
+    if name != config.cluster_name.as_bytes() {
+        return Err(format!(
+            "it belongs to cluster {:?}, not {:?}",
+            String::from_utf8_lossy(&name),
+            config.cluster_name
+        ));
+    }
+    let rev = client.rev().await.map_err(|e| e.to_string())?;
+    let slots = client
+        .getdir_all("/ctl/cal", rev)
+        .await
+        .map_err(|e| e.to_string())?;
+    for slot in slots {
+        let (body, _) = client
+            .get(&format!("/ctl/cal/{slot}"), Some(rev))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(id) = std::str::from_utf8(&body).ok().and_then(NodeId::parse) else {
+            continue;
+        };
+        let (member_addr, _) = client
+            .get(&format!("/ctl/node/{id}/addr"), Some(rev))
+            .await
+            .map_err(|e| e.to_string())?;
+        if member_addr == addr.as_bytes() {
+            return Ok(id);
+        }
+    }
+    Err("it is not a member (no /ctl/cal slot names a node with this address)".into())
+}
+
+/// Binds `-l`, seeds a new cluster or attaches to one, and starts serving.
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
-    if !config.attach.is_empty() || config.boot_uri.is_some() {
-        return Err(StartError::AttachUnsupported);
+    if config.attach.is_empty() && config.boot_uri.is_some() {
+        return Err(StartError::BootUnsupported);
     }
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -84,7 +152,14 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         cluster_name: config.cluster_name.clone(),
         register_ns: true,
     };
-    let core = Core::seed(info, config.core_config(rand::random()));
+    let core_config = config.core_config(rand::random());
+    let core = if config.attach.is_empty() {
+        Core::seed(info, core_config)
+    } else {
+        let (target, target_addr) = find_member(&config).await?;
+        log::info!("attaching to {target_addr} (node {target}) as a slave");
+        Core::join(info, core_config, target, target_addr)
+    };
 
     let status = Arc::new(NodeStatus::default());
     let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(config.limits.inbox_capacity);

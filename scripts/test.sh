@@ -10,5 +10,5 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-echo "== cargo test"
-cargo test --all-targets --locked
+echo "== cargo test --release"
+cargo test --release --all-targets --locked

@@ -15,7 +15,17 @@ impl Core {
         let mut sent = Vec::new();
         self.paxos.tick(&mut sent);
         self.push_peer(sent, out);
-        self.track_leadership();
+        let took_over = self.track_leadership();
+        let heartbeat_due = self.ticks % u64::from(self.config.paxos.heartbeat_ticks.max(1)) == 0;
+        if self.paxos.is_leader() && (took_over || heartbeat_due) {
+            // Slaves hear who leads as members do, so their forwarded writes
+            // move to a new leader at once.
+            if let Some(heartbeat) = self.paxos.heartbeat() {
+                for slave in self.slaves() {
+                    self.send_peer(slave, PeerMsg::Paxos(heartbeat.clone()), out);
+                }
+            }
+        }
         if self.is_writable() {
             self.resend_pending();
             self.pulse(out);
@@ -26,14 +36,20 @@ impl Core {
         self.catch_up_if_behind(out);
     }
 
-    fn track_leadership(&mut self) {
+    /// Notes when this node starts or stops leading; true when it just took
+    /// over.
+    fn track_leadership(&mut self) -> bool {
         match (self.paxos.is_leader(), self.lead_since) {
             (true, None) => {
                 self.lead_since = Some(self.ticks);
                 log::info!("this node leads the cluster");
+                true
             }
-            (false, Some(_)) => self.lead_since = None,
-            _ => {}
+            (false, Some(_)) => {
+                self.lead_since = None;
+                false
+            }
+            _ => false,
         }
     }
 

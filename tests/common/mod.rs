@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use doozer::codec::client::{encode_frame, Request, Response};
+use doozer::codec::client::{encode_frame, Request, Response, Verb};
 use prost::Message;
 
 pub const DOOZERD: &str = env!("CARGO_BIN_EXE_doozerd");
@@ -173,5 +173,335 @@ pub fn closed_by_server(conn: &mut TcpStream) -> bool {
             }
             Err(_) => return true,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Clusters of real processes: nodes on chosen loopback addresses, stopped,
+// continued and killed by PID, each with its stderr in a log file.
+
+/// A random loopback network `127.a.b.` of its own (all of 127.0.0.0/8 is
+/// loopback), so parallel tests rarely share an IP; append a host number.
+pub fn loopback_net() -> String {
+    let a = 10 + rand_u8() % 240;
+    let b = rand_u8();
+    format!("127.{a}.{b}.")
+}
+
+/// A free `ip:port` on exactly `ip` (bind port 0, then let go).
+pub fn free_addr_on(ip: &str) -> String {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A directory for one test's logs, removed when the test passes and kept
+/// (its path printed) when it fails.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "doozer-test-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            rand_u8()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("logs kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// One `doozerd` process on a chosen address, its stderr in `log`; killed
+/// (SIGKILL, also when stopped) on drop.
+pub struct Node {
+    pub name: String,
+    pub addr: String,
+    pub log: std::path::PathBuf,
+    pub child: Child,
+    killed: bool,
+}
+
+impl Node {
+    /// Starts `doozerd -l addr -w false <args>` and returns at once (see
+    /// `wait_answers`).
+    pub fn spawn(name: &str, addr: &str, args: &[&str], dir: &std::path::Path) -> Node {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(DOOZERD);
+        cmd.args(["-l", addr, "-w", "false"]).args(args);
+        cmd.env_remove("DOOZER_RWSECRET")
+            .env_remove("DOOZER_ROSECRET")
+            .env_remove("DOOZER_BOOT_URI")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd.spawn().expect("doozerd starts");
+        Node {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            log,
+            child,
+            killed: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn uri(&self) -> String {
+        format!("doozer:?ca={}", self.addr)
+    }
+
+    /// Runs the `doozer` CLI against this node.
+    pub fn doozer(&self, args: &[&str], stdin: &[u8]) -> Output {
+        doozer_with_env(&[("DOOZER_URI", &self.uri())], args, stdin)
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        !self.killed && self.child.try_wait().unwrap().is_none()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.killed = true;
+    }
+
+    /// `kill -STOP`: the process freezes, its sockets stay open.
+    pub fn stop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `kill -CONT`.
+    pub fn cont(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig} {} failed", self.pid());
+    }
+
+    /// The last `lines` lines of the node's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Waits until the node answers a REV on its client port.
+    pub fn wait_answers(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                panic!(
+                    "doozerd {} on {} exited: {:?}\n{}",
+                    self.name,
+                    self.addr,
+                    self.child.try_wait(),
+                    self.log_tail(30)
+                );
+            }
+            let mut conn = TimedConn::new(&self.addr, Duration::from_secs(2));
+            if conn.rev().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "doozerd {} on {} never answered\n{}",
+            self.name,
+            self.addr,
+            self.log_tail(30)
+        );
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SIGKILL works on a stopped process too.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-request-at-a-time client connection with a per-request time limit:
+/// connects lazily, and after any failure (time-out included, as a late reply
+/// would confuse the next request) drops the connection to start afresh.
+pub struct TimedConn {
+    pub addr: String,
+    pub limit: Duration,
+    conn: Option<TcpStream>,
+    tag: i32,
+}
+
+impl TimedConn {
+    pub fn new(addr: &str, limit: Duration) -> TimedConn {
+        TimedConn {
+            addr: addr.to_string(),
+            limit,
+            conn: None,
+            tag: 0,
+        }
+    }
+
+    /// Sends `req` (with a fresh tag) and returns the reply, or why none came.
+    /// A reply carrying an error code is returned as `Ok`.
+    pub fn request(&mut self, mut req: Request) -> Result<Response, String> {
+        let result = self.try_request(&mut req);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn try_request(&mut self, req: &mut Request) -> Result<Response, String> {
+        if self.conn.is_none() {
+            let sock: std::net::SocketAddr = self.addr.parse().unwrap();
+            let conn = TcpStream::connect_timeout(&sock, self.limit)
+                .map_err(|e| format!("connect {}: {e}", self.addr))?;
+            conn.set_nodelay(true).unwrap();
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().unwrap();
+        self.tag = self.tag.wrapping_add(1) & 0x7fff_ffff;
+        req.tag = Some(self.tag);
+        conn.set_write_timeout(Some(self.limit)).unwrap();
+        conn.write_all(&encode_frame(req))
+            .map_err(|e| format!("send to {}: {e}", self.addr))?;
+        let deadline = Instant::now() + self.limit;
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut header = [0u8; 4];
+        conn.read_exact(&mut header)
+            .map_err(|e| format!("reply from {}: {e}", self.addr))?;
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(200))))
+            .unwrap();
+        conn.read_exact(&mut body)
+            .map_err(|e| format!("reply from {}: {e}", self.addr))?;
+        let resp = Response::decode(body.as_slice())
+            .map_err(|e| format!("bad reply from {}: {e}", self.addr))?;
+        if resp.tag != Some(self.tag) {
+            return Err(format!(
+                "reply from {} tagged {:?}, expected {}",
+                self.addr, resp.tag, self.tag
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// Like `request`, but an error code in the reply is an error too.
+    pub fn ok(&mut self, req: Request) -> Result<Response, String> {
+        let resp = self.request(req)?;
+        match resp.err_code {
+            None => Ok(resp),
+            Some(code) => Err(format!(
+                "{} answered error {code} {:?}",
+                self.addr, resp.err_detail
+            )),
+        }
+    }
+
+    pub fn rev(&mut self) -> Result<i64, String> {
+        let resp = self.ok(Request {
+            verb: Some(Verb::Rev as i32),
+            ..Default::default()
+        })?;
+        resp.rev.ok_or_else(|| "REV without a rev".to_string())
+    }
+
+    /// GET: `(body, rev)`; rev 0 for an absent file.
+    pub fn get(&mut self, path: &str) -> Result<(Vec<u8>, i64), String> {
+        let resp = self.ok(Request {
+            verb: Some(Verb::Get as i32),
+            path: Some(path.to_string()),
+            ..Default::default()
+        })?;
+        Ok((resp.value.unwrap_or_default(), resp.rev.unwrap_or(0)))
+    }
+
+    /// SET: the new rev.
+    pub fn set(&mut self, path: &str, rev: i64, body: &[u8]) -> Result<i64, String> {
+        let resp = self.ok(Request {
+            verb: Some(Verb::Set as i32),
+            path: Some(path.to_string()),
+            value: Some(body.to_vec()),
+            rev: Some(rev),
+            ..Default::default()
+        })?;
+        resp.rev.ok_or_else(|| "SET without a rev".to_string())
+    }
+
+    pub fn self_id(&mut self) -> Result<String, String> {
+        let resp = self.ok(Request {
+            verb: Some(Verb::SelfId as i32),
+            ..Default::default()
+        })?;
+        Ok(String::from_utf8_lossy(&resp.value.unwrap_or_default()).into_owned())
+    }
+
+    /// The names in directory `path` (empty when it is absent or empty).
+    pub fn getdir(&mut self, path: &str) -> Result<Vec<String>, String> {
+        let mut names = Vec::new();
+        loop {
+            let resp = self.request(Request {
+                verb: Some(Verb::Getdir as i32),
+                path: Some(path.to_string()),
+                offset: Some(names.len() as i32),
+                ..Default::default()
+            })?;
+            match resp.err_code {
+                None => names.push(resp.path.unwrap_or_default()),
+                // RANGE (past the end) or NOENT (no such directory).
+                Some(8) | Some(22) => return Ok(names),
+                Some(code) => {
+                    return Err(format!(
+                        "{} answered GETDIR {path} with error {code} {:?}",
+                        self.addr, resp.err_detail
+                    ))
+                }
+            }
+        }
+    }
+
+    /// WAIT: the first event at or after `rev` on a path matching `glob`,
+    /// as `(path, rev, flags, body)`.
+    pub fn wait(&mut self, glob: &str, rev: i64) -> Result<(String, i64, i32, Vec<u8>), String> {
+        let resp = self.ok(Request {
+            verb: Some(Verb::Wait as i32),
+            path: Some(glob.to_string()),
+            rev: Some(rev),
+            ..Default::default()
+        })?;
+        Ok((
+            resp.path.unwrap_or_default(),
+            resp.rev.unwrap_or(0),
+            resp.flags.unwrap_or(0),
+            resp.value.unwrap_or_default(),
+        ))
     }
 }

@@ -567,7 +567,9 @@ fn crash_and_replace(sim: &mut Sim, members: usize) {
     }
 }
 
-fn seeds(default: u64) -> Vec<u64> {
+/// The seeds a test runs: `base + 1 ..= base + count`, or just `SIM_SEED`
+/// (the seed a failure printed) when that is set.
+fn seeds(base: u64, default: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {
         return vec![seed.parse().expect("SIM_SEED is a number")];
     }
@@ -575,27 +577,27 @@ fn seeds(default: u64) -> Vec<u64> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(default);
-    (1..=count).collect()
+    (base + 1..=base + count).collect()
 }
 
 #[test]
 fn three_members_and_a_slave_under_faults() {
-    for seed in seeds(150) {
+    for seed in seeds(0, 150) {
         scenario(seed, 3, 1, 1500);
     }
 }
 
 #[test]
 fn five_members_and_two_slaves_under_faults() {
-    for seed in seeds(60) {
-        scenario(1000 + seed, 5, 2, 1500);
+    for seed in seeds(1000, 60) {
+        scenario(seed, 5, 2, 1500);
     }
 }
 
 #[test]
 fn seven_members_under_faults() {
-    for seed in seeds(25) {
-        scenario(2000 + seed, 7, 1, 1500);
+    for seed in seeds(2000, 25) {
+        scenario(seed, 7, 1, 1500);
     }
 }
 
@@ -637,8 +639,8 @@ fn lone_survivor_waits_for_quorum() {
 /// #59: a few seconds of packet loss must not wedge anyone.
 #[test]
 fn short_packet_loss_heals() {
-    for seed in seeds(5) {
-        let mut sim = Sim::new(5900 + seed);
+    for seed in seeds(5900, 5) {
+        let mut sim = Sim::new(seed);
         let seed_id = sim.add_seed();
         for _ in 0..3 {
             sim.add_slave(&seed_id);

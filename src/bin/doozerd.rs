@@ -82,6 +82,11 @@ struct Flags {
     #[argh(option, long = "max-connections")]
     max_connections: Option<usize>,
 
+    /// slots a leader may run ahead of what it applied; a /ctl/cal change
+    /// governs voting this many slots later (default 256)
+    #[argh(option, long = "alpha")]
+    alpha: Option<usize>,
+
     /// print the version and exit
     #[argh(switch, short = 'v', long = "version")]
     version: bool,
@@ -91,8 +96,9 @@ struct Flags {
 /// argh wants `--name value` for long names and `-x` for one letter. Rewrite
 /// the Go spellings, and split `=` forms.
 fn normalise_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    const LONG: [&str; 10] = [
-        "listen", "attach", "boot", "cluster", "web", "pulse", "fill", "timeout", "hist", "version",
+    const LONG: [&str; 11] = [
+        "listen", "attach", "boot", "cluster", "web", "pulse", "fill", "timeout", "hist",
+        "version", "alpha",
     ];
     const GO_ONLY: [&str; 2] = ["tlscert", "tlskey"];
     let mut out = Vec::new();
@@ -177,6 +183,9 @@ fn config_from(flags: Flags) -> Result<Config, String> {
     }
     if let Some(n) = flags.max_connections {
         config.limits.max_connections = n;
+    }
+    if let Some(n) = flags.alpha {
+        config.alpha = n;
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

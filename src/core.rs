@@ -144,6 +144,41 @@ pub enum PeerMsg {
     LeaderIs { leader: NodeId, addr: String },
 }
 
+/// One node as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub addr: String,
+    /// Its id is in a `/ctl/cal` slot.
+    pub is_member: bool,
+    /// The rev it last reported having applied (known to the leader; this
+    /// node's own always).
+    pub applied: Option<Rev>,
+    /// Milliseconds since the leader last heard from it (known only on the
+    /// leader).
+    pub heard_ms_ago: Option<u64>,
+}
+
+/// What a node knows of its cluster, published for the web view and stats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub id: NodeId,
+    pub cluster_name: String,
+    pub rev: Rev,
+    /// The oldest rev still readable.
+    pub history_start: Rev,
+    pub leader: Option<NodeId>,
+    pub is_leader: bool,
+    pub is_member: bool,
+    pub writable: bool,
+    /// Every `/ctl/cal` slot: its name and the member in it (`None`: free).
+    pub cal: Vec<(String, Option<NodeId>)>,
+    /// Every registered node.
+    pub nodes: Vec<NodeView>,
+    pub pending_writes: usize,
+    pub waiting: usize,
+}
+
 /// A node's replicated state at one rev: enough to continue from `rev + 1`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SnapshotData {

@@ -165,6 +165,13 @@ impl AsRef<str> for Path {
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(Arc<str>);
 
+impl Default for NodeId {
+    /// The all-zero id (used only as a placeholder before a node has one).
+    fn default() -> Self {
+        NodeId::from_bytes([0; 10])
+    }
+}
+
 const BASE32_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 impl NodeId {

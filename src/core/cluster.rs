@@ -478,6 +478,57 @@ impl Core {
         }
     }
 
+    /// What this node knows of the cluster, for the web view and stats.
+    pub fn view(&self, tick_ms: u64) -> ClusterView {
+        let cal = cal_slots(self.store.current())
+            .into_iter()
+            .map(|(path, _, body)| {
+                let slot = path.as_str().rsplit('/').next().unwrap_or("").to_string();
+                let id = std::str::from_utf8(&body).ok().and_then(NodeId::parse);
+                (slot, id)
+            })
+            .collect();
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(id, addr)| {
+                let heard_ms_ago = if *id == self.node.id {
+                    Some(0)
+                } else if self.paxos.is_leader() {
+                    self.last_heard.get(id).map(|t| (self.ticks - t) * tick_ms)
+                } else {
+                    None
+                };
+                let applied = if *id == self.node.id {
+                    Some(self.store.rev())
+                } else {
+                    self.applied_of.get(id).copied()
+                };
+                NodeView {
+                    id: id.clone(),
+                    addr: addr.clone(),
+                    is_member: self.cal.contains(id),
+                    applied,
+                    heard_ms_ago,
+                }
+            })
+            .collect();
+        ClusterView {
+            id: self.node.id.clone(),
+            cluster_name: self.node.cluster_name.clone(),
+            rev: self.store.rev(),
+            history_start: self.store.head(),
+            leader: self.paxos.leader().cloned(),
+            is_leader: self.paxos.is_leader(),
+            is_member: self.cal.contains(&self.node.id),
+            writable: self.is_writable(),
+            cal,
+            nodes,
+            pending_writes: self.pending_writes.len(),
+            waiting: self.wait_tags.len(),
+        }
+    }
+
     /// The voter sets of the slots this node may still see proposed (more
     /// than one while a membership change is on its way in).
     pub fn window_voters(&self) -> Vec<BTreeSet<NodeId>> {

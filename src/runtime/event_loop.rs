@@ -54,10 +54,25 @@ pub struct NodeStatus {
     pub peer_in_dropped: AtomicU64,
     /// Peer messages dropped because a link's queue was full.
     pub peer_out_dropped: AtomicU64,
+    /// The cluster as the core saw it at the end of a recent batch
+    /// (refreshed a few times a second).
+    pub view: std::sync::Mutex<crate::core::ClusterView>,
+}
+
+impl NodeStatus {
+    /// A copy of the latest published cluster view.
+    pub fn cluster_view(&self) -> crate::core::ClusterView {
+        self.view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Inputs handled before outputs are routed; bounds the latency one batch adds.
 const MAX_BATCH: usize = 4096;
+/// How often the cluster view is published for the web view.
+const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Link {
     outbox: Outbox,
@@ -72,6 +87,7 @@ pub struct EventLoop {
     status: Arc<NodeStatus>,
     links: HashMap<ConnId, Link>,
     peers: PeerLinks,
+    view_published: std::time::Instant,
 }
 
 impl EventLoop {
@@ -90,6 +106,7 @@ impl EventLoop {
             tick,
             status,
             links: HashMap::new(),
+            view_published: std::time::Instant::now() - VIEW_INTERVAL,
             peers,
         }
     }
@@ -199,8 +216,18 @@ impl EventLoop {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         let status = &self.status;
+        let now = std::time::Instant::now();
+        if now.duration_since(self.view_published) >= VIEW_INTERVAL {
+            self.view_published = now;
+            let tick_ms = self.tick.as_millis() as u64;
+            let view = self.core.view(tick_ms);
+            *status
+                .view
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
+        }
         status
             .writable
             .store(self.core.is_writable(), Ordering::Release);

@@ -220,6 +220,7 @@ impl Config {
             max_pending_writes: self.limits.max_pending_writes,
             paxos: paxos::Settings {
                 window: self.alpha,
+                max_queued: self.limits.max_pending_writes,
                 ..paxos::Settings::default()
             },
             seed,

@@ -151,6 +151,10 @@ impl Core {
         for node in to.into_iter().filter(|n| *n != self.node.id) {
             self.send_peer(node, alive.clone(), out);
         }
+        // Forget what was heard from nodes that are gone.
+        let nodes = &self.nodes;
+        self.last_heard.retain(|id, _| nodes.contains_key(id));
+        self.applied_of.retain(|id, _| nodes.contains_key(id));
         self.register_if_missing(out);
         self.claim_free_slot(out);
         if self.paxos.is_leader() {

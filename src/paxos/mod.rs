@@ -98,6 +98,9 @@ pub struct Settings {
     pub max_batch_bytes: usize,
     /// Largest phase-2 batch, in slots.
     pub max_batch_slots: usize,
+    /// Values a leader holds before it has slots for them (when it cannot
+    /// reach a majority they pile up here); past it, `propose` refuses.
+    pub max_queued: usize,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             heartbeat_ticks: 10,
             max_batch_bytes: 4 << 20,
             max_batch_slots: 4096,
+            max_queued: 100_000,
         }
     }
 }
@@ -317,7 +321,12 @@ impl<V: Value> Paxos<V> {
     /// is known, so the caller can hold it and retry.
     pub fn propose(&mut self, value: V) -> Result<(), V> {
         match self.leader() {
-            Some(leader) if *leader == self.me => self.queue.push_back(value),
+            Some(leader) if *leader == self.me => {
+                if self.queue.len() >= self.settings.max_queued {
+                    return Err(value);
+                }
+                self.queue.push_back(value)
+            }
             Some(_) => self.forward.push(value),
             None => return Err(value),
         }
@@ -725,7 +734,8 @@ impl<V: Value> Paxos<V> {
             Msg::Commit { ballot, commit } => self.on_commit(from, ballot, commit, out),
             Msg::Forward { values } => {
                 if self.is_leader() {
-                    self.queue.extend(values);
+                    let room = self.settings.max_queued.saturating_sub(self.queue.len());
+                    self.queue.extend(values.into_iter().take(room));
                 }
                 // Otherwise dropped: the origin proposes again once it learns
                 // who leads.

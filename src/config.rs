@@ -88,7 +88,11 @@ pub struct Config {
     pub tls_key: Option<String>,
     /// The core's unit of time.
     pub tick: Duration,
-    /// Slots a leader may run past the commit point (the original's alpha).
+    /// Slots a leader may run past its applied point (the original's alpha):
+    /// it caps writes in flight, and a `/ctl/cal` change governs voting this
+    /// many slots later (the leader pads with nops). 64 measured no slower
+    /// than 256 with 64 connections or 128 pipelined requests on a 3-member
+    /// cluster, and pads a quarter as many nops per membership change.
     pub alpha: usize,
     pub limits: Limits,
     pub secrets: Secrets,
@@ -109,7 +113,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tick: Duration::from_millis(5),
-            alpha: 256,
+            alpha: 64,
             limits: Limits::default(),
             secrets: Secrets::default(),
         }

@@ -83,7 +83,7 @@ struct Flags {
     max_connections: Option<usize>,
 
     /// slots a leader may run ahead of what it applied; a /ctl/cal change
-    /// governs voting this many slots later (default 256)
+    /// governs voting this many slots later (default 64)
     #[argh(option, long = "alpha")]
     alpha: Option<usize>,
 

@@ -402,7 +402,13 @@ impl LinkTask {
 }
 
 async fn write(writer: &mut TcpStream, buf: &[u8]) -> Result<(), String> {
-    match rt::timeout(WRITE_TIMEOUT, writer.write_all(buf)).await {
+    // Most writes complete at once: try without a timer first, because
+    // arming one costs a wake-up of the reactor on every message.
+    let mut pending = Box::pin(writer.write_all(buf));
+    if let Some(done) = (&mut pending).now_or_never() {
+        return done.map_err(|err| format!("write failed: {err}"));
+    }
+    match rt::timeout(WRITE_TIMEOUT, pending).await {
         Some(Ok(())) => Ok(()),
         Some(Err(err)) => Err(format!("write failed: {err}")),
         None => Err("write timed out (the peer is not reading)".to_string()),

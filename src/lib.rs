@@ -32,3 +32,4 @@ pub mod session;
 pub mod store;
 pub mod types;
 pub mod uri;
+pub mod web;

@@ -220,7 +220,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let web = config.web_addr();
     let cluster = config.cluster_name.clone();
     let attaching = !config.attach.is_empty();
     let node = match rt::block_on(server::start(config)) {
@@ -239,8 +238,8 @@ fn main() -> ExitCode {
         } else {
             "seed"
         },
-        match web {
-            Some(addr) => format!("; web view {addr} not in this build yet"),
+        match &node.web_addr {
+            Some(addr) => format!("; web view on http://{addr}/"),
             None => String::new(),
         }
     );

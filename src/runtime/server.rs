@@ -37,6 +37,8 @@ pub struct Node {
     /// The address clients reach, as written in `/ctl/node/<id>/addr`.
     pub addr: String,
     pub status: Arc<NodeStatus>,
+    /// Where the web view listens (`None`: `-w false`).
+    pub web_addr: Option<String>,
     accept: rt::JoinHandle<()>,
 }
 
@@ -203,10 +205,23 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         peers: peer_inbound,
     });
     let accept = rt::spawn(accept_loop(listener, ctx));
+
+    // ---- web view (src/web): served on -w unless it is off ----
+    let web_addr = match config.web_addr() {
+        Some(web) => Some(
+            crate::web::start(&web, &addr, config.secrets.clone(), status.clone())
+                .await
+                .map_err(|source| StartError::Bind { addr: web, source })?,
+        ),
+        None => None,
+    };
+    // ---- end web view ----
+
     Ok(Node {
         id,
         addr,
         status,
+        web_addr,
         accept,
     })
 }

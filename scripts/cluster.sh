@@ -6,13 +6,15 @@
 #   scripts/cluster.sh status
 #   scripts/cluster.sh stop
 #
-# Nodes listen on 127.0.0.1:8046, 127.0.0.2:8046, ...; logs and PIDs go to
+# Nodes listen on 127.0.0.1:8046, 127.0.0.2:8046, ... with their web views on
+# port 8000 of the same addresses (the client port minus 46); logs and PIDs go to
 # $DOOZER_CLUSTER_DIR (default /tmp/doozer-cluster). Extra doozerd flags can be
 # given in DOOZERD_FLAGS (e.g. DOOZERD_FLAGS="-timeout 5").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${DOOZER_CLUSTER_DIR:-/tmp/doozer-cluster}
 port=${DOOZER_CLUSTER_PORT:-8046}
+web_port=$((port - 46))
 bin=target/release
 
 uri() { echo "doozer:?ca=127.0.0.1:$port"; }
@@ -42,8 +44,8 @@ start() {
     local addr="127.0.0.$i:$port" attach=()
     [ "$i" -gt 1 ] && attach=(-a "127.0.0.1:$port")
     # shellcheck disable=SC2086
-    "$bin/doozerd" -l "$addr" -w false "${attach[@]}" ${DOOZERD_FLAGS:-} >"$dir/node$i.log" 2>&1 &
-    echo "$! $addr" >> "$dir/pids"
+    "$bin/doozerd" -l "$addr" -w "127.0.0.$i:$web_port" "${attach[@]}" ${DOOZERD_FLAGS:-} >"$dir/node$i.log" 2>&1 &
+    echo "$! $addr http://127.0.0.$i:$web_port/" >> "$dir/pids"
     if [ "$i" -eq 1 ]; then
       wait_for 100 "$bin/doozer" -a "$(uri)" rev || { echo "the seed did not start; see $dir/node1.log" >&2; exit 1; }
     fi
@@ -64,7 +66,7 @@ start() {
 
 status() {
   [ -s "$dir/pids" ] || { echo "no cluster running"; return 0; }
-  echo "nodes (pid address):"
+  echo "nodes (pid address web-view):"
   sed 's/^/  /' "$dir/pids"
   echo "member slots:"
   for slot in $("$bin/doozer" -a "$(uri)" find /ctl/cal 2>/dev/null | grep '^/ctl/cal/'); do

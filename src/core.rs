@@ -709,12 +709,15 @@ impl Core {
     /// Applies every slot the engine has decided, in order, and answers
     /// whoever waited for them.
     fn apply_decided(&mut self, out: &mut Vec<Output>) {
+        let mut stream_to_slaves = None;
         while let Some((slot, decree)) = self.paxos.take_decided() {
-            self.apply(Rev(slot), decree, out);
+            let stream = *stream_to_slaves
+                .get_or_insert_with(|| self.paxos.is_leader() && !self.slaves().is_empty());
+            self.apply(Rev(slot), decree, stream, out);
         }
     }
 
-    fn apply(&mut self, rev: Rev, decree: Decree, out: &mut Vec<Output>) {
+    fn apply(&mut self, rev: Rev, decree: Decree, stream_to_slaves: bool, out: &mut Vec<Output>) {
         assert_eq!(
             rev,
             self.store.rev().next(),
@@ -731,7 +734,9 @@ impl Core {
                 let applied = self.applied_writes.entry(origin.clone()).or_default();
                 if *floor > applied.floor {
                     applied.floor = *floor;
-                    applied.seqs = applied.seqs.split_off(floor);
+                    while applied.seqs.first().is_some_and(|seq| seq < floor) {
+                        applied.seqs.pop_first();
+                    }
                 }
                 let duplicate = *seq < applied.floor || !applied.seqs.insert(*seq);
                 let event = if duplicate {
@@ -747,7 +752,8 @@ impl Core {
         while self.decided_log.len() > self.config.history_revs {
             self.decided_log.pop_front();
         }
-        if self.paxos.is_leader() {
+        // Streamed to slaves at the end of the batch.
+        if stream_to_slaves {
             self.newly_applied.push((rev, decree));
         }
         if let Some(pending) = mine.and_then(|seq| self.pending_writes.remove(&seq)) {

@@ -268,7 +268,7 @@ impl Core {
 
     /// Nodes that follow the log without voting: they get every decided slot
     /// from the leader as it is applied.
-    fn slaves(&self) -> Vec<NodeId> {
+    pub(super) fn slaves(&self) -> Vec<NodeId> {
         let next = self.paxos.next_to_deliver();
         let voters = self
             .paxos

@@ -149,25 +149,17 @@ pub fn decode_peer_msg(body: &[u8]) -> Result<PeerMsg, PeerFrameError> {
     decode_body(body)
 }
 
-/// Reads a 4-byte header. `Ok(None)` is a clean end of stream before its
-/// first byte.
+/// Reads a 4-byte header (the same framing as client frames).
 async fn read_header<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<[u8; HEADER_BYTES]>, PeerFrameError> {
-    let mut header = [0u8; HEADER_BYTES];
-    let mut got = 0;
-    while got < HEADER_BYTES {
-        let n = reader.read(&mut header[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(PeerFrameError::Truncated)
-            };
-        }
-        got += n;
-    }
-    Ok(Some(header))
+    crate::codec::client::read_header(reader)
+        .await
+        .map_err(|err| match err {
+            crate::codec::client::FrameError::Truncated => PeerFrameError::Truncated,
+            crate::codec::client::FrameError::Io(io) => PeerFrameError::Io(io),
+            other => PeerFrameError::Io(std::io::Error::other(other.to_string())),
+        })
 }
 
 /// Bytes reserved up front for a frame body; more is allocated only as the

@@ -743,6 +743,16 @@ impl<V: Value> Paxos<V> {
         }
     }
 
+    /// Tells `to` that this node promised a higher ballot, and how far it
+    /// knows the log.
+    fn reject(&mut self, to: NodeId, out: &mut Out<V>) {
+        let msg = Msg::Reject {
+            promised: self.promised.clone(),
+            commit: self.commit,
+        };
+        self.send(to, msg, out);
+    }
+
     fn become_follower(&mut self, leader: Option<NodeId>) {
         let heard = leader.is_some();
         if let Role::Follower {
@@ -824,12 +834,7 @@ impl<V: Value> Paxos<V> {
 
     fn on_prepare(&mut self, from: NodeId, ballot: Ballot, from_slot: Slot, out: &mut Out<V>) {
         if ballot < self.promised {
-            let msg = Msg::Reject {
-                promised: self.promised.clone(),
-                commit: self.commit,
-            };
-            self.send(from, msg, out);
-            return;
+            return self.reject(from, out);
         }
         self.promised = ballot.clone();
         if from != self.me {
@@ -970,12 +975,7 @@ impl<V: Value> Paxos<V> {
         out: &mut Out<V>,
     ) {
         if ballot < self.promised {
-            let msg = Msg::Reject {
-                promised: self.promised.clone(),
-                commit: self.commit,
-            };
-            self.send(from, msg, out);
-            return;
+            return self.reject(from, out);
         }
         self.promised = ballot.clone();
         self.heard_leader(from.clone());
@@ -1046,12 +1046,7 @@ impl<V: Value> Paxos<V> {
     fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot, out: &mut Out<V>) {
         if ballot < self.promised {
             // A deposed leader that has not heard yet: tell it.
-            let msg = Msg::Reject {
-                promised: self.promised.clone(),
-                commit: self.commit,
-            };
-            self.send(from, msg, out);
-            return;
+            return self.reject(from, out);
         }
         self.promised = ballot.clone();
         self.heard_leader(from.clone());

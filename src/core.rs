@@ -420,9 +420,9 @@ impl Core {
             check: RevCheck::NotOlderThan(0),
             body: Body::from(core.node.cluster_name.clone().into_bytes()),
         };
-        core.propose(Proposer::Register, name, &mut out);
+        core.propose(Proposer::Register, name);
         for mutation in core.registration(RevCheck::NotOlderThan(0)) {
-            core.propose(Proposer::Register, mutation, &mut out);
+            core.propose(Proposer::Register, mutation);
         }
         core.end_batch(&mut out);
         debug_assert!(out.is_empty(), "a lone seed has nobody to talk to");
@@ -588,13 +588,13 @@ impl Core {
             let outcome = Err(ReplyError::busy());
             return out.push(Output::Reply { conn, tag, outcome });
         }
-        self.propose(Proposer::Client { conn, tag }, mutation, out);
+        self.propose(Proposer::Client { conn, tag }, mutation);
     }
 
     /// Hands a write to the engine (queued here when leading, forwarded
     /// otherwise). Without a known leader it waits in `pending_writes` and
     /// is handed over once one is known.
-    fn propose(&mut self, proposer: Proposer, mutation: Mutation, out: &mut Vec<Output>) -> u64 {
+    fn propose(&mut self, proposer: Proposer, mutation: Mutation) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let floor = self.pending_writes.keys().next().copied().unwrap_or(seq);
@@ -614,8 +614,6 @@ impl Core {
             },
         );
         self.send_pending(seq);
-        let _ = out;
-        seq
     }
 
     fn send_pending(&mut self, seq: u64) {

@@ -28,7 +28,7 @@ impl Core {
         }
         if self.is_writable() {
             self.resend_pending();
-            self.pulse(out);
+            self.pulse();
         }
         if self.ticks % HOUSEKEEPING_TICKS == 0 {
             self.housekeeping(out);
@@ -84,7 +84,7 @@ impl Core {
         }
     }
 
-    fn pulse(&mut self, out: &mut Vec<Output>) {
+    fn pulse(&mut self) {
         if self.ticks - self.last_pulse_tick < self.config.pulse_ticks {
             return;
         }
@@ -108,7 +108,7 @@ impl Core {
             check: RevCheck::Clobber,
             body,
         };
-        self.propose(Proposer::Pulse, mutation, out);
+        self.propose(Proposer::Pulse, mutation);
     }
 
     fn housekeeping(&mut self, out: &mut Vec<Output>) {
@@ -155,16 +155,16 @@ impl Core {
         let nodes = &self.nodes;
         self.last_heard.retain(|id, _| nodes.contains_key(id));
         self.applied_of.retain(|id, _| nodes.contains_key(id));
-        self.register_if_missing(out);
-        self.claim_free_slot(out);
+        self.register_if_missing();
+        self.claim_free_slot();
         if self.paxos.is_leader() {
-            self.remove_silent_nodes(out);
+            self.remove_silent_nodes();
         }
     }
 
     /// Writes this node's `/ctl/node/<id>` entries when they are missing: on
     /// attach, and after the leader removed it while it was silent.
-    fn register_if_missing(&mut self, out: &mut Vec<Output>) {
+    fn register_if_missing(&mut self) {
         if self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
             return;
         }
@@ -177,13 +177,13 @@ impl Core {
         }
         log::info!("registering this node under /ctl/node/{}", self.node.id);
         for mutation in self.registration(RevCheck::Clobber) {
-            self.propose(Proposer::Register, mutation, out);
+            self.propose(Proposer::Register, mutation);
         }
     }
 
     /// A slave takes the first empty `/ctl/cal` slot with a conditional write,
     /// so exactly one contender wins it.
-    fn claim_free_slot(&mut self, out: &mut Vec<Output>) {
+    fn claim_free_slot(&mut self) {
         if self.cal.contains(&self.node.id) || !self.nodes.contains_key(&self.node.id) {
             return;
         }
@@ -204,14 +204,14 @@ impl Core {
                 check: RevCheck::NotOlderThan(rev.0),
                 body: Body::from(self.node.id.as_str().as_bytes().to_vec()),
             };
-            self.propose(Proposer::Claim, mutation, out);
+            self.propose(Proposer::Claim, mutation);
         }
     }
 
     /// The leader alone removes a node unheard of for `-timeout`: its member
     /// slot is emptied and its `/ctl/node/<id>` files deleted, each write
     /// conditional on what the leader saw, so a race costs nothing.
-    fn remove_silent_nodes(&mut self, out: &mut Vec<Output>) {
+    fn remove_silent_nodes(&mut self) {
         let Some(since) = self.lead_since else {
             return;
         };
@@ -245,7 +245,7 @@ impl Core {
                         check: RevCheck::NotOlderThan(rev.0),
                         body: Body::from(Vec::new()),
                     };
-                    self.propose(Proposer::Removal, mutation, out);
+                    self.propose(Proposer::Removal, mutation);
                 }
             }
             let Ok(dir) = Path::parse(&format!("/ctl/node/{id}")) else {
@@ -260,7 +260,7 @@ impl Core {
                         path,
                         check: RevCheck::NotOlderThan(rev.0),
                     };
-                    self.propose(Proposer::Removal, mutation, out);
+                    self.propose(Proposer::Removal, mutation);
                 }
             }
         }

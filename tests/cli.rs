@@ -227,3 +227,47 @@ fn secrets_deny_and_grant() {
     rev_line(&ok(&server, &["set", "-a", &rw, "/x", "0"], "v"));
     assert_eq!(ok(&server, &["get", "-a", &ro, "/x"], ""), "v");
 }
+
+#[test]
+fn help_and_bench_against_a_real_server() {
+    let server = Server::start(&[]);
+    let help = ok(&server, &["help", "set"], "");
+    assert!(help.starts_with("Use: "), "{help:?}");
+    assert!(help.contains("set [options] <path> <rev>"), "{help:?}");
+
+    // A short bench run: progress on stderr, a summary on stdout, no errors.
+    let r = run(
+        &server,
+        &[
+            "bench", "-c", "4", "-p", "2", "-op", "mixed", "-d", "1", "-keys", "20",
+        ],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let field = |name: &str| -> f64 {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {:?}", r.stdout));
+        line.split_whitespace()
+            .nth_back(if name.starts_with("latency") { 1 } else { 0 })
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("ops:") > 0.0);
+    assert_eq!(field("errors:"), 0.0);
+    assert!(field("ops/s:") > 0.0);
+    for p in [
+        "latency p50:",
+        "latency p90:",
+        "latency p99:",
+        "latency max:",
+    ] {
+        assert!(field(p) >= 0.0);
+    }
+    // The keys it wrote are there.
+    let listing = ok(&server, &["find", "/bench"], "");
+    assert!(listing.lines().count() > 1, "{listing:?}");
+}

@@ -459,26 +459,12 @@ impl Client {
     /// Every entry name of directory `path` at `rev` (GETDIR from offset 0
     /// until `RANGE`), like Go's `Getdir(dir, rev, 0, -1)`.
     pub async fn getdir_all(&self, path: &str, rev: i64) -> Result<Vec<String>, Error> {
-        let mut names = Vec::new();
-        loop {
-            match self.getdir(path, Some(rev), names.len() as i32).await {
-                Ok(name) => names.push(name),
-                Err(e) if e.code() == Some(ErrCode::Range) => return Ok(names),
-                Err(e) => return Err(e),
-            }
-        }
+        until_range(|offset| self.getdir(path, Some(rev), offset)).await
     }
 
     /// Every file matching `glob` at `rev` (WALK until `RANGE`).
     pub async fn walk_all(&self, glob: &str, rev: i64) -> Result<Vec<Event>, Error> {
-        let mut events = Vec::new();
-        loop {
-            match self.walk(glob, Some(rev), events.len() as i32).await {
-                Ok(ev) => events.push(ev),
-                Err(e) if e.code() == Some(ErrCode::Range) => return Ok(events),
-                Err(e) => return Err(e),
-            }
-        }
+        until_range(|offset| self.walk(glob, Some(rev), offset)).await
     }
 
     /// Go's `Statinfo`: STAT at `rev`; an absent path is `NOENT`.
@@ -521,6 +507,23 @@ pub enum Visit {
     Dir(String, FileInfo),
     File(String, FileInfo),
     Error(Error),
+}
+
+/// Calls `at(0)`, `at(1)`, … until the server answers `RANGE`: how the
+/// protocol lists (GETDIR, WALK take an offset).
+async fn until_range<T, F, Fut>(mut at: F) -> Result<Vec<T>, Error>
+where
+    F: FnMut(i32) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut items = Vec::new();
+    loop {
+        match at(items.len() as i32).await {
+            Ok(item) => items.push(item),
+            Err(e) if e.code() == Some(ErrCode::Range) => return Ok(items),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Go's `doozer.Walk(conn, rev, root, visitor, errors)`: the tree under

@@ -23,6 +23,9 @@ use crate::types::{Body, NodeId, Path, Rev, RevCheck};
 /// The version this server reports in `/ctl/node/<id>/version`, as the
 /// original did (clients and operators compare it).
 pub const NODE_VERSION: &str = "0.9.0-alpha";
+/// The file in which the current leader names itself (our addition to the
+/// original's `/ctl` layout).
+pub const LEADER_PATH: &str = "/ctl/leader";
 
 /// One client connection, as numbered by the runtime.
 pub type ConnId = u64;
@@ -242,6 +245,8 @@ enum Proposer {
     Claim,
     /// The leader removing a silent node.
     Removal,
+    /// The leader naming itself in `/ctl/leader`.
+    Leader,
 }
 
 /// A write proposed here and not applied yet.
@@ -789,7 +794,11 @@ impl Core {
                 };
                 out.push(Output::Reply { conn, tag, outcome });
             }
-            Proposer::Pulse | Proposer::Register | Proposer::Claim | Proposer::Removal => {
+            Proposer::Pulse
+            | Proposer::Register
+            | Proposer::Claim
+            | Proposer::Removal
+            | Proposer::Leader => {
                 if let Some(err) = event.error {
                     log::debug!("internal write at rev {} failed: {err}", event.rev);
                 }

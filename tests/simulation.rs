@@ -399,6 +399,22 @@ impl Sim {
         ));
     }
 
+    /// After a quiet spell, `/ctl/leader` names the node that leads.
+    fn check_leader_named(&self) {
+        let Some(leader) = self.leader() else {
+            self.fail("no leader after healing".into());
+        };
+        let path = Path::parse(doozer::core::LEADER_PATH).unwrap();
+        let store = self.nodes[&leader].core.store();
+        let named = match store.current().entry(&path) {
+            doozer::store::Entry::File { body, .. } => String::from_utf8_lossy(&body).into_owned(),
+            other => self.fail(format!("{} is {other:?}", doozer::core::LEADER_PATH)),
+        };
+        if named != leader.as_str() {
+            self.fail(format!("/ctl/leader names {named}, but {leader} leads"));
+        }
+    }
+
     /// Heals every fault, then checks that the cluster converges and takes
     /// writes again.
     fn heal_and_converge(&mut self) {
@@ -437,6 +453,7 @@ impl Sim {
                 if digests.len() != 1 {
                     self.fail("nodes at one rev differ".into());
                 }
+                self.check_leader_named();
                 return;
             }
         }

@@ -221,7 +221,6 @@ fn main() -> ExitCode {
         }
     };
     let cluster = config.cluster_name.clone();
-    let attaching = !config.attach.is_empty();
     let node = match rt::block_on(server::start(config)) {
         Ok(node) => node,
         Err(err) => {
@@ -233,10 +232,10 @@ fn main() -> ExitCode {
         "doozerd {NODE_VERSION} listening on {} as node {} of cluster {cluster:?} ({}){}",
         node.addr,
         node.id,
-        if attaching {
-            "attaching as a slave"
-        } else {
+        if node.seeded {
             "seed"
+        } else {
+            "attaching as a slave"
         },
         match &node.web_addr {
             Some(addr) => format!("; web view on http://{addr}/"),

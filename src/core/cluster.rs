@@ -29,6 +29,9 @@ impl Core {
         if self.is_writable() {
             self.resend_pending();
             self.pulse();
+            if self.paxos.is_leader() && (took_over || self.ticks % HOUSEKEEPING_TICKS == 0) {
+                self.announce_leadership();
+            }
         }
         if self.ticks % HOUSEKEEPING_TICKS == 0 {
             self.housekeeping(out);
@@ -60,6 +63,12 @@ impl Core {
         let leader = self.paxos.leader().cloned();
         let changed = leader != self.last_leader;
         self.last_leader = leader.clone();
+        if changed && !self.paxos.is_leader() {
+            // A deposed leader's announcement must not reach the next leader,
+            // which would apply it after its own.
+            self.pending_writes
+                .retain(|_, p| p.proposer != Proposer::Leader);
+        }
         let Some(leader) = leader else {
             return;
         };
@@ -82,6 +91,34 @@ impl Core {
         for seq in stale {
             self.send_pending(seq);
         }
+    }
+
+    /// The leader names itself in `/ctl/leader`, so clients can read and
+    /// watch who sequences writes (`doozer members` shows it). Looked at
+    /// again now and then, so an announcement of a deposed leader that was
+    /// decided late is corrected.
+    fn announce_leadership(&mut self) {
+        if self
+            .pending_writes
+            .values()
+            .any(|p| p.proposer == Proposer::Leader)
+        {
+            return;
+        }
+        let Ok(path) = Path::parse(LEADER_PATH) else {
+            return;
+        };
+        let id = self.node.id.as_str().as_bytes();
+        if matches!(self.store.current().entry(&path), Entry::File { body, .. } if &body[..] == id)
+        {
+            return;
+        }
+        let mutation = Mutation::Set {
+            path,
+            check: RevCheck::Clobber,
+            body: Body::from(id.to_vec()),
+        };
+        self.propose(Proposer::Leader, mutation);
     }
 
     fn pulse(&mut self) {

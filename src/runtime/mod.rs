@@ -1,7 +1,9 @@
 //! The process around the core: the event loop thread and the network edges.
 //! async-std is named only in [`rt`].
 
+pub mod attach;
 pub mod client_conn;
+pub mod dzns;
 pub mod event_loop;
 pub mod peer_link;
 pub mod rt;

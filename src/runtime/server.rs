@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
+use super::attach::find_member;
 use super::client_conn::{accept_loop, ClientContext};
+use super::dzns::{self, BootError, BootOutcome, Dzns};
 use super::event_loop::{EventLoop, NodeStatus};
 use super::peer_link::{PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
-use crate::client::Client;
 use crate::config::Config;
 use crate::core::{Core, NodeInfo};
 use crate::types::NodeId;
@@ -23,8 +23,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("booting through a DzNS (-b, DOOZER_BOOT_URI) is not available yet; use -a to attach")]
-    BootUnsupported,
+    #[error(transparent)]
+    Boot(#[from] BootError),
     #[error("failed to attach: {0}")]
     Attach(String),
     #[error("cannot start the core thread: {0}")]
@@ -39,6 +39,8 @@ pub struct Node {
     pub status: Arc<NodeStatus>,
     /// Where the web view listens (`None`: `-w false`).
     pub web_addr: Option<String>,
+    /// It founded its cluster (as opposed to attaching as a slave).
+    pub seeded: bool,
     accept: rt::JoinHandle<()>,
 }
 
@@ -64,78 +66,68 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// How long one `-a` address may take to answer the attach check.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The first `-a` address that is a member of a cluster with our name, and
-/// that member's id.
-async fn find_member(config: &Config) -> Result<(NodeId, String), StartError> {
-    let mut reasons = Vec::new();
-    for addr in &config.attach {
-        match rt::timeout(ATTACH_TIMEOUT * 3, check_member(addr, config)).await {
-            Some(Ok(id)) => return Ok((id, addr.clone())),
-            Some(Err(reason)) => reasons.push(format!("{addr}: {reason}")),
-            None => reasons.push(format!("{addr}: no answer in time")),
-        }
-    }
-    Err(StartError::Attach(reasons.join("; ")))
+/// Where this node's copy of the cluster comes from.
+enum Origin {
+    /// It founds the cluster.
+    Seed,
+    /// It attaches as a slave to `target`, a member at `target_addr`.
+    Attach { target: NodeId, target_addr: String },
 }
 
-/// The attach check of the original: the target answers, belongs to a
-/// cluster of the same name, and is one of its members (its id is in a
-/// `/ctl/cal` slot and that id's `addr` is exactly the address dialled).
-async fn check_member(addr: &str, config: &Config) -> Result<NodeId, String> {
-    let client = Client::connect_timeout(addr, ATTACH_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let secret = &config.secrets.read_write;
-    if !secret.is_empty() {
-        client
-            .access(secret.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let (name, _) = client
-        .get("/ctl/name", None)
-        .await
-        .map_err(|e| e.to_string())?;
-    if name != config.cluster_name.as_bytes() {
-        return Err(format!(
-            "it belongs to cluster {:?}, not {:?}",
-            String::from_utf8_lossy(&name),
-            config.cluster_name
-        ));
-    }
-    let rev = client.rev().await.map_err(|e| e.to_string())?;
-    let slots = client
-        .getdir_all("/ctl/cal", rev)
-        .await
-        .map_err(|e| e.to_string())?;
-    for slot in slots {
-        let (body, _) = client
-            .get(&format!("/ctl/cal/{slot}"), Some(rev))
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(id) = std::str::from_utf8(&body).ok().and_then(NodeId::parse) else {
-            continue;
-        };
-        let (member_addr, _) = client
-            .get(&format!("/ctl/node/{id}/addr"), Some(rev))
-            .await
-            .map_err(|e| e.to_string())?;
-        if member_addr == addr.as_bytes() {
-            return Ok(id);
+/// The start-up decision of reference §5.2: `-a` first; when that fails or
+/// is absent, the DzNS boot if there is a boot URI; else seed.
+async fn decide_origin(
+    config: &Config,
+    dzns: Option<&mut Dzns>,
+    id: &NodeId,
+    addr: &str,
+) -> Result<Origin, StartError> {
+    if !config.attach.is_empty() {
+        let search = find_member(&config.attach, config).await;
+        if let Some((target, target_addr)) = search.found {
+            return Ok(Origin::Attach {
+                target,
+                target_addr,
+            });
         }
+        if dzns.is_none() {
+            return Err(StartError::Attach(search.reasons()));
+        }
+        log::warn!(
+            "could not attach through -a ({}); booting through the DzNS",
+            search.reasons()
+        );
     }
-    Err("it is not a member (no /ctl/cal slot names a node with this address)".into())
+    let Some(dzns) = dzns else {
+        return Ok(Origin::Seed);
+    };
+    log::info!(
+        "looking up cluster {:?} in the DzNS at {}",
+        config.cluster_name,
+        dzns.uri()
+    );
+    Ok(match dzns::boot(dzns, config, id, addr).await? {
+        BootOutcome::Seed => Origin::Seed,
+        BootOutcome::Attach {
+            target,
+            target_addr,
+        } => Origin::Attach {
+            target,
+            target_addr,
+        },
+    })
 }
 
 /// Binds `-l`, seeds a new cluster or attaches to one, and starts serving.
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
-    if config.attach.is_empty() && config.boot_uri.is_some() {
-        return Err(StartError::BootUnsupported);
-    }
+    let mut dzns = match &config.boot_uri {
+        Some(uri) => {
+            dzns::check_cluster_name(&config.cluster_name)?;
+            Some(Dzns::new(uri, &config.secrets.read_write)?)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -147,20 +139,26 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen.clone());
     let id = new_node_id();
+    let origin = decide_origin(&config, dzns.as_mut(), &id, &addr).await?;
     let info = NodeInfo {
         id: id.clone(),
         addr: addr.clone(),
         hostname: hostname(),
         cluster_name: config.cluster_name.clone(),
-        register_ns: true,
+        // Booted through a DzNS, the cluster is listed there instead.
+        register_ns: dzns.is_none(),
     };
     let core_config = config.core_config(rand::random());
-    let core = if config.attach.is_empty() {
-        Core::seed(info, core_config)
-    } else {
-        let (target, target_addr) = find_member(&config).await?;
-        log::info!("attaching to {target_addr} (node {target}) as a slave");
-        Core::join(info, core_config, target, target_addr)
+    let seeded = matches!(origin, Origin::Seed);
+    let core = match origin {
+        Origin::Seed => Core::seed(info, core_config),
+        Origin::Attach {
+            target,
+            target_addr,
+        } => {
+            log::info!("attaching to {target_addr} (node {target}) as a slave");
+            Core::join(info, core_config, target, target_addr)
+        }
     };
 
     let status = Arc::new(NodeStatus::default());
@@ -217,11 +215,20 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     };
     // ---- end web view ----
 
+    if let Some(dzns) = dzns {
+        rt::spawn(dzns::keep_registered(
+            dzns,
+            config.cluster_name.clone(),
+            status.clone(),
+        ));
+    }
+
     Ok(Node {
         id,
         addr,
         status,
         web_addr,
+        seeded,
         accept,
     })
 }

@@ -271,3 +271,78 @@ fn help_and_bench_against_a_real_server() {
     let listing = ok(&server, &["find", "/bench"], "");
     assert!(listing.lines().count() > 1, "{listing:?}");
 }
+
+/// `doozer members` on a one-node cluster: one `leader` line for slot 0; an
+/// opened slot shows as `empty`; an argument is a usage error.
+#[test]
+fn members_lists_slots_and_roles() {
+    let server = Server::start(&[]);
+    let id = ok(&server, &["self"], "");
+    let applied_ok = |applied: &str| applied == "-" || applied.parse::<i64>().is_ok();
+
+    let out = ok(&server, &["members"], "");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(out.ends_with('\n'), "{out:?}");
+    assert_eq!(lines.len(), 1, "{out:?}");
+    let fields: Vec<&str> = lines[0].split(' ').collect();
+    assert_eq!(fields.len(), 5, "{out:?}");
+    assert_eq!(
+        fields[..4],
+        ["0", id.as_str(), server.addr.as_str(), "leader"],
+        "{out:?}"
+    );
+    assert!(applied_ok(fields[4]), "{out:?}");
+
+    // At an explicit revision, with -r before or after the command.
+    let rev = rev_line(&ok(&server, &["rev"], ""));
+    let at = ok(&server, &["members", "-r", &rev.to_string()], "");
+    assert_eq!(at.lines().count(), 1, "{at:?}");
+    assert!(
+        at.starts_with(&format!("0 {id} {} ", server.addr)),
+        "{at:?}"
+    );
+
+    // An operator opens slot 1: nobody is there to claim it.
+    rev_line(&ok(&server, &["set", "/ctl/cal/1", "0"], ""));
+    let out = ok(&server, &["members"], "");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(
+        lines[0].starts_with(&format!("0 {id} {} leader ", server.addr)),
+        "{out:?}"
+    );
+    assert_eq!(lines[1], "1 - - empty -");
+    // The old revision still shows the one slot.
+    let before = ok(&server, &["-r", &rev.to_string(), "members"], "");
+    assert_eq!(before, at);
+
+    // Usage errors and help.
+    let r = run(&server, &["members", "extra"], "");
+    assert_eq!(r.code, 127);
+    assert_eq!(r.stderr, "members: wrong number of arguments\n");
+    assert!(r.stdout.starts_with("Use: "), "{:?}", r.stdout);
+    let help = ok(&server, &["help", "members"], "");
+    assert!(
+        help.contains("<slot> <id> <addr> <role> <applied>"),
+        "{help:?}"
+    );
+    let r = run(&server, &["-h"], "");
+    assert!(
+        r.stderr.contains("  members          - "),
+        "usage lists members: {:?}",
+        r.stderr
+    );
+}
+
+#[test]
+fn members_against_no_server_is_an_error() {
+    let addr = free_addr();
+    let out = doozer_with_env(
+        &[("DOOZER_URI", &format!("doozer:?ca={addr}"))],
+        &["members"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("Error: dial tcp"));
+    assert!(out.stdout.is_empty());
+}

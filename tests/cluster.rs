@@ -275,6 +275,50 @@ fn walk_through_members_slave_reads_writes_watch() {
         );
     }
 
+    // `doozer members` (here on the slave): the three slots in order, one of
+    // them the leader, then the slave; ids and addresses match the nodes.
+    wait_for(
+        "doozer members to list 3 members and 1 slave",
+        Duration::from_secs(5),
+        || {
+            let out = c.nodes[slave].doozer(&["members"], b"");
+            if !out.status.success() {
+                return Err(format!("{:?}: {}", out.status, text(&out.stderr)));
+            }
+            let out = text(&out.stdout);
+            let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split(' ').collect()).collect();
+            let check = || -> Option<()> {
+                if lines.len() != 4 || lines.iter().any(|f| f.len() != 5) {
+                    return None;
+                }
+                let mut leaders = 0;
+                for (k, f) in lines.iter().enumerate() {
+                    let (slot, id, addr, role, applied) = (f[0], f[1], f[2], f[3], f[4]);
+                    let i = c.index_of(id)?;
+                    if addr != c.nodes[i].addr
+                        || !(applied == "-" || applied.parse::<i64>().is_ok())
+                    {
+                        return None;
+                    }
+                    if k < 3 {
+                        if slot != k.to_string() || cal.get(slot)? != id {
+                            return None;
+                        }
+                        match role {
+                            "leader" => leaders += 1,
+                            "member" => {}
+                            _ => return None,
+                        }
+                    } else if slot != "-" || i != slave || role != "slave" {
+                        return None;
+                    }
+                }
+                (leaders == 1).then_some(())
+            };
+            check().ok_or(format!("{out:?}"))
+        },
+    );
+
     // A write through each node is visible on every node.
     for i in 0..4 {
         let path = format!("/walk/via-{}", c.nodes[i].name);

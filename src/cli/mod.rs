@@ -12,6 +12,7 @@
 //! real process.
 
 pub mod goflag;
+pub mod members;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -122,6 +123,33 @@ newline is added). An absent file prints nothing.
         nargs: 1,
         desc: "explain one command",
         help: "",
+    },
+    Command {
+        name: "members",
+        args: "",
+        nargs: 0,
+        desc: "list the cluster's members and slaves",
+        help: "Lists the nodes of the cluster as /ctl shows them at one revision (-r,
+or the current one): first every slot of /ctl/cal, in slot order, then
+every registered node that holds no slot, in id order. One line each,
+five fields separated by single spaces:
+
+  <slot> <id> <addr> <role> <applied>
+
+  <slot>     the slot's name; - for a node without a slot
+  <id>       the node's id (what `self` prints on that node)
+  <addr>     the address the node listens on
+  <role>     leader   a member, and the one leading the cluster now
+             member   a voting member holding this slot
+             empty    an open slot no node has claimed yet
+             slave    a node with a full copy of the data and no vote
+  <applied>  the last revision the node reported as applied; it is
+             reported now and then, so it may lag behind
+
+Anything unknown is printed as -, so every line has five fields. A
+cluster that does not record its leader in /ctl/leader shows every
+member as member.
+",
     },
     Command {
         name: "nop",
@@ -512,6 +540,7 @@ pub fn run(argv: &[String], env: &Env, io: &mut Io<'_>) -> i32 {
         ("del", [path, rev]) => del(&g, path, rev),
         ("get", [path]) => get(&g, io, path),
         ("touch", [path]) => touch(&g, path),
+        ("members", []) => members::members(&g, io),
         ("nop", []) => with_client(&g, |c| async move { c.nop().await.map_err(Failure::from) }),
         ("rev", []) => rev(&g, io),
         ("self", []) => self_id(&g, io),
@@ -898,6 +927,7 @@ Commands:
   find <path>      - list a tree
   get <path>       - print a file's body
   help <command>   - explain one command
+  members          - list the cluster's members and slaves
   nop              - commit an empty change
   rev              - print the current revision
   self             - print the server's node id

@@ -593,21 +593,25 @@ async fn sync(
     Ok(())
 }
 
-/// Whether a node answers at `addr` with the id `entry` names.
+/// Whether a node answers at `addr` with the id `entry` names. A node that
+/// refuses to say (it has secrets we lack) counts as answering: it is alive
+/// and its entry is not ours to judge.
 async fn answers_as(addr: &str, entry: &str) -> bool {
     let probe = async {
         let client = Client::connect_timeout(addr, DZNS_CONNECT_TIMEOUT)
             .await
             .ok()?;
-        let id = client.self_id().await.ok();
+        let answer = client.self_id().await;
         client.close();
-        id
+        Some(match answer {
+            Ok(id) => id == entry.as_bytes(),
+            Err(e) => e.code().is_some(),
+        })
     };
-    match rt::timeout(DZNS_REQUEST_TIMEOUT, probe).await.flatten() {
-        Some(id) => id == entry.as_bytes(),
-        // A node that refuses SELF (secrets) is alive; leave its entry.
-        None => false,
-    }
+    rt::timeout(DZNS_REQUEST_TIMEOUT, probe)
+        .await
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Warns when the boot entry names a node this cluster never knew: another

@@ -70,6 +70,10 @@ fn node(n: u8, cluster: &str, inbox_capacity: usize) -> Node {
     let (inbox_tx, inbox) = crossbeam_channel::bounded(inbox_capacity);
     let (control_tx, control) = crossbeam_channel::unbounded();
     let status = Arc::new(NodeStatus::default());
+    // As a node with its copy of the store: clients are served at once.
+    status
+        .writable
+        .store(true, std::sync::atomic::Ordering::Release);
     let ctx = Arc::new(ClientContext {
         inbox: inbox_tx.clone(),
         control: control_tx,

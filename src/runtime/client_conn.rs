@@ -11,6 +11,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
@@ -98,6 +99,9 @@ async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
     }
 }
 
+/// How often a client held while the node fetches its copy looks again.
+const COPY_POLL: Duration = Duration::from_millis(10);
+
 /// Serves a client whose first frame header was already read.
 async fn serve(
     conn: ConnId,
@@ -108,6 +112,13 @@ async fn serve(
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    // A node still fetching its first copy of the store (attaching) has
+    // nothing true to say yet: an empty tree at rev 0 would mislead. Hold
+    // the client until the copy is in, as the original did by accepting
+    // nobody before its clone; the client may give up by closing.
+    while !ctx.status.writable.load(Ordering::Acquire) {
+        rt::sleep(COPY_POLL).await;
+    }
     let session = Arc::new(Mutex::new(Session::new(
         ctx.secrets.clone(),
         ctx.node_id.clone(),

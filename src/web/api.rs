@@ -277,8 +277,13 @@ pub async fn cluster(upstream: &Upstream, status: &NodeStatus) -> ApiResult {
             .map(|(slot, _)| slot.as_str());
         // The leader knows every node's applied rev; elsewhere the node's own
         // report in /ctl/node/<id>/applied (written every pulse) stands in.
-        let applied = n.applied.map(|r| r.0).or(f.applied);
-        let lag = applied.map(|a| (my_rev - a).max(0));
+        // Each is compared with the rev of the same reading: the view's own,
+        // or the rev the files were read at.
+        let (applied, lag) = match (n.applied, f.applied) {
+            (Some(a), _) => (Some(a.0), Some((view.rev.0 - a.0).max(0))),
+            (None, Some(a)) => (Some(a), Some((my_rev - a).max(0))),
+            (None, None) => (None, None),
+        };
         Obj::new()
             .str("id", n.id.as_str())
             .str("addr", &n.addr)

@@ -505,3 +505,52 @@ impl TimedConn {
         ))
     }
 }
+
+impl Node {
+    /// Like `spawn`, with `env` added to the process's environment (set after
+    /// the secrets and `DOOZER_BOOT_URI` are cleared, so it may set them).
+    pub fn spawn_env(
+        name: &str,
+        addr: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &std::path::Path,
+    ) -> Node {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(DOOZERD);
+        cmd.args(["-l", addr, "-w", "false"]).args(args);
+        cmd.env_remove("DOOZER_RWSECRET")
+            .env_remove("DOOZER_ROSECRET")
+            .env_remove("DOOZER_BOOT_URI");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        let child = cmd.spawn().expect("doozerd starts");
+        Node {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            log,
+            child,
+            killed: false,
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None`
+    /// when it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

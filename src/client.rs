@@ -648,19 +648,43 @@ pub async fn dial_uri_str(uri: &str, boot: &str) -> Result<Client, Error> {
 /// The addresses a boot cluster lists for cluster `name` (Go's `lookup`).
 /// No `/ctl/ns/<name>` at all is an empty list.
 pub async fn lookup(dzns: &Client, name: &str) -> Result<Vec<String>, Error> {
+    Ok(ns_entries(dzns, name)
+        .await?
+        .into_iter()
+        .map(|entry| entry.addr)
+        .collect())
+}
+
+/// One file `/ctl/ns/<cluster>/<name>` of a boot cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NsEntry {
+    /// The entry's name (a node id, when doozerd wrote it).
+    pub name: String,
+    /// The address it holds, with the default port when it names none.
+    pub addr: String,
+    pub rev: i64,
+}
+
+/// Every entry a boot cluster lists under `/ctl/ns/<cluster>`, read at one
+/// rev. No directory at all is an empty list.
+pub async fn ns_entries(dzns: &Client, cluster: &str) -> Result<Vec<NsEntry>, Error> {
     let rev = dzns.rev().await?;
-    let dir = format!("/ctl/ns/{name}");
+    let dir = format!("/ctl/ns/{cluster}");
     let names = match dzns.getdir_all(&dir, rev).await {
         Ok(names) => names,
         Err(e) if e.code() == Some(ErrCode::NoEnt) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut addrs = Vec::with_capacity(names.len());
-    for entry in names {
-        let (body, _) = dzns.get(&format!("{dir}/{entry}"), Some(rev)).await?;
-        addrs.push(with_default_port(&String::from_utf8_lossy(&body)));
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        let (body, rev) = dzns.get(&format!("{dir}/{name}"), Some(rev)).await?;
+        entries.push(NsEntry {
+            name,
+            addr: with_default_port(&String::from_utf8_lossy(&body)),
+            rev,
+        });
     }
-    Ok(addrs)
+    Ok(entries)
 }
 
 /// A random `u64` from the standard library's per-process random hash keys.

@@ -19,28 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Polls `probe` until it yields a value or `limit` passes; then panics with
-/// `what` and the last thing `probe` said (the cluster's logs follow, printed
-/// by `Cluster`'s drop).
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    let mut last;
-    loop {
-        match probe() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// The nodes of one cluster; on a failed test prints every node's log tail.
 struct Cluster {
     nodes: Vec<Node>,
@@ -52,18 +30,7 @@ struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "----- {} {} (pid {}) log tail:\n{}",
-                    node.name,
-                    node.addr,
-                    node.pid(),
-                    node.log_tail(40)
-                );
-            }
-            eprintln!("----- logs in {}", self.dir.path.display());
-        }
+        print_logs_if_panicking(&self.nodes, &self.dir);
     }
 }
 
@@ -146,13 +113,7 @@ impl Cluster {
 
     /// `/ctl/cal` as node `i` has it: slot name → body.
     fn cal(&self, i: usize) -> Result<BTreeMap<String, String>, String> {
-        let mut conn = self.conn(i);
-        let mut cal = BTreeMap::new();
-        for slot in conn.getdir("/ctl/cal")? {
-            let (body, _) = conn.get(&format!("/ctl/cal/{slot}"))?;
-            cal.insert(slot, text(&body));
-        }
-        Ok(cal)
+        self.conn(i).dir_bodies("/ctl/cal")
     }
 
     /// Waits until node `i` has applied at least `rev`.

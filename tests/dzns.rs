@@ -19,27 +19,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use doozer::codec::client::{Request, Verb};
 
-/// Polls `probe` every 50 ms until it yields a value or `limit` passes; then
-/// panics with `what` and the last thing `probe` said.
-fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    let mut last;
-    loop {
-        match probe() {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}; last: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// The rev `doozer set` printed.
 fn rev_of(out: &Output, what: &str) -> i64 {
     assert!(
@@ -93,18 +72,7 @@ struct Bed {
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in &self.nodes {
-                eprintln!(
-                    "----- {} {} (pid {}) log tail:\n{}",
-                    node.name,
-                    node.addr,
-                    node.pid(),
-                    node.log_tail(40)
-                );
-            }
-            eprintln!("----- logs in {}", self.dir.path.display());
-        }
+        print_logs_if_panicking(&self.nodes, &self.dir);
     }
 }
 
@@ -228,25 +196,13 @@ impl Bed {
 
     /// `/ctl/cal` as node `i` has it: slot → body.
     fn cal(&self, i: usize) -> Result<BTreeMap<String, String>, String> {
-        let mut conn = self.conn(i);
-        let mut cal = BTreeMap::new();
-        for slot in conn.getdir("/ctl/cal")? {
-            let (body, _) = conn.get(&format!("/ctl/cal/{slot}"))?;
-            cal.insert(slot, text(&body));
-        }
-        Ok(cal)
+        self.conn(i).dir_bodies("/ctl/cal")
     }
 
     /// `/ctl/ns/<name>` in the DzNS (read on its first node): id → address.
     fn ns(&self, dzns: &Dzns, name: &str) -> Result<BTreeMap<String, String>, String> {
-        let mut conn = self.conn(dzns.nodes[0]);
-        let dir = format!("/ctl/ns/{name}");
-        let mut ns = BTreeMap::new();
-        for id in conn.getdir(&dir)? {
-            let (body, _) = conn.get(&format!("{dir}/{id}"))?;
-            ns.insert(id, text(&body));
-        }
-        Ok(ns)
+        self.conn(dzns.nodes[0])
+            .dir_bodies(&format!("/ctl/ns/{name}"))
     }
 
     /// `/ctl/boot/<name>` in the DzNS.

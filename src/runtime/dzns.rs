@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use super::attach::find_member;
 use super::event_loop::NodeStatus;
 use super::rt;
-use crate::client::{dial_uri_timeout, Client, Error as ClientError};
+use crate::client::{dial_uri_timeout, ns_entries, Client, Error as ClientError, NsEntry};
 use crate::config::Config;
 use crate::error::ErrCode;
 use crate::types::{NodeId, Path};
@@ -123,14 +123,6 @@ impl DznsError {
     }
 }
 
-/// One `/ctl/ns/<name>/<entry>` file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NsEntry {
-    pub name: String,
-    pub addr: String,
-    pub rev: i64,
-}
-
 impl Dzns {
     pub fn new(uri_text: &str, secret: &str) -> Result<Dzns, BootError> {
         let uri = Uri::parse(uri_text).map_err(|e| BootError::BadUri {
@@ -188,28 +180,8 @@ impl Dzns {
 
     /// Every entry under `/ctl/ns/<name>`, read at one rev.
     async fn ns_entries(&mut self, name: &str) -> Result<Vec<NsEntry>, DznsError> {
-        let dir = format!("/ctl/ns/{name}");
-        self.run(|c| async move {
-            let rev = c.rev().await?;
-            let names = match c.getdir_all(&dir, rev).await {
-                Ok(names) => names,
-                Err(e) if e.code() == Some(ErrCode::NoEnt) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
-            };
-            let mut entries = Vec::with_capacity(names.len());
-            for name in names {
-                let (body, rev) = c.get(&format!("{dir}/{name}"), Some(rev)).await?;
-                if rev > 0 {
-                    entries.push(NsEntry {
-                        name,
-                        addr: with_default_port(&String::from_utf8_lossy(&body)),
-                        rev,
-                    });
-                }
-            }
-            Ok(entries)
-        })
-        .await
+        self.run(|c| async move { ns_entries(&c, name).await })
+            .await
     }
 
     async fn get(&mut self, path: &str) -> Result<(Vec<u8>, i64), DznsError> {

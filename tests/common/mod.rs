@@ -10,6 +10,70 @@ use std::time::{Duration, Instant};
 use doozer::codec::client::{encode_frame, Request, Response, Verb};
 use prost::Message;
 
+/// Polls `probe` every 50 ms until it yields a value or `limit` passes; then
+/// panics with `what` and the last thing `probe` said.
+pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() > limit => {
+                panic!("timed out after {limit:?} waiting for {what}; last: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Starts `doozerd -l addr -w web <args>` with a clean environment plus
+/// `env`, its output in `<dir>/<name>.log`; returns at once.
+pub fn spawn_doozerd(
+    name: &str,
+    addr: &str,
+    web: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    dir: &std::path::Path,
+) -> (Child, std::path::PathBuf) {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(DOOZERD);
+    cmd.args(["-l", addr, "-w", web]).args(args);
+    cmd.env_remove("DOOZER_RWSECRET")
+        .env_remove("DOOZER_ROSECRET")
+        .env_remove("DOOZER_BOOT_URI");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    (cmd.spawn().expect("doozerd starts"), log)
+}
+
+/// On a failing test (called from a `Drop`), prints each node's log tail
+/// and where the logs are kept.
+pub fn print_logs_if_panicking(nodes: &[Node], dir: &TempDir) {
+    if !std::thread::panicking() {
+        return;
+    }
+    for node in nodes {
+        eprintln!(
+            "----- {} {} (pid {}) log tail:\n{}",
+            node.name,
+            node.addr,
+            node.pid(),
+            node.log_tail(40)
+        );
+    }
+    eprintln!("----- logs in {}", dir.path.display());
+}
+
+/// Bytes as text, lossily.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 pub const DOOZERD: &str = env!("CARGO_BIN_EXE_doozerd");
 pub const DOOZER: &str = env!("CARGO_BIN_EXE_doozer");
 
@@ -240,24 +304,7 @@ impl Node {
     /// Starts `doozerd -l addr -w false <args>` and returns at once (see
     /// `wait_answers`).
     pub fn spawn(name: &str, addr: &str, args: &[&str], dir: &std::path::Path) -> Node {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(DOOZERD);
-        cmd.args(["-l", addr, "-w", "false"]).args(args);
-        cmd.env_remove("DOOZER_RWSECRET")
-            .env_remove("DOOZER_ROSECRET")
-            .env_remove("DOOZER_BOOT_URI")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let child = cmd.spawn().expect("doozerd starts");
-        Node {
-            name: name.to_string(),
-            addr: addr.to_string(),
-            log,
-            child,
-            killed: false,
-        }
+        Node::spawn_env(name, addr, args, &[], dir)
     }
 
     pub fn pid(&self) -> u32 {
@@ -465,6 +512,19 @@ impl TimedConn {
     }
 
     /// The names in directory `path` (empty when it is absent or empty).
+    /// Every file directly in `dir`: name → body as text.
+    pub fn dir_bodies(
+        &mut self,
+        dir: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let mut files = std::collections::BTreeMap::new();
+        for name in self.getdir(dir)? {
+            let (body, _) = self.get(&format!("{dir}/{name}"))?;
+            files.insert(name, text(&body));
+        }
+        Ok(files)
+    }
+
     pub fn getdir(&mut self, path: &str) -> Result<Vec<String>, String> {
         let mut names = Vec::new();
         loop {
@@ -516,20 +576,7 @@ impl Node {
         env: &[(&str, &str)],
         dir: &std::path::Path,
     ) -> Node {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(DOOZERD);
-        cmd.args(["-l", addr, "-w", "false"]).args(args);
-        cmd.env_remove("DOOZER_RWSECRET")
-            .env_remove("DOOZER_ROSECRET")
-            .env_remove("DOOZER_BOOT_URI");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let child = cmd.spawn().expect("doozerd starts");
+        let (child, log) = spawn_doozerd(name, addr, "false", args, env, dir);
         Node {
             name: name.to_string(),
             addr: addr.to_string(),

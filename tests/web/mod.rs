@@ -8,10 +8,10 @@ pub mod cdp;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::common::{doozer_with_env, free_addr_on, DOOZERD};
+use crate::common::{doozer_with_env, free_addr_on, spawn_doozerd};
 
 /// A `doozerd` with its web view on, killed (SIGKILL) on drop; its log goes
 /// to `log`, whose tail a failing test prints.
@@ -59,20 +59,7 @@ impl WebNode {
         env: &[(&str, &str)],
         dir: &Path,
     ) -> WebNode {
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(DOOZERD);
-        cmd.args(["-l", addr, "-w", web]).args(args);
-        cmd.env_remove("DOOZER_RWSECRET")
-            .env_remove("DOOZER_ROSECRET")
-            .env_remove("DOOZER_BOOT_URI");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        let child = cmd.spawn().expect("doozerd starts");
+        let (child, log) = spawn_doozerd(name, addr, web, args, env, dir);
         WebNode {
             name: name.to_string(),
             addr: addr.to_string(),
@@ -364,20 +351,7 @@ impl Sse {
     }
 }
 
-/// Polls `probe` until it yields a value or `limit` passes; then panics with
-/// `what` and the last thing `probe` said.
-pub fn wait_for<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > limit => {
-                panic!("timed out after {limit:?} waiting for {what}; last: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
+pub use crate::common::wait_for;
 
 /// Standard base64 (with or without padding) to bytes.
 pub fn base64_decode(text: &str) -> Vec<u8> {

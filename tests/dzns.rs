@@ -778,3 +778,55 @@ fn boot_fails_cleanly_with_a_wrong_secret() {
             ))
     });
 }
+
+/// `-a` and a boot URI together (reference §5.2): `-a` is tried first; when
+/// it names no live member, the node boots through the DzNS instead. Both
+/// end up as slaves of the one booted cluster.
+#[test]
+fn attach_flag_is_tried_before_the_dzns() {
+    let mut bed = Bed::new("dzns-attach-first");
+    let dzns = bed.start_dzns(1);
+    let name = "both";
+    let args = ["-c", name, "-b", dzns.uri.as_str()];
+    let seed = bed.spawn("seed", 11, &args, &[]);
+    let seed_id = bed.wait_booted(&[seed], name, Duration::from_secs(30))[0].clone();
+
+    // A live member through -a, and a dead address through -a.
+    let seed_addr = bed.addr(seed);
+    let dead_addr = free_addr_on(&format!("{}99", bed.net));
+    let mut with_live = vec!["-a", seed_addr.as_str()];
+    with_live.extend_from_slice(&args);
+    let mut with_dead = vec!["-a", dead_addr.as_str()];
+    with_dead.extend_from_slice(&args);
+    let live = bed.spawn("via-a", 12, &with_live, &[]);
+    let fallback = bed.spawn("via-dzns", 13, &with_dead, &[]);
+    let nodes = [seed, live, fallback];
+    let ids = bed.wait_booted(&nodes, name, Duration::from_secs(30));
+    assert_eq!(bed.wait_one_seed(&nodes, &ids, Duration::from_secs(10)), 0);
+
+    // Both registered in the seed's cluster, as slaves.
+    for k in 1..3 {
+        let path = format!("/ctl/node/{}/addr", ids[k]);
+        let addr = bed.addr(nodes[k]);
+        wait_for(&format!("{path} = {addr}"), Duration::from_secs(10), || {
+            let (body, _) = bed.conn(seed).get(&path)?;
+            (text(&body) == addr)
+                .then_some(())
+                .ok_or(format!("{:?}", text(&body)))
+        });
+    }
+    assert_eq!(bed.cal(seed).unwrap().len(), 1, "no slot opened yet");
+    let live_log = std::fs::read_to_string(&bed.nodes[live].log).unwrap();
+    assert!(
+        !live_log.contains("looking up cluster"),
+        "-a alone sufficed:\n{live_log}"
+    );
+    let fallback_log = std::fs::read_to_string(&bed.nodes[fallback].log).unwrap();
+    assert!(
+        fallback_log.contains("booting through the DzNS"),
+        "the dead -a fell back to the DzNS:\n{fallback_log}"
+    );
+    // The DzNS still lists the seed alone (slaves are not listed).
+    let only_seed = BTreeMap::from([(seed_id, seed_addr)]);
+    bed.wait_ns(&dzns, name, &only_seed, Duration::from_secs(5));
+}

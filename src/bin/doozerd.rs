@@ -191,6 +191,9 @@ fn config_from(flags: Flags) -> Result<Config, String> {
     Ok(config)
 }
 
+/// How long an attaching node may wait for its first copy of the store.
+const COPY_LIMIT: Duration = Duration::from_secs(60);
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -232,7 +235,7 @@ fn main() -> ExitCode {
         "doozerd {NODE_VERSION} listening on {} as node {} of cluster {cluster:?} ({}){}",
         node.addr,
         node.id,
-        if node.seeded {
+        if node.attached_to.is_none() {
             "seed"
         } else {
             "attaching as a slave"
@@ -242,6 +245,18 @@ fn main() -> ExitCode {
             None => String::new(),
         }
     );
+    if let Some((target, target_addr)) = &node.attached_to {
+        // The original exited when its attach connection failed before it
+        // had cloned the store; do the same rather than hold clients for
+        // ever on a node with nothing to serve.
+        if !rt::block_on(node.wait_for_copy(COPY_LIMIT)) {
+            eprintln!(
+                "doozerd: no copy of the store came from {target_addr} (node {target}) within \
+                 {COPY_LIMIT:?}; giving up"
+            );
+            return ExitCode::from(1);
+        }
+    }
     rt::block_on(node.serve_forever());
     ExitCode::SUCCESS
 }

@@ -1,7 +1,9 @@
 //! Starting a node: bind, build the core, start its thread and the listeners.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use super::attach::find_member;
 use super::client_conn::{accept_loop, ClientContext};
@@ -39,12 +41,27 @@ pub struct Node {
     pub status: Arc<NodeStatus>,
     /// Where the web view listens (`None`: `-w false`).
     pub web_addr: Option<String>,
-    /// It founded its cluster (as opposed to attaching as a slave).
-    pub seeded: bool,
+    /// The member it attached to, as `(id, address)`; `None` when it
+    /// founded its cluster.
+    pub attached_to: Option<(NodeId, String)>,
     accept: rt::JoinHandle<()>,
 }
 
 impl Node {
+    /// Waits up to `limit` for the node to hold its copy of the store (at
+    /// once for a seed; an attaching node fetches it from the member it
+    /// attached to). False when it still has none.
+    pub async fn wait_for_copy(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.status.writable.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            rt::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Serves until the process ends.
     pub async fn serve_forever(self) {
         self.accept.await
@@ -149,7 +166,13 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         register_ns: dzns.is_none(),
     };
     let core_config = config.core_config(rand::random());
-    let seeded = matches!(origin, Origin::Seed);
+    let attached_to = match &origin {
+        Origin::Seed => None,
+        Origin::Attach {
+            target,
+            target_addr,
+        } => Some((target.clone(), target_addr.clone())),
+    };
     let core = match origin {
         Origin::Seed => Core::seed(info, core_config),
         Origin::Attach {
@@ -228,7 +251,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         addr,
         status,
         web_addr,
-        seeded,
+        attached_to,
         accept,
     })
 }

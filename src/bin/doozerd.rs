@@ -8,6 +8,7 @@ use doozer::config::{Config, WebSetting};
 use doozer::core::NODE_VERSION;
 use doozer::runtime::{rt, server};
 use doozer::session::Secrets;
+use doozer::uri::with_default_port;
 
 /// Usage: doozerd [OPTIONS]
 ///
@@ -153,7 +154,8 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
 fn config_from(flags: Flags) -> Result<Config, String> {
     let mut config = Config {
         listen: flags.listen,
-        attach: flags.attach,
+        // An address without a port means the default one, as in URIs.
+        attach: flags.attach.iter().map(|a| with_default_port(a)).collect(),
         boot_uri: flags
             .boot
             .or_else(|| std::env::var("DOOZER_BOOT_URI").ok())
@@ -293,6 +295,10 @@ mod tests {
             "false",
             "-c",
             "x",
+            "-a",
+            "127.0.0.8",
+            "-a",
+            "127.0.0.7:9",
         ]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let flags = Flags::from_args(&["doozerd"], &refs).unwrap();
@@ -302,6 +308,7 @@ mod tests {
         assert_eq!(config.history_revs, 10);
         assert_eq!(config.web, WebSetting::Off);
         assert_eq!(config.cluster_name, "x");
+        assert_eq!(config.attach, ["127.0.0.8:8046", "127.0.0.7:9"]);
         assert!(is_go_bool("T") && !is_go_bool("127.0.0.1:8000"));
     }
 }

@@ -28,7 +28,7 @@ pub enum CheckFailure {
     /// Nothing answered in time, or the connection failed.
     Unreachable(String),
     /// It answered for a cluster with another name.
-    OtherCluster(String),
+    OtherCluster { theirs: String, ours: String },
     /// It belongs to our cluster but is not a member at that address.
     NotMember,
     /// It refused us: a secret is missing or wrong.
@@ -56,7 +56,10 @@ impl fmt::Display for CheckFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CheckFailure::Unreachable(reason) => write!(f, "no answer ({reason})"),
-            CheckFailure::OtherCluster(name) => write!(f, "it belongs to cluster {name:?}"),
+            CheckFailure::OtherCluster { theirs, ours } => write!(
+                f,
+                "it belongs to cluster {theirs:?}, not {ours:?} (the name given with -c)"
+            ),
             CheckFailure::NotMember => {
                 f.write_str("it is not a member (no /ctl/cal slot names a node with this address)")
             }
@@ -100,9 +103,10 @@ async fn member_id(client: &Client, addr: &str, config: &Config) -> Result<NodeI
         .await
         .map_err(CheckFailure::from_client)?;
     if name != config.cluster_name.as_bytes() {
-        return Err(CheckFailure::OtherCluster(
-            String::from_utf8_lossy(&name).into_owned(),
-        ));
+        return Err(CheckFailure::OtherCluster {
+            theirs: String::from_utf8_lossy(&name).into_owned(),
+            ours: config.cluster_name.clone(),
+        });
     }
     let rev = client.rev().await.map_err(CheckFailure::from_client)?;
     let slots = client

@@ -830,3 +830,42 @@ fn attach_flag_is_tried_before_the_dzns() {
     let only_seed = BTreeMap::from([(seed_id, seed_addr)]);
     bed.wait_ns(&dzns, name, &only_seed, Duration::from_secs(5));
 }
+
+/// A listed address that takes connections but never answers may be a live
+/// node too busy to reply: the boot entry naming it is not taken over after
+/// the short grace, only after the long one (20 s), and then the node seeds.
+#[test]
+fn a_silent_listed_address_delays_the_takeover() {
+    let mut bed = Bed::new("dzns-silent");
+    let dzns = bed.start_dzns(1);
+    let name = "hush";
+    // A "node" that the kernel accepts connections for and that never reads.
+    let silent = std::net::TcpListener::bind(format!("{}50:0", bed.net)).unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let fake_id = "AAAAAAAAAAAAAAAA";
+    let mut conn = bed.conn(dzns.nodes[0]);
+    conn.set(
+        &format!("/ctl/ns/{name}/{fake_id}"),
+        0,
+        silent_addr.as_bytes(),
+    )
+    .unwrap();
+    conn.set(&format!("/ctl/boot/{name}"), 0, fake_id.as_bytes())
+        .unwrap();
+
+    let args = ["-c", name, "-b", dzns.uri.as_str()];
+    let node = bed.spawn("booting", 11, &args, &[]);
+    std::thread::sleep(Duration::from_secs(9));
+    bed.check_running(node).unwrap();
+    assert_eq!(
+        bed.boot_entry(&dzns, name).unwrap(),
+        fake_id,
+        "taken over while a listed address was merely silent"
+    );
+    let ids = bed.wait_booted(&[node], name, Duration::from_secs(25));
+    wait_for("the new seed in /ctl/boot", Duration::from_secs(5), || {
+        let boot = bed.boot_entry(&dzns, name)?;
+        (boot == ids[0]).then_some(()).ok_or(boot)
+    });
+    drop(silent);
+}

@@ -25,8 +25,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Why an address did not qualify.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckFailure {
-    /// Nothing answered in time, or the connection failed.
+    /// Nothing listens there, or the connection failed.
     Unreachable(String),
+    /// Something took the connection but did not answer in time: a dead
+    /// host, or a live node too busy to answer.
+    Silent,
     /// It answered for a cluster with another name.
     OtherCluster { theirs: String, ours: String },
     /// It belongs to our cluster but is not a member at that address.
@@ -40,6 +43,11 @@ impl CheckFailure {
     /// address where our cluster is not, or no longer, found).
     pub fn is_refusal(&self) -> bool {
         matches!(self, CheckFailure::Refused(_))
+    }
+
+    /// Whether the address may still hold a live but slow node.
+    pub fn is_silence(&self) -> bool {
+        matches!(self, CheckFailure::Silent)
     }
 
     fn from_client(e: ClientError) -> CheckFailure {
@@ -56,6 +64,7 @@ impl fmt::Display for CheckFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CheckFailure::Unreachable(reason) => write!(f, "no answer ({reason})"),
+            CheckFailure::Silent => f.write_str("no answer in time"),
             CheckFailure::OtherCluster { theirs, ours } => write!(
                 f,
                 "it belongs to cluster {theirs:?}, not {ours:?} (the name given with -c)"
@@ -77,14 +86,16 @@ impl fmt::Display for CheckFailure {
 pub async fn check_member(addr: &str, config: &Config) -> Result<NodeId, CheckFailure> {
     match rt::timeout(CHECK_TIMEOUT, check_member_untimed(addr, config)).await {
         Some(result) => result,
-        None => Err(CheckFailure::Unreachable("no answer in time".into())),
+        None => Err(CheckFailure::Silent),
     }
 }
 
 async fn check_member_untimed(addr: &str, config: &Config) -> Result<NodeId, CheckFailure> {
-    let client = Client::connect_timeout(addr, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| CheckFailure::Unreachable(e.to_string()))?;
+    let client = match rt::timeout(CONNECT_TIMEOUT, Client::connect(addr)).await {
+        Some(Ok(client)) => client,
+        Some(Err(e)) => return Err(CheckFailure::Unreachable(e.to_string())),
+        None => return Err(CheckFailure::Silent),
+    };
     let result = member_id(&client, addr, config).await;
     client.close();
     result
@@ -153,6 +164,11 @@ impl Search {
     /// Whether some address refused us.
     pub fn refused(&self) -> bool {
         self.failures.iter().any(|(_, why)| why.is_refusal())
+    }
+
+    /// Whether some address stayed silent (rather than saying no).
+    pub fn silent(&self) -> bool {
+        self.failures.iter().any(|(_, why)| why.is_silence())
     }
 }
 

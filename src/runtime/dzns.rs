@@ -35,6 +35,10 @@ use crate::uri::{with_default_port, Uri};
 /// before it is taken over. Longer than a fresh seed needs to start serving
 /// (milliseconds), short enough that a restart is not a long wait.
 pub const STALE_BOOT_GRACE: Duration = Duration::from_secs(4);
+/// The same when some listed address takes connections but stays silent:
+/// that may be a live node too busy to answer in time, and replacing a live
+/// cluster would leave two of one name, so it gets longer.
+pub const SILENT_BOOT_GRACE: Duration = Duration::from_secs(20);
 /// How long a boot may take before the node gives up with the reasons.
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
 /// How long the DzNS may stay unreachable at start before the node gives up.
@@ -242,6 +246,8 @@ pub async fn boot(
     // The boot entry as first seen (its rev) and when, while no listed
     // address answers.
     let mut unanswered_since: Option<(i64, Instant)> = None;
+    // Whether a listed address stayed silent since then.
+    let mut heard_silence = false;
     let mut last_reasons = String::from("nothing tried yet");
     let mut first_failure: Option<Instant> = None;
     loop {
@@ -289,8 +295,10 @@ pub async fn boot(
             .map(|e| e.addr.clone())
             .filter(|a| a != addr)
             .collect();
+        let mut silent = false;
         if !candidates.is_empty() {
             let search = find_member(&candidates, config).await;
+            silent = search.silent();
             if let Some((target, target_addr)) = search.found {
                 return Ok(BootOutcome::Attach {
                     target,
@@ -329,21 +337,29 @@ pub async fn boot(
             }
             continue;
         }
+        heard_silence |= silent;
+        let grace = if heard_silence {
+            SILENT_BOOT_GRACE
+        } else {
+            STALE_BOOT_GRACE
+        };
         match unanswered_since {
-            Some((rev, since)) if rev == boot_rev && since.elapsed() >= STALE_BOOT_GRACE => {
+            Some((rev, since)) if rev == boot_rev && since.elapsed() >= grace => {
                 let seed = String::from_utf8_lossy(&seed).into_owned();
-                take_over(dzns, &boot_path, boot_rev, &seed, &entries).await;
+                take_over(dzns, &boot_path, boot_rev, &seed, &entries, grace).await;
                 unanswered_since = None;
+                heard_silence = false;
                 continue;
             }
             Some((rev, _)) if rev == boot_rev => {}
             _ => {
                 log::info!(
                     "{boot_path} names seed {} but no listed member answers ({last_reasons}); \
-                     taking it over if that lasts {STALE_BOOT_GRACE:?}",
+                     taking it over if that lasts {grace:?}",
                     String::from_utf8_lossy(&seed)
                 );
                 unanswered_since = Some((boot_rev, Instant::now()));
+                heard_silence = silent;
             }
         }
         if candidates.is_empty() {
@@ -385,10 +401,17 @@ async fn elect(
 /// Replaces a stale boot entry: deletes it if it is still the one seen (a
 /// rival restarting node may have been quicker), and the listed addresses
 /// that answered nothing.
-async fn take_over(dzns: &mut Dzns, boot_path: &str, boot_rev: i64, seed: &str, dead: &[NsEntry]) {
+async fn take_over(
+    dzns: &mut Dzns,
+    boot_path: &str,
+    boot_rev: i64,
+    seed: &str,
+    dead: &[NsEntry],
+    grace: Duration,
+) {
     match dzns.del(boot_path, boot_rev).await {
         Ok(()) => log::warn!(
-            "{boot_path} named seed {seed} but no listed member answered for {STALE_BOOT_GRACE:?}: \
+            "{boot_path} named seed {seed} but no listed member answered for {grace:?}: \
              taking the entry over (new election)"
         ),
         Err(e) => {

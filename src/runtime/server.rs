@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use futures::future::Either;
+
 use super::attach::find_member;
 use super::client_conn::{accept_loop, ClientContext};
 use super::dzns::{self, BootError, BootOutcome, Dzns};
@@ -135,6 +137,19 @@ async fn decide_origin(
     })
 }
 
+/// Accepts connections and closes them, for as long as it is polled.
+async fn turn_clients_away(listener: &TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => drop(stream),
+            Err(e) => {
+                log::debug!("accept while starting: {e}");
+                return;
+            }
+        }
+    }
+}
+
 /// Binds `-l`, seeds a new cluster or attaches to one, and starts serving.
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
@@ -156,7 +171,19 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen.clone());
     let id = new_node_id();
-    let origin = decide_origin(&config, dzns.as_mut(), &id, &addr).await?;
+    let origin = {
+        // While it looks for its cluster the node has nothing to serve;
+        // connections are closed at once rather than left waiting, so a node
+        // booting on an address listed in a DzNS reads as gone, not as a
+        // live node too slow to answer.
+        let decide = decide_origin(&config, dzns.as_mut(), &id, &addr);
+        let turn_away = turn_clients_away(&listener);
+        futures::pin_mut!(decide, turn_away);
+        match futures::future::select(decide, turn_away).await {
+            Either::Left((origin, _)) => origin?,
+            Either::Right(((), decide)) => decide.await?,
+        }
+    };
     let info = NodeInfo {
         id: id.clone(),
         addr: addr.clone(),

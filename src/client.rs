@@ -71,6 +71,11 @@ impl Error {
         }
     }
 
+    /// Whether the server refused for lack of a secret.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Reply(e) if *e == ReplyError::permission_denied())
+    }
+
     pub fn is_rev_mismatch(&self) -> bool {
         self.code() == Some(ErrCode::RevMismatch)
     }

@@ -127,15 +127,7 @@ impl Cluster {
 
     /// Waits until node `i` answers GET `path` with exactly `(body, rev)`.
     fn wait_value(&self, i: usize, path: &str, body: &[u8], rev: i64, limit: Duration) {
-        let name = &self.nodes[i].name;
-        wait_for(&format!("{path} at rev {rev} on {name}"), limit, || {
-            let (got, got_rev) = self.conn(i).get(path)?;
-            if got_rev == rev && got == body {
-                Ok(())
-            } else {
-                Err(format!("rev {got_rev}, {} bytes", got.len()))
-            }
-        });
+        self.nodes[i].wait_value(path, body, rev, limit);
     }
 }
 

@@ -14,7 +14,6 @@ use futures::future::join_all;
 use super::rt;
 use crate::client::{Client, Error as ClientError};
 use crate::config::Config;
-use crate::error::ErrCode;
 use crate::types::NodeId;
 
 /// How long one address may take to answer the whole check.
@@ -30,6 +29,8 @@ pub enum CheckFailure {
     /// Something took the connection but did not answer in time: a dead
     /// host, or a live node too busy to answer.
     Silent,
+    /// It answered with an error other than a refusal (`busy`, say).
+    Failed(String),
     /// It answered for a cluster with another name.
     OtherCluster { theirs: String, ours: String },
     /// It belongs to our cluster but is not a member at that address.
@@ -45,16 +46,16 @@ impl CheckFailure {
         matches!(self, CheckFailure::Refused(_))
     }
 
-    /// Whether the address may still hold a live but slow node.
-    pub fn is_silence(&self) -> bool {
-        matches!(self, CheckFailure::Silent)
+    /// Whether the address may still hold a live node (one that is slow or
+    /// answered oddly), as opposed to nothing of our cluster.
+    pub fn may_be_alive(&self) -> bool {
+        matches!(self, CheckFailure::Silent | CheckFailure::Failed(_))
     }
 
     fn from_client(e: ClientError) -> CheckFailure {
-        match &e {
-            ClientError::Reply(reply) if reply.code == ErrCode::Other => {
-                CheckFailure::Refused(e.to_string())
-            }
+        match e {
+            _ if e.is_permission_denied() => CheckFailure::Refused(e.to_string()),
+            ClientError::Reply(_) => CheckFailure::Failed(e.to_string()),
             _ => CheckFailure::Unreachable(e.to_string()),
         }
     }
@@ -65,6 +66,7 @@ impl fmt::Display for CheckFailure {
         match self {
             CheckFailure::Unreachable(reason) => write!(f, "no answer ({reason})"),
             CheckFailure::Silent => f.write_str("no answer in time"),
+            CheckFailure::Failed(reason) => write!(f, "it answered {reason}"),
             CheckFailure::OtherCluster { theirs, ours } => write!(
                 f,
                 "it belongs to cluster {theirs:?}, not {ours:?} (the name given with -c)"
@@ -166,9 +168,9 @@ impl Search {
         self.failures.iter().any(|(_, why)| why.is_refusal())
     }
 
-    /// Whether some address stayed silent (rather than saying no).
-    pub fn silent(&self) -> bool {
-        self.failures.iter().any(|(_, why)| why.is_silence())
+    /// Whether some address may hold a live node of ours.
+    pub fn maybe_alive(&self) -> bool {
+        self.failures.iter().any(|(_, why)| why.may_be_alive())
     }
 }
 

@@ -35,9 +35,9 @@ use crate::uri::{with_default_port, Uri};
 /// before it is taken over. Longer than a fresh seed needs to start serving
 /// (milliseconds), short enough that a restart is not a long wait.
 pub const STALE_BOOT_GRACE: Duration = Duration::from_secs(4);
-/// The same when some listed address takes connections but stays silent:
-/// that may be a live node too busy to answer in time, and replacing a live
-/// cluster would leave two of one name, so it gets longer.
+/// The same when some listed address takes connections but stays silent or
+/// answers with an error: that may be a live node too busy to answer, and
+/// replacing a live cluster would leave two of one name, so it gets longer.
 pub const SILENT_BOOT_GRACE: Duration = Duration::from_secs(20);
 /// How long a boot may take before the node gives up with the reasons.
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
@@ -103,7 +103,7 @@ impl fmt::Debug for Dzns {
 enum DznsError {
     /// The connection failed (it is dropped and redialled next time).
     Down(String),
-    /// The DzNS said no for lack of a secret.
+    /// The DzNS said `permission denied`.
     Refused(String),
     /// Any other error reply (REV_MISMATCH, NOENT, …).
     Reply(ClientError),
@@ -210,9 +210,7 @@ impl Dzns {
 
 fn classify(e: ClientError) -> DznsError {
     match &e {
-        ClientError::Reply(reply) if reply.code == ErrCode::Other => {
-            DznsError::Refused(e.to_string())
-        }
+        _ if e.is_permission_denied() => DznsError::Refused(e.to_string()),
         ClientError::Reply(_) => DznsError::Reply(e),
         _ => DznsError::Down(e.to_string()),
     }
@@ -246,8 +244,8 @@ pub async fn boot(
     // The boot entry as first seen (its rev) and when, while no listed
     // address answers.
     let mut unanswered_since: Option<(i64, Instant)> = None;
-    // Whether a listed address stayed silent since then.
-    let mut heard_silence = false;
+    // Whether a listed address may have held a live node since then.
+    let mut heard_maybe_alive = false;
     let mut last_reasons = String::from("nothing tried yet");
     let mut first_failure: Option<Instant> = None;
     loop {
@@ -295,10 +293,10 @@ pub async fn boot(
             .map(|e| e.addr.clone())
             .filter(|a| a != addr)
             .collect();
-        let mut silent = false;
+        let mut maybe_alive = false;
         if !candidates.is_empty() {
             let search = find_member(&candidates, config).await;
-            silent = search.silent();
+            maybe_alive = search.maybe_alive();
             if let Some((target, target_addr)) = search.found {
                 return Ok(BootOutcome::Attach {
                     target,
@@ -337,8 +335,8 @@ pub async fn boot(
             }
             continue;
         }
-        heard_silence |= silent;
-        let grace = if heard_silence {
+        heard_maybe_alive |= maybe_alive;
+        let grace = if heard_maybe_alive {
             SILENT_BOOT_GRACE
         } else {
             STALE_BOOT_GRACE
@@ -348,7 +346,7 @@ pub async fn boot(
                 let seed = String::from_utf8_lossy(&seed).into_owned();
                 take_over(dzns, &boot_path, boot_rev, &seed, &entries, grace).await;
                 unanswered_since = None;
-                heard_silence = false;
+                heard_maybe_alive = false;
                 continue;
             }
             Some((rev, _)) if rev == boot_rev => {}
@@ -359,7 +357,7 @@ pub async fn boot(
                     String::from_utf8_lossy(&seed)
                 );
                 unanswered_since = Some((boot_rev, Instant::now()));
-                heard_silence = silent;
+                heard_maybe_alive = maybe_alive;
             }
         }
         if candidates.is_empty() {

@@ -586,6 +586,19 @@ impl Node {
         }
     }
 
+    /// Waits until the node answers GET `path` with exactly `(body, rev)`.
+    pub fn wait_value(&self, path: &str, body: &[u8], rev: i64, limit: Duration) {
+        let name = &self.name;
+        wait_for(&format!("{path} at rev {rev} on {name}"), limit, || {
+            let (got, got_rev) = TimedConn::new(&self.addr, Duration::from_secs(5)).get(path)?;
+            if got_rev == rev && got == body {
+                Ok(())
+            } else {
+                Err(format!("rev {got_rev}, {:?}", text(&got)))
+            }
+        });
+    }
+
     /// Waits up to `limit` for the process to exit; its status, or `None`
     /// when it is still running.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {

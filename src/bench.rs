@@ -16,7 +16,7 @@ use argh::FromArgs;
 use futures::channel::mpsc;
 use futures::StreamExt;
 
-use crate::client::{dial_uri, random_u64, Client, Error};
+use crate::client::{dial_uri, Client, Error};
 use crate::runtime::rt::{sleep, spawn, timeout};
 use crate::uri::Uri;
 
@@ -259,7 +259,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new() -> Rng {
-        Rng(random_u64() | 1)
+        Rng(rand::random::<u64>() | 1)
     }
 
     fn next(&mut self) -> u64 {

@@ -15,13 +15,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+
 use std::net::Shutdown;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::{AsyncWriteExt, StreamExt};
+use rand::seq::SliceRandom;
 
 use crate::codec::client::{
     encode_frame, flags, read_message, FrameError, Request, Response, Verb,
@@ -617,7 +618,7 @@ pub async fn dial_uri_timeout(
         _ if uri.addrs.is_empty() => return Err(Error::Uri(UriError::Invalid)),
         _ => uri.addrs.clone(),
     };
-    shuffle(&mut addrs);
+    addrs.shuffle(&mut rand::rng());
     let mut last = Error::NoAddrs;
     let mut client = None;
     for addr in &addrs {
@@ -690,20 +691,6 @@ pub async fn ns_entries(dzns: &Client, cluster: &str) -> Result<Vec<NsEntry>, Er
         });
     }
     Ok(entries)
-}
-
-/// A random `u64` from the standard library's per-process random hash keys.
-pub(crate) fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x9e37_79b9_7f4a_7c15);
-    h.finish()
-}
-
-fn shuffle<T>(items: &mut [T]) {
-    for i in (1..items.len()).rev() {
-        let j = (random_u64() % (i as u64 + 1)) as usize;
-        items.swap(i, j);
-    }
 }
 
 async fn write_loop(

@@ -145,6 +145,15 @@ async fn member_id(client: &Client, addr: &str, config: &Config) -> Result<NodeI
     Err(CheckFailure::NotMember)
 }
 
+/// Where a starting node's copy of the cluster comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// It founds the cluster.
+    Seed,
+    /// It attaches as a slave to `target`, a member at `target_addr`.
+    Attach { target: NodeId, target_addr: String },
+}
+
 /// The outcome of checking several addresses at once.
 pub struct Search {
     /// The first qualifying member: its id and the address dialled.

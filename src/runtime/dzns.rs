@@ -22,7 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::attach::find_member;
+use super::attach::{find_member, Origin};
 use super::event_loop::NodeStatus;
 use super::rt;
 use crate::client::{dial_uri_timeout, ns_entries, Client, Error as ClientError, NsEntry};
@@ -71,15 +71,6 @@ pub enum BootError {
         limit: Duration,
         reasons: String,
     },
-}
-
-/// How a DzNS boot ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BootOutcome {
-    /// This node won the election: it seeds the cluster.
-    Seed,
-    /// A live member was found: attach to it as a slave.
-    Attach { target: NodeId, target_addr: String },
 }
 
 /// A connection to the DzNS with the node's credentials, redialled when it
@@ -229,15 +220,15 @@ pub fn check_cluster_name(name: &str) -> Result<(), BootError> {
 
 /// The boot of reference §5.7 with a takeover of stale boot entries: finds
 /// a live member of cluster `config.cluster_name` through the DzNS, or wins
-/// the election and seeds it. `id` and `addr` are this node's.
+/// the election and seeds it. `id` and `addr` are this node's; the name was
+/// checked with [`check_cluster_name`].
 pub async fn boot(
     dzns: &mut Dzns,
     config: &Config,
     id: &NodeId,
     addr: &str,
-) -> Result<BootOutcome, BootError> {
+) -> Result<Origin, BootError> {
     let name = config.cluster_name.as_str();
-    check_cluster_name(name)?;
     let started = Instant::now();
     let boot_path = format!("/ctl/boot/{name}");
     let own_entry = format!("/ctl/ns/{name}/{id}");
@@ -298,7 +289,7 @@ pub async fn boot(
             let search = find_member(&candidates, config).await;
             maybe_alive = search.maybe_alive();
             if let Some((target, target_addr)) = search.found {
-                return Ok(BootOutcome::Attach {
+                return Ok(Origin::Attach {
                     target,
                     target_addr,
                 });
@@ -323,7 +314,7 @@ pub async fn boot(
         if boot_rev == 0 {
             unanswered_since = None;
             match elect(dzns, &own_entry, &boot_path, id, addr).await {
-                Ok(true) => return Ok(BootOutcome::Seed),
+                Ok(true) => return Ok(Origin::Seed),
                 Ok(false) => log::info!("lost the election for {name:?}; looking for the winner"),
                 Err(DznsError::Refused(reason)) => {
                     return Err(BootError::DznsRefused {
@@ -428,7 +419,7 @@ async fn take_over(
 
 /// Up to 200 ms, so restarting nodes do not move in lockstep.
 fn jitter() -> Duration {
-    Duration::from_millis(crate::client::random_u64() % 200)
+    Duration::from_millis(rand::random_range(0..200))
 }
 
 /// How often the leader compares the member set with the DzNS.

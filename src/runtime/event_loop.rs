@@ -76,7 +76,7 @@ const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Link {
     outbox: Outbox,
-    hang_up: Option<Box<dyn FnOnce() + Send>>,
+    hang_up: Box<dyn FnOnce() + Send>,
 }
 
 pub struct EventLoop {
@@ -167,13 +167,7 @@ impl EventLoop {
                 outbox,
                 hang_up,
             } => {
-                self.links.insert(
-                    conn,
-                    Link {
-                        outbox,
-                        hang_up: Some(hang_up),
-                    },
-                );
+                self.links.insert(conn, Link { outbox, hang_up });
             }
             Control::Closed { conn } => {
                 if self.links.remove(&conn).is_some() {
@@ -202,10 +196,8 @@ impl EventLoop {
             }
         }
         for conn in cut {
-            if let Some(mut link) = self.links.remove(&conn) {
-                if let Some(hang_up) = link.hang_up.take() {
-                    hang_up();
-                }
+            if let Some(link) = self.links.remove(&conn) {
+                (link.hang_up)();
                 let mut more = Vec::new();
                 self.core.handle(Input::ConnClosed { conn }, &mut more);
                 out.extend(more);

@@ -156,12 +156,6 @@ impl PeerLinks {
         }
     }
 
-    /// Closes the links to peers for which `keep` is false (their tasks end
-    /// once they notice).
-    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId) -> bool) {
-        self.links.retain(|id, _| keep(id));
-    }
-
     /// Open links (including ones whose task is ending).
     pub fn len(&self) -> usize {
         self.links.len()

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 
-use super::attach::find_member;
+use super::attach::{find_member, Origin};
 use super::client_conn::{accept_loop, ClientContext};
-use super::dzns::{self, BootError, BootOutcome, Dzns};
+use super::dzns::{self, BootError, Dzns};
 use super::event_loop::{EventLoop, NodeStatus};
 use super::peer_link::{PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
@@ -85,14 +85,6 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Where this node's copy of the cluster comes from.
-enum Origin {
-    /// It founds the cluster.
-    Seed,
-    /// It attaches as a slave to `target`, a member at `target_addr`.
-    Attach { target: NodeId, target_addr: String },
-}
-
 /// The start-up decision of reference §5.2: `-a` first; when that fails or
 /// is absent, the DzNS boot if there is a boot URI; else seed.
 async fn decide_origin(
@@ -125,16 +117,7 @@ async fn decide_origin(
         config.cluster_name,
         dzns.uri()
     );
-    Ok(match dzns::boot(dzns, config, id, addr).await? {
-        BootOutcome::Seed => Origin::Seed,
-        BootOutcome::Attach {
-            target,
-            target_addr,
-        } => Origin::Attach {
-            target,
-            target_addr,
-        },
-    })
+    Ok(dzns::boot(dzns, config, id, addr).await?)
 }
 
 /// Accepts connections and closes them, for as long as it is polled.
@@ -153,6 +136,7 @@ async fn turn_clients_away(listener: &TcpListener) {
 /// Binds `-l`, seeds a new cluster or attaches to one, and starts serving.
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
+    // Checked before anything else, so a bad boot URI or name fails at once.
     let mut dzns = match &config.boot_uri {
         Some(uri) => {
             dzns::check_cluster_name(&config.cluster_name)?;
@@ -193,21 +177,18 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         register_ns: dzns.is_none(),
     };
     let core_config = config.core_config(rand::random());
-    let attached_to = match &origin {
-        Origin::Seed => None,
-        Origin::Attach {
-            target,
-            target_addr,
-        } => Some((target.clone(), target_addr.clone())),
-    };
-    let core = match origin {
-        Origin::Seed => Core::seed(info, core_config),
+    let (core, attached_to) = match origin {
+        Origin::Seed => (Core::seed(info, core_config), None),
         Origin::Attach {
             target,
             target_addr,
         } => {
             log::info!("attaching to {target_addr} (node {target}) as a slave");
-            Core::join(info, core_config, target, target_addr)
+            let attached_to = Some((target.clone(), target_addr.clone()));
+            (
+                Core::join(info, core_config, target, target_addr),
+                attached_to,
+            )
         }
     };
 

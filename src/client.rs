@@ -39,6 +39,8 @@ pub const MAX_REPLY_BYTES: usize = 256 << 20;
 
 /// Up to this many queued frames are coalesced into one socket write.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
+/// Bytes read from the socket at once.
+const READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Why a client operation failed. `Display` gives the texts the Go client
 /// shows (`REV_MISMATCH`, `OTHER: permission denied`, `EOF`, `closed`, …).
@@ -716,9 +718,11 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(mut stream: TcpStream, shared: Arc<Shared>) {
+async fn read_loop(stream: TcpStream, shared: Arc<Shared>) {
+    // Buffered: pipelined replies come in with one read, not two per frame.
+    let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
     loop {
-        let err = match read_message::<Response, _>(&mut stream, MAX_REPLY_BYTES).await {
+        let err = match read_message::<Response, _>(&mut reader, MAX_REPLY_BYTES).await {
             Ok(Some(resp)) => {
                 let Some(tag) = resp.tag else {
                     log::warn!("doozer client: reply without a tag: {resp:?}");

@@ -50,13 +50,13 @@ impl Secrets {
         if !self.any_set() {
             return secret.is_empty().then(|| self.anonymous());
         }
-        if !self.read_write.is_empty() && secret == self.read_write.as_bytes() {
+        if !self.read_write.is_empty() && same_secret(secret, self.read_write.as_bytes()) {
             return Some(Rights {
                 read: true,
                 write: true,
             });
         }
-        if !self.read_only.is_empty() && secret == self.read_only.as_bytes() {
+        if !self.read_only.is_empty() && same_secret(secret, self.read_only.as_bytes()) {
             return Some(Rights {
                 read: true,
                 write: false,
@@ -64,6 +64,15 @@ impl Secrets {
         }
         None
     }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much
+/// of a guess was right.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Limits a session enforces.

@@ -223,14 +223,25 @@ pub async fn read_body<R: AsyncRead + Unpin>(
     max_frame_bytes: usize,
 ) -> Result<Vec<u8>, FrameError> {
     let len = frame_len(header, max_frame_bytes)?;
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
+    read_len(reader, len).await
+}
+
+/// Bytes reserved up front for a frame body; more is allocated only as the
+/// bytes actually arrive, so a sender announcing a large frame and sending
+/// nothing holds no more than this.
+const INITIAL_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads exactly `len` bytes (a length already checked against the cap);
+/// `Truncated` when the stream ends first.
+pub async fn read_len<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_BYTES));
+    let got = reader.take(len as u64).read_to_end(&mut body).await?;
+    if got < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(body)
 }
 

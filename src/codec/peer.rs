@@ -26,7 +26,7 @@ use bincode::de::Decoder;
 use bincode::enc::Encoder;
 use bincode::error::{AllowedEnumVariants, DecodeError, EncodeError};
 use bincode::{Decode, Encode};
-use futures::{AsyncRead, AsyncReadExt};
+use futures::AsyncRead;
 
 use crate::core::{Decree, PeerMsg, SnapshotData};
 use crate::paxos::{Ballot, Msg};
@@ -149,35 +149,22 @@ pub fn decode_peer_msg(body: &[u8]) -> Result<PeerMsg, PeerFrameError> {
     decode_body(body)
 }
 
+/// Peer frames share the client framing; its errors in peer terms.
+fn from_client_frame(err: crate::codec::client::FrameError) -> PeerFrameError {
+    match err {
+        crate::codec::client::FrameError::Truncated => PeerFrameError::Truncated,
+        crate::codec::client::FrameError::Io(io) => PeerFrameError::Io(io),
+        other => PeerFrameError::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
 /// Reads a 4-byte header (the same framing as client frames).
 async fn read_header<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<[u8; HEADER_BYTES]>, PeerFrameError> {
     crate::codec::client::read_header(reader)
         .await
-        .map_err(|err| match err {
-            crate::codec::client::FrameError::Truncated => PeerFrameError::Truncated,
-            crate::codec::client::FrameError::Io(io) => PeerFrameError::Io(io),
-            other => PeerFrameError::Io(std::io::Error::other(other.to_string())),
-        })
-}
-
-/// Bytes reserved up front for a frame body; more is allocated only as the
-/// bytes actually arrive, so a peer announcing a large frame and sending
-/// nothing holds no more than this.
-const INITIAL_BODY_BYTES: usize = 64 * 1024;
-
-/// Reads one frame body of `len` bytes (`len` already checked).
-async fn read_body<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    len: usize,
-) -> Result<Vec<u8>, PeerFrameError> {
-    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_BYTES));
-    let got = reader.take(len as u64).read_to_end(&mut body).await?;
-    if got < len {
-        return Err(PeerFrameError::Truncated);
-    }
-    Ok(body)
+        .map_err(from_client_frame)
 }
 
 /// Reads one frame's body. `Ok(None)` is a clean end of stream between frames.
@@ -195,7 +182,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: max_frame_bytes,
         });
     }
-    read_body(reader, len).await.map(Some)
+    crate::codec::client::read_len(reader, len)
+        .await
+        .map(Some)
+        .map_err(from_client_frame)
 }
 
 /// Reads and decodes one [`PeerMsg`] frame. `Ok(None)` is a clean end of

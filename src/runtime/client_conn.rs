@@ -99,6 +99,9 @@ async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
     }
 }
 
+/// Bytes read from a client socket at once.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// How often a client held while the node fetches its copy looks again.
 const COPY_POLL: Duration = Duration::from_millis(10);
 
@@ -138,7 +141,9 @@ async fn serve(
     }
     let writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
 
-    let mut reader = stream.clone();
+    // Buffered: a pipelining client's frames come in with one read, not two
+    // (header, body) per request.
+    let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
     let mut first_header = Some(first_header);
     let reason = loop {
         let read = match first_header.take() {

@@ -326,3 +326,11 @@ fn secrets_follow_the_contract() {
     let mut s = open();
     assert!(READS.into_iter().chain(WRITES).all(|v| !denied(&mut s, v)));
 }
+
+#[test]
+fn secrets_compare_whole() {
+    assert!(same_secret(b"abc", b"abc"));
+    assert!(!same_secret(b"abc", b"abd"));
+    assert!(!same_secret(b"abc", b"ab"));
+    assert!(!same_secret(b"", b"a"));
+}

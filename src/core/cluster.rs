@@ -93,16 +93,18 @@ impl Core {
         }
     }
 
+    /// Whether a write of this node's own `kind` is proposed and not applied
+    /// yet (each duty keeps at most one in flight).
+    fn in_flight(&self, kind: Proposer) -> bool {
+        self.pending_writes.values().any(|p| p.proposer == kind)
+    }
+
     /// The leader names itself in `/ctl/leader`, so clients can read and
     /// watch who sequences writes (`doozer members` shows it). Looked at
     /// again now and then, so an announcement of a deposed leader that was
     /// decided late is corrected.
     fn announce_leadership(&mut self) {
-        if self
-            .pending_writes
-            .values()
-            .any(|p| p.proposer == Proposer::Leader)
-        {
+        if self.in_flight(Proposer::Leader) {
             return;
         }
         let Ok(path) = Path::parse(LEADER_PATH) else {
@@ -125,11 +127,7 @@ impl Core {
         if self.ticks - self.last_pulse_tick < self.config.pulse_ticks {
             return;
         }
-        if self
-            .pending_writes
-            .values()
-            .any(|p| p.proposer == Proposer::Pulse)
-        {
+        if self.in_flight(Proposer::Pulse) {
             return;
         }
         if !self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
@@ -205,11 +203,7 @@ impl Core {
         if self.nodes.contains_key(&self.node.id) || self.paxos.leader().is_none() {
             return;
         }
-        let in_flight = self
-            .pending_writes
-            .values()
-            .any(|p| p.proposer == Proposer::Register);
-        if in_flight {
+        if self.in_flight(Proposer::Register) {
             return;
         }
         log::info!("registering this node under /ctl/node/{}", self.node.id);
@@ -224,11 +218,7 @@ impl Core {
         if self.cal.contains(&self.node.id) || !self.nodes.contains_key(&self.node.id) {
             return;
         }
-        if self
-            .pending_writes
-            .values()
-            .any(|p| p.proposer == Proposer::Claim)
-        {
+        if self.in_flight(Proposer::Claim) {
             return;
         }
         let free = cal_slots(self.store.current())

@@ -603,6 +603,9 @@ impl<V: Value> Paxos<V> {
         };
         let mut batches: Vec<(Slot, Vec<V>)> = Vec::new();
         let mut uncovered: BTreeSet<NodeId> = BTreeSet::new();
+        // Bytes in the last batch, kept as it grows (summing it per slot
+        // would cost O(batch²)).
+        let mut batch_bytes = 0;
         loop {
             let slot = lead.next_slot;
             let has_work = !self.queue.is_empty()
@@ -620,16 +623,16 @@ impl<V: Value> Paxos<V> {
                 Some((_, v)) => v,
                 None => self.queue.pop_front().unwrap_or_else(V::nop),
             };
+            let size = value.size();
             let start_new = match batches.last() {
                 None => true,
-                Some((_, values)) => {
-                    values.len() >= max_slots
-                        || values.iter().map(V::size).sum::<usize>() + value.size() > max_bytes
-                }
+                Some((_, values)) => values.len() >= max_slots || batch_bytes + size > max_bytes,
             };
             if start_new {
                 batches.push((slot, Vec::new()));
+                batch_bytes = 0;
             }
+            batch_bytes += size;
             batches
                 .last_mut()
                 .expect("just pushed")
@@ -768,9 +771,7 @@ impl<V: Value> Paxos<V> {
             return;
         }
         // A deposed leader hands its unordered values to whoever leads now.
-        if let Role::Leader(lead) = &mut self.role {
-            let inflight = std::mem::take(&mut lead.inflight);
-            drop(inflight);
+        if self.is_leader() {
             self.forward.extend(self.queue.drain(..));
         }
         let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
@@ -925,7 +926,8 @@ impl<V: Value> Paxos<V> {
         let known =
             (self.next_to_deliver..=highest_commit).all(|slot| self.chosen.contains_key(&slot));
         if !known {
-            self.become_follower(None);
+            // Left a follower whose election timeout (0) runs out at the
+            // next tick: it runs again then.
             return;
         }
         for (slot, (b, v)) in &self.chosen {

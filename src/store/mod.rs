@@ -478,18 +478,12 @@ fn try_apply(
         )),
         Mutation::Set { path, check, body } => {
             let comps: Vec<&str> = path.components().collect();
-            // Step 3: a proper ancestor that is a file.
-            if let Some((_, parents)) = comps.split_last() {
-                if let Lookup::File { .. } | Lookup::UnderFile =
-                    tree::lookup(root, parents.iter().copied())
-                {
-                    return Err(ApplyError::NotDir);
-                }
+            let found = tree::lookup(root, comps.iter().copied());
+            // Step 3: a proper ancestor that is a file (the one walk tells).
+            if let Lookup::UnderFile = found {
+                return Err(ApplyError::NotDir);
             }
-            check_rev(
-                current_rev(tree::lookup(root, comps.iter().copied())),
-                *check,
-            )?;
+            check_rev(current_rev(found), *check)?;
             let mut root = root.clone();
             tree::set(
                 &mut root,

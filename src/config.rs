@@ -77,9 +77,6 @@ pub struct Config {
     pub web: WebSetting,
     /// `-pulse`: seconds between `applied` writes.
     pub pulse: Duration,
-    /// `-fill`: kept for compatibility; the stable-leader engine fills holes
-    /// at election time instead of after a delay.
-    pub fill: Duration,
     /// `-timeout`: a node unheard of for this long is removed.
     pub timeout: Duration,
     /// `-hist`: revisions of history kept readable.
@@ -107,7 +104,6 @@ impl Default for Config {
             cluster_name: "local".into(),
             web: WebSetting::Default,
             pulse: Duration::from_secs(1),
-            fill: Duration::from_millis(100),
             timeout: Duration::from_secs(60),
             history_revs: 2000,
             tls_cert: None,

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use doozer::cli::goflag;
 use doozer::config::{Config, WebSetting};
 use doozer::core::NODE_VERSION;
 use doozer::runtime::{rt, server};
@@ -134,11 +135,9 @@ fn normalise_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 }
 
 /// The strings Go's `strconv.ParseBool` accepts: any of them turns `-w` off.
+/// Whether `-w` was given a Go boolean (which turns the web view off).
 fn is_go_bool(text: &str) -> bool {
-    matches!(
-        text,
-        "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
-    )
+    goflag::parse_bool(text).is_ok()
 }
 
 fn seconds(name: &str, value: f64) -> Result<Duration, String> {
@@ -152,6 +151,9 @@ fn seconds(name: &str, value: f64) -> Result<Duration, String> {
 }
 
 fn config_from(flags: Flags) -> Result<Config, String> {
+    // -fill is accepted for compatibility, and checked, but unused: the
+    // stable leader fills holes when it takes over, not after a delay.
+    seconds("fill", flags.fill)?;
     let mut config = Config {
         listen: flags.listen,
         // An address without a port means the default one, as in URIs.
@@ -167,7 +169,6 @@ fn config_from(flags: Flags) -> Result<Config, String> {
             Some(w) => WebSetting::Addr(w),
         },
         pulse: seconds("pulse", flags.pulse)?,
-        fill: seconds("fill", flags.fill)?,
         timeout: seconds("timeout", flags.timeout)?,
         history_revs: flags.hist,
         tls_cert: flags.tlscert,

@@ -41,7 +41,8 @@ pub fn spawn_doozerd(
     cmd.args(["-l", addr, "-w", web]).args(args);
     cmd.env_remove("DOOZER_RWSECRET")
         .env_remove("DOOZER_ROSECRET")
-        .env_remove("DOOZER_BOOT_URI");
+        .env_remove("DOOZER_BOOT_URI")
+        .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -111,7 +112,8 @@ impl Server {
         cmd.args(["-l", &addr, "-w", "false"]).args(extra);
         cmd.env_remove("DOOZER_RWSECRET")
             .env_remove("DOOZER_ROSECRET")
-            .env_remove("DOOZER_BOOT_URI");
+            .env_remove("DOOZER_BOOT_URI")
+            .env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -179,6 +181,7 @@ pub fn doozer_with_env(env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> Out
     cmd.args(args)
         .env_remove("DOOZER_URI")
         .env_remove("DOOZER_BOOT_URI")
+        .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -293,6 +293,9 @@ enum Stop {
     Idle,
     /// The connection failed: redial.
     Failed(String),
+    /// The other end failed the handshake (another key, another node):
+    /// redial, but say so louder, as it is a setup to fix.
+    Refused(String),
 }
 
 enum Event {
@@ -337,6 +340,7 @@ impl LinkTask {
             // Meanwhile the queue holds what arrives (it is bounded too).
             let dial = rt::connect_from(self.identity.bind_ip, &self.addr);
             let dialed = rt::timeout(DIAL_TIMEOUT, dial).await;
+            let mut refused = false;
             let failure = match dialed {
                 Some(Ok(stream)) => {
                     let since = Instant::now();
@@ -352,6 +356,10 @@ impl LinkTask {
                             return;
                         }
                         Stop::Failed(reason) => reason,
+                        Stop::Refused(reason) => {
+                            refused = true;
+                            reason
+                        }
                     }
                 }
                 Some(Err(err)) => format!("cannot connect: {err}"),
@@ -359,6 +367,9 @@ impl LinkTask {
             };
             if failing {
                 log::debug!("peer {} at {}: {failure}", self.to, self.addr);
+            } else if refused {
+                log::warn!("peer {} at {}: {failure}; redialing", self.to, self.addr);
+                failing = true;
             } else {
                 log::info!("peer {} at {}: {failure}; redialing", self.to, self.addr);
                 failing = true;
@@ -426,7 +437,8 @@ impl LinkTask {
         let handshake = dial_handshake(&mut reader, &mut writer, &self.identity, &self.to);
         let (mut sealer, opener) = match rt::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Some(Ok(keys)) => keys,
-            Some(Err(reason)) => return Stop::Failed(reason),
+            Some(Err(HandshakeError::Refused(reason))) => return Stop::Refused(reason),
+            Some(Err(HandshakeError::Failed(reason))) => return Stop::Failed(reason),
             None => return Stop::Failed("no handshake in time".to_string()),
         };
         if *failing {
@@ -494,6 +506,15 @@ impl LinkTask {
     }
 }
 
+/// Why a dialer's handshake did not complete.
+enum HandshakeError {
+    /// The connection failed or closed (the listener may be of another
+    /// cluster or protocol, or just gone).
+    Failed(String),
+    /// The other end is not who we meant, or does not hold the key.
+    Refused(String),
+}
+
 /// Dials `to` at `addr` and shakes hands as `identity`: a connection ready
 /// for sealed frames, and the sealer for them. For tools and tests that
 /// speak the peer protocol by hand; nodes use [`PeerLinks`].
@@ -512,7 +533,7 @@ pub async fn dial(
     let handshake = dial_handshake(&mut reader, &mut writer, identity, to);
     match rt::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Some(Ok((sealer, _))) => Ok((stream, sealer)),
-        Some(Err(reason)) => Err(reason),
+        Some(Err(HandshakeError::Failed(reason) | HandshakeError::Refused(reason))) => Err(reason),
         None => Err("no handshake in time".to_string()),
     }
 }
@@ -525,7 +546,8 @@ async fn dial_handshake(
     writer: &mut TcpStream,
     identity: &PeerIdentity,
     to: &NodeId,
-) -> Result<(FrameSealer, FrameOpener), String> {
+) -> Result<(FrameSealer, FrameOpener), HandshakeError> {
+    use HandshakeError::{Failed, Refused};
     let hello = peer::encode_hello(&Hello {
         version: peer::PROTOCOL_VERSION,
         from: identity.me.clone(),
@@ -535,28 +557,30 @@ async fn dial_handshake(
     writer
         .write_all(&hello)
         .await
-        .map_err(|err| format!("write failed: {err}"))?;
-    let challenge: Challenge = peer::read_handshake(reader)
-        .await
-        .map_err(|err| format!("no challenge (another cluster, or an older doozerd?): {err}"))?;
+        .map_err(|err| Failed(format!("write failed: {err}")))?;
+    let challenge: Challenge = peer::read_handshake(reader).await.map_err(|err| {
+        Failed(format!(
+            "no challenge (another cluster, or an older doozerd?): {err}"
+        ))
+    })?;
     if challenge.from != *to {
-        return Err(format!(
+        return Err(Refused(format!(
             "the address answers as node {}, not {to}",
             challenge.from
-        ));
+        )));
     }
     if challenge.nonce.len() != NONCE_BYTES {
-        return Err("bad challenge: wrong nonce length".to_string());
+        return Err(Refused("bad challenge: wrong nonce length".to_string()));
     }
     let transcript = Transcript::new(peer::hello_body(&hello), &challenge.from, &challenge.nonce);
     if !identity
         .key
         .check_listener_proof(&transcript, &challenge.proof)
     {
-        return Err(
+        return Err(Refused(
             "the peer failed authentication: its peer key differs from ours (check DOOZER_PEERSECRET / DOOZER_RWSECRET / DOOZER_ROSECRET)"
                 .to_string(),
-        );
+        ));
     }
     let proof = Proof {
         proof: identity.key.dialer_proof(&transcript).to_vec(),
@@ -564,7 +588,7 @@ async fn dial_handshake(
     writer
         .write_all(&peer::encode_handshake(&proof))
         .await
-        .map_err(|err| format!("write failed: {err}"))?;
+        .map_err(|err| Failed(format!("write failed: {err}")))?;
     Ok(identity.key.link_keys(&transcript))
 }
 
@@ -799,12 +823,15 @@ pub async fn listen_handshake<R: futures::AsyncRead + Unpin>(
         .write_all(&peer::encode_handshake(&challenge))
         .await
         .map_err(|err| format!("write failed: {err}"))?;
-    let proof: Proof = peer::read_handshake(reader)
-        .await
-        .map_err(|err| format!("node {}: no proof: {err}", hello.from))?;
+    let proof: Proof = peer::read_handshake(reader).await.map_err(|err| {
+        format!(
+            "node {} did not prove it holds the peer key (it hung up after our challenge: its key differs?): {err}",
+            hello.from
+        )
+    })?;
     if !identity.key.check_dialer_proof(&transcript, &proof.proof) {
         return Err(format!(
-            "node {} failed authentication (it does not hold this cluster's peer key)",
+            "node {} failed authentication: it did not prove it holds the peer key",
             hello.from
         ));
     }

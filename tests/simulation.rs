@@ -235,7 +235,7 @@ impl Sim {
             .collect();
         for key in due {
             let (from, to, msg) = self.wire.remove(&key).expect("listed");
-            self.feed(&to, Input::Peer { from, msg });
+            self.feed(&to, Input::Peer { from, source: None, msg });
         }
         let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
         for id in ids {

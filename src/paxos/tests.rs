@@ -75,7 +75,9 @@ impl Net {
             }
             let i = self.idx(&to);
             let mut out = Vec::new();
-            self.nodes[i].handle(from, msg, &mut out);
+            if let Err(refusal) = self.nodes[i].handle(from.clone(), msg.clone(), false, &mut out) {
+                panic!("{to} refused {msg:?} from {from}: {refusal}");
+            }
             self.nodes[i].flush(&mut out);
             self.sent(i, out);
         }
@@ -171,7 +173,9 @@ fn new_leader_reproposes_accepted_values_and_fills_holes() {
     for (to, msg) in out {
         if to == id(2) {
             let mut ignored = Vec::new();
-            net.nodes[1].handle(id(1), msg, &mut ignored);
+            net.nodes[1]
+                .handle(id(1), msg, false, &mut ignored)
+                .unwrap();
         }
     }
     net.down.insert(id(1));

@@ -1063,3 +1063,6 @@ mod cluster;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod trust_tests;

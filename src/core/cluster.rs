@@ -624,7 +624,11 @@ impl Core {
         }
     }
 
-    fn install(&mut self, snapshot: SnapshotData, out: &mut Vec<Output>) -> Result<(), Refused> {
+    pub(super) fn install(
+        &mut self,
+        snapshot: SnapshotData,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refused> {
         if !(0..=paxos::MAX_SLOT).contains(&snapshot.rev.0) {
             return Err(Refused::Range);
         }

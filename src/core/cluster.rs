@@ -18,8 +18,9 @@ use super::*;
 ///   removed nodes send them); an address claimed by a node that is not
 ///   registered is kept only if its host is the link's source address
 ///   (when known); `applied` is kept only for registered nodes;
-/// - `LeaderIs`: only from a registered node, a voter or the join target
-///   (the nodes `Alive` goes to), never naming this node;
+/// - `LeaderIs`: only from a voter of the window, never naming this node;
+/// - `Prepare`, `Accept`, `Commit` from a node outside this node's window:
+///   only from the leader a voter named, or the join target (`vouched`);
 /// - `Decided`: only while running, from the node this one asked for
 ///   catch-up or the leader it follows, in range, agreeing with the log;
 /// - `Snapshot`: only from the join target while attaching, else only from
@@ -391,12 +392,13 @@ impl Core {
         self.apply_decided(out);
     }
 
-    /// Whether `node` is known as a node of this cluster beyond the voters
-    /// of the window: registered under `/ctl/node`, named leader by a
-    /// cluster node, or the node this one attaches through.
+    /// Whether `node` may lead this node beyond the voters of its window:
+    /// the leader a voter named (this node is behind and does not know the
+    /// new member yet), or the node this one attaches through. Being
+    /// registered is not enough: a slave never leads, and a registered
+    /// node that is no voter must not get its ballots accepted.
     fn vouched(&self, node: &NodeId) -> bool {
-        self.nodes.contains_key(node)
-            || self.leader_hint.as_ref().is_some_and(|(hint, _)| hint == node)
+        self.leader_hint.as_ref().is_some_and(|(hint, _)| hint == node)
             || matches!(&self.phase, Phase::Joining { target, .. } if target == node)
     }
 
@@ -445,10 +447,11 @@ impl Core {
                 }
             }
             PeerMsg::LeaderIs { leader, addr } => {
-                // An answer to this node's `Alive`, which goes to cluster
-                // nodes only; the address is used only for a leader this
-                // node does not have registered (else /ctl/node's is).
-                if !self.nodes.contains_key(from) && !self.paxos.in_window(from) && !self.vouched(from) {
+                // An answer to this node's `Alive`, heard only from a voter
+                // (the node it names may then lead this one: see `vouched`);
+                // the address is used only for a leader this node does not
+                // have registered (else /ctl/node's is).
+                if !self.paxos.in_window(from) {
                     return Err(Refused::Stranger);
                 }
                 if leader == self.node.id {

@@ -549,3 +549,32 @@ fn membership_history_is_pruned_as_slots_apply() {
     assert_eq!(entries, vec![(Slot::MIN, vec![id(1)])]);
     assert_eq!(core.snapshot_data().membership.len(), 1);
 }
+
+#[test]
+fn a_registered_node_that_does_not_vote_cannot_lead() {
+    let mut seed = seed();
+    let mut node = attached(&mut seed, 2);
+    // Node 3 is registered (a slave), not a voter.
+    node.nodes.insert(id(3), "127.0.0.3:8046".into());
+    let rev = node.store().rev();
+    let accept = Msg::Accept {
+        ballot: Ballot::new(MAX_ROUND_FOR_TESTS, id(3)),
+        first_slot: rev.0 + 1,
+        values: vec![write(id(3), 1, 1, "/owned")],
+        commit: rev.0 + 1,
+    };
+    peer(&mut node, id(3), None, PeerMsg::Paxos(accept));
+    assert_eq!(node.refused(), 1);
+    assert_eq!(node.store().rev(), rev);
+    assert_eq!(node.leader(), Some(&id(1)));
+    // Nor can it name itself leader.
+    let msg = PeerMsg::LeaderIs {
+        leader: id(3),
+        addr: "127.0.0.3:8046".into(),
+    };
+    peer(&mut node, id(3), None, msg);
+    assert_eq!(node.refused(), 2);
+    assert!(node.leader_hint.is_none());
+}
+
+const MAX_ROUND_FOR_TESTS: u64 = paxos::MAX_ROUND;

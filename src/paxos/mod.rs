@@ -105,9 +105,8 @@ pub const MAX_SLOT: Slot = i64::MAX / 4;
 /// - `PreVote`, `PreVoteReply`, `Promise`, `Accepted`, `Reject`: only a
 ///   voter of some slot of this node's window (`NotVoter`);
 /// - `Prepare`, `Accept`, `Commit`: only the ballot's owner (`NotOwner`),
-///   and only a voter of the window or a node the caller vouches for (a
-///   registered node, the leader another node named, the join target)
-///   (`Stranger`);
+///   and only a voter of the window or a node the caller vouches for (the
+///   leader a voter named, the join target) (`Stranger`);
 /// - `Forward`: only a voter or a vouched-for node (the caller checks the
 ///   values' origins);
 /// - every ballot has an owner and a round `<= MAX_ROUND` (a chosen value
@@ -795,8 +794,9 @@ impl<V: Value> Paxos<V> {
 
     /// Handles a message from another node, `from`, after checking it
     /// against what this node knows (see [`Refusal`]): `vouched` says the
-    /// caller knows `from` as a node of this cluster (registered, named
-    /// leader, join target) even if it votes on none of this node's window.
+    /// caller knows `from` as a node that may lead this one (the leader a
+    /// voter named, the join target) even if it votes on none of this
+    /// node's window; for a `Forward`, that the caller checked its values.
     pub fn handle(
         &mut self,
         from: NodeId,

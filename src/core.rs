@@ -107,8 +107,15 @@ pub enum Input {
     ConnClosed { conn: ConnId },
     /// One unit of time (the runtime's tick interval).
     Tick,
-    /// A message from another node.
-    Peer { from: NodeId, msg: PeerMsg },
+    /// A message from another node. `from` is the id the link proved (or,
+    /// without a peer key, claimed); `source` is the link's TCP source
+    /// address (`None`: not known, as in the simulation), against which an
+    /// address a stranger claims for itself is checked.
+    Peer {
+        from: NodeId,
+        source: Option<std::net::IpAddr>,
+        msg: PeerMsg,
+    },
 }
 
 /// What the core asks the runtime to do.
@@ -190,9 +197,10 @@ pub struct SnapshotData {
     pub files: Vec<(Path, Rev, Body)>,
     /// Voter sets: (first slot governed, voters).
     pub membership: Vec<(Slot, Vec<NodeId>)>,
-    /// Per origin: the floor below which every write was applied, and the
-    /// writes at or above it that were.
-    pub dedupe: Vec<(NodeId, u64, Vec<u64>)>,
+    /// Per origin: the floor below which every write was applied, the
+    /// writes at or above it that were, and the rev of its last write
+    /// (which decides when the entry is pruned, identically everywhere).
+    pub dedupe: Vec<(NodeId, u64, Vec<u64>, Rev)>,
 }
 
 /// The value of one consensus slot.
@@ -316,6 +324,9 @@ struct Applied {
     floor: u64,
     /// Writes at or above the floor that were applied.
     seqs: BTreeSet<u64>,
+    /// The rev of the last write of this origin (applied or dropped as a
+    /// duplicate): see [`Core::prune_origins`].
+    last: Rev,
 }
 
 pub struct Core {
@@ -360,6 +371,11 @@ pub struct Core {
     leader_hint: Option<(NodeId, u64)>,
     /// The last node known to be ahead of this one.
     catch_up_source: Option<NodeId>,
+    /// Peer messages refused (see `on_peer`), for the node's metrics.
+    refused: u64,
+    /// This node's own origin had a dedupe entry at some point (so its
+    /// absence now means the entry was pruned, not that none existed yet).
+    origin_seen: bool,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
@@ -367,8 +383,16 @@ pub struct Core {
 const HOUSEKEEPING_TICKS: u64 = 20;
 /// Decided slots sent in one catch-up answer.
 const CATCH_UP_SLOTS: usize = 4096;
-/// Unregistered nodes (attaching) whose address is remembered.
+/// Unregistered nodes (attaching) whose address is remembered; past it the
+/// oldest is forgotten.
 const MAX_UNREGISTERED: usize = 64;
+/// The dedupe state is pruned at revs that are multiples of this (see
+/// [`Core::prune_origins`]).
+const PRUNE_EVERY_REVS: i64 = 64;
+/// An unregistered origin's dedupe entry is dropped once its last write is
+/// this many revs old (see [`Core::prune_origins`]). Far beyond any queue a
+/// write can wait in, yet a bound: origins churn by restarts, not by writes.
+pub const ORIGIN_IDLE_REVS: i64 = 100_000;
 
 impl Core {
     fn new(node: NodeInfo, config: CoreConfig, membership: Membership, phase: Phase) -> Core {
@@ -408,6 +432,8 @@ impl Core {
             unregistered: BTreeMap::new(),
             leader_hint: None,
             catch_up_source: None,
+            refused: 0,
+            origin_seen: false,
         }
     }
 
@@ -506,6 +532,13 @@ impl Core {
         self.paxos.leader()
     }
 
+    /// Peer messages refused since start (not from this cluster, not asked
+    /// for, out of range or contradicting what this node knows), for
+    /// `/metrics`.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// Registered WAITs, for the node's stats.
     pub fn waiting(&self) -> usize {
         self.wait_tags.len()
@@ -517,7 +550,7 @@ impl Core {
             Input::Request { conn, tag, command } => self.on_request(conn, tag, command, out),
             Input::ConnClosed { conn } => self.on_conn_closed(conn),
             Input::Tick => self.on_tick(out),
-            Input::Peer { from, msg } => self.on_peer(from, msg, out),
+            Input::Peer { from, source, msg } => self.on_peer(from, source, msg, out),
         }
     }
 
@@ -623,6 +656,20 @@ impl Core {
 
     fn send_pending(&mut self, seq: u64) {
         let leader = self.paxos.leader().cloned();
+        // Until this node is registered (attaching, or back after it was
+        // removed), only its registration goes out: leaders refuse anything
+        // else from a node they do not know, and a removed node's old writes
+        // must not be sent blindly (see `prune_origins`). The rest waits here
+        // and goes out at the next housekeeping after registration.
+        let hold = !self.nodes.contains_key(&self.node.id)
+            && leader.as_ref() != Some(&self.node.id)
+            && self
+                .pending_writes
+                .get(&seq)
+                .is_some_and(|p| !registers(&p.decree, &self.node.id));
+        if hold {
+            return;
+        }
         let Some(pending) = self.pending_writes.get_mut(&seq) else {
             return;
         };
@@ -718,6 +765,9 @@ impl Core {
                 .get_or_insert_with(|| self.paxos.is_leader() && !self.slaves().is_empty());
             self.apply(Rev(slot), decree, stream, out);
         }
+        if stream_to_slaves.is_some() {
+            self.paxos.prune_membership();
+        }
     }
 
     fn apply(&mut self, rev: Rev, decree: Decree, stream_to_slaves: bool, out: &mut Vec<Output>) {
@@ -735,6 +785,7 @@ impl Core {
                 mutation,
             } => {
                 let applied = self.applied_writes.entry(origin.clone()).or_default();
+                applied.last = rev;
                 if *floor > applied.floor {
                     applied.floor = *floor;
                     while applied.seqs.first().is_some_and(|seq| seq < floor) {
@@ -747,6 +798,9 @@ impl Core {
                 } else {
                     self.store.apply(mutation)
                 };
+                if *origin == self.node.id {
+                    self.origin_seen = true;
+                }
                 let mine = (*origin == self.node.id && !duplicate).then_some(*seq);
                 (event, mine)
             }
@@ -772,6 +826,9 @@ impl Core {
                 });
             }
         }
+        if rev.0 % PRUNE_EVERY_REVS == 0 {
+            self.prune_origins(rev, out);
+        }
         let due: Vec<Rev> = self
             .parked_reads
             .range(..=event.rev)
@@ -780,6 +837,69 @@ impl Core {
         for rev in due {
             for read in self.parked_reads.remove(&rev).unwrap_or_default() {
                 self.read(read, out);
+            }
+        }
+    }
+
+    /// Forgets the dedupe state of origins that are gone. Without this it
+    /// grows for the cluster's whole life (every restarted process is a new
+    /// origin) and rides in every snapshot.
+    ///
+    /// The rule, applied at every rev that is a multiple of
+    /// [`PRUNE_EVERY_REVS`] and so identically on every replica (it reads
+    /// only replicated state: the store and the dedupe entries, whose `last`
+    /// rides in snapshots): an origin's entry is dropped when the origin is
+    /// not registered (no `/ctl/node/<id>/addr`) and its last write was
+    /// decided more than [`ORIGIN_IDLE_REVS`] revs ago. A cluster-wide
+    /// constant, not the per-node `-hist`, because replicas that pruned
+    /// differently would disagree on what is a duplicate.
+    ///
+    /// Why no write is applied twice because of it:
+    /// - an origin that writes again after its entry was dropped sends a
+    ///   `floor` above every seq it had handed out before (see below), so
+    ///   the new entry drops any old copy that turns up later;
+    /// - the origin itself never resends blindly: when it sees its own
+    ///   entry dropped (here, or missing from a snapshot it installs) while
+    ///   writes it handed to a leader are unanswered, it answers those with
+    ///   an error ("outcome unknown") instead of resending them, and
+    ///   forwards nothing but its own registration until it is registered
+    ///   again;
+    /// - what is left is a copy stuck undecided in some other node's queue
+    ///   for `ORIGIN_IDLE_REVS` revs while others were decided, which the
+    ///   first-in-first-out queues and in-order handover do not produce.
+    fn prune_origins(&mut self, rev: Rev, out: &mut Vec<Output>) {
+        let cutoff = rev.0 - ORIGIN_IDLE_REVS;
+        let nodes = &self.nodes;
+        self.applied_writes
+            .retain(|id, applied| nodes.contains_key(id) || applied.last.0 > cutoff);
+        if self.origin_seen && !self.applied_writes.contains_key(&self.node.id) {
+            log::warn!(
+                "the dedupe state of this node's writes was pruned at rev {rev} (it was away); its unanswered writes get an error instead of being sent again"
+            );
+            self.origin_seen = false;
+            self.drop_handed_out_writes(|_| true, out);
+        }
+    }
+
+    /// Answers with an error, and forgets, the writes proposed here that
+    /// were already handed to a leader and match `lost`: whether they were
+    /// (or will be) applied cannot be known safely any more.
+    fn drop_handed_out_writes(&mut self, lost: impl Fn(u64) -> bool, out: &mut Vec<Output>) {
+        let seqs: Vec<u64> = self
+            .pending_writes
+            .iter()
+            .filter(|(seq, p)| p.sent_to.is_some() && lost(**seq))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in seqs {
+            let Some(pending) = self.pending_writes.remove(&seq) else {
+                continue;
+            };
+            if let Proposer::Client { conn, tag } = pending.proposer {
+                let outcome = Err(ReplyError::other(
+                    "outcome unknown: this node was away while the write was in flight; read to check",
+                ));
+                out.push(Output::Reply { conn, tag, outcome });
             }
         }
     }
@@ -856,6 +976,21 @@ impl Core {
     }
 }
 
+/// Whether `decree` writes under `/ctl/node/<node>/` (a node's registration
+/// and pulse: all a node that is not registered may forward).
+fn registers(decree: &Decree, node: &NodeId) -> bool {
+    let Decree::Write { mutation, .. } = decree else {
+        return false;
+    };
+    let path = match mutation {
+        Mutation::Set { path, .. } | Mutation::Del { path, .. } => path.as_str(),
+        Mutation::Nop => return false,
+    };
+    path.strip_prefix("/ctl/node/")
+        .and_then(|rest| rest.strip_prefix(node.as_str()))
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Every `/ctl/cal/<slot>` file: its path, rev and body.
 fn cal_slots(snapshot: &Snapshot) -> Vec<(Path, Rev, Body)> {
     let dir = Path::parse("/ctl/cal").expect("valid");
@@ -928,3 +1063,6 @@ mod cluster;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod trust_tests;

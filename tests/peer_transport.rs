@@ -143,7 +143,7 @@ fn links_with(n: u8, cluster: &str, key: PeerKey) -> PeerLinks {
 /// The next peer message in `inbox`.
 fn next_peer(inbox: &Receiver<Input>) -> (NodeId, PeerMsg) {
     match inbox.recv_timeout(WAIT) {
-        Ok(Input::Peer { from, msg }) => (from, msg),
+        Ok(Input::Peer { from, msg, .. }) => (from, msg),
         Ok(other) => panic!("expected a peer message, got {other:?}"),
         Err(err) => panic!("no peer message: {err}"),
     }
@@ -618,7 +618,7 @@ fn clients_share_the_port() {
     let mut saw_request = false;
     while !(saw_peer && saw_request) {
         match a.inbox.recv_timeout(WAIT).unwrap() {
-            Input::Peer { from, msg } => {
+            Input::Peer { from, msg, .. } => {
                 assert_eq!((from, msg), (id(2), alive(1)));
                 saw_peer = true;
             }

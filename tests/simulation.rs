@@ -14,9 +14,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use doozer::core::{
-    Command, ConnId, Core, CoreConfig, Input, NodeInfo, Outcome, Output, PeerMsg, Reply,
+    Command, ConnId, Core, CoreConfig, Decree, Input, NodeInfo, Outcome, Output, PeerMsg, Reply,
+    SnapshotData,
 };
-use doozer::paxos;
+use doozer::paxos::{self, Ballot};
+use doozer::store::Mutation;
 use doozer::store::{Event, EventKind, Glob};
 use doozer::types::{Body, NodeId, Path, Rev, RevCheck};
 use rand::{RngExt, SeedableRng};
@@ -73,6 +75,9 @@ struct Sim {
     next_tag: i32,
     next_node: u8,
     log: Vec<String>,
+    /// A node that is no member and sends arbitrary well-formed messages,
+    /// as itself, to random nodes (see `rogue_msg`).
+    rogue: Option<NodeId>,
 }
 
 impl Sim {
@@ -97,6 +102,7 @@ impl Sim {
             next_tag: 0,
             next_node: 1,
             log: Vec::new(),
+            rogue: None,
         }
     }
 
@@ -235,13 +241,232 @@ impl Sim {
             .collect();
         for key in due {
             let (from, to, msg) = self.wire.remove(&key).expect("listed");
-            self.feed(&to, Input::Peer { from, msg });
+            self.feed(&to, Input::Peer { from, source: None, msg });
+        }
+        if let Some(rogue) = self.rogue.clone() {
+            for _ in 0..self.rng.random_range(0..3) {
+                let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+                let to = ids[self.rng.random_range(0..ids.len())].clone();
+                let msg = self.rogue_msg(&rogue);
+                let input = Input::Peer {
+                    from: rogue.clone(),
+                    source: None,
+                    msg,
+                };
+                self.feed(&to, input);
+            }
         }
         let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
         for id in ids {
             self.feed(&id, Input::Tick);
         }
         self.check();
+    }
+
+    /// A round a rogue might try: small, near the edge of the range, or
+    /// past it.
+    fn rogue_round(&mut self) -> u64 {
+        match self.rng.random_range(0..6) {
+            0 => u64::MAX,
+            1 => paxos::MAX_ROUND,
+            2 => paxos::MAX_ROUND + 1,
+            3 => 0,
+            _ => self.rng.random_range(1..40),
+        }
+    }
+
+    fn rogue_ballot(&mut self, rogue: &NodeId) -> Ballot {
+        let round = self.rogue_round();
+        let leader = match self.rng.random_range(0..5) {
+            0 => None,
+            1 => Some(self.random_node()),
+            _ => Some(rogue.clone()),
+        };
+        Ballot { round, leader }
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        ids[self.rng.random_range(0..ids.len())].clone()
+    }
+
+    /// A slot a rogue might name: near the cluster's current rev, or an
+    /// extreme.
+    fn rogue_slot(&mut self) -> i64 {
+        let rev = self
+            .nodes
+            .values()
+            .map(|n| n.core.store().rev().0)
+            .max()
+            .unwrap_or(0);
+        match self.rng.random_range(0..10) {
+            0 => i64::MAX,
+            1 => i64::MIN,
+            2 => -1,
+            3 => 0,
+            4 => paxos::MAX_SLOT,
+            5 => rev + self.rng.random_range(100..100_000),
+            _ => rev + self.rng.random_range(-5..10),
+        }
+    }
+
+    fn rogue_decree(&mut self, rogue: &NodeId) -> Decree {
+        if self.rng.random_range(0..4) == 0 {
+            return Decree::Fill;
+        }
+        let origin = if self.rng.random_range(0..3) == 0 {
+            self.random_node()
+        } else {
+            rogue.clone()
+        };
+        let key = self.rng.random_range(0..6);
+        // Under /k (as clients write) or its own /ctl/node entries: a
+        // node's own registration is what anyone may forward.
+        let path = if self.rng.random_range(0..4) == 0 {
+            format!("/ctl/node/{rogue}/addr")
+        } else {
+            format!("/k/{key}")
+        };
+        let path = Path::parse(&path).unwrap();
+        let mutation = match self.rng.random_range(0..4) {
+            0 => Mutation::Del {
+                path,
+                check: RevCheck::Clobber,
+            },
+            1 => Mutation::Nop,
+            _ => Mutation::Set {
+                path,
+                check: RevCheck::Clobber,
+                body: Body::from(format!("rogue{}", self.rng.random_range(0..1000)).into_bytes()),
+            },
+        };
+        let seq = match self.rng.random_range(0..4) {
+            0 => u64::MAX,
+            _ => self.rng.random_range(0..50),
+        };
+        let floor = match self.rng.random_range(0..4) {
+            0 => u64::MAX,
+            1 => seq,
+            _ => self.rng.random_range(0..50),
+        };
+        Decree::Write {
+            origin,
+            seq,
+            floor,
+            mutation,
+        }
+    }
+
+    fn rogue_decrees(&mut self, rogue: &NodeId) -> Vec<Decree> {
+        let n = self.rng.random_range(0..4);
+        (0..n).map(|_| self.rogue_decree(rogue)).collect()
+    }
+
+    fn rogue_addr(&mut self) -> String {
+        match self.rng.random_range(0..3) {
+            0 => "10.9.9.9:1".into(),
+            1 => "not an address".into(),
+            _ => "127.0.0.250:8046".into(),
+        }
+    }
+
+    /// One arbitrary well-formed message from the rogue.
+    fn rogue_msg(&mut self, rogue: &NodeId) -> PeerMsg {
+        use paxos::Msg;
+        let msg = match self.rng.random_range(0..15) {
+            0 => Msg::PreVote {
+                round: self.rogue_round(),
+                commit: self.rogue_slot(),
+            },
+            1 => Msg::PreVoteReply {
+                round: self.rogue_round(),
+                granted: true,
+                commit: self.rogue_slot(),
+            },
+            2 => Msg::Prepare {
+                ballot: self.rogue_ballot(rogue),
+                from_slot: self.rogue_slot(),
+            },
+            3 => {
+                let n = self.rng.random_range(0..3);
+                let accepted = (0..n)
+                    .map(|_| {
+                        let slot = self.rogue_slot();
+                        let ballot = self.rogue_ballot(rogue);
+                        (slot, ballot, self.rogue_decree(rogue))
+                    })
+                    .collect();
+                Msg::Promise {
+                    ballot: self.rogue_ballot(rogue),
+                    from_slot: self.rogue_slot(),
+                    accepted,
+                    commit: self.rogue_slot(),
+                }
+            }
+            4 => Msg::Accept {
+                ballot: self.rogue_ballot(rogue),
+                first_slot: self.rogue_slot(),
+                values: self.rogue_decrees(rogue),
+                commit: self.rogue_slot(),
+            },
+            5 => Msg::Accepted {
+                ballot: self.rogue_ballot(rogue),
+                first_slot: self.rogue_slot(),
+                last_slot: self.rogue_slot(),
+            },
+            6 => Msg::Reject {
+                promised: self.rogue_ballot(rogue),
+                commit: self.rogue_slot(),
+            },
+            7 => Msg::Commit {
+                ballot: self.rogue_ballot(rogue),
+                commit: self.rogue_slot(),
+            },
+            8 => Msg::Forward {
+                values: self.rogue_decrees(rogue),
+            },
+            9 => {
+                return PeerMsg::Alive {
+                    applied: Rev(self.rogue_slot()),
+                    addr: self.rogue_addr(),
+                }
+            }
+            10 => {
+                return PeerMsg::CatchUp {
+                    from: Rev(self.rogue_slot()),
+                    addr: self.rogue_addr(),
+                }
+            }
+            11 => {
+                return PeerMsg::Decided {
+                    first: Rev(self.rogue_slot()),
+                    decrees: self.rogue_decrees(rogue),
+                }
+            }
+            12 => {
+                let rev = Rev(self.rogue_slot());
+                let voters = vec![rogue.clone(), self.random_node()];
+                let path = Path::parse("/k/owned").unwrap();
+                return PeerMsg::Snapshot(Box::new(SnapshotData {
+                    rev,
+                    files: vec![(path, rev, Body::from(b"rogue".to_vec()))],
+                    membership: vec![(i64::MIN, voters)],
+                    dedupe: vec![(self.random_node(), u64::MAX, vec![], rev)],
+                }));
+            }
+            _ => {
+                let leader = if self.rng.random_range(0..2) == 0 {
+                    rogue.clone()
+                } else {
+                    self.random_node()
+                };
+                return PeerMsg::LeaderIs {
+                    leader,
+                    addr: self.rogue_addr(),
+                };
+            }
+        };
+        PeerMsg::Paxos(msg)
     }
 
     fn request(&mut self, at: &NodeId, command: Command) {
@@ -465,9 +690,39 @@ impl Sim {
     }
 }
 
+/// Where a rogue peer stands (see `Sim::rogue_msg`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rogue {
+    None,
+    /// An id the cluster never heard of.
+    Stranger,
+    /// An id registered under /ctl/node (like a slave), never a voter.
+    Registered,
+}
+
+/// Prints the seed of a run that panicked outside the checkers (an engine
+/// assertion, say), so it can be replayed.
+struct SeedGuard(u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "simulation seed {} panicked; replay: SIM_SEED={} cargo test --test simulation -- --nocapture",
+                self.0, self.0
+            );
+        }
+    }
+}
+
 /// One randomised run: a cluster of `members` voters plus `slaves`, writes
 /// from every side, and a schedule of faults drawn from the seed.
 fn scenario(seed: u64, members: usize, slaves: usize, ticks: u64) {
+    scenario_with(seed, members, slaves, ticks, Rogue::None);
+}
+
+fn scenario_with(seed: u64, members: usize, slaves: usize, ticks: u64, rogue: Rogue) {
+    let _guard = SeedGuard(seed);
     let mut sim = Sim::new(seed);
     let seed_id = sim.add_seed();
     for _ in 0..(members - 1 + slaves) {
@@ -475,6 +730,26 @@ fn scenario(seed: u64, members: usize, slaves: usize, ticks: u64) {
     }
     sim.run(50);
     sim.grow_to(members);
+    if rogue != Rogue::None {
+        let mut bytes = [0xeeu8; 10];
+        bytes[1..9].copy_from_slice(&seed.to_le_bytes());
+        let id = NodeId::from_bytes(bytes);
+        if rogue == Rogue::Registered {
+            let leader = sim.leader().expect("a leader");
+            let path = Path::parse(&format!("/ctl/node/{id}/addr")).unwrap();
+            sim.request(
+                &leader,
+                Command::Set {
+                    path,
+                    check: RevCheck::Clobber,
+                    body: Body::from(b"127.0.0.250:8046".to_vec()),
+                },
+            );
+            sim.run(20);
+        }
+        sim.log.push(format!("t{} rogue {id} ({rogue:?})", sim.now));
+        sim.rogue = Some(id);
+    }
     let mut until = 0;
     for _ in 0..ticks {
         if sim.now >= until {
@@ -601,6 +876,25 @@ fn seeds(base: u64, default: u64) -> Vec<u64> {
 fn three_members_and_a_slave_under_faults() {
     for seed in seeds(0, 150) {
         scenario(seed, 3, 1, 1500);
+    }
+}
+
+/// A rogue that is no member sends arbitrary well-formed messages (ballots
+/// up to `u64::MAX`, extreme slots, forged decrees, snapshots, catch-up
+/// requests with addresses) to random nodes throughout the usual faults:
+/// no safety violation, and the cluster still converges and takes writes.
+#[test]
+fn three_members_and_a_slave_with_a_rogue_stranger() {
+    for seed in seeds(3000, 40) {
+        scenario_with(seed, 3, 1, 1500, Rogue::Stranger);
+    }
+}
+
+/// The same, from a rogue registered under /ctl/node (as a slave is).
+#[test]
+fn five_members_and_a_slave_with_a_registered_rogue() {
+    for seed in seeds(4000, 15) {
+        scenario_with(seed, 5, 1, 1500, Rogue::Registered);
     }
 }
 

@@ -6,8 +6,45 @@
 //! same decisions in the same order.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use super::*;
+
+/// Why a peer message was refused: dropped whole, counted in
+/// [`Core::refused`], logged (at error level for a contradiction).
+///
+/// The rules, beyond the engine's ([`paxos::Refusal`]):
+/// - `Alive` and `CatchUp`: from anyone but this node (attaching and
+///   removed nodes send them); an address claimed by a node that is not
+///   registered is kept only if its host is the link's source address
+///   (when known); `applied` is kept only for registered nodes;
+/// - `LeaderIs`: only from a voter of the window, never naming this node;
+/// - `Prepare`, `Accept`, `Commit` from a node outside this node's window:
+///   only from the leader a voter named, or the join target (`vouched`);
+/// - `Decided`: only while running, from the node this one asked for
+///   catch-up or the leader it follows, in range, agreeing with the log;
+/// - `Snapshot`: only from the join target while attaching, else only from
+///   the node this one asked for catch-up;
+/// - `Forward`: see `check_forward`.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    #[error(transparent)]
+    Paxos(#[from] paxos::Refusal),
+    #[error("the sender is not of this cluster")]
+    Stranger,
+    #[error("not an answer to a request of this node")]
+    NotAsked,
+    #[error("a rev or slot out of range")]
+    Range,
+    #[error("an address {0:?} not on the host the link comes from")]
+    Address(String),
+    #[error("a forwarded value that is {0}")]
+    Forward(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("a snapshot {0}")]
+    Snapshot(&'static str),
+}
 
 impl Core {
     pub(super) fn on_tick(&mut self, out: &mut Vec<Output>) {
@@ -327,66 +364,225 @@ impl Core {
         }
     }
 
-    pub(super) fn on_peer(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Output>) {
-        self.last_heard.insert(from.clone(), self.ticks);
-        match msg {
-            PeerMsg::Paxos(msg) => {
-                let mut sent = Vec::new();
-                self.paxos.handle(from, msg, &mut sent);
-                self.push_peer(sent, out);
-            }
-            PeerMsg::Alive { applied, addr } => {
-                self.remember_addr(&from, addr);
-                self.applied_of.insert(from.clone(), applied);
-                // Tell it who leads and how far the log is decided, so a node
-                // that was away learns it is behind.
-                if let Some(heartbeat) = self.paxos.heartbeat() {
-                    self.send_peer(from, PeerMsg::Paxos(heartbeat), out);
-                } else if let Some(leader) = self.paxos.leader().filter(|l| **l != from).cloned() {
-                    if let Some(addr) = self.nodes.get(&leader).cloned() {
-                        self.send_peer(from, PeerMsg::LeaderIs { leader, addr }, out);
-                    }
+    /// Handles a message from another node, after checking it against what
+    /// this node knows: one peer message must never be able to crash,
+    /// corrupt or steer this node, whoever sent it (see [`Refused`]).
+    pub(super) fn on_peer(
+        &mut self,
+        from: NodeId,
+        source: Option<IpAddr>,
+        msg: PeerMsg,
+        out: &mut Vec<Output>,
+    ) {
+        match self.admit_peer(&from, source, msg, out) {
+            Ok(()) => {
+                if self.nodes.contains_key(&from) {
+                    self.last_heard.insert(from, self.ticks);
                 }
             }
-            PeerMsg::LeaderIs { leader, addr } => {
-                if self.paxos.leader() != Some(&leader) {
-                    self.remember_addr(&leader, addr);
-                    self.leader_hint = Some((leader, self.ticks));
-                }
+            Err(Refused::Conflict(what)) => {
+                self.refused += 1;
+                log::error!("refused a message from {from}: it contradicts this node's log: {what}");
             }
-            PeerMsg::CatchUp { from: first, addr } => {
-                self.remember_addr(&from, addr);
-                self.serve_catch_up(from, first, out)
+            Err(why) => {
+                self.refused += 1;
+                log::debug!("refused a message from {from}: {why}");
             }
-            PeerMsg::Decided { first, decrees } => {
-                if self.phase == Phase::Running {
-                    for (i, decree) in decrees.into_iter().enumerate() {
-                        self.paxos.learn(first.0 + i as Slot, decree);
-                    }
-                    if self
-                        .catch_up
-                        .as_ref()
-                        .is_some_and(|(asked, _)| *asked == from)
-                    {
-                        self.catch_up = None;
-                    }
-                }
-            }
-            PeerMsg::Snapshot(snapshot) => self.install(*snapshot, out),
         }
         self.apply_decided(out);
     }
 
+    /// Whether `node` may lead this node beyond the voters of its window:
+    /// the leader a voter named (this node is behind and does not know the
+    /// new member yet), or the node this one attaches through. Being
+    /// registered is not enough: a slave never leads, and a registered
+    /// node that is no voter must not get its ballots accepted.
+    fn vouched(&self, node: &NodeId) -> bool {
+        self.leader_hint.as_ref().is_some_and(|(hint, _)| hint == node)
+            || matches!(&self.phase, Phase::Joining { target, .. } if target == node)
+    }
+
+    fn admit_peer(
+        &mut self,
+        from: &NodeId,
+        source: Option<IpAddr>,
+        msg: PeerMsg,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refused> {
+        if *from == self.node.id {
+            return Err(Refused::Paxos(paxos::Refusal::FromSelf));
+        }
+        match msg {
+            PeerMsg::Paxos(msg) => {
+                // A forward that passes `check_forward` is vouched for: its
+                // sender may be a node still registering.
+                let vouched = match &msg {
+                    paxos::Msg::Forward { values } => {
+                        self.check_forward(from, values)?;
+                        true
+                    }
+                    _ => self.vouched(from),
+                };
+                let mut sent = Vec::new();
+                let result = self.paxos.handle(from.clone(), msg, vouched, &mut sent);
+                self.push_peer(sent, out);
+                result?;
+            }
+            PeerMsg::Alive { applied, addr } => {
+                if !(0..=paxos::MAX_SLOT).contains(&applied.0) {
+                    return Err(Refused::Range);
+                }
+                self.remember_addr(from, addr, source)?;
+                if self.nodes.contains_key(from) {
+                    self.applied_of.insert(from.clone(), applied);
+                }
+                // Tell it who leads and how far the log is decided, so a node
+                // that was away learns it is behind.
+                if let Some(heartbeat) = self.paxos.heartbeat() {
+                    self.send_peer(from.clone(), PeerMsg::Paxos(heartbeat), out);
+                } else if let Some(leader) = self.paxos.leader().filter(|l| *l != from).cloned() {
+                    if let Some(addr) = self.nodes.get(&leader).cloned() {
+                        self.send_peer(from.clone(), PeerMsg::LeaderIs { leader, addr }, out);
+                    }
+                }
+            }
+            PeerMsg::LeaderIs { leader, addr } => {
+                // An answer to this node's `Alive`, heard only from a voter
+                // (the node it names may then lead this one: see `vouched`);
+                // the address is used only for a leader this node does not
+                // have registered (else /ctl/node's is).
+                if !self.paxos.in_window(from) {
+                    return Err(Refused::Stranger);
+                }
+                if leader == self.node.id {
+                    return Err(Refused::Range);
+                }
+                if self.paxos.leader() != Some(&leader) {
+                    if !self.nodes.contains_key(&leader) {
+                        self.remember_addr(&leader, addr, None)?;
+                    }
+                    self.leader_hint = Some((leader, self.ticks));
+                }
+            }
+            PeerMsg::CatchUp { from: first, addr } => {
+                if !(0..=paxos::MAX_SLOT).contains(&first.0) {
+                    return Err(Refused::Range);
+                }
+                self.remember_addr(from, addr, source)?;
+                self.serve_catch_up(from.clone(), first, out)
+            }
+            PeerMsg::Decided { first, decrees } => self.on_decided(from, first, decrees)?,
+            PeerMsg::Snapshot(snapshot) => {
+                let asked = match &self.phase {
+                    Phase::Joining { target, .. } => target == from,
+                    Phase::Running => self.asked(from),
+                };
+                if !asked {
+                    return Err(Refused::NotAsked);
+                }
+                self.install(*snapshot, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this node's catch-up request in flight went to `node`.
+    fn asked(&self, node: &NodeId) -> bool {
+        self.catch_up.as_ref().is_some_and(|(asked, _)| asked == node)
+    }
+
+    /// Values forwarded for the leader to order: writes only, each with a
+    /// sane floor; of the sender's own origin, except from a voter (a
+    /// deposed leader hands over what it had queued, whoever proposed it);
+    /// and from a node that is neither registered nor a voter, only its own
+    /// registration.
+    fn check_forward(&self, from: &NodeId, values: &[Decree]) -> Result<(), Refused> {
+        let voter = self.paxos.in_window(from);
+        let registered = self.nodes.contains_key(from);
+        for value in values {
+            let Decree::Write {
+                origin, seq, floor, ..
+            } = value
+            else {
+                return Err(Refused::Forward("a fill"));
+            };
+            if floor > seq {
+                return Err(Refused::Forward("a floor above the write's seq"));
+            }
+            if origin != from && !voter {
+                return Err(Refused::Forward("another origin's write"));
+            }
+            if !registered && !voter && !registers(value, from) {
+                return Err(Refused::Forward("more than its registration"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decided slots: only from the node this one asked for catch-up, or
+    /// from the leader (which streams applied slots to slaves); in range;
+    /// and agreeing with every slot this node already knows decided.
+    fn on_decided(&mut self, from: &NodeId, first: Rev, decrees: Vec<Decree>) -> Result<(), Refused> {
+        if self.phase != Phase::Running {
+            return Err(Refused::NotAsked);
+        }
+        let from_leader = self.paxos.leader() == Some(from);
+        if !from_leader && !self.asked(from) {
+            return Err(Refused::NotAsked);
+        }
+        let len = Slot::try_from(decrees.len()).map_err(|_| Refused::Range)?;
+        let end = first.0.checked_add(len).ok_or(Refused::Range)?;
+        if first.0 < 1 || end - 1 > paxos::MAX_SLOT {
+            return Err(Refused::Range);
+        }
+        // Check every slot before learning any.
+        let log_start = self.decided_log.front().map_or(Rev(i64::MAX), |(rev, _)| *rev);
+        for (slot, decree) in (first.0..end).zip(&decrees) {
+            let known = if slot < self.paxos.next_to_deliver() {
+                (slot >= log_start.0)
+                    .then(|| &self.decided_log[(slot - log_start.0) as usize].1)
+            } else {
+                self.paxos.chosen_value(slot)
+            };
+            if known.is_some_and(|known| known != decree) {
+                return Err(Refused::Conflict(format!(
+                    "slot {slot}: {known:?} here, {decree:?} from it"
+                )));
+            }
+        }
+        for (slot, decree) in (first.0..end).zip(decrees) {
+            self.paxos.learn(slot, decree)?;
+        }
+        if self.asked(from) {
+            self.catch_up = None;
+        }
+        Ok(())
+    }
+
     /// Keeps the address of a node that is not registered (attaching, or
-    /// removed), so it can be answered. Bounded.
-    fn remember_addr(&mut self, id: &NodeId, addr: String) {
+    /// removed), so it can be answered. Bounded. When the link's source is
+    /// known, a node may only claim an address on the host it connects
+    /// from: this node never dials a host named by a stranger.
+    fn remember_addr(
+        &mut self,
+        id: &NodeId,
+        addr: String,
+        source: Option<IpAddr>,
+    ) -> Result<(), Refused> {
         if self.nodes.contains_key(id) {
-            return;
+            return Ok(());
+        }
+        if let Some(source) = source {
+            let claimed = addr.parse::<std::net::SocketAddr>().ok();
+            if claimed.is_none_or(|a| a.ip().to_canonical() != source.to_canonical()) {
+                return Err(Refused::Address(addr));
+            }
         }
         if self.unregistered.len() >= MAX_UNREGISTERED && !self.unregistered.contains_key(id) {
             self.unregistered.pop_first();
         }
         self.unregistered.insert(id.clone(), addr);
+        Ok(())
     }
 
     fn serve_catch_up(&mut self, to: NodeId, first: Rev, out: &mut Vec<Output>) {
@@ -423,18 +619,27 @@ impl Core {
             dedupe: self
                 .applied_writes
                 .iter()
-                .map(|(id, a)| (id.clone(), a.floor, a.seqs.iter().copied().collect()))
+                .map(|(id, a)| {
+                    let seqs = a.seqs.iter().copied().collect();
+                    (id.clone(), a.floor, seqs, a.last)
+                })
                 .collect(),
         }
     }
 
-    fn install(&mut self, snapshot: SnapshotData, out: &mut Vec<Output>) {
+    pub(super) fn install(
+        &mut self,
+        snapshot: SnapshotData,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refused> {
+        if !(0..=paxos::MAX_SLOT).contains(&snapshot.rev.0) {
+            return Err(Refused::Range);
+        }
         if snapshot.rev <= self.store.rev() && self.phase == Phase::Running {
-            return;
+            return Ok(());
         }
         let Some(membership) = Membership::from_entries(snapshot.membership) else {
-            log::warn!("ignoring a snapshot without voters");
-            return;
+            return Err(Refused::Snapshot("without voters"));
         };
         log::info!("installing a snapshot at rev {}", snapshot.rev);
         let tree = Snapshot::from_files(snapshot.rev, snapshot.files);
@@ -442,11 +647,24 @@ impl Core {
         self.applied_writes = snapshot
             .dedupe
             .into_iter()
-            .map(|(id, floor, seqs)| {
+            .map(|(id, floor, seqs, last)| {
                 let seqs = seqs.into_iter().collect();
-                (id, Applied { floor, seqs })
+                (id, Applied { floor, seqs, last })
             })
             .collect();
+        // Writes handed to a leader before the snapshot's rev and not
+        // answered: the ones the snapshot shows applied, or whose origin
+        // entry it does not have (pruned, or never made), cannot be answered
+        // truly nor resent safely.
+        let mine = self.applied_writes.get(&self.node.id).cloned();
+        self.origin_seen = mine.is_some();
+        self.drop_handed_out_writes(
+            |seq| {
+                mine.as_ref()
+                    .is_none_or(|a| seq < a.floor || a.seqs.contains(&seq))
+            },
+            out,
+        );
         self.decided_log.clear();
         self.paxos.restart_at(snapshot.rev.0, membership);
         self.refresh_nodes();
@@ -474,6 +692,7 @@ impl Core {
         for read in parked {
             self.read(read, out);
         }
+        Ok(())
     }
 
     /// Asks a node that knows more of the log for what this one misses.

@@ -68,12 +68,22 @@ impl Membership {
 
     /// From `slot` on, `voters` vote (an empty set changes nothing, as in the
     /// original). Returns whether this was a change.
+    ///
+    /// Invariant: changes arrive in slot order (they are read from the log,
+    /// applied in order), so a change recorded for a later slot than `slot`
+    /// means this node's own bookkeeping went wrong: it stops the node.
     pub fn change_from(&mut self, slot: Slot, voters: BTreeSet<NodeId>) -> bool {
+        let later = slot
+            .checked_add(1)
+            .and_then(|next| self.changes.range(next..).next());
+        assert!(
+            later.is_none(),
+            "membership changes arrive in slot order: a change from slot {} is known, and now one from slot {slot}",
+            later.map_or(0, |(s, _)| *s)
+        );
         if voters.is_empty() || *self.voters(slot) == voters {
             return false;
         }
-        // A later change recorded earlier cannot exist: changes come in slot order.
-        self.changes.split_off(&(slot + 1));
         self.changes.insert(slot, voters);
         true
     }
@@ -157,5 +167,26 @@ mod tests {
         assert_eq!(*m.voters(0), set(&[1, 2, 3]));
         let back = Membership::from_entries(m.entries()).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    #[should_panic(expected = "membership changes arrive in slot order")]
+    fn a_change_out_of_slot_order_stops_the_node() {
+        let mut m = Membership::new(set(&[1]));
+        m.change_from(10, set(&[1, 2, 3]));
+        m.change_from(5, set(&[1, 2]));
+    }
+
+    #[test]
+    fn pruning_keeps_the_voters_of_every_later_slot() {
+        let mut m = Membership::new(set(&[1]));
+        m.change_from(10, set(&[1, 2]));
+        m.change_from(20, set(&[1, 2, 3]));
+        m.prune_below(12);
+        assert_eq!(m.entries().len(), 2);
+        assert_eq!(*m.voters(12), set(&[1, 2]));
+        assert_eq!(*m.voters(25), set(&[1, 2, 3]));
+        m.prune_below(20);
+        assert_eq!(m.entries(), vec![(Slot::MIN, vec![id(1), id(2), id(3)])]);
     }
 }

@@ -83,6 +83,53 @@ pub enum Msg<V> {
     Forward { values: Vec<V> },
 }
 
+/// The highest ballot round a message may carry. Rounds grow by one per
+/// election, so no real cluster comes near it; a round beyond it (`u64::MAX`
+/// from a rogue or a bug) would leave no room for a higher ballot and stop
+/// every future election, so a message carrying one is refused
+/// ([`Refusal::BadBallot`]).
+pub const MAX_ROUND: u64 = u64::MAX / 2;
+
+/// The highest slot or commit point a message may name: 2^61 writes are out
+/// of reach, and the margin keeps `slot + len` and `slot + window` far from
+/// overflowing. A message naming a slot outside `0..=MAX_SLOT` (or a batch
+/// running past it) is refused ([`Refusal::BadSlot`]).
+pub const MAX_SLOT: Slot = i64::MAX / 4;
+
+/// Why the engine refused a message from another node. The message is
+/// dropped whole and changes nothing; the caller counts and logs it.
+///
+/// Who may send what (models: etcd-raft's `ErrStepPeerNotFound`,
+/// TigerBeetle's header checks):
+/// - nobody sends as this node (`FromSelf`);
+/// - `PreVote`, `PreVoteReply`, `Promise`, `Accepted`, `Reject`: only a
+///   voter of some slot of this node's window (`NotVoter`);
+/// - `Prepare`, `Accept`, `Commit`: only the ballot's owner (`NotOwner`),
+///   and only a voter of the window or a node the caller vouches for (the
+///   leader a voter named, the join target) (`Stranger`);
+/// - `Forward`: only a voter or a vouched-for node (the caller checks the
+///   values' origins);
+/// - every ballot has an owner and a round `<= MAX_ROUND` (a chosen value
+///   reported in a `Promise` carries the internal chosen ballot), every slot
+///   and commit point lies in `0..=MAX_SLOT` (`BadBallot`, `BadSlot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("a message claiming to come from this node")]
+    FromSelf,
+    #[error("the sender is not of this cluster")]
+    Stranger,
+    #[error("the sender does not own the ballot")]
+    NotOwner,
+    #[error("the sender votes on none of the slots concerned")]
+    NotVoter,
+    #[error("a ballot without owner or with a round beyond MAX_ROUND")]
+    BadBallot,
+    #[error("a slot or commit point out of range")]
+    BadSlot,
+    #[error("a decided value contradicting the one this node knows chosen")]
+    Conflict,
+}
+
 /// Settings, in ticks and counts.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -354,13 +401,58 @@ impl<V: Value> Paxos<V> {
         Some((slot, value))
     }
 
-    /// A decided value learned from another node's log.
-    pub fn learn(&mut self, slot: Slot, value: V) {
-        if slot >= self.next_to_deliver {
-            self.accepted.remove(&slot);
-            self.chosen.insert(slot, (chosen_ballot(), value));
-            self.commit = self.commit.max(slot);
+    /// The value this node knows chosen at `slot` and has not delivered yet.
+    pub fn chosen_value(&self, slot: Slot) -> Option<&V> {
+        self.chosen.get(&slot).map(|(_, v)| v)
+    }
+
+    /// A decided value learned from another node's log. A value that
+    /// contradicts the one this node already knows chosen at `slot` comes
+    /// from a single peer, so it is refused (the caller logs it loudly) and
+    /// never crashes the node.
+    pub fn learn(&mut self, slot: Slot, value: V) -> Result<(), Refusal> {
+        if !(1..=MAX_SLOT).contains(&slot) {
+            return Err(Refusal::BadSlot);
         }
+        if slot < self.next_to_deliver {
+            return Ok(());
+        }
+        if let Some((_, known)) = self.chosen.get(&slot) {
+            return if *known == value {
+                Ok(())
+            } else {
+                Err(Refusal::Conflict)
+            };
+        }
+        self.accepted.remove(&slot);
+        self.chosen.insert(slot, (chosen_ballot(), value));
+        self.commit = self.commit.max(slot);
+        Ok(())
+    }
+
+    /// Records that this node itself found `value` chosen at `slot`.
+    /// Invariant: a chosen value never changes, so finding another value
+    /// chosen at the same slot is a bug in this node (not input from a
+    /// peer): it stops the node rather than let it diverge.
+    fn choose(&mut self, slot: Slot, ballot: Ballot, value: V) {
+        if let Some((_, known)) = self.chosen.get(&slot) {
+            assert!(
+                *known == value,
+                "{}: slot {slot} was chosen as {known:?} and now as {value:?}",
+                self.me
+            );
+            return;
+        }
+        self.chosen.insert(slot, (ballot, value));
+    }
+
+    /// Forgets voter sets that govern only delivered slots: every question
+    /// the engine asks of the membership is about a slot at or after
+    /// `next_to_deliver` (the window), and a snapshot sent from here starts
+    /// its receiver there too. Without this the history of changes grows
+    /// for the cluster's whole life and rides in every snapshot.
+    pub fn prune_membership(&mut self) {
+        self.membership.prune_below(self.next_to_deliver);
     }
 
     /// The caller installed a snapshot: everything up to `rev` is decided and
@@ -378,6 +470,12 @@ impl<V: Value> Paxos<V> {
 
     /// Advances time by one tick: heartbeats, resends, elections.
     pub fn tick(&mut self, out: &mut Out<V>) {
+        let start = out.len();
+        self.tick_inner(out);
+        self.assert_own_ballots(&out[start..]);
+    }
+
+    fn tick_inner(&mut self, out: &mut Out<V>) {
         self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
         let is_voter = self.is_voter();
         let heartbeat = self.settings.heartbeat_ticks;
@@ -506,11 +604,13 @@ impl<V: Value> Paxos<V> {
     /// Starts an election now (a seed does this at once instead of waiting
     /// for a timeout). A lone voter wins it within the call.
     pub fn start_election(&mut self, out: &mut Out<V>) {
+        let start = out.len();
         self.start_prevote(out);
+        self.assert_own_ballots(&out[start..]);
     }
 
     fn start_prevote(&mut self, out: &mut Out<V>) {
-        let round = self.promised.round.max(self.current_round()) + 1;
+        let round = self.promised.round.max(self.current_round()).saturating_add(1);
         let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
         self.role = Role::PreCandidate {
             round,
@@ -548,7 +648,10 @@ impl<V: Value> Paxos<V> {
     }
 
     fn campaign(&mut self, round: u64, out: &mut Out<V>) {
-        let ballot = Ballot::new(round.max(self.promised.round + 1), self.me.clone());
+        let ballot = Ballot::new(
+            round.max(self.promised.round.saturating_add(1)),
+            self.me.clone(),
+        );
         let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
         self.role = Role::Candidate {
             ballot: ballot.clone(),
@@ -574,6 +677,12 @@ impl<V: Value> Paxos<V> {
     /// Sends what waits: forwarded values to the leader; when leading, phase 2
     /// for queued values (in batches), or the commit point if it moved.
     pub fn flush(&mut self, out: &mut Out<V>) {
+        let start = out.len();
+        self.flush_inner(out);
+        self.assert_own_ballots(&out[start..]);
+    }
+
+    fn flush_inner(&mut self, out: &mut Out<V>) {
         if !self.forward.is_empty() {
             match self.leader().cloned() {
                 Some(leader) if leader != self.me => {
@@ -683,10 +792,167 @@ impl<V: Value> Paxos<V> {
         }
     }
 
-    /// Handles a message from `from` (which may be this node).
-    pub fn handle(&mut self, from: NodeId, msg: Msg<V>, out: &mut Out<V>) {
+    /// Handles a message from another node, `from`, after checking it
+    /// against what this node knows (see [`Refusal`]): `vouched` says the
+    /// caller knows `from` as a node that may lead this one (the leader a
+    /// voter named, the join target) even if it votes on none of this
+    /// node's window; for a `Forward`, that the caller checked its values.
+    pub fn handle(
+        &mut self,
+        from: NodeId,
+        msg: Msg<V>,
+        vouched: bool,
+        out: &mut Out<V>,
+    ) -> Result<(), Refusal> {
+        self.admit(&from, &msg, vouched)?;
+        let start = out.len();
         self.step(from, msg, out);
         self.drain_loopback(out);
+        self.assert_own_ballots(&out[start..]);
+        Ok(())
+    }
+
+    /// Whether `node` votes on some slot this node may still see proposed.
+    pub fn in_window(&self, node: &NodeId) -> bool {
+        self.membership
+            .sets_between(self.next_to_deliver, self.window_end())
+            .iter()
+            .any(|voters| voters.contains(node))
+    }
+
+    /// The checks of [`Refusal`], before a message changes anything.
+    fn admit(&self, from: &NodeId, msg: &Msg<V>, vouched: bool) -> Result<(), Refusal> {
+        if *from == self.me {
+            return Err(Refusal::FromSelf);
+        }
+        let slot_ok = |slot: Slot| (0..=MAX_SLOT).contains(&slot);
+        let slot = |slot: Slot| slot_ok(slot).then_some(()).ok_or(Refusal::BadSlot);
+        let round = |round: u64| (round <= MAX_ROUND).then_some(()).ok_or(Refusal::BadBallot);
+        let ballot = |b: &Ballot| match b.leader {
+            Some(_) => round(b.round),
+            None => Err(Refusal::BadBallot),
+        };
+        // A batch `first..first + len` inside 1..=MAX_SLOT.
+        let batch = |first: Slot, len: usize| {
+            let last = Slot::try_from(len)
+                .ok()
+                .and_then(|len| first.checked_add(len))
+                .ok_or(Refusal::BadSlot)?;
+            if first >= 1 && last - 1 <= MAX_SLOT {
+                Ok(())
+            } else {
+                Err(Refusal::BadSlot)
+            }
+        };
+        let voter = || {
+            self.in_window(from)
+                .then_some(())
+                .ok_or(Refusal::NotVoter)
+        };
+        let owner = |b: &Ballot| {
+            if b.leader.as_ref() != Some(from) {
+                Err(Refusal::NotOwner)
+            } else if vouched || self.in_window(from) {
+                Ok(())
+            } else {
+                Err(Refusal::Stranger)
+            }
+        };
+        match msg {
+            Msg::PreVote { round: r, commit } => {
+                round(*r)?;
+                slot(*commit)?;
+                voter()
+            }
+            Msg::PreVoteReply {
+                round: r, commit, ..
+            } => {
+                round(*r)?;
+                slot(*commit)?;
+                voter()
+            }
+            Msg::Prepare {
+                ballot: b,
+                from_slot,
+            } => {
+                ballot(b)?;
+                batch(*from_slot, 0)?;
+                owner(b)
+            }
+            Msg::Promise {
+                ballot: b,
+                from_slot,
+                accepted,
+                commit,
+            } => {
+                ballot(b)?;
+                batch(*from_slot, 0)?;
+                slot(*commit)?;
+                for (s, b, _) in accepted {
+                    batch(*s, 1)?;
+                    if *b != chosen_ballot() {
+                        ballot(b)?;
+                    }
+                }
+                voter()
+            }
+            Msg::Accept {
+                ballot: b,
+                first_slot,
+                values,
+                commit,
+            } => {
+                ballot(b)?;
+                batch(*first_slot, values.len())?;
+                slot(*commit)?;
+                owner(b)
+            }
+            Msg::Accepted {
+                ballot: b,
+                first_slot,
+                last_slot,
+            } => {
+                ballot(b)?;
+                batch(*first_slot, 0)?;
+                slot(*last_slot)?;
+                voter()
+            }
+            Msg::Reject { promised, commit } => {
+                ballot(promised)?;
+                slot(*commit)?;
+                voter()
+            }
+            Msg::Commit { ballot: b, commit } => {
+                ballot(b)?;
+                slot(*commit)?;
+                owner(b)
+            }
+            Msg::Forward { .. } => {
+                if vouched || self.in_window(from) {
+                    Ok(())
+                } else {
+                    Err(Refusal::Stranger)
+                }
+            }
+        }
+    }
+
+    /// Engine invariant: every ballot message this node sends is of a ballot
+    /// it owns (a Prepare, Accept or Commit under another node's ballot would
+    /// be a forgery by this very node).
+    fn assert_own_ballots(&self, sent: &[(NodeId, Msg<V>)]) {
+        for (_, msg) in sent {
+            if let Msg::Prepare { ballot, .. }
+            | Msg::Accept { ballot, .. }
+            | Msg::Commit { ballot, .. } = msg
+            {
+                assert!(
+                    ballot.leader.as_ref() == Some(&self.me),
+                    "{} sent a message under ballot {ballot:?}, which it does not own",
+                    self.me
+                );
+            }
+        }
     }
 
     fn drain_loopback(&mut self, out: &mut Out<V>) {
@@ -749,6 +1015,10 @@ impl<V: Value> Paxos<V> {
     /// Tells `to` that this node promised a higher ballot, and how far it
     /// knows the log.
     fn reject(&mut self, to: NodeId, out: &mut Out<V>) {
+        if !self.is_voter() {
+            // Only voters' rejections count (see `Refusal::NotVoter`).
+            return;
+        }
         let msg = Msg::Reject {
             promised: self.promised.clone(),
             commit: self.commit,
@@ -1053,8 +1323,9 @@ impl<V: Value> Paxos<V> {
         self.promised = ballot.clone();
         self.heard_leader(from.clone());
         self.learn_commit(&from, &ballot, commit);
-        if from != self.me {
-            // An empty acknowledgement: the leader counts who it still hears.
+        if from != self.me && self.is_voter() {
+            // An empty acknowledgement: the leader counts who it still hears
+            // (among voters: a slave's would be refused).
             let ack = Msg::Accepted {
                 ballot,
                 first_slot: commit + 1,
@@ -1079,8 +1350,8 @@ impl<V: Value> Paxos<V> {
                 .map(|(slot, _)| *slot)
                 .collect();
             for slot in now_chosen {
-                if let Some(entry) = self.accepted.remove(&slot) {
-                    self.chosen.insert(slot, entry);
+                if let Some((ballot, value)) = self.accepted.remove(&slot) {
+                    self.choose(slot, ballot, value);
                 }
             }
         }

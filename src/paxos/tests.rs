@@ -75,7 +75,9 @@ impl Net {
             }
             let i = self.idx(&to);
             let mut out = Vec::new();
-            self.nodes[i].handle(from, msg, &mut out);
+            if let Err(refusal) = self.nodes[i].handle(from.clone(), msg.clone(), false, &mut out) {
+                panic!("{to} refused {msg:?} from {from}: {refusal}");
+            }
             self.nodes[i].flush(&mut out);
             self.sent(i, out);
         }
@@ -171,7 +173,9 @@ fn new_leader_reproposes_accepted_values_and_fills_holes() {
     for (to, msg) in out {
         if to == id(2) {
             let mut ignored = Vec::new();
-            net.nodes[1].handle(id(1), msg, &mut ignored);
+            net.nodes[1]
+                .handle(id(1), msg, false, &mut ignored)
+                .unwrap();
         }
     }
     net.down.insert(id(1));
@@ -217,4 +221,296 @@ fn minority_cannot_decide() {
     net.down.clear();
     net.tick_all(100);
     assert_eq!(net.decided[0], vec![(1, Val::Put(5))]);
+}
+
+/// A three-member net with node 1 leading and a few slots decided.
+fn led_net() -> Net {
+    let mut net = Net::new(3);
+    let mut out = Vec::new();
+    net.nodes[0].start_election(&mut out);
+    net.sent(0, out);
+    net.settle();
+    assert!(net.nodes[0].is_leader());
+    for i in 0..3 {
+        net.propose(0, Val::Put(i));
+    }
+    net
+}
+
+#[test]
+fn refuses_what_no_honest_sender_sends() {
+    let mut net = led_net();
+    let ballot = Ballot::new(1, id(1));
+    let node = &mut net.nodes[1];
+    let promised = node.promised.clone();
+    let commit = node.commit();
+    let cases: Vec<(NodeId, Msg<Val>, Refusal)> = vec![
+        (
+            id(2),
+            Msg::Commit {
+                ballot: Ballot::new(9, id(2)),
+                commit: 1,
+            },
+            Refusal::FromSelf,
+        ),
+        // A stranger with its own ballot.
+        (
+            id(9),
+            Msg::Accept {
+                ballot: Ballot::new(50, id(9)),
+                first_slot: commit + 1,
+                values: vec![Val::Put(666)],
+                commit: commit + 1,
+            },
+            Refusal::Stranger,
+        ),
+        (
+            id(9),
+            Msg::Prepare {
+                ballot: Ballot::new(50, id(9)),
+                from_slot: 1,
+            },
+            Refusal::Stranger,
+        ),
+        // A member speaking under another member's ballot.
+        (
+            id(3),
+            Msg::Accept {
+                ballot: ballot.clone(),
+                first_slot: commit + 1,
+                values: vec![Val::Put(666)],
+                commit: commit + 1,
+            },
+            Refusal::NotOwner,
+        ),
+        (
+            id(3),
+            Msg::Commit {
+                ballot: ballot.clone(),
+                commit: commit + 5,
+            },
+            Refusal::NotOwner,
+        ),
+        // Votes from non-voters.
+        (
+            id(9),
+            Msg::Promise {
+                ballot: ballot.clone(),
+                from_slot: 1,
+                accepted: vec![],
+                commit: 0,
+            },
+            Refusal::NotVoter,
+        ),
+        (
+            id(9),
+            Msg::Accepted {
+                ballot: ballot.clone(),
+                first_slot: 1,
+                last_slot: 3,
+            },
+            Refusal::NotVoter,
+        ),
+        (
+            id(9),
+            Msg::Reject {
+                promised: Ballot::new(80, id(3)),
+                commit: 0,
+            },
+            Refusal::NotVoter,
+        ),
+        (
+            id(9),
+            Msg::PreVote {
+                round: 80,
+                commit: 100,
+            },
+            Refusal::NotVoter,
+        ),
+        (
+            id(9),
+            Msg::PreVoteReply {
+                round: 80,
+                granted: true,
+                commit: 100,
+            },
+            Refusal::NotVoter,
+        ),
+        (id(9), Msg::Forward { values: vec![] }, Refusal::Stranger),
+        // Rounds that leave no room above them, ballots without owner.
+        (
+            id(1),
+            Msg::Commit {
+                ballot: Ballot::new(u64::MAX, id(1)),
+                commit,
+            },
+            Refusal::BadBallot,
+        ),
+        (
+            id(3),
+            Msg::Reject {
+                promised: Ballot::new(MAX_ROUND + 1, id(3)),
+                commit: 0,
+            },
+            Refusal::BadBallot,
+        ),
+        (
+            id(3),
+            Msg::Reject {
+                promised: Ballot::ZERO,
+                commit: 0,
+            },
+            Refusal::BadBallot,
+        ),
+        (
+            id(3),
+            Msg::PreVote {
+                round: u64::MAX,
+                commit: 0,
+            },
+            Refusal::BadBallot,
+        ),
+        // Slots out of range, batches that would overflow.
+        (
+            id(1),
+            Msg::Accept {
+                ballot: ballot.clone(),
+                first_slot: i64::MAX - 1,
+                values: vec![Val::Put(1), Val::Put(2), Val::Put(3)],
+                commit: 0,
+            },
+            Refusal::BadSlot,
+        ),
+        (
+            id(1),
+            Msg::Accept {
+                ballot: ballot.clone(),
+                first_slot: 0,
+                values: vec![Val::Put(1)],
+                commit: 0,
+            },
+            Refusal::BadSlot,
+        ),
+        (
+            id(1),
+            Msg::Commit {
+                ballot: ballot.clone(),
+                commit: i64::MAX,
+            },
+            Refusal::BadSlot,
+        ),
+        (
+            id(1),
+            Msg::Commit {
+                ballot: ballot.clone(),
+                commit: -1,
+            },
+            Refusal::BadSlot,
+        ),
+        (
+            id(3),
+            Msg::Promise {
+                ballot: ballot.clone(),
+                from_slot: 1,
+                accepted: vec![(i64::MIN, ballot.clone(), Val::Nop)],
+                commit: 0,
+            },
+            Refusal::BadSlot,
+        ),
+    ];
+    for (from, msg, want) in cases {
+        let mut out = Vec::new();
+        let got = node.handle(from.clone(), msg.clone(), false, &mut out);
+        assert_eq!(got, Err(want), "{msg:?} from {from}");
+        assert!(out.is_empty(), "a refused message is not answered");
+    }
+    assert_eq!(node.promised, promised, "no ballot was raised");
+    assert_eq!(node.commit(), commit);
+    assert_eq!(node.leader(), Some(&id(1)));
+    // What the caller vouches for is heard: a registered node that leads
+    // from outside this node's window, and a promise reporting a chosen
+    // value with the internal chosen ballot.
+    let mut out = Vec::new();
+    let vouched = node.handle(
+        id(9),
+        Msg::Commit {
+            ballot: Ballot::new(2, id(9)),
+            commit,
+        },
+        true,
+        &mut out,
+    );
+    assert_eq!(vouched, Ok(()));
+    let chosen = node.admit(
+        &id(3),
+        &Msg::Promise {
+            ballot: ballot.clone(),
+            from_slot: 1,
+            accepted: vec![(1, chosen_ballot(), Val::Nop)],
+            commit: 0,
+        },
+        false,
+    );
+    assert_eq!(chosen, Ok(()));
+}
+
+#[test]
+fn the_cluster_works_on_after_refusals() {
+    let mut net = led_net();
+    for (i, from) in [(1, id(9)), (2, id(9))] {
+        let mut out = Vec::new();
+        let forged = Msg::Accept {
+            ballot: Ballot::new(u64::MAX, from.clone()),
+            first_slot: 4,
+            values: vec![Val::Put(666)],
+            commit: 4,
+        };
+        assert!(net.nodes[i].handle(from, forged, false, &mut out).is_err());
+    }
+    net.propose(0, Val::Put(10));
+    net.tick_all(Settings::default().heartbeat_ticks as usize);
+    assert_eq!(net.decided[0].len(), 4);
+    assert_eq!(net.decided[1], net.decided[0]);
+    assert_eq!(net.decided[2], net.decided[0]);
+    // An election after the leader dies still finds room for a higher
+    // ballot.
+    net.down.insert(id(1));
+    net.tick_all(200);
+    assert!(net.leader().is_some_and(|l| l != 0));
+}
+
+#[test]
+fn a_learned_value_that_contradicts_a_chosen_one_is_refused() {
+    let mut net = led_net();
+    let node = &mut net.nodes[1];
+    let next = node.next_to_deliver();
+    assert_eq!(node.learn(next + 2, Val::Put(1)), Ok(()));
+    assert_eq!(node.learn(next + 2, Val::Put(1)), Ok(()), "the same again");
+    assert_eq!(node.learn(next + 2, Val::Put(2)), Err(Refusal::Conflict));
+    assert_eq!(node.chosen_value(next + 2), Some(&Val::Put(1)));
+    assert_eq!(node.learn(i64::MAX, Val::Put(2)), Err(Refusal::BadSlot));
+}
+
+#[test]
+#[should_panic(expected = "was chosen as")]
+fn a_chosen_value_never_changes() {
+    let mut net = led_net();
+    let node = &mut net.nodes[1];
+    let slot = node.next_to_deliver() + 5;
+    node.learn(slot, Val::Put(1)).unwrap();
+    // This node's own bookkeeping now finds another value chosen there.
+    let ballot = Ballot::new(1, id(1));
+    node.accepted.insert(slot, (ballot.clone(), Val::Put(2)));
+    node.learn_commit(&id(1), &ballot, slot);
+}
+
+#[test]
+#[should_panic(expected = "which it does not own")]
+fn a_node_never_sends_under_another_nodes_ballot() {
+    let net = led_net();
+    let forged = Msg::Commit {
+        ballot: Ballot::new(1, id(1)),
+        commit: 1,
+    };
+    net.nodes[1].assert_own_ballots(&[(id(3), forged)]);
 }

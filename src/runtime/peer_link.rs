@@ -920,6 +920,8 @@ async fn receive(
         };
         let input = Input::Peer {
             from: from.clone(),
+            // Filled in once outbound links bind to the node's own address.
+            source: None,
             msg,
         };
         match ctx.inbox.try_send(input) {

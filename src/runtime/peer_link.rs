@@ -864,7 +864,6 @@ async fn receive(
     source: Option<IpAddr>,
     ctx: &PeerInbound,
 ) -> Option<String> {
-    let _ = source;
     loop {
         // The dialer sends something at least every KEEPALIVE_INTERVAL.
         let header = match rt::timeout(SILENCE_TIMEOUT, peer::read_frame_header(reader)).await {
@@ -921,7 +920,7 @@ async fn receive(
         let input = Input::Peer {
             from: from.clone(),
             // Filled in once outbound links bind to the node's own address.
-            source: None,
+            source,
             msg,
         };
         match ctx.inbox.try_send(input) {

@@ -8,11 +8,19 @@
 //! write is the event at the rev it was acknowledged with. After the faults
 //! heal, every live node converges and new writes complete.
 //!
+//! The simulation sees what production sees: every message goes through the
+//! real peer codec (a frame the codec refuses fails the run), values run up
+//! to 1 MiB, nodes are paused (no ticks, no deliveries, as a stopped process
+//! or a long GC), inputs reach a core in batches of random size, and clients
+//! hang up with writes outstanding.
+//!
 //! A failure prints its seed; `SIM_SEED=n cargo test --test simulation -- --nocapture`
 //! replays it (see scripts/sim-replay.sh). `SIM_SEEDS=n` runs more seeds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use doozer::codec::peer::{decode_peer_msg, encode_peer_frame_into, HEADER_BYTES};
+use doozer::config::Limits;
 use doozer::core::{
     Command, ConnId, Core, CoreConfig, Decree, Input, NodeInfo, Outcome, Output, PeerMsg, Reply,
     SnapshotData,
@@ -59,8 +67,21 @@ struct Sim {
     rng: ChaCha8Rng,
     now: u64,
     nodes: BTreeMap<NodeId, Node>,
-    /// Messages in flight: (deliver at, sequence) → (from, to, msg).
-    wire: BTreeMap<(u64, u64), (NodeId, NodeId, PeerMsg)>,
+    /// Messages in flight, encoded: (deliver at, sequence) → (from, to, frame
+    /// body).
+    wire: BTreeMap<(u64, u64), (NodeId, NodeId, Vec<u8>)>,
+    /// The frame cap the codec enforces, as in production.
+    max_frame_bytes: usize,
+    /// Inputs waiting for each node's next turn.
+    inboxes: BTreeMap<NodeId, Vec<Input>>,
+    /// Paused nodes and the tick they resume at.
+    paused: BTreeMap<NodeId, u64>,
+    /// Each node's open client connections.
+    conns: BTreeMap<NodeId, Vec<ConnId>>,
+    next_conn: ConnId,
+    /// Connections the clients hung up: replies to them are dropped, as the
+    /// runtime drops them.
+    closed: BTreeSet<(NodeId, ConnId)>,
     wire_seq: u64,
     faults: Faults,
     /// Ordered pairs that cannot talk (from, to).
@@ -88,6 +109,12 @@ impl Sim {
             now: 0,
             nodes: BTreeMap::new(),
             wire: BTreeMap::new(),
+            max_frame_bytes: Limits::default().max_peer_frame_bytes,
+            inboxes: BTreeMap::new(),
+            paused: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            closed: BTreeSet::new(),
             wire_seq: 0,
             faults: Faults {
                 drop_pct: 0,
@@ -107,7 +134,7 @@ impl Sim {
     }
 
     fn fail(&self, what: String) -> ! {
-        let tail: Vec<&String> = self.log.iter().rev().take(30).collect();
+        let tail: Vec<&String> = self.log.iter().rev().take(40).collect();
         panic!(
             "simulation seed {} failed at tick {}: {what}\nreplay: SIM_SEED={} cargo test --test simulation -- --nocapture\nlast events (newest first): {tail:#?}",
             self.seed, self.now, self.seed
@@ -163,13 +190,56 @@ impl Sim {
     fn crash(&mut self, id: &NodeId) {
         self.log.push(format!("t{} crash {id}", self.now));
         self.nodes.remove(id);
+        self.inboxes.remove(id);
+        self.paused.remove(id);
+        self.conns.remove(id);
         self.asked.retain(|(node, _, _), _| node != id);
+    }
+
+    /// Stops `id` for `ticks`: it gets no ticks and no messages (they wait
+    /// on the wire), as a stopped process or a long pause would.
+    fn pause(&mut self, id: &NodeId, ticks: u64) {
+        self.log
+            .push(format!("t{} pause {id} for {ticks}", self.now));
+        self.paused.insert(id.clone(), self.now + ticks);
+    }
+
+    fn is_paused(&self, id: &NodeId) -> bool {
+        self.paused.get(id).is_some_and(|until| *until > self.now)
+    }
+
+    /// A client of `id` hangs up one connection that has requests
+    /// outstanding.
+    fn disconnect_random(&mut self) {
+        let open: Vec<(NodeId, ConnId)> = self
+            .asked
+            .keys()
+            .map(|(node, conn, _)| (node.clone(), *conn))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let (node, conn) = open[self.rng.random_range(0..open.len())].clone();
+        self.log
+            .push(format!("t{} {node} client {conn} hangs up", self.now));
+        self.asked
+            .retain(|(n, c, _), _| !(*n == node && *c == conn));
+        self.closed.insert((node.clone(), conn));
+        if let Some(conns) = self.conns.get_mut(&node) {
+            conns.retain(|c| *c != conn);
+        }
+        self.feed(&node, Input::ConnClosed { conn });
     }
 
     fn route(&mut self, from: &NodeId, out: Vec<Output>) {
         for output in out {
             match output {
                 Output::Reply { conn, tag, outcome } => {
+                    if self.closed.contains(&(from.clone(), conn)) {
+                        continue;
+                    }
                     let tag = tag.expect("sim requests carry tags");
                     let Some(command) = self.asked.remove(&(from.clone(), conn, tag)) else {
                         self.fail(format!("{from} answered an unknown request {conn}/{tag}"));
@@ -187,6 +257,12 @@ impl Sim {
                             );
                         }
                     }
+                    let mut frame = Vec::new();
+                    if let Err(err) = encode_peer_frame_into(&msg, &mut frame, self.max_frame_bytes)
+                    {
+                        self.fail(format!("{from} -> {to}: the codec refused {err}"));
+                    }
+                    let body = frame.split_off(HEADER_BYTES);
                     if self.blocked.contains(&(from.clone(), to.clone())) {
                         continue;
                     }
@@ -201,8 +277,10 @@ impl Sim {
                     for _ in 0..copies {
                         let at = self.now + 1 + self.rng.random_range(0..=self.faults.max_delay);
                         self.wire_seq += 1;
-                        self.wire
-                            .insert((at, self.wire_seq), (from.clone(), to.clone(), msg.clone()));
+                        self.wire.insert(
+                            (at, self.wire_seq),
+                            (from.clone(), to.clone(), body.clone()),
+                        );
                     }
                 }
             }
@@ -222,25 +300,57 @@ impl Sim {
         }
     }
 
+    /// Queues `input` for `id`'s next turn.
     fn feed(&mut self, id: &NodeId, input: Input) {
-        let Some(node) = self.nodes.get_mut(id) else {
-            return;
-        };
+        if self.nodes.contains_key(id) {
+            self.inboxes.entry(id.clone()).or_default().push(input);
+        }
+    }
+
+    /// One turn of `id`'s event loop: its queued inputs, in batches of random
+    /// size (the runtime ends a batch when its inbox runs dry, wherever that
+    /// falls).
+    fn turn(&mut self, id: &NodeId) {
+        let inputs = self.inboxes.remove(id).unwrap_or_default();
         let mut out = Vec::new();
-        node.core.handle(input, &mut out);
-        node.core.end_batch(&mut out);
+        let mut left_in_batch = self.rng.random_range(1..=4);
+        for input in inputs {
+            let Some(node) = self.nodes.get_mut(id) else {
+                return;
+            };
+            node.core.handle(input, &mut out);
+            left_in_batch -= 1;
+            if left_in_batch == 0 {
+                node.core.end_batch(&mut out);
+                left_in_batch = self.rng.random_range(1..=4);
+                self.route(id, std::mem::take(&mut out));
+            }
+        }
+        if let Some(node) = self.nodes.get_mut(id) {
+            node.core.end_batch(&mut out);
+        }
         self.route(id, out);
     }
 
     fn step(&mut self) {
         self.now += 1;
+        self.paused.retain(|_, until| *until > self.now);
         let due: Vec<(u64, u64)> = self
             .wire
             .range(..=(self.now, u64::MAX))
             .map(|(k, _)| *k)
             .collect();
         for key in due {
-            let (from, to, msg) = self.wire.remove(&key).expect("listed");
+            let (from, to, body) = self.wire.remove(&key).expect("listed");
+            if let Some(until) = self.paused.get(&to) {
+                // Waits in the socket until the node runs again.
+                self.wire.insert((*until, key.1), (from, to, body));
+                continue;
+            }
+            let msg = match decode_peer_msg(&body) {
+                Ok(msg) => msg,
+                Err(err) => self.fail(format!("{from} -> {to}: the codec cannot read back {err}")),
+            };
             self.feed(
                 &to,
                 Input::Peer {
@@ -255,6 +365,15 @@ impl Sim {
                 let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
                 let to = ids[self.rng.random_range(0..ids.len())].clone();
                 let msg = self.rogue_msg(&rogue);
+                // As it would arrive: through the codec (what it cannot
+                // carry never reaches a core).
+                let mut frame = Vec::new();
+                if encode_peer_frame_into(&msg, &mut frame, self.max_frame_bytes).is_err() {
+                    continue;
+                }
+                let Ok(msg) = decode_peer_msg(&frame[HEADER_BYTES..]) else {
+                    continue;
+                };
                 let input = Input::Peer {
                     from: rogue.clone(),
                     source: None,
@@ -265,7 +384,11 @@ impl Sim {
         }
         let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
         for id in ids {
+            if self.is_paused(&id) {
+                continue;
+            }
             self.feed(&id, Input::Tick);
+            self.turn(&id);
         }
         self.check();
     }
@@ -479,11 +602,18 @@ impl Sim {
     fn request(&mut self, at: &NodeId, command: Command) {
         self.next_tag += 1;
         let tag = self.next_tag;
-        self.asked.insert((at.clone(), 1, tag), command.clone());
+        // A few connections per node; a hung-up one is replaced.
+        let conns = self.conns.entry(at.clone()).or_default();
+        while conns.len() < 3 {
+            conns.push(self.next_conn);
+            self.next_conn += 1;
+        }
+        let conn = conns[self.rng.random_range(0..conns.len())];
+        self.asked.insert((at.clone(), conn, tag), command.clone());
         self.feed(
             at,
             Input::Request {
-                conn: 1,
+                conn,
                 tag: Some(tag),
                 command,
             },
@@ -494,7 +624,7 @@ impl Sim {
         let ids: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.core.is_writable())
+            .filter(|(id, n)| n.core.is_writable() && !self.is_paused(id))
             .map(|(id, _)| id.clone())
             .collect();
         if ids.is_empty() {
@@ -510,11 +640,17 @@ impl Sim {
             },
             1 => Command::Nop,
             _ => {
-                let value = format!("v{}", self.rng.random_range(0..1_000_000));
+                let mut value = format!("v{}", self.rng.random_range(0..1_000_000)).into_bytes();
+                // Now and then a large value, up to the 1 MiB maximum.
+                match self.rng.random_range(0..1000) {
+                    0 => value.resize(1 << 20, b'x'),
+                    1..=10 => value.resize(self.rng.random_range(1024..65_536), b'y'),
+                    _ => {}
+                }
                 Command::Set {
                     path,
                     check: RevCheck::Clobber,
-                    body: Body::from(value.into_bytes()),
+                    body: Body::from(value),
                 }
             }
         };
@@ -651,6 +787,7 @@ impl Sim {
     /// writes again.
     fn heal_and_converge(&mut self) {
         self.blocked.clear();
+        self.paused.clear();
         self.faults = Faults {
             drop_pct: 0,
             dup_pct: 0,
@@ -781,11 +918,25 @@ fn scenario_with(seed: u64, members: usize, slaves: usize, ticks: u64, rogue: Ro
                     sim.log.push(format!("t{} deafen {victim}", sim.now));
                 }
                 4 => crash_and_replace(&mut sim, members),
+                5 => {
+                    // A stopped process, the leader as often as not: longer
+                    // than an election, shorter than -timeout.
+                    let ids: Vec<NodeId> = sim.nodes.keys().cloned().collect();
+                    let victim = match sim.leader() {
+                        Some(leader) if sim.rng.random_range(0..2) == 0 => leader,
+                        _ => ids[sim.rng.random_range(0..ids.len())].clone(),
+                    };
+                    let ticks = sim.rng.random_range(20..250);
+                    sim.pause(&victim, ticks);
+                }
                 _ => {}
             }
         }
         if sim.rng.random_range(0..4) == 0 {
             sim.random_write();
+        }
+        if sim.rng.random_range(0..60) == 0 {
+            sim.disconnect_random();
         }
         sim.step();
     }
@@ -847,10 +998,18 @@ fn crash_and_replace(sim: &mut Sim, members: usize) {
         .expect("nodes");
     let mut sets = newest.core.window_voters();
     sets.push(sim.members());
+    // A member the leader is removing for silence has failed as far as the
+    // cluster is concerned, even if it comes back.
+    let removing: BTreeSet<NodeId> = sim
+        .nodes
+        .values()
+        .filter(|n| n.core.is_leader())
+        .flat_map(|n| n.core.removing())
+        .collect();
     for set in sets {
         let live_after = set
             .iter()
-            .filter(|m| sim.nodes.contains_key(*m) && **m != victim)
+            .filter(|m| sim.nodes.contains_key(*m) && **m != victim && !removing.contains(*m))
             .count();
         if set.contains(&victim) && live_after < paxos::quorum(set.len()) {
             return;

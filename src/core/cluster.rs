@@ -298,7 +298,15 @@ impl Core {
             })
             .cloned()
             .collect();
+        let recent = u64::from(self.config.paxos.election_ticks.1) * 2;
         for id in silent {
+            if self.cal.contains(&id) && !self.quorum_survives_removal(&id, recent) {
+                // Taking a voter out shrinks the voter set; with another
+                // voter silent too, what is left could never decide again.
+                // Wait until enough of the rest are heard from.
+                log::debug!("not removing {id} yet: the remaining members heard from would not form a quorum");
+                continue;
+            }
             log::warn!("removing node {id}: nothing heard from it for longer than -timeout");
             self.removing.insert(id.clone(), self.ticks);
             let snapshot = self.store.current().clone();
@@ -328,6 +336,33 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Nodes this node (as leader) is removing for silence, for tests and
+    /// stats: they count as failed until the removal is through.
+    pub fn removing(&self) -> Vec<NodeId> {
+        self.removing.keys().cloned().collect()
+    }
+
+    /// Whether the voters left after removing `id` (and those already being
+    /// removed) include a quorum of nodes heard from within `recent` ticks.
+    fn quorum_survives_removal(&self, id: &NodeId, recent: u64) -> bool {
+        let remaining: Vec<&NodeId> = self
+            .cal
+            .iter()
+            .filter(|v| *v != id && !self.removing.contains_key(*v))
+            .collect();
+        let heard = remaining
+            .iter()
+            .filter(|v| {
+                **v == &self.node.id
+                    || self
+                        .last_heard
+                        .get(**v)
+                        .is_some_and(|at| self.ticks - at <= recent)
+            })
+            .count();
+        heard >= paxos::quorum(remaining.len())
     }
 
     /// Nodes that follow the log without voting: they get every decided slot

@@ -241,7 +241,14 @@ impl Sim {
             .collect();
         for key in due {
             let (from, to, msg) = self.wire.remove(&key).expect("listed");
-            self.feed(&to, Input::Peer { from, source: None, msg });
+            self.feed(
+                &to,
+                Input::Peer {
+                    from,
+                    source: None,
+                    msg,
+                },
+            );
         }
         if let Some(rogue) = self.rogue.clone() {
             for _ in 0..self.rng.random_range(0..3) {

@@ -523,7 +523,10 @@ mod tests {
                     (path("/b/c"), Rev(99), body(&[0, 255, 7])),
                 ],
                 membership: vec![(1, vec![id(1)]), (50, vec![id(1), id(2), id(3)])],
-                dedupe: vec![(id(1), 10, vec![11, 13], Rev(7)), (id(2), 0, vec![], Rev(0))],
+                dedupe: vec![
+                    (id(1), 10, vec![11, 13], Rev(7)),
+                    (id(2), 0, vec![], Rev(0)),
+                ],
             })),
             PeerMsg::Snapshot(Box::new(SnapshotData {
                 rev: Rev(0),

@@ -382,7 +382,9 @@ impl Core {
             }
             Err(Refused::Conflict(what)) => {
                 self.refused += 1;
-                log::error!("refused a message from {from}: it contradicts this node's log: {what}");
+                log::error!(
+                    "refused a message from {from}: it contradicts this node's log: {what}"
+                );
             }
             Err(why) => {
                 self.refused += 1;
@@ -398,7 +400,9 @@ impl Core {
     /// registered is not enough: a slave never leads, and a registered
     /// node that is no voter must not get its ballots accepted.
     fn vouched(&self, node: &NodeId) -> bool {
-        self.leader_hint.as_ref().is_some_and(|(hint, _)| hint == node)
+        self.leader_hint
+            .as_ref()
+            .is_some_and(|(hint, _)| hint == node)
             || matches!(&self.phase, Phase::Joining { target, .. } if target == node)
     }
 
@@ -524,7 +528,12 @@ impl Core {
     /// Decided slots: only from the node this one asked for catch-up, or
     /// from the leader (which streams applied slots to slaves); in range;
     /// and agreeing with every slot this node already knows decided.
-    fn on_decided(&mut self, from: &NodeId, first: Rev, decrees: Vec<Decree>) -> Result<(), Refused> {
+    fn on_decided(
+        &mut self,
+        from: &NodeId,
+        first: Rev,
+        decrees: Vec<Decree>,
+    ) -> Result<(), Refused> {
         if self.phase != Phase::Running {
             return Err(Refused::NotAsked);
         }
@@ -538,11 +547,13 @@ impl Core {
             return Err(Refused::Range);
         }
         // Check every slot before learning any.
-        let log_start = self.decided_log.front().map_or(Rev(i64::MAX), |(rev, _)| *rev);
+        let log_start = self
+            .decided_log
+            .front()
+            .map_or(Rev(i64::MAX), |(rev, _)| *rev);
         for (slot, decree) in (first.0..end).zip(&decrees) {
             let known = if slot < self.paxos.next_to_deliver() {
-                (slot >= log_start.0)
-                    .then(|| &self.decided_log[(slot - log_start.0) as usize].1)
+                (slot >= log_start.0).then(|| &self.decided_log[(slot - log_start.0) as usize].1)
             } else {
                 self.paxos.chosen_value(slot)
             };
@@ -555,7 +566,11 @@ impl Core {
         for (slot, decree) in (first.0..end).zip(decrees) {
             self.paxos.learn(slot, decree)?;
         }
-        if self.catch_up.as_ref().is_some_and(|(asked, _)| asked == from) {
+        if self
+            .catch_up
+            .as_ref()
+            .is_some_and(|(asked, _)| asked == from)
+        {
             self.catch_up = None;
         }
         Ok(())

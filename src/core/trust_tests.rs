@@ -112,12 +112,22 @@ fn forged_snapshot(rev: i64) -> PeerMsg {
 /// A node attached to `seed`'s cluster: it got the seed's snapshot and
 /// heard its heartbeat, and is not registered yet.
 fn attached(seed: &mut Core, n: u8) -> Core {
-    let mut node = Core::join(info(n), config(), seed.node().id.clone(), "127.0.0.1:8046".into());
+    let mut node = Core::join(
+        info(n),
+        config(),
+        seed.node().id.clone(),
+        "127.0.0.1:8046".into(),
+    );
     let snapshot = PeerMsg::Snapshot(Box::new(seed.snapshot_data()));
     peer(&mut node, seed.node().id.clone(), None, snapshot);
     assert!(node.is_writable(), "the snapshot was installed");
     let heartbeat = seed.paxos.heartbeat().expect("the seed leads");
-    peer(&mut node, seed.node().id.clone(), None, PeerMsg::Paxos(heartbeat));
+    peer(
+        &mut node,
+        seed.node().id.clone(),
+        None,
+        PeerMsg::Paxos(heartbeat),
+    );
     assert_eq!(node.leader(), Some(&seed.node().id));
     node
 }
@@ -270,7 +280,12 @@ fn forwards_carry_only_what_the_sender_may_propose() {
         forward(vec![write(id(9), 1, 1, "/owned")]),
         forward(vec![write(id(1), 99, 99, "/ctl/node/999/x")]),
         forward(vec![Decree::Fill]),
-        forward(vec![write(id(9), 1, 5, &format!("/ctl/node/{}/addr", id(9)))]),
+        forward(vec![write(
+            id(9),
+            1,
+            5,
+            &format!("/ctl/node/{}/addr", id(9)),
+        )]),
     ];
     for msg in refused {
         peer(&mut core, id(9), None, msg);
@@ -279,13 +294,28 @@ fn forwards_carry_only_what_the_sender_may_propose() {
     assert_eq!(core.store().rev(), rev, "nothing written");
     // Its own registration is what an attaching node forwards.
     let own = format!("/ctl/node/{}/addr", id(9));
-    peer(&mut core, id(9), None, forward(vec![write(id(9), 1, 1, &own)]));
+    peer(
+        &mut core,
+        id(9),
+        None,
+        forward(vec![write(id(9), 1, 1, &own)]),
+    );
     assert_eq!(core.store().rev(), rev.next());
     assert_eq!(core.refused(), 4);
     // Registered, it may forward its clients' writes, still only its own.
-    peer(&mut core, id(9), None, forward(vec![write(id(9), 2, 2, "/mine")]));
+    peer(
+        &mut core,
+        id(9),
+        None,
+        forward(vec![write(id(9), 2, 2, "/mine")]),
+    );
     assert_eq!(core.store().rev(), Rev(rev.0 + 2));
-    peer(&mut core, id(9), None, forward(vec![write(id(1), 80, 80, "/forged")]));
+    peer(
+        &mut core,
+        id(9),
+        None,
+        forward(vec![write(id(1), 80, 80, "/forged")]),
+    );
     assert_eq!(core.refused(), 5);
 }
 
@@ -393,7 +423,10 @@ fn leader_is_only_from_cluster_nodes() {
     assert!(!node.unregistered.contains_key(&id(9)));
     // From a cluster node, the hint is kept.
     peer(&mut node, id(1), None, msg);
-    assert_eq!(node.leader_hint.as_ref().map(|(l, _)| l.clone()), Some(id(9)));
+    assert_eq!(
+        node.leader_hint.as_ref().map(|(l, _)| l.clone()),
+        Some(id(9))
+    );
 }
 
 #[test]
@@ -445,7 +478,10 @@ fn an_unregistered_node_forwards_only_its_registration() {
         .flatten()
         .collect();
     assert!(!forwarded.is_empty());
-    assert!(forwarded.iter().all(|d| registers(d, &id(2))), "{forwarded:?}");
+    assert!(
+        forwarded.iter().all(|d| registers(d, &id(2))),
+        "{forwarded:?}"
+    );
     assert_eq!(node.pending_writes.len(), forwarded.len() + 1);
 }
 
@@ -523,8 +559,14 @@ fn a_snapshot_settles_writes_it_shows_applied_and_keeps_the_others() {
     // A snapshot showing the first applied (its answer was never seen here).
     let mut data = seed.snapshot_data();
     data.rev = Rev(data.rev.0 + 10);
-    data.dedupe.push((me.clone(), seqs[0] + 1, vec![], data.rev));
-    let out = peer(&mut node, id(1), None, PeerMsg::Snapshot(Box::new(data.clone())));
+    data.dedupe
+        .push((me.clone(), seqs[0] + 1, vec![], data.rev));
+    let out = peer(
+        &mut node,
+        id(1),
+        None,
+        PeerMsg::Snapshot(Box::new(data.clone())),
+    );
     assert_eq!(node.refused(), 1, "not asked for");
     node.asked_catch_up.insert(id(1), node.ticks);
     let out2 = peer(&mut node, id(1), None, PeerMsg::Snapshot(Box::new(data)));

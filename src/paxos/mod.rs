@@ -623,7 +623,11 @@ impl<V: Value> Paxos<V> {
     }
 
     fn start_prevote(&mut self, out: &mut Out<V>) {
-        let round = self.promised.round.max(self.current_round()).saturating_add(1);
+        let round = self
+            .promised
+            .round
+            .max(self.current_round())
+            .saturating_add(1);
         let timeout_ticks = random_ticks(&mut self.rng, self.settings.election_ticks);
         self.role = Role::PreCandidate {
             round,
@@ -858,11 +862,7 @@ impl<V: Value> Paxos<V> {
                 Err(Refusal::BadSlot)
             }
         };
-        let voter = || {
-            self.in_window(from)
-                .then_some(())
-                .ok_or(Refusal::NotVoter)
-        };
+        let voter = || self.in_window(from).then_some(()).ok_or(Refusal::NotVoter);
         let owner = |b: &Ballot| {
             if b.leader.as_ref() != Some(from) {
                 Err(Refusal::NotOwner)

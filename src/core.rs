@@ -187,6 +187,8 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     pub pending_writes: usize,
     pub waiting: usize,
+    /// Peer messages refused since start (see [`Core::refused`]).
+    pub refused_peer_msgs: u64,
 }
 
 /// A node's replicated state at one rev: enough to continue from `rev + 1`.
@@ -364,6 +366,11 @@ pub struct Core {
     applied_of: BTreeMap<NodeId, Rev>,
     /// The catch-up request in flight: asked whom, when.
     catch_up: Option<(NodeId, u64)>,
+    /// Every node asked for catch-up lately, and when: their answers are
+    /// taken for [`CATCH_UP_ANSWER_TICKS`] (a large answer may arrive after
+    /// the request was sent again elsewhere). Holds only nodes this node
+    /// chose to ask, so it is as small as the cluster.
+    asked_catch_up: BTreeMap<NodeId, u64>,
     /// Addresses of nodes not (yet) registered that asked for catch-up.
     unregistered: BTreeMap<NodeId, String>,
     /// Who another node says leads (and when it said so), when the engine
@@ -381,6 +388,9 @@ pub struct Core {
 /// Ticks between `Alive` messages to the leader, claim attempts and other
 /// housekeeping.
 const HOUSEKEEPING_TICKS: u64 = 20;
+/// How long an answer to a catch-up request is taken from the node asked
+/// (`Decided` and `Snapshot` from a node not asked that lately are refused).
+const CATCH_UP_ANSWER_TICKS: u64 = 10 * HOUSEKEEPING_TICKS;
 /// Decided slots sent in one catch-up answer.
 const CATCH_UP_SLOTS: usize = 4096;
 /// Unregistered nodes (attaching) whose address is remembered; past it the
@@ -429,6 +439,7 @@ impl Core {
             removing: BTreeMap::new(),
             applied_of: BTreeMap::new(),
             catch_up: None,
+            asked_catch_up: BTreeMap::new(),
             unregistered: BTreeMap::new(),
             leader_hint: None,
             catch_up_source: None,

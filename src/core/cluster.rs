@@ -525,11 +525,11 @@ impl Core {
         Ok(())
     }
 
-    /// Whether this node's catch-up request in flight went to `node`.
+    /// Whether this node asked `node` for catch-up lately.
     fn asked(&self, node: &NodeId) -> bool {
-        self.catch_up
-            .as_ref()
-            .is_some_and(|(asked, _)| asked == node)
+        self.asked_catch_up
+            .get(node)
+            .is_some_and(|at| self.ticks - at <= CATCH_UP_ANSWER_TICKS)
     }
 
     /// Values forwarded for the leader to order: writes only, each with a
@@ -601,7 +601,11 @@ impl Core {
         for (slot, decree) in (first.0..end).zip(decrees) {
             self.paxos.learn(slot, decree)?;
         }
-        if self.asked(from) {
+        if self
+            .catch_up
+            .as_ref()
+            .is_some_and(|(asked, _)| asked == from)
+        {
             self.catch_up = None;
         }
         Ok(())
@@ -758,6 +762,10 @@ impl Core {
         if hint.is_some() {
             self.catch_up_source = hint.clone();
         }
+        // Asked only of nodes whose word this node takes on the log: one
+        // that proved it is ahead in a consensus message (the hint), the
+        // leader, the last such node. Never a node on its own claim (an
+        // `Alive` saying how far it applied): its answer is installed.
         let source = match hint {
             Some(node) => Some(node),
             None if self.paxos.is_behind() => self
@@ -771,6 +779,10 @@ impl Core {
         if let Some(source) = source {
             let from = self.store.rev().next();
             self.catch_up = Some((source.clone(), self.ticks));
+            let ticks = self.ticks;
+            self.asked_catch_up
+                .retain(|_, at| ticks - *at <= CATCH_UP_ANSWER_TICKS);
+            self.asked_catch_up.insert(source.clone(), ticks);
             let addr = self.node.addr.clone();
             self.send_peer(source, PeerMsg::CatchUp { from, addr }, out);
         }
@@ -824,6 +836,7 @@ impl Core {
             nodes,
             pending_writes: self.pending_writes.len(),
             waiting: self.wait_tags.len(),
+            refused_peer_msgs: self.refused,
         }
     }
 

@@ -171,6 +171,7 @@ fn decided_slots_only_from_the_asked_node_or_the_leader() {
 
     // The node asked, or the leader, is heard.
     node.catch_up = Some((id(3), node.ticks));
+    node.asked_catch_up.insert(id(3), node.ticks);
     peer(&mut node, id(3), None, forged);
     assert_eq!(node.store().rev(), rev.next());
     assert!(node.catch_up.is_none(), "the answer ends the request");
@@ -180,6 +181,15 @@ fn decided_slots_only_from_the_asked_node_or_the_leader() {
     };
     peer(&mut node, id(1), None, streamed);
     assert_eq!(node.store().rev(), rev.next().next());
+    // An answer long after the request is not taken.
+    node.ticks += CATCH_UP_ANSWER_TICKS + 1;
+    let late = PeerMsg::Decided {
+        first: Rev(rev.0 + 3),
+        decrees: vec![Decree::Fill],
+    };
+    peer(&mut node, id(3), None, late);
+    assert_eq!(node.store().rev(), rev.next().next());
+    assert_eq!(node.refused(), 3);
 }
 
 #[test]
@@ -558,7 +568,7 @@ fn a_snapshot_settles_writes_it_shows_applied_and_keeps_the_others() {
         PeerMsg::Snapshot(Box::new(data.clone())),
     );
     assert_eq!(node.refused(), 1, "not asked for");
-    node.catch_up = Some((id(1), node.ticks));
+    node.asked_catch_up.insert(id(1), node.ticks);
     let out2 = peer(&mut node, id(1), None, PeerMsg::Snapshot(Box::new(data)));
     assert!(replies(&out).is_empty());
     let outcome = replies(&out2);

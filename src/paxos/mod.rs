@@ -52,8 +52,10 @@ pub enum Msg<V> {
     },
     /// Phase 1a for every slot from `from_slot` on.
     Prepare { ballot: Ballot, from_slot: Slot },
-    /// Phase 1b: what this acceptor accepted at or after `from_slot`, and how
-    /// far it knows the log to be decided.
+    /// Phase 1b: what this acceptor accepted at or after the Prepare's
+    /// `from_slot`, how far it knows the log to be decided, and (in
+    /// `from_slot`) its own first undelivered slot: it still reports every
+    /// slot from there on, so a candidate may recover those from promises.
     Promise {
         ballot: Ballot,
         from_slot: Slot,
@@ -212,6 +214,9 @@ enum Role<V> {
         promised_by: BTreeSet<NodeId>,
         recovered: BTreeMap<Slot, (Ballot, V)>,
         highest_commit: Slot,
+        /// Every promiser still reports the slots from here on (none has
+        /// delivered and forgotten them).
+        promisers_undelivered: Slot,
         elapsed_ticks: u32,
         timeout_ticks: u32,
     },
@@ -398,6 +403,14 @@ impl<V: Value> Paxos<V> {
         let slot = self.next_to_deliver;
         self.accepted.remove(&slot);
         self.next_to_deliver += 1;
+        if let Role::Leader(lead) = &mut self.role {
+            // Learned another way (catch-up) before a quorum acknowledged
+            // it: not in flight any more. A stale entry would keep the
+            // resends aimed at it and starve the slots after it.
+            lead.inflight.remove(&slot);
+            lead.recovered.remove(&slot);
+            lead.next_slot = lead.next_slot.max(slot + 1);
+        }
         Some((slot, value))
     }
 
@@ -662,6 +675,7 @@ impl<V: Value> Paxos<V> {
             promised_by: BTreeSet::new(),
             recovered: BTreeMap::new(),
             highest_commit: self.commit,
+            promisers_undelivered: self.next_to_deliver,
             elapsed_ticks: 0,
             timeout_ticks,
         };
@@ -981,10 +995,10 @@ impl<V: Value> Paxos<V> {
             Msg::Prepare { ballot, from_slot } => self.on_prepare(from, ballot, from_slot, out),
             Msg::Promise {
                 ballot,
+                from_slot,
                 accepted,
                 commit,
-                ..
-            } => self.on_promise(from, ballot, accepted, commit, out),
+            } => self.on_promise(from, ballot, from_slot, accepted, commit, out),
             Msg::Accept {
                 ballot,
                 first_slot,
@@ -1119,7 +1133,7 @@ impl<V: Value> Paxos<V> {
             .collect();
         let msg = Msg::Promise {
             ballot,
-            from_slot,
+            from_slot: self.next_to_deliver,
             accepted,
             commit: self.commit,
         };
@@ -1130,6 +1144,7 @@ impl<V: Value> Paxos<V> {
         &mut self,
         from: NodeId,
         ballot: Ballot,
+        undelivered_from: Slot,
         accepted: Vec<(Slot, Ballot, V)>,
         commit: Slot,
         out: &mut Out<V>,
@@ -1151,10 +1166,12 @@ impl<V: Value> Paxos<V> {
                 promised_by,
                 recovered,
                 highest_commit,
+                promisers_undelivered,
                 ..
             } if *mine == ballot => {
                 promised_by.insert(from);
                 *highest_commit = (*highest_commit).max(commit);
+                *promisers_undelivered = (*promisers_undelivered).max(undelivered_from);
                 for (slot, b, v) in accepted {
                     if slot >= first {
                         merge_highest(recovered, slot, b, v);
@@ -1177,6 +1194,7 @@ impl<V: Value> Paxos<V> {
             promised_by,
             mut recovered,
             highest_commit,
+            promisers_undelivered,
             ..
         } = std::mem::replace(
             &mut self.role,
@@ -1192,9 +1210,14 @@ impl<V: Value> Paxos<V> {
         // Slots some promiser knows decided must be known chosen here: their
         // acceptors may have forgotten them after delivery, so the promises
         // cannot be trusted to report them. Catch up first (the hint says
-        // from whom), then run again.
-        let known =
-            (self.next_to_deliver..=highest_commit).all(|slot| self.chosen.contains_key(&slot));
+        // from whom), then run again. A slot no promiser has delivered yet is
+        // still reported by every promiser, so a value recovered from the
+        // promises is the chosen one (plain Paxos recovery): without this,
+        // voters that all missed a slot only a slave holds could never elect.
+        let known = (self.next_to_deliver..=highest_commit).all(|slot| {
+            self.chosen.contains_key(&slot)
+                || (slot >= promisers_undelivered && recovered.contains_key(&slot))
+        });
         if !known {
             // Left a follower whose election timeout (0) runs out at the
             // next tick: it runs again then.
@@ -1247,6 +1270,9 @@ impl<V: Value> Paxos<V> {
         out: &mut Out<V>,
     ) {
         if ballot < self.promised {
+            // As in `on_commit`: the commit point still tells how far the
+            // log is decided.
+            self.note_commit(&from, commit);
             return self.reject(from, out);
         }
         self.promised = ballot.clone();
@@ -1317,7 +1343,12 @@ impl<V: Value> Paxos<V> {
 
     fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot, out: &mut Out<V>) {
         if ballot < self.promised {
-            // A deposed leader that has not heard yet: tell it.
+            // The commit point is a fact whatever the ballot: a node whose
+            // own stale promise outranks the leader (one removed after it
+            // campaigned, whose rejections no voter hears) still learns it
+            // is behind and catches up. And a deposed leader that has not
+            // heard yet is told.
+            self.note_commit(&from, commit);
             return self.reject(from, out);
         }
         self.promised = ballot.clone();

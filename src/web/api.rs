@@ -476,6 +476,12 @@ pub fn metrics(s: &Snapshot) -> String {
         s.view.pending_writes.to_string(),
     );
     metric(
+        "doozer_peer_messages_refused_total",
+        "counter",
+        "Peer messages refused: not from this cluster, not asked for, out of range, or contradicting this node's log.",
+        s.view.refused_peer_msgs.to_string(),
+    );
+    metric(
         "doozer_proposals_per_second",
         "gauge",
         "Revisions applied per second over the last 10 seconds.",
@@ -636,6 +642,7 @@ mod tests {
         let text = metrics(&s);
         assert!(text.contains("# TYPE doozer_rev gauge\ndoozer_rev 42\n"));
         assert!(text.contains("doozer_proposals_per_second 2.500\n"));
+        assert!(text.contains("doozer_peer_messages_refused_total 0\n"));
         assert!(text.contains(r#"cluster="a\"b\\c\nd""#));
         for line in text.lines() {
             assert!(

@@ -20,6 +20,7 @@
 //! [`codec`]; the async runtime is named only in [`runtime::rt`].
 
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod codec;

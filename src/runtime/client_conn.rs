@@ -8,18 +8,28 @@
 //! Each connection is two tasks: a reader that owns the session checks and
 //! `try_send`s to the core, and a writer that drains the connection's bounded
 //! outbox and writes replies in as few syscalls as it can.
+//!
+//! What one host can take is bounded here, before anything reaches the core:
+//! connection slots per source address (so idle sockets from one host
+//! cannot lock everyone else out), with secrets set a deadline to pass
+//! `ACCESS` and a few attempts at it, and bytes in flight per connection and
+//! in the core's inbox. Refusals that an attacker can repeat at wire speed
+//! are logged through a [`LogLimiter`], a line a second at most.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, StreamExt};
 
-use super::event_loop::{Control, NodeStatus, Outgoing};
+use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
+use crate::budget::ByteBudget;
 use crate::codec::client::{self, read_message, read_message_after, Request, Response};
 use crate::codec::peer::MAGIC;
 use crate::core::{ConnId, Input};
@@ -29,7 +39,7 @@ use crate::types::NodeId;
 
 /// What every connection task shares.
 pub struct ClientContext {
-    pub inbox: Sender<Input>,
+    pub inbox: Inbox,
     pub control: Sender<Control>,
     pub status: Arc<NodeStatus>,
     pub node_id: NodeId,
@@ -38,6 +48,12 @@ pub struct ClientContext {
     pub max_frame_bytes: usize,
     pub outbox_capacity: usize,
     pub max_connections: usize,
+    /// Open connections from one source address (one IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// With secrets set: time from accept to a granted `ACCESS`.
+    pub access_timeout: Duration,
+    /// Bytes in flight of all client connections together.
+    pub client_budget: Arc<ByteBudget>,
     /// Where connections that turn out to be peer links go.
     pub peers: PeerInbound,
 }
@@ -45,12 +61,144 @@ pub struct ClientContext {
 /// Bytes gathered before a writer flushes to the socket.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
+/// How long a connection being closed for cause (wrong secrets) waits for
+/// its last reply to be written before the socket is shut.
+const LAST_REPLY_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a connection waits before trying again to tell the core it
+/// closed, when the control channel is full (the core is far behind).
+const CONTROL_RETRY: Duration = Duration::from_millis(10);
+
+/// A log line at most once a second for an event an attacker can repeat at
+/// wire speed; the lines skipped in between are counted in the next one.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    /// Milliseconds since the Unix epoch of the last line written (0: never).
+    last_ms: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl LogLimiter {
+    pub const fn new() -> LogLimiter {
+        LogLimiter {
+            last_ms: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs `line()` at warn level when a second has passed since the last
+    /// line, else counts it as skipped.
+    pub fn warn(&self, line: impl FnOnce() -> String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+            .max(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now >= last.saturating_add(1000);
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let skipped = self.skipped.swap(0, Ordering::Relaxed);
+            if skipped == 0 {
+                log::warn!("{}", line());
+            } else {
+                log::warn!("{} ({skipped} more like it not logged)", line());
+            }
+        } else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Connections refused at accept (over a limit).
+static REFUSED_LOG: LogLimiter = LogLimiter::new();
+/// Connections closed for failing `ACCESS` or its deadline.
+static ACCESS_LOG: LogLimiter = LogLimiter::new();
+
+/// The address a per-source connection cap counts by: an IPv4 address (an
+/// IPv4-mapped IPv6 one as IPv4), or an IPv6 address's /64, which one host
+/// usually holds whole.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections per source address; an entry lives while it counts any.
+#[derive(Debug)]
+pub struct SourceSlots {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl SourceSlots {
+    pub fn new(cap: usize) -> SourceSlots {
+        SourceSlots {
+            cap,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a slot for a connection from `ip`, or `None` (with the count
+    /// already open) when that address holds the cap.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<SourceSlot, usize> {
+        let key = source_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.cap {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(SourceSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open from `ip`'s address.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(&source_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+/// One connection's slot; given back on drop.
+#[derive(Debug)]
+pub struct SourceSlot {
+    slots: Arc<SourceSlots>,
+    key: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Accepts client and peer connections for ever.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
     let mut next_conn: ConnId = 1;
+    let slots = Arc::new(SourceSlots::new(ctx.max_connections_per_ip));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors and the like: back off, don't spin.
                 log::warn!("accept failed: {err}");
@@ -60,34 +208,67 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         };
         let open = ctx.status.connections.load(Ordering::Relaxed);
         if open >= ctx.max_connections {
-            log::warn!("refusing a connection: {open} are open (the limit)");
+            REFUSED_LOG
+                .warn(|| format!("refusing a connection from {from}: {open} are open (the limit)"));
             let _ = stream.shutdown(std::net::Shutdown::Both);
             continue;
         }
+        let slot = match slots.take(from.ip()) {
+            Ok(slot) => slot,
+            Err(n) => {
+                REFUSED_LOG.warn(|| {
+                    format!(
+                        "refusing a connection from {from}: {n} are open from that address (the limit)"
+                    )
+                });
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let conn = next_conn;
         next_conn += 1;
         ctx.status.connections.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
+        let accepted = Instant::now();
         rt::spawn(async move {
-            dispatch(conn, stream, &ctx).await;
+            dispatch(conn, stream, accepted, &ctx).await;
             ctx.status.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         });
     }
 }
 
 /// Reads a connection's first 4 bytes, here in its own task: an idle client
-/// is normal and must not hold up the accept loop.
-async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
+/// is normal and must not hold up the accept loop. With secrets set, an idle
+/// connection has until its `ACCESS` deadline to say anything.
+async fn dispatch(conn: ConnId, stream: TcpStream, accepted: Instant, ctx: &ClientContext) {
     let mut reader = &stream;
-    let header = match client::read_header(&mut reader).await {
+    let read = client::read_header(&mut reader);
+    let header = if ctx.secrets.any_set() {
+        match rt::timeout(ctx.access_timeout, read).await {
+            Some(read) => read,
+            None => {
+                let peer = peer_name(&stream);
+                ACCESS_LOG.warn(|| {
+                    format!(
+                        "client {peer} (connection {conn}) closed: silent for {:?} with secrets set",
+                        ctx.access_timeout
+                    )
+                });
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    } else {
+        read.await
+    };
+    let header = match header {
         Ok(Some(header)) => header,
         // Connected and left without a word.
         Ok(None) => return,
         Err(err) => {
-            let peer = stream
-                .peer_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let peer = peer_name(&stream);
             log::info!("client {peer} (connection {conn}) disconnected: {err}");
             return;
         }
@@ -95,8 +276,14 @@ async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
     if header == MAGIC {
         peer_link::serve_inbound(stream, &ctx.peers).await;
     } else {
-        serve(conn, stream, header, ctx).await;
+        serve(conn, stream, header, accepted, ctx).await;
     }
+}
+
+fn peer_name(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string())
 }
 
 /// Bytes read from a client socket at once.
@@ -105,16 +292,26 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How often a client held while the node fetches its copy looks again.
 const COPY_POLL: Duration = Duration::from_millis(10);
 
+/// Why a connection's reader stopped.
+enum End {
+    /// The client closed between frames.
+    Clean,
+    /// Something worth an info line (a bad frame, a client not reading).
+    Error(String),
+    /// Cut off for cause (secrets): a rate-limited warning, after the last
+    /// reply is written.
+    Refused(String),
+}
+
 /// Serves a client whose first frame header was already read.
 async fn serve(
     conn: ConnId,
     stream: TcpStream,
     first_header: [u8; client::HEADER_BYTES],
+    accepted: Instant,
     ctx: &ClientContext,
 ) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let peer = peer_name(&stream);
     // A node still fetching its first copy of the store (attaching) has
     // nothing true to say yet: an empty tree at rev 0 would mislead. Hold
     // the client until the copy is in, as the original did by accepting
@@ -122,11 +319,10 @@ async fn serve(
     while !ctx.status.writable.load(Ordering::Acquire) {
         rt::sleep(COPY_POLL).await;
     }
-    let session = Arc::new(Mutex::new(Session::new(
-        ctx.secrets.clone(),
-        ctx.node_id.clone(),
-        ctx.session_limits,
-    )));
+    let session = Arc::new(Mutex::new(
+        Session::new(ctx.secrets.clone(), ctx.node_id.clone(), ctx.session_limits)
+            .with_shared_budget(ctx.client_budget.clone()),
+    ));
     let (mut outbox, replies) = mpsc::channel(ctx.outbox_capacity);
     let cut = stream.clone();
     let opened = Control::Opened {
@@ -136,55 +332,118 @@ async fn serve(
             let _ = cut.shutdown(std::net::Shutdown::Both);
         }),
     };
-    if ctx.control.send(opened).is_err() {
-        return;
+    match ctx.control.try_send(opened) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            REFUSED_LOG.warn(|| {
+                format!("refusing client {peer} (connection {conn}): the core is far behind")
+            });
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        Err(TrySendError::Disconnected(_)) => return,
     }
-    let writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
+    let mut writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
 
+    // With secrets set, the connection must hold a right by this time.
+    let deadline = ctx.secrets.any_set().then(|| accepted + ctx.access_timeout);
     // Buffered: a pipelining client's frames come in with one read, not two
     // (header, body) per request.
     let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
     let mut first_header = Some(first_header);
-    let reason = loop {
-        let read = match first_header.take() {
-            Some(header) => read_message_after(&mut reader, header, ctx.max_frame_bytes)
-                .await
-                .map(Some),
-            None => read_message(&mut reader, ctx.max_frame_bytes).await,
+    let end = loop {
+        let read = async {
+            match first_header.take() {
+                Some(header) => read_message_after(&mut reader, header, ctx.max_frame_bytes)
+                    .await
+                    .map(Some),
+                None => read_message(&mut reader, ctx.max_frame_bytes).await,
+            }
+        };
+        let pending_access = deadline.filter(|_| !lock(&session).has_rights());
+        let read = match pending_access {
+            None => read.await,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rt::timeout(left, read).await {
+                    Some(read) => read,
+                    None => {
+                        break End::Refused(format!(
+                            "no ACCESS within {:?} with secrets set",
+                            ctx.access_timeout
+                        ))
+                    }
+                }
+            }
         };
         let request: Request = match read {
             Ok(Some(request)) => request,
-            Ok(None) => break None,
-            Err(err) => break Some(err.to_string()),
+            Ok(None) => break End::Clean,
+            Err(err) => break End::Error(err.to_string()),
         };
         let writable = ctx.status.writable.load(Ordering::Acquire);
         let action = lock(&session).on_request(request, writable);
         let immediate = match action {
             Action::Reply(response) => response,
-            Action::Submit { tag, command } => {
-                match ctx.inbox.try_send(Input::Request { conn, tag, command }) {
-                    Ok(()) => continue,
-                    Err(TrySendError::Full(_)) => {
-                        lock(&session).completed(tag);
-                        Response::error(tag, &ReplyError::busy())
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        break Some("server is shutting down".into())
-                    }
-                }
+            Action::Close { reply, reason } => {
+                let _ = outbox.try_send(Outgoing::Immediate(reply));
+                break End::Refused(reason);
             }
+            Action::Submit {
+                tag,
+                command,
+                bytes,
+            } => match ctx
+                .inbox
+                .try_send(Input::Request { conn, tag, command }, bytes)
+            {
+                Ok(()) => continue,
+                Err(InboxError::Full) => {
+                    lock(&session).completed(tag);
+                    Response::error(tag, &ReplyError::busy())
+                }
+                Err(InboxError::Closed) => break End::Error("server is shutting down".into()),
+            },
         };
         if outbox.try_send(Outgoing::Immediate(immediate)).is_err() {
-            break Some("client is not reading its replies".into());
+            break End::Error("client is not reading its replies".into());
         }
     };
-    if let Some(reason) = reason {
-        log::info!("client {peer} (connection {conn}) disconnected: {reason}");
+    match &end {
+        End::Clean => {}
+        End::Error(reason) => {
+            log::info!("client {peer} (connection {conn}) disconnected: {reason}")
+        }
+        End::Refused(reason) => {
+            ACCESS_LOG.warn(|| format!("client {peer} (connection {conn}) closed: {reason}"))
+        }
     }
-    let _ = ctx.control.send(Control::Closed { conn });
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    tell_closed(conn, ctx).await;
     drop(outbox);
+    if matches!(end, End::Refused(_)) {
+        // Let the writer send the last reply; it ends once the core has
+        // dropped its handle on the outbox too.
+        let _ = rt::timeout(LAST_REPLY_LIMIT, &mut writer).await;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     writer.await;
+}
+
+/// Tells the core the connection is gone. A full control channel means the
+/// core is far behind; the message must not be lost (the core would keep the
+/// connection's WAITs), so it is sent again a little later, the connection
+/// still counted against the limits meanwhile.
+async fn tell_closed(conn: ConnId, ctx: &ClientContext) {
+    let mut msg = Control::Closed { conn };
+    loop {
+        match ctx.control.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(back)) => {
+                msg = back;
+                rt::sleep(CONTROL_RETRY).await;
+            }
+        }
+    }
 }
 
 async fn write_replies(

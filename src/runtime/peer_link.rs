@@ -27,12 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
 use futures::io::BufReader;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 
-use super::event_loop::NodeStatus;
+use super::event_loop::{Inbox, InboxError, NodeStatus};
 use super::rt::{self, TcpStream};
 use crate::codec::peer::{self, Hello, PeerFrameError};
 use crate::core::{Input, PeerMsg};
@@ -427,7 +426,7 @@ async fn watch_closed(mut stream: TcpStream) -> String {
 
 /// What inbound peer connections share.
 pub struct PeerInbound {
-    inbox: Sender<Input>,
+    inbox: Inbox,
     cluster: String,
     max_frame_bytes: usize,
     status: Arc<NodeStatus>,
@@ -440,7 +439,7 @@ impl PeerInbound {
     /// Accepts peers of `cluster`, with frames of at most `max_frame_bytes`,
     /// into `inbox`; drops are counted in `status`.
     pub fn new(
-        inbox: Sender<Input>,
+        inbox: Inbox,
         cluster: &str,
         max_frame_bytes: usize,
         status: Arc<NodeStatus>,
@@ -512,8 +511,13 @@ async fn receive(
     ctx: &PeerInbound,
 ) -> Option<String> {
     loop {
-        let msg = match peer::read_peer_frame(reader, ctx.max_frame_bytes).await {
-            Ok(Some(msg)) => msg,
+        let read = match peer::read_frame(reader, ctx.max_frame_bytes).await {
+            Ok(Some(body)) => peer::decode_peer_msg(&body).map(|msg| Some((msg, body.len()))),
+            Ok(None) => Ok(None),
+            Err(err) => Err(err),
+        };
+        let (msg, bytes) = match read {
+            Ok(Some(read)) => read,
             Ok(None) => {
                 log::debug!("peer {from} hung up");
                 return None;
@@ -528,10 +532,11 @@ async fn receive(
             from: from.clone(),
             msg,
         };
-        match ctx.inbox.try_send(input) {
+        // Charged at its frame's size until the core takes it.
+        match ctx.inbox.try_send(input, bytes) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => ctx.note_drop(from),
-            Err(TrySendError::Disconnected(_)) => return None,
+            Err(InboxError::Full) => ctx.note_drop(from),
+            Err(InboxError::Closed) => return None,
         }
     }
 }

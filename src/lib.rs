@@ -6,7 +6,7 @@
 //! ```text
 //!  clients ──TCP── runtime::client_conn (reader + writer task per connection)
 //!                     │ session: rights, tags, argument checks → core::Command
-//!                     ▼ crossbeam bounded inbox (try_send; full → OTHER busy)
+//!                     ▼ inbox bounded in items and bytes (try_send; full → OTHER busy)
 //!  ticker ───────► runtime::event_loop (one thread) ── owns ──► core::Core
 //!                     ▲                                          ├ paxos (ordering)
 //!                     │ bounded outbox per connection (try_send;  └ store (tree, history,

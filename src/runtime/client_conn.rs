@@ -316,7 +316,9 @@ async fn serve(
     // nothing true to say yet: an empty tree at rev 0 would mislead. Hold
     // the client until the copy is in, as the original did by accepting
     // nobody before its clone; the client may give up by closing.
+    let mut held = false;
     while !ctx.status.writable.load(Ordering::Acquire) {
+        held = true;
         rt::sleep(COPY_POLL).await;
     }
     let session = Arc::new(Mutex::new(
@@ -345,8 +347,11 @@ async fn serve(
     }
     let mut writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
 
-    // With secrets set, the connection must hold a right by this time.
-    let deadline = ctx.secrets.any_set().then(|| accepted + ctx.access_timeout);
+    // With secrets set, the connection must hold a right by this time
+    // (counted from accept, or from the end of the wait for the copy: that
+    // wait is not the client's doing).
+    let since = if held { Instant::now() } else { accepted };
+    let deadline = ctx.secrets.any_set().then(|| since + ctx.access_timeout);
     // Buffered: a pipelining client's frames come in with one read, not two
     // (header, body) per request.
     let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());

@@ -202,6 +202,11 @@ impl Session {
         self.in_flight_bytes
     }
 
+    /// Wrong `ACCESS` attempts so far.
+    pub fn access_failures(&self) -> u32 {
+        self.access_failures
+    }
+
     /// Whether the connection holds any right: with secrets set, whether it
     /// has passed `ACCESS`.
     pub fn has_rights(&self) -> bool {

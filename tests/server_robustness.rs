@@ -426,3 +426,50 @@ fn without_secrets_idle_connections_stay() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(call(&mut conn, &req(1, Verb::Rev)).rev.unwrap() > 0);
 }
+
+#[test]
+fn attack_6_guessing_over_many_connections_locks_the_address_out() {
+    use doozer::runtime::client_conn::MAX_GUESSES_PER_ADDRESS;
+    let mut server = Server::start_with_env(&[], &[("DOOZER_RWSECRET", "s3cret")]);
+    let guess = |conn: &mut std::net::TcpStream, tag: i32| {
+        let access = Request {
+            value: Some(format!("guess{tag}").into_bytes()),
+            ..req(tag, Verb::Access)
+        };
+        let _ = conn.write_all(&doozer::codec::client::encode_frame(&access));
+        recv(conn)
+    };
+    // Two guesses a connection (under the per-connection limit), over and
+    // over from 127.0.0.1, until the address's allowance is used up.
+    let mut answered = 0;
+    for round in 0..MAX_GUESSES_PER_ADDRESS as i32 {
+        let mut conn = connect_from("127.0.0.1", &server);
+        for tag in 0..2 {
+            match guess(&mut conn, round * 2 + tag) {
+                Some(reply) => {
+                    assert_eq!(reply.err_detail.as_deref(), Some("permission denied"));
+                    answered += 1;
+                }
+                None => break,
+            }
+        }
+        if answered >= MAX_GUESSES_PER_ADDRESS {
+            break;
+        }
+    }
+    assert_eq!(answered, MAX_GUESSES_PER_ADDRESS);
+    // Now the address is out: a new connection is closed at once, even
+    // with the right secret.
+    let mut conn = connect_from("127.0.0.1", &server);
+    let access = Request {
+        value: Some(b"s3cret".to_vec()),
+        ..req(1, Verb::Access)
+    };
+    let _ = conn.write_all(&doozer::codec::client::encode_frame(&access));
+    assert!(recv(&mut conn).is_none(), "a locked-out address is refused");
+    // Another address is not affected.
+    let mut other = connect_from("127.0.0.2", &server);
+    assert_eq!(call(&mut other, &access).err_code, None);
+    assert!(call(&mut other, &req(2, Verb::Rev)).rev.unwrap() > 0);
+    assert!(server.is_running());
+}

@@ -12,7 +12,8 @@
 //! What one host can take is bounded here, before anything reaches the core:
 //! connection slots per source address (so idle sockets from one host
 //! cannot lock everyone else out), with secrets set a deadline to pass
-//! `ACCESS` and a few attempts at it, and bytes in flight per connection and
+//! `ACCESS` and a few attempts at it (per connection, and per address over
+//! a minute), and bytes in flight per connection and
 //! in the core's inbox. Refusals that an attacker can repeat at wire speed
 //! are logged through a [`LogLimiter`], a line a second at most.
 
@@ -30,7 +31,7 @@ use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
 use crate::budget::ByteBudget;
-use crate::codec::client::{self, read_message, read_message_after, Request, Response};
+use crate::codec::client::{self, read_message, read_message_after, Request, Response, Verb};
 use crate::codec::peer::MAGIC;
 use crate::core::{ConnId, Input};
 use crate::error::ReplyError;
@@ -169,6 +170,65 @@ impl SourceSlots {
     }
 }
 
+/// Wrong `ACCESS` attempts one address (one IPv6 /64) may make in
+/// [`GUESS_WINDOW`], over all its connections; past it, new connections from
+/// that address are closed at accept, and open ones at their next wrong
+/// attempt, until the window ends (logged). 30 a minute: a person fixing a
+/// typo never comes near, a guesser gets 43,200 tries a day instead of
+/// millions a second. A client on the same host as a guesser is locked out
+/// with it for the rest of the window: the price of counting by address.
+pub const MAX_GUESSES_PER_ADDRESS: u32 = 30;
+
+/// The window [`MAX_GUESSES_PER_ADDRESS`] counts over.
+pub const GUESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// Addresses whose wrong attempts are counted at once. When full, entries of
+/// ended windows are dropped; if none has ended, a new address is not
+/// counted (the ones counted stay locked out): memory stays bounded whatever
+/// the number of addresses a guesser holds.
+pub const MAX_GUESSING_ADDRESSES: usize = 65_536;
+
+/// Wrong `ACCESS` attempts per source address, in fixed windows.
+#[derive(Debug, Default)]
+pub struct Guesses {
+    by_source: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Guesses {
+    /// Counts `n` wrong attempts from `ip` at `now`; true when the address
+    /// is now over its allowance.
+    pub fn note(&self, ip: IpAddr, n: u32, now: Instant) -> bool {
+        let key = source_key(ip);
+        let mut by = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !by.contains_key(&key) && by.len() >= MAX_GUESSING_ADDRESSES {
+            by.retain(|_, (start, _)| now.duration_since(*start) < GUESS_WINDOW);
+            if by.len() >= MAX_GUESSING_ADDRESSES {
+                return false;
+            }
+        }
+        let entry = by.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= GUESS_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(n);
+        entry.1 > MAX_GUESSES_PER_ADDRESS
+    }
+
+    /// Whether `ip`'s address has used up its allowance in its current window.
+    pub fn locked_out(&self, ip: IpAddr, now: Instant) -> bool {
+        let by = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by.get(&source_key(ip)).is_some_and(|(start, n)| {
+            now.duration_since(*start) < GUESS_WINDOW && *n >= MAX_GUESSES_PER_ADDRESS
+        })
+    }
+}
+
 /// One connection's slot; given back on drop.
 #[derive(Debug)]
 pub struct SourceSlot {
@@ -196,6 +256,7 @@ impl Drop for SourceSlot {
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
     let mut next_conn: ConnId = 1;
     let slots = Arc::new(SourceSlots::new(ctx.max_connections_per_ip));
+    let guesses = Arc::new(Guesses::default());
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -210,6 +271,16 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         if open >= ctx.max_connections {
             REFUSED_LOG
                 .warn(|| format!("refusing a connection from {from}: {open} are open (the limit)"));
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            continue;
+        }
+        if ctx.secrets.any_set() && guesses.locked_out(from.ip(), Instant::now()) {
+            ACCESS_LOG.warn(|| {
+                format!(
+                    "refusing a connection from {from}: over {MAX_GUESSES_PER_ADDRESS} wrong \
+                     ACCESS attempts from that address in {GUESS_WINDOW:?}"
+                )
+            });
             let _ = stream.shutdown(std::net::Shutdown::Both);
             continue;
         }
@@ -231,8 +302,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         ctx.status.connections.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
         let accepted = Instant::now();
+        let guesses = guesses.clone();
         rt::spawn(async move {
-            dispatch(conn, stream, accepted, &ctx).await;
+            dispatch(conn, stream, accepted, &ctx, &guesses).await;
             ctx.status.connections.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -242,7 +314,13 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
 /// Reads a connection's first 4 bytes, here in its own task: an idle client
 /// is normal and must not hold up the accept loop. With secrets set, an idle
 /// connection has until its `ACCESS` deadline to say anything.
-async fn dispatch(conn: ConnId, stream: TcpStream, accepted: Instant, ctx: &ClientContext) {
+async fn dispatch(
+    conn: ConnId,
+    stream: TcpStream,
+    accepted: Instant,
+    ctx: &ClientContext,
+    guesses: &Guesses,
+) {
     let mut reader = &stream;
     let read = client::read_header(&mut reader);
     let header = if ctx.secrets.any_set() {
@@ -276,7 +354,7 @@ async fn dispatch(conn: ConnId, stream: TcpStream, accepted: Instant, ctx: &Clie
     if header == MAGIC {
         peer_link::serve_inbound(stream, &ctx.peers).await;
     } else {
-        serve(conn, stream, header, accepted, ctx).await;
+        serve(conn, stream, header, accepted, ctx, guesses).await;
     }
 }
 
@@ -310,8 +388,11 @@ async fn serve(
     first_header: [u8; client::HEADER_BYTES],
     accepted: Instant,
     ctx: &ClientContext,
+    guesses: &Guesses,
 ) {
     let peer = peer_name(&stream);
+    let source = stream.peer_addr().ok().map(|a| a.ip());
+    let mut failures_seen = 0;
     // A node still fetching its first copy of the store (attaching) has
     // nothing true to say yet: an empty tree at rev 0 would mislead. Hold
     // the client until the copy is in, as the original did by accepting
@@ -386,8 +467,39 @@ async fn serve(
             Ok(None) => break End::Clean,
             Err(err) => break End::Error(err.to_string()),
         };
+        // An address out of guesses gets no secret checked, on any of its
+        // connections, until its window ends.
+        let guessing = request.verb == Some(Verb::Access as i32);
+        if guessing && source.is_some_and(|ip| guesses.locked_out(ip, Instant::now())) {
+            let denied = Response::error(request.tag, &ReplyError::permission_denied());
+            let _ = outbox.try_send(Outgoing::Immediate(denied));
+            break End::Refused(format!(
+                "ACCESS from an address with over {MAX_GUESSES_PER_ADDRESS} wrong attempts in \
+                 {GUESS_WINDOW:?}"
+            ));
+        }
         let writable = ctx.status.writable.load(Ordering::Acquire);
-        let action = lock(&session).on_request(request, writable);
+        let (action, failures) = {
+            let mut session = lock(&session);
+            (
+                session.on_request(request, writable),
+                session.access_failures(),
+            )
+        };
+        if failures > failures_seen {
+            let over =
+                source.is_some_and(|ip| guesses.note(ip, failures - failures_seen, Instant::now()));
+            failures_seen = failures;
+            if over {
+                if let Action::Reply(reply) | Action::Close { reply, .. } = action {
+                    let _ = outbox.try_send(Outgoing::Immediate(reply));
+                }
+                break End::Refused(format!(
+                    "over {MAX_GUESSES_PER_ADDRESS} wrong ACCESS attempts from that address in \
+                     {GUESS_WINDOW:?}"
+                ));
+            }
+        }
         let immediate = match action {
             Action::Reply(response) => response,
             Action::Close { reply, reason } => {
@@ -486,4 +598,58 @@ fn encode(outgoing: Outgoing, buf: &mut Vec<u8>, session: &Mutex<Session>) {
 
 fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
     session.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_keys_group_an_ipv6_host_and_unmap_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(source_key(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn source_slots_cap_each_address_and_come_back() {
+        let slots = Arc::new(SourceSlots::new(2));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let one = slots.take(a).unwrap();
+        let _two = slots.take(a).unwrap();
+        assert_eq!(slots.take(a).unwrap_err(), 2);
+        let _other = slots.take(b).unwrap();
+        drop(one);
+        assert_eq!(slots.open_from(a), 1);
+        let _three = slots.take(a).unwrap();
+        drop(_two);
+        drop(_three);
+        assert_eq!(slots.open_from(a), 0);
+        assert!(
+            slots.open.lock().unwrap().get(&a).is_none(),
+            "no empty entries kept"
+        );
+    }
+
+    #[test]
+    fn guesses_lock_an_address_out_for_the_rest_of_its_window() {
+        let g = Guesses::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!g.note(a, MAX_GUESSES_PER_ADDRESS - 1, t0));
+        assert!(!g.locked_out(a, t0));
+        assert!(!g.note(a, 1, t0));
+        assert!(g.locked_out(a, t0), "the allowance is used up");
+        assert!(g.note(a, 1, t0), "one more is over it");
+        assert!(!g.locked_out(b, t0), "other addresses are not affected");
+        let later = t0 + GUESS_WINDOW;
+        assert!(!g.locked_out(a, later), "a new window starts afresh");
+        assert!(!g.note(a, 1, later));
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::codec::peer_auth::PeerKey;
 use crate::core::CoreConfig;
 use crate::paxos;
 use crate::session::{Secrets, SessionLimits};
@@ -80,6 +81,11 @@ pub struct Limits {
     /// Messages queued for one peer link; when full, new ones are dropped
     /// (consensus retransmits).
     pub peer_queue_capacity: usize,
+    /// Bytes of peer frames being read at once on all inbound links (each
+    /// frame's announced length counts from its header until it is decoded);
+    /// a frame that would pass it closes its link (the sender redials and
+    /// consensus retransmits). At least one largest frame always fits.
+    pub peer_frame_budget_bytes: usize,
 }
 
 /// The per-address connection cap when `max_connections` leaves room for it.
@@ -123,6 +129,7 @@ impl Default for Limits {
             max_pending_writes: 100_000,
             max_peer_frame_bytes: 256 << 20,
             peer_queue_capacity: 4096,
+            peer_frame_budget_bytes: 384 << 20,
         }
     }
 }
@@ -157,6 +164,9 @@ pub struct Config {
     pub alpha: usize,
     pub limits: Limits,
     pub secrets: Secrets,
+    /// `DOOZER_PEERSECRET`: the key peer links prove they hold; when empty,
+    /// one derived from the client secrets (none: the peer plane is open).
+    pub peer_secret: String,
 }
 
 impl Default for Config {
@@ -176,6 +186,7 @@ impl Default for Config {
             alpha: 64,
             limits: Limits::default(),
             secrets: Secrets::default(),
+            peer_secret: String::new(),
         }
     }
 }
@@ -300,6 +311,15 @@ impl Config {
             return Err(ConfigError::PeerFrameTooLarge(peer_max));
         }
         Ok(())
+    }
+
+    /// The key every peer link of this node proves it holds.
+    pub fn peer_key(&self) -> PeerKey {
+        PeerKey::for_secrets(
+            &self.peer_secret,
+            &self.secrets.read_write,
+            &self.secrets.read_only,
+        )
     }
 
     /// Ticks in `d`, at least one.

@@ -15,10 +15,11 @@ use crossbeam_channel::Receiver;
 use common::{call, closed_by_server, loopback_net, send};
 use doozer::budget::ByteBudget;
 use doozer::codec::client::{Request, Verb};
+use doozer::codec::peer_auth::PeerKey;
 use doozer::core::Input;
 use doozer::runtime::client_conn::{accept_loop, ClientContext};
 use doozer::runtime::event_loop::{Control, Inbox, NodeStatus, Queued};
-use doozer::runtime::peer_link::PeerInbound;
+use doozer::runtime::peer_link::{PeerIdentity, PeerInbound};
 use doozer::runtime::rt::{self, TcpListener};
 use doozer::session::{Secrets, SessionLimits};
 use doozer::types::NodeId;
@@ -61,7 +62,18 @@ fn edge(control_slots: usize, inbox_bytes: usize) -> Edge {
         max_connections_per_ip: 50,
         access_timeout: Duration::from_secs(10),
         client_budget: Arc::new(ByteBudget::new(64 << 20)),
-        peers: PeerInbound::new(inbox_tx, "c", 4 << 20, status),
+        peers: PeerInbound::new(
+            inbox_tx,
+            PeerIdentity {
+                me: NodeId::from_bytes([1; 10]),
+                cluster: "c".into(),
+                key: PeerKey::for_secrets("", "", ""),
+                bind_ip: None,
+            },
+            4 << 20,
+            64 << 20,
+            status,
+        ),
     });
     rt::spawn(accept_loop(listener, ctx));
     Edge {

@@ -12,14 +12,17 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use doozer::budget::ByteBudget;
 use doozer::codec::client::{encode_frame, read_message, Request, Response};
 use doozer::codec::peer::{
-    encode_hello, encode_peer_frame, read_hello, read_peer_frame, Hello, MAGIC, PROTOCOL_VERSION,
+    self, encode_hello, encode_peer_frame, encode_peer_frame_into, Hello, MAGIC, PROTOCOL_VERSION,
 };
+use doozer::codec::peer_auth::{FrameOpener, FrameSealer, PeerKey, TAG_BYTES};
 use doozer::core::{Decree, Input, PeerMsg};
 use doozer::error::ErrCode;
 use doozer::paxos::{Ballot, Msg};
 use doozer::runtime::client_conn::{accept_loop, ClientContext};
 use doozer::runtime::event_loop::{Control, Inbox, NodeStatus, Queued};
-use doozer::runtime::peer_link::{PeerInbound, PeerLinks};
+use doozer::runtime::peer_link::{
+    self as link, PeerIdentity, PeerInbound, PeerLinks, SILENCE_TIMEOUT,
+};
 use doozer::runtime::rt::{self, TcpListener, TcpStream};
 use doozer::session::{Secrets, SessionLimits};
 use doozer::store::Mutation;
@@ -65,7 +68,31 @@ struct Node {
     status: Arc<NodeStatus>,
 }
 
+/// The key every test node holds unless a test says otherwise.
+fn key() -> PeerKey {
+    PeerKey::for_secrets("test peer secret", "", "")
+}
+
+fn identity(n: u8, cluster: &str, key: PeerKey) -> PeerIdentity {
+    PeerIdentity {
+        me: id(n),
+        cluster: cluster.into(),
+        key,
+        bind_ip: None,
+    }
+}
+
 fn node(n: u8, cluster: &str, inbox_capacity: usize) -> Node {
+    node_with(n, cluster, inbox_capacity, key(), 64 << 20)
+}
+
+fn node_with(
+    n: u8,
+    cluster: &str,
+    inbox_capacity: usize,
+    key: PeerKey,
+    frame_budget: usize,
+) -> Node {
     let listener = rt::block_on(bind());
     let addr = listener.local_addr().unwrap().to_string();
     let (inbox_tx, inbox) = Inbox::new(inbox_capacity, 64 << 20);
@@ -93,7 +120,13 @@ fn node(n: u8, cluster: &str, inbox_capacity: usize) -> Node {
         max_connections_per_ip: 50,
         access_timeout: Duration::from_secs(10),
         client_budget: Arc::new(ByteBudget::new(64 << 20)),
-        peers: PeerInbound::new(inbox_tx, cluster, MAX_FRAME, status.clone()),
+        peers: PeerInbound::new(
+            inbox_tx,
+            identity(n, cluster, key),
+            MAX_FRAME,
+            frame_budget,
+            status.clone(),
+        ),
     });
     rt::spawn(accept_loop(listener, ctx));
     Node {
@@ -106,7 +139,11 @@ fn node(n: u8, cluster: &str, inbox_capacity: usize) -> Node {
 }
 
 fn links(n: u8, cluster: &str) -> PeerLinks {
-    PeerLinks::new(id(n), cluster, MAX_FRAME, 4096)
+    links_with(n, cluster, key())
+}
+
+fn links_with(n: u8, cluster: &str, key: PeerKey) -> PeerLinks {
+    PeerLinks::new(identity(n, cluster, key), MAX_FRAME, 4096)
 }
 
 /// The next peer message in `inbox`.
@@ -168,10 +205,56 @@ async fn closed_by_peer(stream: &mut TcpStream) -> bool {
     false
 }
 
-async fn raw_peer(addr: &str, hello: &Hello) -> TcpStream {
+/// A connection that sent only `hello` (no handshake beyond it).
+async fn raw_hello(addr: &str, hello: &Hello) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(&encode_hello(hello)).await.unwrap();
     stream
+}
+
+/// An authenticated connection from node `n` to `to`, written by hand.
+async fn authed(n: u8, to: &Node) -> (TcpStream, FrameSealer) {
+    link::dial(&identity(n, "c", key()), &to.id, &to.addr)
+        .await
+        .unwrap()
+}
+
+/// `msg` as one sealed frame.
+fn sealed(msg: &PeerMsg, sealer: &mut FrameSealer) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_peer_frame_into(msg, &mut buf, usize::MAX).unwrap();
+    sealer.seal(&mut buf, 0);
+    buf
+}
+
+/// Acts as the listening node `me` on an accepted connection: reads the
+/// magic, answers the handshake; the dialer's id and the frame opener.
+async fn accept_as(conn: &mut TcpStream, me: u8) -> (NodeId, FrameOpener, FrameSealer) {
+    let mut magic = [0u8; 4];
+    conn.read_exact(&mut magic).await.unwrap();
+    assert_eq!(magic, MAGIC);
+    let mut reader = conn.clone();
+    let (from, sealer, opener) =
+        link::listen_handshake(&mut reader, conn, &identity(me, "c", key()))
+            .await
+            .unwrap();
+    (from, opener, sealer)
+}
+
+/// The next message on a connection accepted with [`accept_as`], skipping
+/// keepalives.
+async fn read_sealed(conn: &mut TcpStream, opener: &mut FrameOpener) -> PeerMsg {
+    loop {
+        let frame = rt::timeout(WAIT, peer::read_frame(conn, MAX_FRAME))
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .expect("not closed");
+        let body = opener.open(&frame).unwrap();
+        if !body.is_empty() {
+            return peer::decode_peer_msg(body).unwrap();
+        }
+    }
 }
 
 #[test]
@@ -207,20 +290,9 @@ fn a_link_redials_after_the_listener_drops_it_and_keeps_the_backlog() {
 
         links.send(to.clone(), &addr, alive(1));
         let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
-        let mut magic = [0u8; 4];
-        conn.read_exact(&mut magic).await.unwrap();
-        assert_eq!(magic, MAGIC);
-        let hello = read_hello(&mut conn).await.unwrap();
-        assert_eq!(
-            hello,
-            Hello {
-                version: PROTOCOL_VERSION,
-                from: id(1),
-                cluster: "c".into()
-            }
-        );
-        let got = read_peer_frame(&mut conn, MAX_FRAME).await.unwrap();
-        assert_eq!(got, Some(alive(1)));
+        let (from, mut opener, _) = accept_as(&mut conn, 2).await;
+        assert_eq!(from, id(1));
+        assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(1));
 
         // The listener hangs up; the link notices without sending and redials
         // once it has something to say.
@@ -228,11 +300,8 @@ fn a_link_redials_after_the_listener_drops_it_and_keeps_the_backlog() {
         rt::sleep(Duration::from_millis(200)).await;
         links.send(to.clone(), &addr, alive(2));
         let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
-        conn.read_exact(&mut magic).await.unwrap();
-        assert_eq!(magic, MAGIC);
-        read_hello(&mut conn).await.unwrap();
-        let got = read_peer_frame(&mut conn, MAX_FRAME).await.unwrap();
-        assert_eq!(got, Some(alive(2)));
+        let (_, mut opener, _) = accept_as(&mut conn, 2).await;
+        assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(2));
 
         // Now nobody listens: messages wait in the backlog and arrive, in
         // order, once the address answers again.
@@ -245,22 +314,64 @@ fn a_link_redials_after_the_listener_drops_it_and_keeps_the_backlog() {
         }
         let listener = TcpListener::bind(&addr).await.unwrap();
         let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
-        conn.read_exact(&mut magic).await.unwrap();
-        read_hello(&mut conn).await.unwrap();
+        let (_, mut opener, _) = accept_as(&mut conn, 2).await;
         for i in 3..6 {
-            let got = rt::timeout(WAIT, read_peer_frame(&mut conn, MAX_FRAME))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(got, Some(alive(i)));
+            assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(i));
         }
+    });
+}
+
+/// A connection that stays open but carries nothing (a partition: no FIN,
+/// no RST) is dropped once the link hears no keepalive, and redialed.
+#[test]
+fn a_silent_link_is_dropped_and_redialed() {
+    rt::block_on(async {
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut links = links(1, "c");
+        links.send(id(2), &addr, alive(1));
+        let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let (_, mut opener, _sealer) = accept_as(&mut conn, 2).await;
+        assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(1));
+        // This end sends no keepalives and keeps the socket open: the link
+        // gives the connection up, and the next message goes out on a new one.
+        rt::sleep(SILENCE_TIMEOUT + Duration::from_millis(300)).await;
+        links.send(id(2), &addr, alive(2));
+        let (mut again, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let (_, mut opener, mut sealer) = accept_as(&mut again, 2).await;
+        assert_eq!(read_sealed(&mut again, &mut opener).await, alive(2));
+        // The old connection was closed by the link.
+        assert!(closed_by_peer(&mut conn).await);
+        // Keepalives both ways keep this one up past the silence timeout.
+        let writer = again.clone();
+        rt::spawn(async move {
+            let mut writer = writer;
+            for _ in 0..20 {
+                let mut buf = Vec::new();
+                sealer.keepalive(&mut buf);
+                if writer.write_all(&buf).await.is_err() {
+                    return;
+                }
+                rt::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        rt::sleep(SILENCE_TIMEOUT + Duration::from_millis(500)).await;
+        links.send(id(2), &addr, alive(3));
+        assert_eq!(read_sealed(&mut again, &mut opener).await, alive(3));
+        assert!(
+            rt::timeout(Duration::from_millis(50), listener.accept())
+                .await
+                .is_none(),
+            "a live link was redialed"
+        );
     });
 }
 
 #[test]
 fn a_new_address_replaces_the_link() {
     let old = node(2, "c", 1024);
-    let new = node(3, "c", 1024);
+    // The same node, moved to another address.
+    let new = node(2, "c", 1024);
     let mut links = links(1, "c");
     links.send(id(2), &old.addr, alive(1));
     assert_eq!(next_peer(&old.inbox), (id(1), alive(1)));
@@ -278,24 +389,26 @@ fn a_peer_of_another_cluster_is_refused() {
     assert_quiet(&a.inbox, Duration::from_millis(500));
 
     rt::block_on(async {
-        let mut conn = raw_peer(
+        let mut conn = raw_hello(
             &a.addr,
             &Hello {
                 version: PROTOCOL_VERSION,
                 from: id(9),
                 cluster: "test".into(),
+                nonce: vec![0; 32],
             },
         )
         .await;
         let _ = conn.write_all(&encode_peer_frame(&alive(2))).await;
         assert!(closed_by_peer(&mut conn).await);
         // Another protocol version is refused too.
-        let mut conn = raw_peer(
+        let mut conn = raw_hello(
             &a.addr,
             &Hello {
                 version: PROTOCOL_VERSION + 1,
                 from: id(9),
                 cluster: "prod".into(),
+                nonce: vec![0; 32],
             },
         )
         .await;
@@ -311,28 +424,41 @@ fn a_bad_peer_frame_closes_only_that_connection() {
     good.send(a.id.clone(), &a.addr, alive(1));
     assert_eq!(next_peer(&a.inbox), (id(2), alive(1)));
 
-    let hello = Hello {
-        version: PROTOCOL_VERSION,
-        from: id(3),
-        cluster: "c".into(),
-    };
     rt::block_on(async {
-        // A valid message, then garbage.
-        let mut conn = raw_peer(&a.addr, &hello).await;
-        conn.write_all(&encode_peer_frame(&alive(5))).await.unwrap();
-        conn.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        // A valid message, then garbage under a valid MAC.
+        let (mut conn, mut sealer) = authed(3, &a).await;
+        conn.write_all(&sealed(&alive(5), &mut sealer))
             .await
             .unwrap();
+        let mut garbage = vec![0, 0, 0, 3, 0xff, 0xff, 0xff];
+        sealer.seal(&mut garbage, 0);
+        conn.write_all(&garbage).await.unwrap();
+        assert!(closed_by_peer(&mut conn).await);
+        // A well-formed message without its MAC.
+        let (mut conn, _) = authed(3, &a).await;
+        conn.write_all(&encode_peer_frame(&alive(6))).await.unwrap();
+        assert!(closed_by_peer(&mut conn).await);
+        // A replayed frame: the same sealed bytes twice.
+        let (mut conn, mut sealer) = authed(3, &a).await;
+        let frame = sealed(&alive(7), &mut sealer);
+        conn.write_all(&frame).await.unwrap();
+        conn.write_all(&frame).await.unwrap();
         assert!(closed_by_peer(&mut conn).await);
         // An over-cap length: refused from the header.
-        let mut conn = raw_peer(&a.addr, &hello).await;
+        let (mut conn, _) = authed(3, &a).await;
         let len = (MAX_FRAME as u32 + 1).to_be_bytes();
         conn.write_all(&len).await.unwrap();
         assert!(closed_by_peer(&mut conn).await);
         // An invalid node id in the hello.
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            from: id(3),
+            cluster: "c".into(),
+            nonce: vec![0; 32],
+        };
         let mut conn = TcpStream::connect(&a.addr).await.unwrap();
         let mut bytes = encode_hello(&hello);
-        let at = bytes.len() - 2 - 16; // the id, before the 1-char cluster
+        let at = bytes.len() - 2 - 32 - 1 - 16; // the id, before the cluster and nonce
         bytes[at] = b'!';
         conn.write_all(&bytes).await.unwrap();
         assert!(closed_by_peer(&mut conn).await);
@@ -342,9 +468,106 @@ fn a_bad_peer_frame_closes_only_that_connection() {
         drop(conn);
     });
     assert_eq!(next_peer(&a.inbox), (id(3), alive(5)));
+    assert_eq!(next_peer(&a.inbox), (id(3), alive(7)));
     // The good link is undisturbed.
     good.send(a.id.clone(), &a.addr, alive(2));
     assert_eq!(next_peer(&a.inbox), (id(2), alive(2)));
+    assert_quiet(&a.inbox, Duration::from_millis(100));
+}
+
+/// Without the cluster's key nothing gets through, either way round: a
+/// node with another key neither delivers to nor accepts from this one,
+/// and one that skips the handshake is cut off.
+#[test]
+fn a_peer_without_the_key_is_refused() {
+    let a = node(1, "c", 1024);
+    let wrong = PeerKey::for_secrets("", "a guess", "");
+    // A node with the wrong key dials: its messages never arrive.
+    let mut intruder = links_with(9, "c", wrong.clone());
+    intruder.send(a.id.clone(), &a.addr, alive(1));
+    intruder.send(a.id.clone(), &a.addr, catch_up());
+    // A node with no key at all (the public key).
+    let mut open = links_with(8, "c", PeerKey::open());
+    open.send(a.id.clone(), &a.addr, catch_up());
+    assert_quiet(&a.inbox, Duration::from_millis(700));
+
+    // A listener with the wrong key: our link refuses to send to it.
+    let b = node_with(2, "c", 1024, wrong.clone(), 64 << 20);
+    let mut ours = links(1, "c");
+    ours.send(b.id.clone(), &b.addr, alive(2));
+    assert_quiet(&b.inbox, Duration::from_millis(700));
+
+    rt::block_on(async {
+        // By hand: the handshake fails on the listener's proof.
+        let err = link::dial(&identity(9, "c", wrong), &a.id, &a.addr)
+            .await
+            .unwrap_err();
+        assert!(err.contains("peer key"), "{err}");
+        // Hello, then frames as the old protocol sent them (no proof): cut off.
+        let mut conn = raw_hello(
+            &a.addr,
+            &Hello {
+                version: PROTOCOL_VERSION,
+                from: id(9),
+                cluster: "c".into(),
+                nonce: vec![1; 32],
+            },
+        )
+        .await;
+        let _ = conn.write_all(&encode_peer_frame(&catch_up())).await;
+        assert!(closed_by_peer(&mut conn).await);
+        // An address that answers as another node than the one dialed.
+        let err = link::dial(&identity(3, "c", key()), &id(7), &a.addr)
+            .await
+            .unwrap_err();
+        assert!(err.contains("answers as node"), "{err}");
+    });
+    assert_quiet(&a.inbox, Duration::from_millis(100));
+    assert!(a.status.peer_in_refused.load(Ordering::Relaxed) >= 3);
+}
+
+/// Inbound connections cannot hold the node's memory or a slot for long:
+/// an authenticated link that falls silent is closed, an unfinished frame
+/// has a deadline, and frames being read on all links share a byte budget.
+#[test]
+fn stalled_inbound_links_are_closed_and_bounded_in_bytes() {
+    // Room for one frame of about 3 MiB at a time.
+    let a = node_with(1, "c", 1024, key(), 3 << 20);
+    rt::block_on(async {
+        // Silent after the handshake.
+        let (mut conn, _) = authed(3, &a).await;
+        let since = Instant::now();
+        assert!(closed_by_peer(&mut conn).await);
+        let took = since.elapsed();
+        assert!(took < SILENCE_TIMEOUT * 3, "closed after {took:?}");
+
+        // Announces 2 MiB and sends a little: holds 2 MiB of the budget...
+        let (mut first, _) = authed(3, &a).await;
+        first
+            .write_all(&((2u32 << 20) + TAG_BYTES as u32).to_be_bytes())
+            .await
+            .unwrap();
+        first.write_all(&[0; 1000]).await.unwrap();
+        rt::sleep(Duration::from_millis(100)).await;
+        // ...so a second such frame does not fit and closes its link...
+        let (mut second, _) = authed(4, &a).await;
+        second
+            .write_all(&((2u32 << 20) + TAG_BYTES as u32).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(closed_by_peer(&mut second).await);
+        // ...and the first one is cut off at its deadline (2 MiB at 1 MiB/s
+        // after the silence timeout), giving its bytes back.
+        let since = Instant::now();
+        assert!(closed_by_peer(&mut first).await);
+        let took = since.elapsed();
+        assert!(took < Duration::from_secs(6), "closed after {took:?}");
+        // Now a frame of that size goes through.
+        let (mut third, mut sealer) = authed(5, &a).await;
+        let big = big_accept(2 << 20);
+        third.write_all(&sealed(&big, &mut sealer)).await.unwrap();
+    });
+    assert_eq!(next_peer(&a.inbox).0, id(5));
 }
 
 #[test]

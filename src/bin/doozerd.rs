@@ -188,6 +188,7 @@ fn config_from(flags: Flags) -> Result<Config, String> {
             read_write: std::env::var("DOOZER_RWSECRET").unwrap_or_default(),
             read_only: std::env::var("DOOZER_ROSECRET").unwrap_or_default(),
         },
+        peer_secret: std::env::var("DOOZER_PEERSECRET").unwrap_or_default(),
         ..Config::default()
     };
     if let Some(n) = flags.max_value_bytes {

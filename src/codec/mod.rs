@@ -4,6 +4,8 @@
 //!   (4-byte big-endian length + a proto2 message, see `proto/doozer.proto`).
 //! - [`peer`]: node-to-node links on the same port (a magic prefix, then
 //!   4-byte big-endian length + bincode frames).
+//! - [`peer_auth`]: the peer links' handshake and per-frame MACs.
 
 pub mod client;
 pub mod peer;
+pub mod peer_auth;

@@ -1,9 +1,12 @@
 //! The peer protocol: how nodes talk to each other over TCP.
 //!
 //! Peers share the client port. A connection whose first 4 bytes are
-//! [`MAGIC`] is a peer link: the dialer then sends one [`Hello`] frame and
-//! after it [`PeerMsg`] frames, for as long as the link lives. The listening
-//! side never writes. Each frame is a 4-byte big-endian length and then the
+//! [`MAGIC`] is a peer link: the dialer then sends one [`Hello`] frame, the
+//! listener answers with a [`Challenge`], the dialer with a [`Proof`]
+//! (the handshake of [`super::peer_auth`]), and after it the dialer sends
+//! [`PeerMsg`] frames for as long as the link lives while the listener sends
+//! only keepalives; every frame after the handshake ends with a MAC
+//! ([`super::peer_auth::TAG_BYTES`]) and an empty body is a keepalive. Each frame is a 4-byte big-endian length and then the
 //! bincode 2 encoding (`config::standard()`: varints, little endian) of the
 //! message. The length is checked against a cap before anything is allocated
 //! for the body, and decoding runs with bincode's claim limit, so a hostile
@@ -40,8 +43,8 @@ pub const MAGIC: [u8; 4] = *b"DZPR";
 pub const HEADER_BYTES: usize = 4;
 
 /// The version of this protocol, sent in [`Hello`]; a link whose version
-/// differs is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// differs is refused. Version 2 added the authenticated handshake.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest [`Hello`] frame accepted (a node id and a cluster name).
 pub const MAX_HELLO_BYTES: usize = 4096;
@@ -67,7 +70,27 @@ pub struct Hello {
     pub from: NodeId,
     /// Its cluster name (`-c`); a listener of another cluster hangs up.
     pub cluster: String,
+    /// The dialer's fresh nonce ([`super::peer_auth::NONCE_BYTES`]).
+    pub nonce: Vec<u8>,
 }
+
+/// The listener's answer to a [`Hello`]: who it is, its own nonce, and its
+/// proof that it holds the peer key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub from: NodeId,
+    pub nonce: Vec<u8>,
+    pub proof: Vec<u8>,
+}
+
+/// The dialer's proof that it holds the peer key; the last handshake frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proof {
+    pub proof: Vec<u8>,
+}
+
+/// Largest [`Challenge`] or [`Proof`] frame accepted.
+pub const MAX_HANDSHAKE_BYTES: usize = 1024;
 
 /// Why a peer frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +158,30 @@ pub fn encode_hello(hello: &Hello) -> Vec<u8> {
     out
 }
 
+/// The hello frame's body within what [`encode_hello`] returned (what the
+/// handshake's transcript hashes).
+pub fn hello_body(encoded: &[u8]) -> &[u8] {
+    &encoded[MAGIC.len() + HEADER_BYTES..]
+}
+
+/// One handshake frame ([`Challenge`], [`Proof`]), with no size cap.
+pub fn encode_handshake<T: Encode>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_into(value, &mut out, usize::MAX).expect("no cap");
+    out
+}
+
+/// Reads one handshake frame ([`Challenge`] or [`Proof`]); the end of the
+/// stream is truncation.
+pub async fn read_handshake<T: Decode<()>, R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<T, PeerFrameError> {
+    match read_frame(reader, MAX_HANDSHAKE_BYTES).await? {
+        None => Err(PeerFrameError::Truncated),
+        Some(body) => decode_body(&body),
+    }
+}
+
 /// Decodes one frame's body, which must be exactly one value.
 pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, PeerFrameError> {
     let (value, used) = bincode::decode_from_slice(body, wire_config())?;
@@ -163,6 +210,25 @@ async fn read_header<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<[u8; HEADER_BYTES]>, PeerFrameError> {
     crate::codec::client::read_header(reader)
+        .await
+        .map_err(from_client_frame)
+}
+
+/// Reads a frame's 4-byte header. `Ok(None)` is a clean end of stream
+/// between frames.
+pub async fn read_frame_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<[u8; HEADER_BYTES]>, PeerFrameError> {
+    read_header(reader).await
+}
+
+/// Reads exactly `len` body bytes (a length the caller checked against its
+/// cap), growing the buffer only as bytes arrive.
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, PeerFrameError> {
+    crate::codec::client::read_len(reader, len)
         .await
         .map_err(from_client_frame)
 }
@@ -201,11 +267,14 @@ pub async fn read_peer_frame<R: AsyncRead + Unpin>(
 }
 
 /// Reads the [`Hello`] frame that follows [`MAGIC`] (which the caller has
-/// already consumed). A link that ends before it is truncated.
-pub async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Hello, PeerFrameError> {
+/// already consumed), with its body as received (for the handshake's
+/// transcript). A link that ends before it is truncated.
+pub async fn read_hello<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<(Hello, Vec<u8>), PeerFrameError> {
     match read_frame(reader, MAX_HELLO_BYTES).await? {
         None => Err(PeerFrameError::Truncated),
-        Some(body) => decode_body(&body),
+        Some(body) => Ok((decode_body(&body)?, body)),
     }
 }
 
@@ -350,7 +419,12 @@ wire_struct!(Hello {
     version,
     from,
     cluster,
+    nonce,
 });
+
+wire_struct!(Challenge { from, nonce, proof });
+
+wire_struct!(Proof { proof });
 
 impl Encode for Rev {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
@@ -617,15 +691,24 @@ mod tests {
         // Encode with plain strings where the types would be, then decode.
         let cfg = wire_config();
         // Alive is variant 1; CatchUp 2. Use Hello for the node id.
-        let bad_hello =
-            bincode::encode_to_vec((PROTOCOL_VERSION, "not-a-node-id!!!", "c"), cfg).unwrap();
+        let bad_hello = bincode::encode_to_vec(
+            (PROTOCOL_VERSION, "not-a-node-id!!!", "c", Vec::<u8>::new()),
+            cfg,
+        )
+        .unwrap();
         let err = decode_body::<Hello>(&bad_hello).unwrap_err();
         assert!(err.to_string().contains("invalid node id"), "{err}");
-        let lower =
-            bincode::encode_to_vec((PROTOCOL_VERSION, "aaaaaaaaaaaaaaaa", "c"), cfg).unwrap();
+        let lower = bincode::encode_to_vec(
+            (PROTOCOL_VERSION, "aaaaaaaaaaaaaaaa", "c", Vec::<u8>::new()),
+            cfg,
+        )
+        .unwrap();
         assert!(decode_body::<Hello>(&lower).is_err());
-        let good =
-            bincode::encode_to_vec((PROTOCOL_VERSION, "AAAAAAAAAAAAAAAA", "c"), cfg).unwrap();
+        let good = bincode::encode_to_vec(
+            (PROTOCOL_VERSION, "AAAAAAAAAAAAAAAA", "c", vec![1u8, 2]),
+            cfg,
+        )
+        .unwrap();
         assert_eq!(decode_body::<Hello>(&good).unwrap().from, id(0));
 
         // Decided { first, [Write { origin, seq, floor, Set { path, .. } }] }
@@ -749,12 +832,27 @@ mod tests {
             version: PROTOCOL_VERSION,
             from: id(5),
             cluster: "prod-east".into(),
+            nonce: vec![3; 32],
         };
         let bytes = encode_hello(&hello);
         assert_eq!(bytes[..4], MAGIC);
         let mut reader = futures::io::Cursor::new(bytes[4..].to_vec());
-        let back = futures::executor::block_on(read_hello(&mut reader)).unwrap();
+        let (back, body) = futures::executor::block_on(read_hello(&mut reader)).unwrap();
         assert_eq!(back, hello);
+        assert_eq!(body, hello_body(&bytes));
+        // The other two handshake frames round-trip too.
+        let challenge = Challenge {
+            from: id(6),
+            nonce: vec![4; 32],
+            proof: vec![5; 32],
+        };
+        let mut reader = futures::io::Cursor::new(encode_handshake(&challenge));
+        let back: Challenge = futures::executor::block_on(read_handshake(&mut reader)).unwrap();
+        assert_eq!(back, challenge);
+        let proof = Proof { proof: vec![6; 32] };
+        let mut reader = futures::io::Cursor::new(encode_handshake(&proof));
+        let back: Proof = futures::executor::block_on(read_handshake(&mut reader)).unwrap();
+        assert_eq!(back, proof);
         // A hello that is too large is refused from its header.
         let big = Hello {
             cluster: "x".repeat(MAX_HELLO_BYTES),

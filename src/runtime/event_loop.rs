@@ -130,6 +130,12 @@ pub struct NodeStatus {
     pub peer_in_dropped: AtomicU64,
     /// Peer messages dropped because a link's queue was full.
     pub peer_out_dropped: AtomicU64,
+    /// Peer messages not sent because they exceeded the frame cap (a bug:
+    /// every message is sized to fit).
+    pub peer_out_refused: AtomicU64,
+    /// Inbound peer connections closed for failing the handshake, a bad or
+    /// late frame, or the frame budget.
+    pub peer_in_refused: AtomicU64,
     /// The cluster as the core saw it at the end of a recent batch
     /// (refreshed a few times a second).
     pub view: std::sync::Mutex<crate::core::ClusterView>,
@@ -306,6 +312,9 @@ impl EventLoop {
         status
             .peer_out_dropped
             .store(self.peers.dropped(), Ordering::Relaxed);
+        status
+            .peer_out_refused
+            .store(self.peers.refused(), Ordering::Relaxed);
     }
 }
 

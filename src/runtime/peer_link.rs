@@ -1,56 +1,88 @@
 //! Peer links: the TCP connections between nodes.
 //!
-//! Every node dials each peer it has something to say to, and the listener
-//! on the other end only reads. So a pair of nodes talking both ways holds
-//! two connections, each carrying one direction, and neither side ever has to
-//! decide which of two crossing dials wins.
+//! Every node dials each peer it has something to say to; after the
+//! handshake the listener on the other end writes only keepalives. So a pair
+//! of nodes talking both ways holds two connections, each carrying the
+//! messages of one direction, and neither side ever has to decide which of
+//! two crossing dials wins.
 //!
+//! - **Trust**: every link opens with the mutual challenge–response of
+//!   [`peer_auth`] on the cluster's peer key, and every frame after it
+//!   carries a MAC, so nothing reaches the core from a connection that has
+//!   not proved it holds the key; the dialer also checks that the address
+//!   answers as the node it meant to reach. The core then gets each message
+//!   tagged with the authenticated sender and the connection's source IP.
+//! - **Liveness**: both ends send a keepalive when they have sent nothing for
+//!   [`KEEPALIVE_INTERVAL`], and drop a link that heard nothing for
+//!   [`SILENCE_TIMEOUT`]. A partition leaves a TCP connection that looks open
+//!   but carries nothing until TCP's backed-off retransmission, which can be
+//!   tens of seconds after the heal; a dropped link redials instead, within
+//!   [`DIAL_TIMEOUT`] + [`MAX_BACKOFF`] of the path coming back.
 //! - **Outbound**: [`PeerLinks`] lives on the event loop thread. `send` never
 //!   blocks: it `try_send`s on the link's bounded queue and drops the message
 //!   when the queue is full (consensus retransmits what matters). Each link is
-//!   a task that dials, writes [`MAGIC`](peer::MAGIC) and a [`Hello`], then
-//!   streams frames, several per write. On any error it hangs up, waits a
-//!   backoff (50 ms doubling to 1 s) and dials again; messages that arrive
-//!   while it waits are kept, the newest ones up to a small bound, and
+//!   a task that dials from this node's own IP, shakes hands, then streams
+//!   frames, several per write. On any error it hangs up, waits a backoff
+//!   (50 ms doubling to [`MAX_BACKOFF`]) and dials again; messages that
+//!   arrive while it waits are kept, the newest ones up to a small bound, and
 //!   forgotten after a few seconds (while it dials, the queue holds them).
 //!   A link with nothing to send dials nobody, and one idle for
 //!   [`IDLE_TIMEOUT`] ends (the next message opens it again).
 //! - **Inbound**: the listener tells a peer from a client by the first 4
-//!   bytes and hands peers to [`serve_inbound`], which checks the hello and
-//!   feeds each message to the core's inbox with `try_send`; a full inbox
-//!   drops the message and counts it. Anything undecodable closes that
-//!   connection only.
+//!   bytes and hands peers to [`serve_inbound`], which runs the handshake
+//!   under [`HANDSHAKE_TIMEOUT`], then feeds each message to the core's inbox
+//!   with `try_send`; a full inbox drops the message and counts it. Every
+//!   frame has a deadline (its header within [`SILENCE_TIMEOUT`], its body at
+//!   [`MIN_FRAME_BYTES_PER_SEC`] or faster), and the bytes of frames being
+//!   read on all inbound links together are capped ([`FrameBudget`]).
+//!   Anything undecodable or unauthenticated closes that connection only.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
+use futures::future::{BoxFuture, Fuse};
 use futures::io::BufReader;
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::event_loop::{Inbox, InboxError, NodeStatus};
 use super::rt::{self, TcpStream};
-use crate::codec::peer::{self, Hello, PeerFrameError};
+use crate::codec::peer::{self, Challenge, Hello, PeerFrameError, Proof};
+use crate::codec::peer_auth::{
+    self, FrameOpener, FrameSealer, PeerKey, Transcript, NONCE_BYTES, TAG_BYTES,
+};
 use crate::core::{Input, PeerMsg};
 use crate::types::NodeId;
 
-/// How long a dial may take.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a dial may take. Short: a dial sent into a partition is lost
+/// (its SYN dropped), and the next try after the heal should not wait for
+/// TCP's one-second SYN retransmission.
+pub const DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 /// The first wait before redialing a failed link; it doubles per failure.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest wait between dials. A connection that stayed up at least this
 /// long resets the backoff.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// How long the handshake (hello, challenge, proof) may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Each end sends a keepalive when it has written nothing for this long.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+/// A link that hears nothing (no frame, no keepalive) for this long is
+/// dropped: the dialer redials, the listener closes.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A write that makes no progress for this long (the peer stopped reading)
 /// drops the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A link with nothing to send for this long ends its task and connection.
+/// A link with no message to send for this long ends its task and
+/// connection (keepalives do not count).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long an inbound connection may take to send its hello.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The slowest an inbound frame body may arrive: a frame of `n` bytes must be
+/// complete within [`SILENCE_TIMEOUT`] + `n` / this, or the link is dropped.
+pub const MIN_FRAME_BYTES_PER_SEC: u64 = 1 << 20;
 /// Messages kept for a peer while its link is down (the newest ones)...
 pub const BACKLOG_MESSAGES: usize = 256;
 /// ...and the bytes they may take (the newest message is kept regardless).
@@ -61,6 +93,38 @@ pub const BACKLOG_TTL: Duration = Duration::from_secs(5);
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Read buffer of an inbound link.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The listener only ever sends keepalives: any frame larger than one is a
+/// protocol error.
+const MAX_KEEPALIVE_FRAME: usize = TAG_BYTES;
+
+/// Who this node is on its peer links.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    pub me: NodeId,
+    pub cluster: String,
+    pub key: PeerKey,
+    /// The IP outbound links dial from (this node's `-l` IP), so that
+    /// listeners see the node's own address as the source.
+    pub bind_ip: Option<IpAddr>,
+}
+
+/// Rate-limits one kind of warning to one a second; the rest go to debug.
+#[derive(Default)]
+struct WarnLimiter {
+    last_ms: AtomicU64,
+}
+
+impl WarnLimiter {
+    fn due(&self, since: Instant) -> bool {
+        let now = (since.elapsed().as_millis() as u64).max(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        (last == 0 || now >= last + 1000)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Outbound
@@ -73,35 +137,28 @@ struct Link {
 /// The outbound links of one node, keyed by peer id. Owned by the event loop
 /// thread; no method blocks or awaits.
 pub struct PeerLinks {
-    /// `MAGIC` and our hello, encoded once.
-    hello: Arc<[u8]>,
+    identity: Arc<PeerIdentity>,
     max_frame_bytes: usize,
     queue_capacity: usize,
     links: HashMap<NodeId, Link>,
     dropped: u64,
+    /// Messages a link refused to encode (larger than the frame cap): each
+    /// one is a bug in whoever sized the message.
+    refused: Arc<AtomicU64>,
 }
 
 impl PeerLinks {
-    /// Links that introduce themselves as `me` of `cluster`, send frames of at
-    /// most `max_frame_bytes` and queue at most `queue_capacity` messages per
-    /// peer.
-    pub fn new(
-        me: NodeId,
-        cluster: &str,
-        max_frame_bytes: usize,
-        queue_capacity: usize,
-    ) -> PeerLinks {
-        let hello = peer::encode_hello(&Hello {
-            version: peer::PROTOCOL_VERSION,
-            from: me,
-            cluster: cluster.to_string(),
-        });
+    /// Links that introduce themselves as `identity`, send frames of at most
+    /// `max_frame_bytes` (MAC included) and queue at most `queue_capacity`
+    /// messages per peer.
+    pub fn new(identity: PeerIdentity, max_frame_bytes: usize, queue_capacity: usize) -> PeerLinks {
         PeerLinks {
-            hello: hello.into(),
+            identity: Arc::new(identity),
             max_frame_bytes,
             queue_capacity: queue_capacity.max(1),
             links: HashMap::new(),
             dropped: 0,
+            refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -141,12 +198,13 @@ impl PeerLinks {
     fn open(&self, to: &NodeId, addr: &str) -> Link {
         let (queue, rx) = mpsc::channel(self.queue_capacity);
         let task = LinkTask {
-            hello: self.hello.clone(),
+            identity: self.identity.clone(),
             to: to.clone(),
             addr: addr.to_string(),
-            max_frame_bytes: self.max_frame_bytes,
+            max_body_bytes: self.max_frame_bytes.saturating_sub(TAG_BYTES),
             rx,
             backlog: Backlog::default(),
+            refused: self.refused.clone(),
         };
         rt::spawn(task.run());
         Link {
@@ -168,9 +226,15 @@ impl PeerLinks {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+
+    /// Messages not sent because they exceeded the frame cap.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
-/// Frames kept for a peer while its link is down.
+/// Frames kept for a peer while its link is down (encoded, not yet sealed:
+/// the MAC depends on the connection they finally go out on).
 #[derive(Default)]
 struct Backlog {
     frames: VecDeque<(Instant, Vec<u8>)>,
@@ -209,9 +273,12 @@ impl Backlog {
         self.frames.is_empty()
     }
 
-    fn drain_into(&mut self, buf: &mut Vec<u8>) {
+    /// Appends every kept frame to `buf`, sealed.
+    fn drain_into(&mut self, buf: &mut Vec<u8>, sealer: &mut FrameSealer) {
         for (_, frame) in self.frames.drain(..) {
+            let start = buf.len();
             buf.extend_from_slice(&frame);
+            sealer.seal(buf, start);
         }
         self.bytes = 0;
     }
@@ -225,21 +292,30 @@ enum Stop {
     Idle,
     /// The connection failed: redial.
     Failed(String),
+    /// The other end failed the handshake (another key, another node):
+    /// redial, but say so louder, as it is a setup to fix.
+    Refused(String),
 }
 
 enum Event {
     Msg(Option<PeerMsg>),
     Closed(String),
-    Idle,
+    Timer,
 }
 
+/// Completes with the reason when the other end of a link falls silent,
+/// closes, or sends something it must not.
+type Listening = Fuse<BoxFuture<'static, String>>;
+
 struct LinkTask {
-    hello: Arc<[u8]>,
+    identity: Arc<PeerIdentity>,
     to: NodeId,
     addr: String,
-    max_frame_bytes: usize,
+    /// Largest encoded message (the frame cap less the MAC).
+    max_body_bytes: usize,
     rx: mpsc::Receiver<PeerMsg>,
     backlog: Backlog,
+    refused: Arc<AtomicU64>,
 }
 
 impl LinkTask {
@@ -261,15 +337,13 @@ impl LinkTask {
                 }
             }
             // Meanwhile the queue holds what arrives (it is bounded too).
-            let dialed = rt::timeout(DIAL_TIMEOUT, TcpStream::connect(&*self.addr)).await;
+            let dial = rt::connect_from(self.identity.bind_ip, &self.addr);
+            let dialed = rt::timeout(DIAL_TIMEOUT, dial).await;
+            let mut refused = false;
             let failure = match dialed {
                 Some(Ok(stream)) => {
                     let since = Instant::now();
-                    if failing {
-                        log::info!("peer {} at {}: connected", self.to, self.addr);
-                        failing = false;
-                    }
-                    let stop = self.pump(&stream).await;
+                    let stop = self.pump(&stream, &mut failing).await;
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                     if since.elapsed() >= MAX_BACKOFF {
                         backoff = INITIAL_BACKOFF;
@@ -281,6 +355,10 @@ impl LinkTask {
                             return;
                         }
                         Stop::Failed(reason) => reason,
+                        Stop::Refused(reason) => {
+                            refused = true;
+                            reason
+                        }
                     }
                 }
                 Some(Err(err)) => format!("cannot connect: {err}"),
@@ -288,6 +366,9 @@ impl LinkTask {
             };
             if failing {
                 log::debug!("peer {} at {}: {failure}", self.to, self.addr);
+            } else if refused {
+                log::warn!("peer {} at {}: {failure}; redialing", self.to, self.addr);
+                failing = true;
             } else {
                 log::info!("peer {} at {}: {failure}; redialing", self.to, self.addr);
                 failing = true;
@@ -308,13 +389,24 @@ impl LinkTask {
         }
     }
 
+    /// Appends `msg` to `buf` as one frame (not sealed); false when it is
+    /// too large to send (counted: a sender must size its messages).
     fn encode(&self, msg: &PeerMsg, buf: &mut Vec<u8>) -> bool {
-        match peer::encode_peer_frame_into(msg, buf, self.max_frame_bytes) {
+        match peer::encode_peer_frame_into(msg, buf, self.max_body_bytes) {
             Ok(_) => true,
             Err(err) => {
-                log::warn!("peer {}: message not sent: {err}", self.to);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                log::error!("peer {}: message not sent: {err}", self.to);
                 false
             }
+        }
+    }
+
+    /// Appends `msg` to `buf` as one sealed frame.
+    fn encode_sealed(&self, msg: &PeerMsg, buf: &mut Vec<u8>, sealer: &mut FrameSealer) {
+        let start = buf.len();
+        if self.encode(msg, buf) {
+            sealer.seal(buf, start);
         }
     }
 
@@ -334,23 +426,37 @@ impl LinkTask {
         }
     }
 
-    /// Sends the hello, the backlog, then whatever arrives, until the
-    /// connection fails, the link idles out or its sender is dropped.
-    async fn pump(&mut self, stream: &TcpStream) -> Stop {
+    /// Shakes hands, sends the backlog, then whatever arrives (and
+    /// keepalives), until the connection fails or falls silent, the link
+    /// idles out or its sender is dropped.
+    async fn pump(&mut self, stream: &TcpStream, failing: &mut bool) -> Stop {
         let _ = stream.set_nodelay(true);
         let mut writer = stream.clone();
-        let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
-        buf.extend_from_slice(&self.hello);
-        self.backlog.drain_into(&mut buf);
-        if let Err(reason) = write(&mut writer, &buf).await {
-            return Stop::Failed(reason);
+        let mut reader = BufReader::with_capacity(1024, stream.clone());
+        let handshake = dial_handshake(&mut reader, &mut writer, &self.identity, &self.to);
+        let (mut sealer, opener) = match rt::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+            Some(Ok(keys)) => keys,
+            Some(Err(HandshakeError::Refused(reason))) => return Stop::Refused(reason),
+            Some(Err(HandshakeError::Failed(reason))) => return Stop::Failed(reason),
+            None => return Stop::Failed("no handshake in time".to_string()),
+        };
+        if *failing {
+            log::info!("peer {} at {}: connected", self.to, self.addr);
+            *failing = false;
         }
-        // The other side never writes: a read that ends means it hung up.
-        let mut closed = Box::pin(watch_closed(stream.clone()).fuse());
-        // One timer per idle period, not per message: when it fires, it is
-        // re-armed for what is left since the last message.
+        let mut listening: Listening = listen_for_keepalives(reader, opener).boxed().fuse();
+        let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
+        self.backlog.drain_into(&mut buf, &mut sealer);
+        if !buf.is_empty() {
+            if let Err(reason) = write(&mut writer, &buf, &mut listening).await {
+                return Stop::Failed(reason);
+            }
+        }
         let mut last_msg = Instant::now();
-        let mut idle = Box::pin(rt::sleep(IDLE_TIMEOUT).fuse());
+        let mut last_write = Instant::now();
+        // One timer re-armed for what is left of the period, not one per
+        // message: it drives keepalives and the idle check.
+        let mut timer = Box::pin(rt::sleep(KEEPALIVE_INTERVAL).fuse());
         loop {
             buf.clear();
             if buf.capacity() > 4 * WRITE_BATCH_BYTES {
@@ -358,65 +464,176 @@ impl LinkTask {
             }
             let event = futures::select! {
                 msg = self.rx.next() => Event::Msg(msg),
-                reason = closed => Event::Closed(reason),
-                () = idle => Event::Idle,
+                reason = listening => Event::Closed(reason),
+                () = timer => Event::Timer,
             };
-            let msg = match event {
-                Event::Msg(Some(msg)) => msg,
+            match event {
+                Event::Msg(Some(msg)) => {
+                    last_msg = Instant::now();
+                    self.encode_sealed(&msg, &mut buf, &mut sealer);
+                    while buf.len() < WRITE_BATCH_BYTES {
+                        match self.rx.try_recv() {
+                            Ok(msg) => self.encode_sealed(&msg, &mut buf, &mut sealer),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Event::Msg(None) => return Stop::SenderGone,
                 Event::Closed(reason) => return Stop::Failed(reason),
-                Event::Idle => {
-                    let quiet = last_msg.elapsed();
-                    if quiet >= IDLE_TIMEOUT {
+                Event::Timer => {
+                    if last_msg.elapsed() >= IDLE_TIMEOUT {
                         return Stop::Idle;
                     }
-                    idle = Box::pin(rt::sleep(IDLE_TIMEOUT - quiet).fuse());
-                    continue;
-                }
-            };
-            last_msg = Instant::now();
-            self.encode(&msg, &mut buf);
-            while buf.len() < WRITE_BATCH_BYTES {
-                match self.rx.try_recv() {
-                    Ok(msg) => {
-                        self.encode(&msg, &mut buf);
-                    }
-                    Err(_) => break,
+                    let quiet = last_write.elapsed();
+                    let next = if quiet >= KEEPALIVE_INTERVAL {
+                        sealer.keepalive(&mut buf);
+                        KEEPALIVE_INTERVAL
+                    } else {
+                        KEEPALIVE_INTERVAL - quiet
+                    };
+                    timer = Box::pin(rt::sleep(next).fuse());
                 }
             }
             if buf.is_empty() {
                 continue;
             }
-            if let Err(reason) = write(&mut writer, &buf).await {
+            if let Err(reason) = write(&mut writer, &buf, &mut listening).await {
                 return Stop::Failed(reason);
             }
+            last_write = Instant::now();
         }
     }
 }
 
-async fn write(writer: &mut TcpStream, buf: &[u8]) -> Result<(), String> {
+/// Why a dialer's handshake did not complete.
+enum HandshakeError {
+    /// The connection failed or closed (the listener may be of another
+    /// cluster or protocol, or just gone).
+    Failed(String),
+    /// The other end is not who we meant, or does not hold the key.
+    Refused(String),
+}
+
+/// Dials `to` at `addr` and shakes hands as `identity`: a connection ready
+/// for sealed frames, and the sealer for them. For tools and tests that
+/// speak the peer protocol by hand; nodes use [`PeerLinks`].
+pub async fn dial(
+    identity: &PeerIdentity,
+    to: &NodeId,
+    addr: &str,
+) -> Result<(TcpStream, FrameSealer), String> {
+    let stream = match rt::timeout(DIAL_TIMEOUT, rt::connect_from(identity.bind_ip, addr)).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(err)) => return Err(format!("cannot connect: {err}")),
+        None => return Err("cannot connect: timed out".to_string()),
+    };
+    let mut reader = BufReader::with_capacity(1024, stream.clone());
+    let mut writer = stream.clone();
+    let handshake = dial_handshake(&mut reader, &mut writer, identity, to);
+    match rt::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Some(Ok((sealer, _))) => Ok((stream, sealer)),
+        Some(Err(HandshakeError::Failed(reason) | HandshakeError::Refused(reason))) => Err(reason),
+        None => Err("no handshake in time".to_string()),
+    }
+}
+
+/// The dialer's side of the handshake: hello, the listener's challenge
+/// (checked: the node we meant, holding the key), our proof. The frame keys
+/// of the link on success; why not otherwise.
+async fn dial_handshake(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    identity: &PeerIdentity,
+    to: &NodeId,
+) -> Result<(FrameSealer, FrameOpener), HandshakeError> {
+    use HandshakeError::{Failed, Refused};
+    let hello = peer::encode_hello(&Hello {
+        version: peer::PROTOCOL_VERSION,
+        from: identity.me.clone(),
+        cluster: identity.cluster.clone(),
+        nonce: peer_auth::fresh_nonce(),
+    });
+    writer
+        .write_all(&hello)
+        .await
+        .map_err(|err| Failed(format!("write failed: {err}")))?;
+    let challenge: Challenge = peer::read_handshake(reader).await.map_err(|err| {
+        Failed(format!(
+            "no challenge (another cluster, or an older doozerd?): {err}"
+        ))
+    })?;
+    if challenge.from != *to {
+        return Err(Refused(format!(
+            "the address answers as node {}, not {to}",
+            challenge.from
+        )));
+    }
+    if challenge.nonce.len() != NONCE_BYTES {
+        return Err(Refused("bad challenge: wrong nonce length".to_string()));
+    }
+    let transcript = Transcript::new(peer::hello_body(&hello), &challenge.from, &challenge.nonce);
+    if !identity
+        .key
+        .check_listener_proof(&transcript, &challenge.proof)
+    {
+        return Err(Refused(
+            "the peer failed authentication: its peer key differs from ours (check DOOZER_PEERSECRET / DOOZER_RWSECRET / DOOZER_ROSECRET)"
+                .to_string(),
+        ));
+    }
+    let proof = Proof {
+        proof: identity.key.dialer_proof(&transcript).to_vec(),
+    };
+    writer
+        .write_all(&peer::encode_handshake(&proof))
+        .await
+        .map_err(|err| Failed(format!("write failed: {err}")))?;
+    Ok(identity.key.link_keys(&transcript))
+}
+
+/// Writes `buf`, giving up when the peer stops reading for
+/// [`WRITE_TIMEOUT`] or the link is found dead meanwhile.
+async fn write(
+    writer: &mut TcpStream,
+    buf: &[u8],
+    mut listening: &mut Listening,
+) -> Result<(), String> {
     // Most writes complete at once: try without a timer first, because
     // arming one costs a wake-up of the reactor on every message.
     let mut pending = Box::pin(writer.write_all(buf));
     if let Some(done) = (&mut pending).now_or_never() {
         return done.map_err(|err| format!("write failed: {err}"));
     }
-    match rt::timeout(WRITE_TIMEOUT, pending).await {
-        Some(Ok(())) => Ok(()),
-        Some(Err(err)) => Err(format!("write failed: {err}")),
-        None => Err("write timed out (the peer is not reading)".to_string()),
+    let mut pending = pending.fuse();
+    let mut deadline = Box::pin(rt::sleep(WRITE_TIMEOUT).fuse());
+    futures::select! {
+        done = pending => done.map_err(|err| format!("write failed: {err}")),
+        reason = listening => Err(reason),
+        () = deadline => Err("write timed out (the peer is not reading)".to_string()),
     }
 }
 
-/// Completes when the other side closes the connection (or it fails).
-async fn watch_closed(mut stream: TcpStream) -> String {
-    let mut buf = [0u8; 256];
+/// Reads what the listener sends on an outbound link — keepalives only — and
+/// completes with the reason when that stops.
+async fn listen_for_keepalives(
+    mut reader: BufReader<TcpStream>,
+    mut opener: FrameOpener,
+) -> String {
     loop {
-        match stream.read(&mut buf).await {
-            Ok(0) => return "the peer closed the connection".to_string(),
-            // A listener never writes; ignore whatever it sends.
-            Ok(_) => continue,
-            Err(err) => return format!("connection failed: {err}"),
+        let frame = rt::timeout(
+            SILENCE_TIMEOUT,
+            peer::read_frame(&mut reader, MAX_KEEPALIVE_FRAME),
+        )
+        .await;
+        match frame {
+            None => return format!("heard nothing for {SILENCE_TIMEOUT:?}"),
+            Some(Ok(None)) => return "the peer closed the connection".to_string(),
+            Some(Err(err)) => return format!("connection failed: {err}"),
+            Some(Ok(Some(frame))) => match opener.open(&frame) {
+                Ok([]) => continue,
+                Ok(_) => return "the peer sent a message on a keepalive-only link".to_string(),
+                Err(err) => return format!("bad frame from the peer: {err}"),
+            },
         }
     }
 }
@@ -424,50 +641,114 @@ async fn watch_closed(mut stream: TcpStream) -> String {
 // ---------------------------------------------------------------------------
 // Inbound
 
+/// A cap on the bytes of frames being read on all inbound links together.
+/// A frame's announced length is reserved before its body is read and given
+/// back once it is decoded, so many connections each announcing a large frame
+/// cannot make the node hold more than this between them.
+pub struct FrameBudget {
+    used: AtomicUsize,
+    cap: usize,
+}
+
+impl FrameBudget {
+    pub fn new(cap: usize) -> FrameBudget {
+        FrameBudget {
+            used: AtomicUsize::new(0),
+            cap,
+        }
+    }
+
+    /// Reserves `bytes`, or `None` when that would pass the cap.
+    pub fn reserve(&self, bytes: usize) -> Option<FrameReservation<'_>> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let next = used.checked_add(bytes).filter(|n| *n <= self.cap)?;
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Some(FrameReservation {
+                        budget: self,
+                        bytes,
+                    })
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes held from a [`FrameBudget`] until dropped.
+pub struct FrameReservation<'a> {
+    budget: &'a FrameBudget,
+    bytes: usize,
+}
+
+impl Drop for FrameReservation<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// What inbound peer connections share.
 pub struct PeerInbound {
     inbox: Inbox,
-    cluster: String,
+    identity: Arc<PeerIdentity>,
     max_frame_bytes: usize,
     status: Arc<NodeStatus>,
+    frames: FrameBudget,
     started: Instant,
-    /// Milliseconds after `started` of the last "inbox full" warning (0: none).
-    last_warn_ms: AtomicU64,
+    drop_warning: WarnLimiter,
+    refusal_warning: WarnLimiter,
 }
 
 impl PeerInbound {
-    /// Accepts peers of `cluster`, with frames of at most `max_frame_bytes`,
-    /// into `inbox`; drops are counted in `status`.
+    /// Accepts peers that prove `identity`'s key and belong to its cluster,
+    /// with frames of at most `max_frame_bytes` (MAC included; at most
+    /// `frame_budget_bytes` being read at once on all links), into `inbox`;
+    /// drops are counted in `status`.
     pub fn new(
         inbox: Inbox,
-        cluster: &str,
+        identity: PeerIdentity,
         max_frame_bytes: usize,
+        frame_budget_bytes: usize,
         status: Arc<NodeStatus>,
     ) -> PeerInbound {
         PeerInbound {
             inbox,
-            cluster: cluster.to_string(),
+            identity: Arc::new(identity),
             max_frame_bytes,
             status,
+            frames: FrameBudget::new(frame_budget_bytes.max(max_frame_bytes)),
             started: Instant::now(),
-            last_warn_ms: AtomicU64::new(0),
+            drop_warning: WarnLimiter::default(),
+            refusal_warning: WarnLimiter::default(),
         }
     }
 
     fn note_drop(&self, from: &NodeId) {
         let total = self.status.peer_in_dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = (self.started.elapsed().as_millis() as u64).max(1);
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now >= last + 1000;
-        if due
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.drop_warning.due(self.started) {
             log::warn!("core inbox full: dropping peer messages ({total} so far)");
         } else {
             log::debug!("core inbox full: message from peer {from} dropped");
+        }
+    }
+
+    /// Logs a refused or failed inbound link: a warning at most once a
+    /// second (anyone can open connections), the rest at debug.
+    fn note_refusal(&self, addr: &str, reason: &str) {
+        self.status.peer_in_refused.fetch_add(1, Ordering::Relaxed);
+        if self.refusal_warning.due(self.started) {
+            log::warn!("peer connection from {addr} closed: {reason}");
+        } else {
+            log::debug!("peer connection from {addr} closed: {reason}");
         }
     }
 }
@@ -475,57 +756,165 @@ impl PeerInbound {
 /// Serves one inbound peer connection whose [`MAGIC`](peer::MAGIC) the
 /// listener has already read.
 pub async fn serve_inbound(stream: TcpStream, ctx: &PeerInbound) {
-    let addr = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let source = stream.peer_addr().ok();
+    let addr = source.map_or_else(|| "?".to_string(), |a| a.to_string());
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
-    let reason = match rt::timeout(HELLO_TIMEOUT, peer::read_hello(&mut reader)).await {
-        None => Some("no hello in time".to_string()),
-        Some(Err(err)) => Some(format!("bad hello: {err}")),
-        Some(Ok(hello)) if hello.version != peer::PROTOCOL_VERSION => Some(format!(
+    let mut writer = stream.clone();
+    let handshake = listen_handshake(&mut reader, &mut writer, &ctx.identity);
+    let reason = match rt::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        None => Some("no handshake in time".to_string()),
+        Some(Err(reason)) => Some(reason),
+        Some(Ok((from, sealer, opener))) => {
+            log::debug!("peer {from} connected from {addr}");
+            let source_ip = source.map(|a| a.ip());
+            let receiving = receive(&mut reader, opener, &from, source_ip, ctx).fuse();
+            let keepalives = send_keepalives(writer, sealer).fuse();
+            futures::pin_mut!(receiving, keepalives);
+            futures::select! {
+                reason = receiving => reason,
+                reason = keepalives => Some(format!("peer {from}: {reason}")),
+            }
+        }
+    };
+    if let Some(reason) = reason {
+        ctx.note_refusal(&addr, &reason);
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The listener's side of the handshake, after [`MAGIC`](peer::MAGIC): the
+/// dialer's hello (checked: protocol, cluster), our challenge, its proof
+/// (checked). The dialer's id and the link's frame keys on success; why not
+/// otherwise. Public for tools and tests that act as a node by hand.
+pub async fn listen_handshake<R: futures::AsyncRead + Unpin>(
+    reader: &mut R,
+    writer: &mut TcpStream,
+    identity: &PeerIdentity,
+) -> Result<(NodeId, FrameSealer, FrameOpener), String> {
+    let (hello, body) = peer::read_hello(reader)
+        .await
+        .map_err(|err| format!("bad hello: {err}"))?;
+    if hello.version != peer::PROTOCOL_VERSION {
+        return Err(format!(
             "node {} speaks peer protocol {}, not {}",
             hello.from,
             hello.version,
             peer::PROTOCOL_VERSION
-        )),
-        Some(Ok(hello)) if hello.cluster != ctx.cluster => Some(format!(
-            "node {} is of cluster {:?}, not {:?}",
-            hello.from, hello.cluster, ctx.cluster
-        )),
-        Some(Ok(hello)) => {
-            log::debug!("peer {} connected from {addr}", hello.from);
-            receive(&mut reader, &hello.from, ctx).await
-        }
-    };
-    if let Some(reason) = reason {
-        log::warn!("peer connection from {addr} closed: {reason}");
+        ));
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if hello.cluster != identity.cluster {
+        return Err(format!(
+            "node {} is of cluster {:?}, not {:?}",
+            hello.from, hello.cluster, identity.cluster
+        ));
+    }
+    if hello.nonce.len() != NONCE_BYTES {
+        return Err(format!("node {}: bad hello nonce", hello.from));
+    }
+    let nonce = peer_auth::fresh_nonce();
+    let transcript = Transcript::new(&body, &identity.me, &nonce);
+    let challenge = Challenge {
+        from: identity.me.clone(),
+        nonce,
+        proof: identity.key.listener_proof(&transcript).to_vec(),
+    };
+    writer
+        .write_all(&peer::encode_handshake(&challenge))
+        .await
+        .map_err(|err| format!("write failed: {err}"))?;
+    let proof: Proof = peer::read_handshake(reader).await.map_err(|err| {
+        format!(
+            "node {} did not prove it holds the peer key (it hung up after our challenge: its key differs?): {err}",
+            hello.from
+        )
+    })?;
+    if !identity.key.check_dialer_proof(&transcript, &proof.proof) {
+        return Err(format!(
+            "node {} failed authentication: it did not prove it holds the peer key",
+            hello.from
+        ));
+    }
+    let (sealer, opener) = identity.key.listener_link_keys(&transcript);
+    Ok((hello.from, sealer, opener))
+}
+
+/// Sends a keepalive every [`KEEPALIVE_INTERVAL`] until a write fails or
+/// stalls; the reason.
+async fn send_keepalives(mut writer: TcpStream, mut sealer: FrameSealer) -> String {
+    let mut buf = Vec::with_capacity(4 + TAG_BYTES);
+    loop {
+        rt::sleep(KEEPALIVE_INTERVAL).await;
+        buf.clear();
+        sealer.keepalive(&mut buf);
+        match rt::timeout(SILENCE_TIMEOUT, writer.write_all(&buf)).await {
+            Some(Ok(())) => {}
+            Some(Err(err)) => return format!("keepalive failed: {err}"),
+            None => return "keepalive stalled (the dialer is not reading)".to_string(),
+        }
+    }
 }
 
 /// Feeds `from`'s messages to the core until the link ends; the reason it
 /// ended, if it was not a clean close.
 async fn receive(
     reader: &mut BufReader<TcpStream>,
+    mut opener: FrameOpener,
     from: &NodeId,
+    source: Option<IpAddr>,
     ctx: &PeerInbound,
 ) -> Option<String> {
+    let _ = source;
     loop {
-        let read = match peer::read_frame(reader, ctx.max_frame_bytes).await {
-            Ok(Some(body)) => peer::decode_peer_msg(&body).map(|msg| Some((msg, body.len()))),
-            Ok(None) => Ok(None),
-            Err(err) => Err(err),
-        };
-        let (msg, bytes) = match read {
-            Ok(Some(read)) => read,
-            Ok(None) => {
+        // The dialer sends something at least every KEEPALIVE_INTERVAL.
+        let header = match rt::timeout(SILENCE_TIMEOUT, peer::read_frame_header(reader)).await {
+            None => {
+                return Some(format!(
+                    "peer {from}: heard nothing for {SILENCE_TIMEOUT:?}"
+                ))
+            }
+            Some(Ok(None)) => {
                 log::debug!("peer {from} hung up");
                 return None;
             }
-            Err(PeerFrameError::Io(err)) => {
+            Some(Ok(Some(header))) => header,
+            Some(Err(PeerFrameError::Io(err))) => {
                 log::debug!("peer {from}: {err}");
                 return None;
             }
+            Some(Err(err)) => return Some(format!("peer {from}: {err}")),
+        };
+        let len = u32::from_be_bytes(header) as usize;
+        if len > ctx.max_frame_bytes {
+            return Some(format!(
+                "peer {from} sent a frame of {len} bytes (the limit is {})",
+                ctx.max_frame_bytes
+            ));
+        }
+        let Some(_reserved) = ctx.frames.reserve(len) else {
+            return Some(format!(
+                "peer {from}: frames being read on all links would pass {} bytes",
+                ctx.frames.cap
+            ));
+        };
+        let deadline = SILENCE_TIMEOUT + Duration::from_secs(len as u64 / MIN_FRAME_BYTES_PER_SEC);
+        let frame = match rt::timeout(deadline, peer::read_frame_body(reader, len)).await {
+            None => {
+                return Some(format!(
+                    "peer {from}: a frame of {len} bytes took over {deadline:?}"
+                ))
+            }
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => return Some(format!("peer {from}: {err}")),
+        };
+        let body = match opener.open(&frame) {
+            Ok(body) => body,
+            Err(err) => return Some(format!("peer {from}: {err}")),
+        };
+        if body.is_empty() {
+            continue;
+        }
+        let msg = match peer::decode_peer_msg(body) {
+            Ok(msg) => msg,
             Err(err) => return Some(format!("peer {from} sent a bad frame: {err}")),
         };
         let input = Input::Peer {
@@ -533,7 +922,7 @@ async fn receive(
             msg,
         };
         // Charged at its frame's size until the core takes it.
-        match ctx.inbox.try_send(input, bytes) {
+        match ctx.inbox.try_send(input, len) {
             Ok(()) => {}
             Err(InboxError::Full) => ctx.note_drop(from),
             Err(InboxError::Closed) => return None,
@@ -558,12 +947,33 @@ mod tests {
         b.push(vec![0; BACKLOG_BYTES + 1]);
         assert_eq!(b.frames.len(), 1);
         assert_eq!(b.bytes, BACKLOG_BYTES + 1);
-        b.push(vec![1; 5]);
+        b.push(vec![0, 0, 0, 1, 5]);
         assert_eq!(b.frames.len(), 1);
         assert_eq!(b.bytes, 5);
+        // Drained frames are sealed: a MAC follows each, counted in its header.
+        let key = PeerKey::open();
+        let t = Transcript::new(b"h", &NodeId::from_bytes([1; 10]), &[0; 32]);
+        let (mut sealer, _) = key.link_keys(&t);
+        let (_, mut opener) = key.listener_link_keys(&t);
         let mut out = Vec::new();
-        b.drain_into(&mut out);
-        assert_eq!(out, [1; 5]);
+        b.drain_into(&mut out, &mut sealer);
+        assert_eq!(out.len(), 5 + TAG_BYTES);
+        assert_eq!(out[..4], ((1 + TAG_BYTES) as u32).to_be_bytes());
+        assert_eq!(opener.open(&out[4..]).unwrap(), [5]);
         assert!(b.is_empty() && b.bytes == 0);
+    }
+
+    #[test]
+    fn the_frame_budget_caps_bytes_held_at_once() {
+        let budget = FrameBudget::new(100);
+        let a = budget.reserve(60).unwrap();
+        assert!(budget.reserve(41).is_none());
+        let b = budget.reserve(40).unwrap();
+        assert_eq!(budget.used(), 100);
+        drop(a);
+        assert_eq!(budget.used(), 40);
+        assert!(budget.reserve(usize::MAX).is_none());
+        drop(b);
+        assert_eq!(budget.used(), 0);
     }
 }

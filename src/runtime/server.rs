@@ -11,7 +11,7 @@ use super::attach::{find_member, Origin};
 use super::client_conn::{accept_loop, ClientContext};
 use super::dzns::{self, BootError, Dzns};
 use super::event_loop::{EventLoop, Inbox, NodeStatus};
-use super::peer_link::{PeerInbound, PeerLinks};
+use super::peer_link::{PeerIdentity, PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
 use crate::budget::ByteBudget;
 use crate::config::Config;
@@ -72,6 +72,29 @@ impl Node {
 }
 
 /// A fresh random node id (80 bits from the OS-seeded generator).
+/// Anyone who reaches a node's port can act as a peer when no secret is set:
+/// say so when that port is reachable from beyond this machine.
+fn warn_if_open(config: &Config, addr: &str) {
+    let loopback = addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !loopback && !config.peer_key().is_configured() {
+        log::warn!(
+            "listening on {addr} with no secret: anyone who can reach this port can read and write every file and act as a peer of the cluster; set DOOZER_RWSECRET (or DOOZER_PEERSECRET) on every node"
+        );
+    }
+}
+
+/// The IP outbound peer links dial from: the one this node listens on, when
+/// it names one (not `0.0.0.0`).
+fn bind_ip(listen: &str) -> Option<std::net::IpAddr> {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+}
+
 pub fn new_node_id() -> NodeId {
     NodeId::from_bytes(rand::random())
 }
@@ -156,6 +179,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen.clone());
     let id = new_node_id();
+    warn_if_open(&config, &addr);
     let origin = {
         // While it looks for its cluster the node has nothing to serve;
         // connections are closed at once rather than left waiting, so a node
@@ -197,16 +221,22 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     let limits = &config.limits;
     let (inbox_tx, inbox_rx) = Inbox::new(limits.inbox_capacity, limits.inbox_max_bytes);
     let (control_tx, control_rx) = crossbeam_channel::bounded(limits.control_capacity());
+    let identity = || PeerIdentity {
+        me: id.clone(),
+        cluster: config.cluster_name.clone(),
+        key: config.peer_key(),
+        bind_ip: bind_ip(&addr),
+    };
     let peer_links = PeerLinks::new(
-        id.clone(),
-        &config.cluster_name,
+        identity(),
         limits.max_peer_frame_bytes,
         limits.peer_queue_capacity,
     );
     let peer_inbound = PeerInbound::new(
         inbox_tx.clone(),
-        &config.cluster_name,
+        identity(),
         limits.max_peer_frame_bytes,
+        limits.peer_frame_budget_bytes,
         status.clone(),
     );
     let event_loop = EventLoop::new(

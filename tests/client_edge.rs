@@ -28,6 +28,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 struct Edge {
     addr: String,
+    status: Arc<NodeStatus>,
     inbox: Receiver<Queued>,
     control: Receiver<Control>,
 }
@@ -72,12 +73,13 @@ fn edge(control_slots: usize, inbox_bytes: usize) -> Edge {
             },
             4 << 20,
             64 << 20,
-            status,
+            status.clone(),
         ),
     });
     rt::spawn(accept_loop(listener, ctx));
     Edge {
         addr,
+        status,
         inbox,
         control,
     }
@@ -130,6 +132,11 @@ fn a_full_control_channel_refuses_new_connections_and_loses_no_close() {
     let mut b = connect(&edge.addr);
     send(&mut b, &rev(1));
     assert!(closed_by_server(&mut b), "B is refused");
+    let refused = edge
+        .status
+        .connections_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 1, "the refusal is counted");
     let a_id = next_control(&edge).expect("A's Opened");
     assert!(edge.control.is_empty(), "nothing of B's was queued");
 

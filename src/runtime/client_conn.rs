@@ -271,7 +271,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         if open >= ctx.max_connections {
             REFUSED_LOG
                 .warn(|| format!("refusing a connection from {from}: {open} are open (the limit)"));
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            refuse(&stream, &ctx);
             continue;
         }
         if ctx.secrets.any_set() && guesses.locked_out(from.ip(), Instant::now()) {
@@ -281,7 +281,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
                      ACCESS attempts from that address in {GUESS_WINDOW:?}"
                 )
             });
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            refuse(&stream, &ctx);
             continue;
         }
         let slot = match slots.take(from.ip()) {
@@ -292,7 +292,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
                         "refusing a connection from {from}: {n} are open from that address (the limit)"
                     )
                 });
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                refuse(&stream, &ctx);
                 continue;
             }
         };
@@ -309,6 +309,14 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
             drop(slot);
         });
     }
+}
+
+/// Closes a connection refused at accept, and counts it.
+fn refuse(stream: &TcpStream, ctx: &ClientContext) {
+    ctx.status
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 /// Reads a connection's first 4 bytes, here in its own task: an idle client
@@ -334,6 +342,7 @@ async fn dispatch(
                         ctx.access_timeout
                     )
                 });
+                ctx.status.access_refused.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.shutdown(std::net::Shutdown::Both);
                 return;
             }
@@ -421,7 +430,7 @@ async fn serve(
             REFUSED_LOG.warn(|| {
                 format!("refusing client {peer} (connection {conn}): the core is far behind")
             });
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            refuse(&stream, ctx);
             return;
         }
         Err(TrySendError::Disconnected(_)) => return,
@@ -532,6 +541,7 @@ async fn serve(
             log::info!("client {peer} (connection {conn}) disconnected: {reason}")
         }
         End::Refused(reason) => {
+            ctx.status.access_refused.fetch_add(1, Ordering::Relaxed);
             ACCESS_LOG.warn(|| format!("client {peer} (connection {conn}) closed: {reason}"))
         }
     }

@@ -130,6 +130,12 @@ pub struct NodeStatus {
     pub peer_in_dropped: AtomicU64,
     /// Peer messages dropped because a link's queue was full.
     pub peer_out_dropped: AtomicU64,
+    /// Connections closed at accept: over the connection limit or the
+    /// per-address one, out of `ACCESS` guesses, or the core far behind.
+    pub connections_refused: AtomicU64,
+    /// Client connections closed for failing `ACCESS`: too many wrong
+    /// attempts, or none in time with secrets set.
+    pub access_refused: AtomicU64,
     /// Peer messages not sent because they exceeded the frame cap (a bug:
     /// every message is sized to fit).
     pub peer_out_refused: AtomicU64,

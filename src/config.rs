@@ -30,10 +30,45 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Requests one connection may have unanswered (WAITs included).
     pub max_in_flight_per_conn: usize,
+    /// Bytes one connection's unanswered requests may weigh (path, value,
+    /// and four times a WAIT's or WALK's glob, which the core holds until
+    /// the WAIT fires; see [`crate::session::request_cost`]). Past it a
+    /// request gets `OTHER: too many bytes in flight` and never reaches the
+    /// core; one request alone always goes through. 8 MiB: a client
+    /// pipelining 1 MiB values still has seven in flight, and no real glob
+    /// comes near.
+    pub max_in_flight_bytes_per_conn: usize,
+    /// Bytes all connections' unanswered requests may weigh together; past
+    /// it requests get `OTHER: busy`. 512 MiB: 64 connections at the
+    /// per-connection budget, while thousands of connections each holding
+    /// a few WAITs of ordinary globs use a few megabytes.
+    pub max_client_bytes_in_flight: usize,
     /// Open client connections; more are refused at accept.
     pub max_connections: usize,
+    /// Open connections from one source address (one IPv6 /64); more from
+    /// that address are closed at accept (logged, a line a second at most),
+    /// so one host cannot take every slot of `max_connections`. 500, or
+    /// half of `max_connections` when that is smaller (`doozerd` derives it
+    /// so); it must stay below `max_connections`. Peer links count too: a
+    /// member holds one or two.
+    pub max_connections_per_ip: usize,
+    /// With a secret set: time a connection has, from accept, to gain a
+    /// right with `ACCESS`; then it is closed (logged). 10 s: a client
+    /// sends ACCESS right after connecting.
+    pub access_timeout: Duration,
+    /// Wrong `ACCESS` attempts on one connection: the last one is answered
+    /// `OTHER: permission denied` and the connection closed (logged with
+    /// the client's address). 3: a person mistyping, not a guesser.
+    pub max_access_failures: u32,
     /// Inputs queued for the core; when full, clients get `OTHER busy`.
     pub inbox_capacity: usize,
+    /// Bytes of inputs queued for the core (client requests at their
+    /// [`request_cost`](crate::session::request_cost), peer messages at
+    /// their frame size); when full, clients get `OTHER: busy` and peer
+    /// messages are dropped (consensus sends again). One input alone always
+    /// fits. 128 MiB: two catch-up replies at a quarter of the peer frame
+    /// limit, or 128 queued 1 MiB writes.
+    pub inbox_max_bytes: usize,
     /// Replies queued for one connection; a client that lets it fill (it
     /// stopped reading) is disconnected.
     pub outbox_capacity: usize,
@@ -53,14 +88,43 @@ pub struct Limits {
     pub peer_frame_budget_bytes: usize,
 }
 
+/// The per-address connection cap when `max_connections` leaves room for it.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 500;
+
+impl Limits {
+    /// Sets `max_connections` and, unless it is set on its own, the
+    /// per-address cap that goes with it: the default, or half the total
+    /// when that is smaller, so one address never takes every slot.
+    pub fn set_max_connections(&mut self, total: usize, per_ip: Option<usize>) {
+        self.max_connections = total;
+        self.max_connections_per_ip =
+            per_ip.unwrap_or_else(|| DEFAULT_MAX_CONNECTIONS_PER_IP.min((total / 2).max(1)));
+    }
+
+    /// Slots of the connection life-cycle channel: each open connection has
+    /// at most an `Opened` and a `Closed` queued, plus room for connections
+    /// that closed while the core was busy. A connection that cannot queue
+    /// its `Opened` is refused; a `Closed` that finds it full is retried,
+    /// its connection still counted (so no new one is accepted meanwhile).
+    pub fn control_capacity(&self) -> usize {
+        self.max_connections.saturating_mul(2).saturating_add(64)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_bytes: 4 << 20,
             max_value_bytes: 1 << 20,
             max_in_flight_per_conn: 4096,
+            max_in_flight_bytes_per_conn: 8 << 20,
+            max_client_bytes_in_flight: 512 << 20,
             max_connections: 10_000,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            access_timeout: Duration::from_secs(10),
+            max_access_failures: 3,
             inbox_capacity: 65_536,
+            inbox_max_bytes: 128 << 20,
             outbox_capacity: 8192,
             max_pending_writes: 100_000,
             max_peer_frame_bytes: 256 << 20,
@@ -142,6 +206,14 @@ pub enum ConfigError {
     TlsUnsupported,
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    #[error(
+        "the per-address connection limit ({per_ip}) must be below the connection limit ({total})"
+    )]
+    PerIpNotBelowTotal { per_ip: usize, total: usize },
+    #[error("the shared in-flight byte budget must be at least the per-connection one")]
+    SharedBudgetTooSmall,
+    #[error("the inbox byte budget must be at least the frame limit")]
+    InboxBytesTooSmall,
     #[error("the frame limit ({frame} bytes) must leave room for a value of {value} bytes")]
     FrameSmallerThanValue { frame: usize, value: usize },
     #[error("the frame limit must stay below 1 GiB")]
@@ -166,6 +238,7 @@ impl Config {
             ("pulse", self.pulse),
             ("timeout", self.timeout),
             ("tick", self.tick),
+            ("access-timeout", self.limits.access_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::BadDuration(name));
@@ -180,8 +253,15 @@ impl Config {
         for (name, n) in [
             ("max_value_bytes", l.max_value_bytes),
             ("max_in_flight_per_conn", l.max_in_flight_per_conn),
+            (
+                "max_in_flight_bytes_per_conn",
+                l.max_in_flight_bytes_per_conn,
+            ),
             ("max_connections", l.max_connections),
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("max_access_failures", l.max_access_failures as usize),
             ("inbox_capacity", l.inbox_capacity),
+            ("inbox_max_bytes", l.inbox_max_bytes),
             ("outbox_capacity", l.outbox_capacity),
             ("max_pending_writes", l.max_pending_writes),
             ("peer_queue_capacity", l.peer_queue_capacity),
@@ -190,6 +270,22 @@ impl Config {
             if n == 0 {
                 return Err(ConfigError::ZeroLimit(name));
             }
+        }
+        // One address must leave room for others (a limit of one connection
+        // in all can only be one address's).
+        if l.max_connections > 1 && l.max_connections_per_ip >= l.max_connections
+            || l.max_connections_per_ip > l.max_connections
+        {
+            return Err(ConfigError::PerIpNotBelowTotal {
+                per_ip: l.max_connections_per_ip,
+                total: l.max_connections,
+            });
+        }
+        if l.max_client_bytes_in_flight < l.max_in_flight_bytes_per_conn {
+            return Err(ConfigError::SharedBudgetTooSmall);
+        }
+        if l.inbox_max_bytes < l.max_frame_bytes {
+            return Err(ConfigError::InboxBytesTooSmall);
         }
         // A SET frame carries the value plus the path and a few small fields.
         if l.max_frame_bytes < l.max_value_bytes + 64 * 1024 {
@@ -250,7 +346,9 @@ impl Config {
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             max_in_flight: self.limits.max_in_flight_per_conn,
+            max_in_flight_bytes: self.limits.max_in_flight_bytes_per_conn,
             max_value_bytes: self.limits.max_value_bytes,
+            max_access_failures: self.limits.max_access_failures,
         }
     }
 
@@ -320,5 +418,54 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::NoHistory));
+    }
+
+    #[test]
+    fn the_per_address_cap_stays_below_the_total() {
+        let mut c = Config::default();
+        assert_eq!(c.limits.max_connections_per_ip, 500);
+        c.limits.set_max_connections(500, None);
+        assert_eq!(c.limits.max_connections_per_ip, 250);
+        c.validate().unwrap();
+        c.limits.set_max_connections(1, None);
+        assert_eq!(c.limits.max_connections_per_ip, 1);
+        c.validate().unwrap();
+        c.limits.set_max_connections(100_000, None);
+        assert_eq!(c.limits.max_connections_per_ip, 500);
+        c.limits.set_max_connections(500, Some(500));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::PerIpNotBelowTotal {
+                per_ip: 500,
+                total: 500
+            })
+        );
+        c.limits.set_max_connections(500, Some(0));
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroLimit("max_connections_per_ip"))
+        );
+    }
+
+    #[test]
+    fn byte_budgets_are_checked() {
+        let mut c = Config::default();
+        c.limits.max_client_bytes_in_flight = c.limits.max_in_flight_bytes_per_conn - 1;
+        assert_eq!(c.validate(), Err(ConfigError::SharedBudgetTooSmall));
+        let mut c = Config::default();
+        c.limits.inbox_max_bytes = c.limits.max_frame_bytes - 1;
+        assert_eq!(c.validate(), Err(ConfigError::InboxBytesTooSmall));
+        let mut c = Config::default();
+        c.limits.max_in_flight_bytes_per_conn = 0;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ZeroLimit("max_in_flight_bytes_per_conn"))
+        );
+        let mut c = Config::default();
+        c.limits.access_timeout = Duration::ZERO;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::BadDuration("access-timeout"))
+        );
     }
 }

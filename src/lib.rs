@@ -6,7 +6,7 @@
 //! ```text
 //!  clients ──TCP── runtime::client_conn (reader + writer task per connection)
 //!                     │ session: rights, tags, argument checks → core::Command
-//!                     ▼ crossbeam bounded inbox (try_send; full → OTHER busy)
+//!                     ▼ inbox bounded in items and bytes (try_send; full → OTHER busy)
 //!  ticker ───────► runtime::event_loop (one thread) ── owns ──► core::Core
 //!                     ▲                                          ├ paxos (ordering)
 //!                     │ bounded outbox per connection (try_send;  └ store (tree, history,
@@ -20,6 +20,7 @@
 //! [`codec`]; the async runtime is named only in [`runtime::rt`].
 
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod client;
 pub mod codec;

@@ -4,9 +4,18 @@
 //!
 //! Kept pure so every check of reference §2.6 and CONTRACT.md §3 is unit-tested
 //! without a network, and so the connection task stays a thin byte pump.
+//!
+//! A session also bounds what its client can make the server hold: requests
+//! in flight are counted in items and in bytes (a WAIT holds its glob in the
+//! core until it fires, so one connection filing WAITs with megabyte globs
+//! must hit a byte bound long before it hits an item bound), and a shared
+//! [`ByteBudget`] bounds the bytes of all connections together. Guessing
+//! secrets is bounded too: a few wrong `ACCESS` attempts end the connection.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use crate::budget::ByteBudget;
 use crate::codec::client::{Request, Response, Verb};
 use crate::core::Command;
 use crate::error::{ErrCode, ReplyError};
@@ -75,11 +84,49 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Limits a session enforces.
+/// Limits a session enforces (see [`crate::config::Limits`] for each
+/// default and why).
 #[derive(Clone, Copy, Debug)]
 pub struct SessionLimits {
+    /// Requests handed to the core and not answered yet (WAITs included);
+    /// past it: `OTHER: too many requests in flight`.
     pub max_in_flight: usize,
+    /// Bytes those requests are charged ([`request_cost`]); past it:
+    /// `OTHER: too many bytes in flight`. One request alone always goes
+    /// through, whatever its size (the frame limit bounds it).
+    pub max_in_flight_bytes: usize,
     pub max_value_bytes: usize,
+    /// Wrong `ACCESS` attempts before the connection is closed.
+    pub max_access_failures: u32,
+}
+
+/// Bytes charged for any request held in the core, on top of its path and
+/// value: the command, its tag, the core's bookkeeping for it.
+pub const REQUEST_OVERHEAD_BYTES: usize = 256;
+
+/// A glob held by a WAIT (or compiled for a WALK) costs its text and its
+/// compiled form (two bytes a token) and the state sets built to match it;
+/// four times the pattern's length bounds what it makes the core hold.
+pub const GLOB_BYTES_FACTOR: usize = 4;
+
+/// What a request is charged while the core holds it: an upper bound on the
+/// memory it makes the server keep (its glob for as long as a WAIT waits).
+/// Computed from the raw request, before anything is parsed or compiled.
+pub fn request_cost(req: &Request) -> usize {
+    let path = req.path.as_ref().map_or(0, String::len);
+    let value = req.value.as_ref().map_or(0, Vec::len);
+    let globbed = matches!(
+        req.verb.and_then(|v| Verb::try_from(v).ok()),
+        Some(Verb::Wait | Verb::Walk)
+    );
+    let path = if globbed {
+        path.saturating_mul(GLOB_BYTES_FACTOR)
+    } else {
+        path
+    };
+    REQUEST_OVERHEAD_BYTES
+        .saturating_add(path)
+        .saturating_add(value)
 }
 
 /// What to do with one request.
@@ -87,8 +134,17 @@ pub struct SessionLimits {
 pub enum Action {
     /// Answer at once, without the core.
     Reply(Response),
-    /// Hand to the core; the connection owes an answer for `tag`.
-    Submit { tag: Option<i32>, command: Command },
+    /// Hand to the core; the connection owes an answer for `tag`. `bytes` is
+    /// what the request was charged ([`request_cost`]), for the inbox's own
+    /// byte budget.
+    Submit {
+        tag: Option<i32>,
+        command: Command,
+        bytes: usize,
+    },
+    /// Send `reply`, then close the connection: the client guessed at the
+    /// secret once too often. `reason` is for the log.
+    Close { reply: Response, reason: String },
 }
 
 #[derive(Debug)]
@@ -97,8 +153,19 @@ pub struct Session {
     rights: Rights,
     node_id: NodeId,
     limits: SessionLimits,
-    tags_in_flight: BTreeSet<i32>,
+    /// Tags in flight and what each was charged.
+    tags_in_flight: BTreeMap<i32, usize>,
+    /// Untagged requests in flight, as a multiset of charges (charge →
+    /// count). Their answers carry no tag to say which one finished, so a
+    /// completion gives back the smallest charge: the sum kept here never
+    /// falls below what is really held.
+    untagged: BTreeMap<usize, usize>,
     in_flight: usize,
+    in_flight_bytes: usize,
+    /// Shared by every connection of the server, if set: the bytes all
+    /// clients have in flight together.
+    shared: Option<Arc<ByteBudget>>,
+    access_failures: u32,
 }
 
 impl Session {
@@ -109,9 +176,20 @@ impl Session {
             rights,
             node_id,
             limits,
-            tags_in_flight: BTreeSet::new(),
+            tags_in_flight: BTreeMap::new(),
+            untagged: BTreeMap::new(),
             in_flight: 0,
+            in_flight_bytes: 0,
+            shared: None,
+            access_failures: 0,
         }
+    }
+
+    /// Also charges every request to `shared`, the budget of all
+    /// connections together; a request it refuses gets `OTHER: busy`.
+    pub fn with_shared_budget(mut self, shared: Arc<ByteBudget>) -> Session {
+        self.shared = Some(shared);
+        self
     }
 
     /// Requests handed to the core and not answered yet.
@@ -119,42 +197,98 @@ impl Session {
         self.in_flight
     }
 
+    /// Bytes those requests were charged.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// Wrong `ACCESS` attempts so far.
+    pub fn access_failures(&self) -> u32 {
+        self.access_failures
+    }
+
+    /// Whether the connection holds any right: with secrets set, whether it
+    /// has passed `ACCESS`.
+    pub fn has_rights(&self) -> bool {
+        self.rights.read || self.rights.write
+    }
+
     /// The core answered the request submitted with `tag`.
     pub fn completed(&mut self, tag: Option<i32>) {
-        if let Some(tag) = tag {
-            self.tags_in_flight.remove(&tag);
+        let bytes = match tag {
+            Some(tag) => self.tags_in_flight.remove(&tag),
+            None => self.untagged.first_entry().map(|mut smallest| {
+                let bytes = *smallest.key();
+                *smallest.get_mut() -= 1;
+                if *smallest.get() == 0 {
+                    smallest.remove();
+                }
+                bytes
+            }),
+        };
+        let Some(bytes) = bytes else {
+            // Nothing of that tag in flight: nothing to give back.
+            return;
+        };
+        self.in_flight -= 1;
+        self.in_flight_bytes -= bytes;
+        if let Some(shared) = &self.shared {
+            shared.release(bytes);
         }
-        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     /// Checks one request. `writable` is whether this node accepts writes now
     /// (checked per request, not per connection as the original did).
     pub fn on_request(&mut self, req: Request, writable: bool) -> Action {
         let tag = req.tag;
-        match self.check(req, writable) {
+        let bytes = request_cost(&req);
+        match self.check(req, writable, bytes) {
             Ok(Checked::Submit(command)) => {
-                if let Some(tag) = tag {
-                    self.tags_in_flight.insert(tag);
+                if let Some(shared) = &self.shared {
+                    if !shared.try_reserve(bytes) {
+                        return Action::Reply(Response::error(tag, &ReplyError::busy()));
+                    }
+                }
+                match tag {
+                    Some(tag) => {
+                        self.tags_in_flight.insert(tag, bytes);
+                    }
+                    None => *self.untagged.entry(bytes).or_default() += 1,
                 }
                 self.in_flight += 1;
-                Action::Submit { tag, command }
+                self.in_flight_bytes += bytes;
+                Action::Submit {
+                    tag,
+                    command,
+                    bytes,
+                }
             }
             Ok(Checked::Answer(mut response)) => {
                 response.tag = tag;
                 Action::Reply(response)
             }
-            Err(err) => Action::Reply(Response::error(tag, &err)),
+            Err(err) => {
+                let reply = Response::error(tag, &err);
+                if self.access_failures >= self.limits.max_access_failures {
+                    Action::Close {
+                        reply,
+                        reason: format!("{} wrong ACCESS attempts", self.access_failures),
+                    }
+                } else {
+                    Action::Reply(reply)
+                }
+            }
         }
     }
 
-    fn check(&mut self, req: Request, writable: bool) -> Result<Checked, ReplyError> {
+    fn check(&mut self, req: Request, writable: bool, bytes: usize) -> Result<Checked, ReplyError> {
         let verb = req.verb.and_then(|v| Verb::try_from(v).ok());
         let Some(verb) = verb else {
             return Err(ErrCode::UnknownVerb.into());
         };
         if req
             .tag
-            .is_some_and(|tag| self.tags_in_flight.contains(&tag))
+            .is_some_and(|tag| self.tags_in_flight.contains_key(&tag))
         {
             return Err(ErrCode::TagInUse.into());
         }
@@ -162,13 +296,20 @@ impl Session {
             return Err(ReplyError::other("too many requests in flight"));
         }
         self.check_permission(verb)?;
+        let answered_here = matches!(verb, Verb::Access | Verb::SelfId);
+        if !answered_here
+            && self.in_flight_bytes > 0
+            && self.in_flight_bytes.saturating_add(bytes) > self.limits.max_in_flight_bytes
+        {
+            return Err(ReplyError::other("too many bytes in flight"));
+        }
         let command = match verb {
             Verb::Access => {
                 let secret = req.value.unwrap_or_default();
-                let granted = self
-                    .secrets
-                    .grant(&secret)
-                    .ok_or_else(ReplyError::permission_denied)?;
+                let Some(granted) = self.secrets.grant(&secret) else {
+                    self.access_failures += 1;
+                    return Err(ReplyError::permission_denied());
+                };
                 self.rights.read |= granted.read;
                 self.rights.write |= granted.write;
                 return Ok(Checked::Answer(Response::default()));
@@ -286,6 +427,16 @@ fn write_target(req: &Request) -> Result<(Path, RevCheck), ReplyError> {
 
 fn glob(pattern: &str) -> Result<Glob, ReplyError> {
     Glob::parse(pattern).map_err(|err| ReplyError::other(err.to_string()))
+}
+
+impl Drop for Session {
+    /// The connection is gone and the core forgets its requests: give their
+    /// bytes back to the shared budget.
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.release(self.in_flight_bytes);
+        }
+    }
 }
 
 #[cfg(test)]

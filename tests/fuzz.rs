@@ -190,7 +190,12 @@ proptest! {
             let mut session = Session::new(
                 Secrets::default(),
                 id(1),
-                SessionLimits { max_in_flight: 16, max_value_bytes: 1 << 20 },
+                SessionLimits {
+                    max_in_flight: 16,
+                    max_in_flight_bytes: 8 << 20,
+                    max_value_bytes: 1 << 20,
+                    max_access_failures: 3,
+                },
             );
             let _ = session.on_request(req, true);
         }
@@ -215,7 +220,12 @@ proptest! {
         let mut session = Session::new(
             secrets,
             id(1),
-            SessionLimits { max_in_flight: 64, max_value_bytes: 1 << 20 },
+            SessionLimits {
+                max_in_flight: 64,
+                max_in_flight_bytes: 8 << 20,
+                max_value_bytes: 1 << 20,
+                max_access_failures: 3,
+            },
         );
         let mut core = lone_core();
         let mut out = Vec::new();
@@ -223,7 +233,9 @@ proptest! {
         for req in reqs {
             match session.on_request(req, true) {
                 Action::Reply(_) => {}
-                Action::Submit { tag, command } => {
+                // Wrong secrets once too often: the connection is closed.
+                Action::Close { .. } => break,
+                Action::Submit { tag, command, .. } => {
                     let waits = may_wait(&command, core.store().rev());
                     core.handle(Input::Request { conn: 1, tag, command: command.clone() }, &mut out);
                     if !waits {

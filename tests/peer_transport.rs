@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use futures::{AsyncReadExt, AsyncWriteExt};
 
+use doozer::budget::ByteBudget;
 use doozer::codec::client::{encode_frame, read_message, Request, Response};
 use doozer::codec::peer::{
     self, encode_hello, encode_peer_frame, encode_peer_frame_into, Hello, MAGIC, PROTOCOL_VERSION,
@@ -18,7 +19,7 @@ use doozer::core::{Decree, Input, PeerMsg};
 use doozer::error::ErrCode;
 use doozer::paxos::{Ballot, Msg};
 use doozer::runtime::client_conn::{accept_loop, ClientContext};
-use doozer::runtime::event_loop::{Control, NodeStatus};
+use doozer::runtime::event_loop::{Control, Inbox, NodeStatus, Queued};
 use doozer::runtime::peer_link::{
     self as link, PeerIdentity, PeerInbound, PeerLinks, SILENCE_TIMEOUT,
 };
@@ -61,7 +62,7 @@ fn rand_u8() -> u8 {
 struct Node {
     id: NodeId,
     addr: String,
-    inbox: Receiver<Input>,
+    inbox: Receiver<Queued>,
     /// Kept so client connections can announce themselves.
     _control: Receiver<Control>,
     status: Arc<NodeStatus>,
@@ -94,7 +95,7 @@ fn node_with(
 ) -> Node {
     let listener = rt::block_on(bind());
     let addr = listener.local_addr().unwrap().to_string();
-    let (inbox_tx, inbox) = crossbeam_channel::bounded(inbox_capacity);
+    let (inbox_tx, inbox) = Inbox::new(inbox_capacity, 64 << 20);
     let (control_tx, control) = crossbeam_channel::unbounded();
     let status = Arc::new(NodeStatus::default());
     // As a node with its copy of the store: clients are served at once.
@@ -109,11 +110,16 @@ fn node_with(
         secrets: Secrets::default(),
         session_limits: SessionLimits {
             max_in_flight: 16,
+            max_in_flight_bytes: 8 << 20,
             max_value_bytes: 1 << 20,
+            max_access_failures: 3,
         },
         max_frame_bytes: 2 << 20,
         outbox_capacity: 16,
         max_connections: 100,
+        max_connections_per_ip: 50,
+        access_timeout: Duration::from_secs(10),
+        client_budget: Arc::new(ByteBudget::new(64 << 20)),
         peers: PeerInbound::new(
             inbox_tx,
             identity(n, cluster, key),
@@ -141,16 +147,16 @@ fn links_with(n: u8, cluster: &str, key: PeerKey) -> PeerLinks {
 }
 
 /// The next peer message in `inbox`.
-fn next_peer(inbox: &Receiver<Input>) -> (NodeId, PeerMsg) {
-    match inbox.recv_timeout(WAIT) {
+fn next_peer(inbox: &Receiver<Queued>) -> (NodeId, PeerMsg) {
+    match inbox.recv_timeout(WAIT).map(Queued::into_input) {
         Ok(Input::Peer { from, msg, .. }) => (from, msg),
         Ok(other) => panic!("expected a peer message, got {other:?}"),
         Err(err) => panic!("no peer message: {err}"),
     }
 }
 
-fn assert_quiet(inbox: &Receiver<Input>, for_: Duration) {
-    match inbox.recv_timeout(for_) {
+fn assert_quiet(inbox: &Receiver<Queued>, for_: Duration) {
+    match inbox.recv_timeout(for_).map(Queued::into_input) {
         Err(RecvTimeoutError::Timeout) => {}
         other => panic!("expected nothing, got {other:?}"),
     }
@@ -617,7 +623,7 @@ fn clients_share_the_port() {
     let mut saw_peer = false;
     let mut saw_request = false;
     while !(saw_peer && saw_request) {
-        match a.inbox.recv_timeout(WAIT).unwrap() {
+        match a.inbox.recv_timeout(WAIT).unwrap().into_input() {
             Input::Peer { from, msg, .. } => {
                 assert_eq!((from, msg), (id(2), alive(1)));
                 saw_peer = true;

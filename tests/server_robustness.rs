@@ -194,3 +194,282 @@ fn many_connections_closing_with_pending_waits_do_not_disturb_the_server() {
     }
     still_serves(&mut server);
 }
+
+// ---------------------------------------------------------------------------
+// Attacks on the client edge (issue 9, items 4–6): each must leave the server
+// alive, bounded in memory and serving everyone else.
+
+/// The process's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/<pid>/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// A connection to `server` from the loopback source address `ip` (every
+/// loopback address is this host's, but the server sees another client).
+fn connect_from(ip: &str, server: &Server) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let to: std::net::SocketAddr = server.addr.parse().unwrap();
+    let from: std::net::SocketAddr = format!("{ip}:0").parse().unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    let conn: std::net::TcpStream = socket.into();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn
+}
+
+/// The slowest of `REV`s sent one after another on a fresh connection until
+/// `stop` is set.
+fn time_revs(addr: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Duration {
+    let mut conn = TimedConn::new(&addr, Duration::from_secs(10));
+    let mut worst = Duration::ZERO;
+    let mut tag = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let started = Instant::now();
+        conn.rev().expect("a bystander's REV is answered");
+        worst = worst.max(started.elapsed());
+        tag += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(tag > 0);
+    worst
+}
+
+#[test]
+fn attack_4_many_waits_with_huge_globs_are_refused_past_the_byte_budget() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut server = Server::start(&[]);
+    let pid = server.child.id();
+    let before = rss_bytes(pid);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let bystander = std::thread::spawn({
+        let (addr, stop) = (server.addr.clone(), stop.clone());
+        move || time_revs(addr, stop)
+    });
+
+    // 600 WAITs, each with a 1 MiB glob that never matches, far in the
+    // future: the issue grew the server from 13 MB to 2.4 GB with these.
+    const WAITS: i32 = 600;
+    let glob = format!("/{}", "g".repeat((1 << 20) - 1));
+    let mut conn = server.connect();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let writer = std::thread::spawn({
+        let mut conn = conn.try_clone().unwrap();
+        move || {
+            for tag in 0..WAITS {
+                let wait = Request {
+                    path: Some(glob.clone()),
+                    rev: Some(1_000_000_000),
+                    ..req(tag, Verb::Wait)
+                };
+                conn.write_all(&doozer::codec::client::encode_frame(&wait))
+                    .unwrap();
+            }
+        }
+    });
+    // Every WAIT the budget refuses is answered at once; the ones it took
+    // stay pending (at most the per-connection budget of 8 MiB of them).
+    let mut refused = 0;
+    let mut other_errors = Vec::new();
+    let mut peak = 0;
+    while refused + other_errors.len() < WAITS as usize - 2 {
+        let reply = recv(&mut conn).expect("the attacker's connection stays open");
+        match reply.err_detail.as_deref() {
+            Some("too many bytes in flight") => refused += 1,
+            _ => other_errors.push(format!("{reply:?}")),
+        }
+        if (refused + other_errors.len()) % 50 == 0 {
+            peak = peak.max(rss_bytes(pid));
+        }
+    }
+    writer.join().unwrap();
+    peak = peak.max(rss_bytes(pid));
+    stop.store(true, Ordering::Relaxed);
+    let worst_rev = bystander.join().unwrap();
+    eprintln!(
+        "RSS {} MB before, {} MB at most during; {refused} refused for bytes; other replies: \
+         {other_errors:?}; slowest bystander REV {worst_rev:?}",
+        before >> 20,
+        peak >> 20
+    );
+    // At most two WAITs of 4 MiB charged each fit in 8 MiB.
+    assert!(refused >= WAITS as usize - 2, "{refused} refused");
+    assert!(peak < 300 << 20, "RSS reached {} MB", peak >> 20);
+    assert!(
+        worst_rev < Duration::from_millis(500),
+        "a bystander's REV took {worst_rev:?}"
+    );
+    still_serves(&mut server);
+}
+
+#[test]
+fn attack_5_idle_sockets_from_one_address_do_not_lock_others_out() {
+    let mut server = Server::start(&["--max-connections", "500"]);
+    // 600 idle sockets from 127.0.0.1 (the default source on loopback):
+    // half of the 500 slots at most are theirs, the rest are closed.
+    let idle: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| connect_from("127.0.0.1", &server))
+        .collect();
+    // Accepted in order: the first 250 are held, later ones closed.
+    let mut last = idle.into_iter().rev();
+    let mut late = last.next().unwrap();
+    assert!(
+        closed_by_server(&mut late),
+        "a connection over the per-address cap is closed"
+    );
+    let held: Vec<_> = last.collect();
+    // Another address still gets in and is served.
+    let mut other = connect_from("127.0.0.2", &server);
+    let reply = call(&mut other, &req(1, Verb::Rev));
+    assert!(reply.rev.unwrap() > 0);
+    assert!(server.is_running());
+    // Count how many of the idle ones the server kept.
+    let mut open = 0;
+    for mut conn in held {
+        conn.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        match std::io::Read::read(&mut conn, &mut buf) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                open += 1
+            }
+            _ => {}
+        }
+    }
+    eprintln!("{open} of 600 idle sockets from one address held open");
+    assert_eq!(open, 250, "half of --max-connections per address");
+}
+
+#[test]
+fn attack_6_guessing_the_secret_is_cut_off_after_three_tries() {
+    let mut server = Server::start_with_env(&[], &[("DOOZER_RWSECRET", "s3cret")]);
+    let mut conn = server.connect();
+    // Ten guesses at wire speed, as a brute-forcer would send them.
+    for tag in 0..10 {
+        let guess = Request {
+            value: Some(format!("guess{tag}").into_bytes()),
+            ..req(tag, Verb::Access)
+        };
+        // The server may close before every guess is written.
+        let _ = conn.write_all(&doozer::codec::client::encode_frame(&guess));
+    }
+    let mut answers = Vec::new();
+    while let Some(reply) = recv(&mut conn) {
+        assert_eq!(reply.err_detail.as_deref(), Some("permission denied"));
+        answers.push(reply.tag.unwrap());
+    }
+    assert_eq!(answers, [0, 1, 2], "three guesses answered, then closed");
+    // The right secret on a new connection works.
+    let mut conn = server.connect();
+    let access = Request {
+        value: Some(b"s3cret".to_vec()),
+        ..req(1, Verb::Access)
+    };
+    assert_eq!(call(&mut conn, &access).err_code, None);
+    assert!(call(&mut conn, &req(2, Verb::Rev)).rev.unwrap() > 0);
+    assert!(server.is_running());
+}
+
+#[test]
+fn with_secrets_a_connection_must_pass_access_in_time() {
+    let server =
+        Server::start_with_env(&["--access-timeout", "1"], &[("DOOZER_RWSECRET", "s3cret")]);
+    let started = Instant::now();
+    // Silent from the start.
+    let mut silent = server.connect();
+    // Talking, but never with the secret.
+    let mut talker = server.connect();
+    let reply = call(&mut talker, &req(1, Verb::Rev));
+    assert_eq!(reply.err_detail.as_deref(), Some("permission denied"));
+    // Passed ACCESS: no deadline any more.
+    let mut good = server.connect();
+    let access = Request {
+        value: Some(b"s3cret".to_vec()),
+        ..req(1, Verb::Access)
+    };
+    assert_eq!(call(&mut good, &access).err_code, None);
+
+    assert!(
+        closed_by_server(&mut silent),
+        "a silent connection is closed"
+    );
+    assert!(
+        closed_by_server(&mut talker),
+        "one without ACCESS is closed"
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "closed after {waited:?}");
+    assert!(call(&mut good, &req(2, Verb::Rev)).rev.unwrap() > 0);
+}
+
+#[test]
+fn without_secrets_idle_connections_stay() {
+    let server = Server::start(&["--access-timeout", "0.5"]);
+    let mut conn = server.connect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(call(&mut conn, &req(1, Verb::Rev)).rev.unwrap() > 0);
+}
+
+#[test]
+fn attack_6_guessing_over_many_connections_locks_the_address_out() {
+    use doozer::runtime::client_conn::MAX_GUESSES_PER_ADDRESS;
+    let mut server = Server::start_with_env(&[], &[("DOOZER_RWSECRET", "s3cret")]);
+    let guess = |conn: &mut std::net::TcpStream, tag: i32| {
+        let access = Request {
+            value: Some(format!("guess{tag}").into_bytes()),
+            ..req(tag, Verb::Access)
+        };
+        let _ = conn.write_all(&doozer::codec::client::encode_frame(&access));
+        recv(conn)
+    };
+    // Two guesses a connection (under the per-connection limit), over and
+    // over from 127.0.0.1, until the address's allowance is used up.
+    let mut answered = 0;
+    for round in 0..MAX_GUESSES_PER_ADDRESS as i32 {
+        let mut conn = connect_from("127.0.0.1", &server);
+        for tag in 0..2 {
+            match guess(&mut conn, round * 2 + tag) {
+                Some(reply) => {
+                    assert_eq!(reply.err_detail.as_deref(), Some("permission denied"));
+                    answered += 1;
+                }
+                None => break,
+            }
+        }
+        if answered >= MAX_GUESSES_PER_ADDRESS {
+            break;
+        }
+    }
+    assert_eq!(answered, MAX_GUESSES_PER_ADDRESS);
+    // Now the address is out: a new connection is closed at once, even
+    // with the right secret.
+    let mut conn = connect_from("127.0.0.1", &server);
+    let access = Request {
+        value: Some(b"s3cret".to_vec()),
+        ..req(1, Verb::Access)
+    };
+    let _ = conn.write_all(&doozer::codec::client::encode_frame(&access));
+    assert!(recv(&mut conn).is_none(), "a locked-out address is refused");
+    // Another address is not affected.
+    let mut other = connect_from("127.0.0.2", &server);
+    assert_eq!(call(&mut other, &access).err_code, None);
+    assert!(call(&mut other, &req(2, Verb::Rev)).rev.unwrap() > 0);
+    assert!(server.is_running());
+}

@@ -100,6 +100,8 @@ fn health_readiness_and_metrics() {
         "doozer_proposals_per_second",
         "doozer_peer_in_dropped_total",
         "doozer_peer_out_dropped_total",
+        "doozer_client_connections_refused_total",
+        "doozer_client_access_refused_total",
         "doozer_web_event_subscribers",
     ] {
         assert!(m.contains_key(name), "{name} missing");

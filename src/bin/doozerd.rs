@@ -84,6 +84,17 @@ struct Flags {
     #[argh(option, long = "max-connections")]
     max_connections: Option<usize>,
 
+    /// most open connections from one address (an IPv6 /64); must be below
+    /// --max-connections (default 500, or half of --max-connections when
+    /// smaller)
+    #[argh(option, long = "max-connections-per-ip")]
+    max_connections_per_ip: Option<usize>,
+
+    /// seconds a connection has to pass ACCESS when a secret is set
+    /// (default 10)
+    #[argh(option, long = "access-timeout", default = "10.0")]
+    access_timeout: f64,
+
     /// slots a leader may run ahead of what it applied; a /ctl/cal change
     /// governs voting this many slots later (default 64)
     #[argh(option, long = "alpha")]
@@ -184,10 +195,18 @@ fn config_from(flags: Flags) -> Result<Config, String> {
         config.limits.max_value_bytes = n;
         config.limits.max_frame_bytes =
             config.limits.max_frame_bytes.max(n.saturating_add(1 << 20));
+        config.limits.inbox_max_bytes = config
+            .limits
+            .inbox_max_bytes
+            .max(config.limits.max_frame_bytes);
     }
-    if let Some(n) = flags.max_connections {
-        config.limits.max_connections = n;
-    }
+    let total = flags
+        .max_connections
+        .unwrap_or(config.limits.max_connections);
+    config
+        .limits
+        .set_max_connections(total, flags.max_connections_per_ip);
+    config.limits.access_timeout = seconds("access-timeout", flags.access_timeout)?;
     if let Some(n) = flags.alpha {
         config.alpha = n;
     }
@@ -312,5 +331,27 @@ mod tests {
         assert_eq!(config.cluster_name, "x");
         assert_eq!(config.attach, ["127.0.0.8:8046", "127.0.0.7:9"]);
         assert!(is_go_bool("T") && !is_go_bool("127.0.0.1:8000"));
+        assert_eq!(config.limits.max_connections_per_ip, 500);
+        assert_eq!(config.limits.access_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn connection_limits_and_access_timeout() {
+        let parse = |args: &[&str]| {
+            let args = norm(args);
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            config_from(Flags::from_args(&["doozerd"], &refs).unwrap())
+        };
+        let c = parse(&["-max-connections", "500", "-access-timeout", "0.5"]).unwrap();
+        assert_eq!(c.limits.max_connections, 500);
+        assert_eq!(c.limits.max_connections_per_ip, 250);
+        assert_eq!(c.limits.access_timeout, Duration::from_millis(500));
+        let c = parse(&["--max-connections-per-ip", "7"]).unwrap();
+        assert_eq!(c.limits.max_connections_per_ip, 7);
+        assert!(parse(&["--max-connections", "10", "--max-connections-per-ip", "10"]).is_err());
+        assert!(parse(&["-access-timeout", "0"]).is_err());
+        // A larger value raises the frame limit, and the inbox's with it.
+        let c = parse(&["--max-value-bytes", "200000000"]).unwrap();
+        assert!(c.limits.inbox_max_bytes >= c.limits.max_frame_bytes);
     }
 }

@@ -8,19 +8,30 @@
 //! Each connection is two tasks: a reader that owns the session checks and
 //! `try_send`s to the core, and a writer that drains the connection's bounded
 //! outbox and writes replies in as few syscalls as it can.
+//!
+//! What one host can take is bounded here, before anything reaches the core:
+//! connection slots per source address (so idle sockets from one host
+//! cannot lock everyone else out), with secrets set a deadline to pass
+//! `ACCESS` and a few attempts at it (per connection, and per address over
+//! a minute), and bytes in flight per connection and
+//! in the core's inbox. Refusals that an attacker can repeat at wire speed
+//! are logged through a [`LogLimiter`], a line a second at most.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, StreamExt};
 
-use super::event_loop::{Control, NodeStatus, Outgoing};
+use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
-use crate::codec::client::{self, read_message, read_message_after, Request, Response};
+use crate::budget::ByteBudget;
+use crate::codec::client::{self, read_message, read_message_after, Request, Response, Verb};
 use crate::codec::peer::MAGIC;
 use crate::core::{ConnId, Input};
 use crate::error::ReplyError;
@@ -29,7 +40,7 @@ use crate::types::NodeId;
 
 /// What every connection task shares.
 pub struct ClientContext {
-    pub inbox: Sender<Input>,
+    pub inbox: Inbox,
     pub control: Sender<Control>,
     pub status: Arc<NodeStatus>,
     pub node_id: NodeId,
@@ -38,6 +49,12 @@ pub struct ClientContext {
     pub max_frame_bytes: usize,
     pub outbox_capacity: usize,
     pub max_connections: usize,
+    /// Open connections from one source address (one IPv6 /64).
+    pub max_connections_per_ip: usize,
+    /// With secrets set: time from accept to a granted `ACCESS`.
+    pub access_timeout: Duration,
+    /// Bytes in flight of all client connections together.
+    pub client_budget: Arc<ByteBudget>,
     /// Where connections that turn out to be peer links go.
     pub peers: PeerInbound,
 }
@@ -45,12 +62,204 @@ pub struct ClientContext {
 /// Bytes gathered before a writer flushes to the socket.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
+/// How long a connection being closed for cause (wrong secrets) waits for
+/// its last reply to be written before the socket is shut.
+const LAST_REPLY_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a connection waits before trying again to tell the core it
+/// closed, when the control channel is full (the core is far behind).
+const CONTROL_RETRY: Duration = Duration::from_millis(10);
+
+/// A log line at most once a second for an event an attacker can repeat at
+/// wire speed; the lines skipped in between are counted in the next one.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    /// Milliseconds since the Unix epoch of the last line written (0: never).
+    last_ms: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl LogLimiter {
+    pub const fn new() -> LogLimiter {
+        LogLimiter {
+            last_ms: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs `line()` at warn level when a second has passed since the last
+    /// line, else counts it as skipped.
+    pub fn warn(&self, line: impl FnOnce() -> String) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64)
+            .max(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now >= last.saturating_add(1000);
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let skipped = self.skipped.swap(0, Ordering::Relaxed);
+            if skipped == 0 {
+                log::warn!("{}", line());
+            } else {
+                log::warn!("{} ({skipped} more like it not logged)", line());
+            }
+        } else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Connections refused at accept (over a limit).
+static REFUSED_LOG: LogLimiter = LogLimiter::new();
+/// Connections closed for failing `ACCESS` or its deadline.
+static ACCESS_LOG: LogLimiter = LogLimiter::new();
+
+/// The address a per-source connection cap counts by: an IPv4 address (an
+/// IPv4-mapped IPv6 one as IPv4), or an IPv6 address's /64, which one host
+/// usually holds whole.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections per source address; an entry lives while it counts any.
+#[derive(Debug)]
+pub struct SourceSlots {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl SourceSlots {
+    pub fn new(cap: usize) -> SourceSlots {
+        SourceSlots {
+            cap,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a slot for a connection from `ip`, or `None` (with the count
+    /// already open) when that address holds the cap.
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<SourceSlot, usize> {
+        let key = source_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.cap {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(SourceSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open from `ip`'s address.
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(&source_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+/// Wrong `ACCESS` attempts one address (one IPv6 /64) may make in
+/// [`GUESS_WINDOW`], over all its connections; past it, new connections from
+/// that address are closed at accept, and open ones at their next wrong
+/// attempt, until the window ends (logged). 30 a minute: a person fixing a
+/// typo never comes near, a guesser gets 43,200 tries a day instead of
+/// millions a second. A client on the same host as a guesser is locked out
+/// with it for the rest of the window: the price of counting by address.
+pub const MAX_GUESSES_PER_ADDRESS: u32 = 30;
+
+/// The window [`MAX_GUESSES_PER_ADDRESS`] counts over.
+pub const GUESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// Addresses whose wrong attempts are counted at once. When full, entries of
+/// ended windows are dropped; if none has ended, a new address is not
+/// counted (the ones counted stay locked out): memory stays bounded whatever
+/// the number of addresses a guesser holds.
+pub const MAX_GUESSING_ADDRESSES: usize = 65_536;
+
+/// Wrong `ACCESS` attempts per source address, in fixed windows.
+#[derive(Debug, Default)]
+pub struct Guesses {
+    by_source: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Guesses {
+    /// Counts `n` wrong attempts from `ip` at `now`; true when the address
+    /// is now over its allowance.
+    pub fn note(&self, ip: IpAddr, n: u32, now: Instant) -> bool {
+        let key = source_key(ip);
+        let mut by = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !by.contains_key(&key) && by.len() >= MAX_GUESSING_ADDRESSES {
+            by.retain(|_, (start, _)| now.duration_since(*start) < GUESS_WINDOW);
+            if by.len() >= MAX_GUESSING_ADDRESSES {
+                return false;
+            }
+        }
+        let entry = by.entry(key).or_insert((now, 0));
+        if now.duration_since(entry.0) >= GUESS_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(n);
+        entry.1 > MAX_GUESSES_PER_ADDRESS
+    }
+
+    /// Whether `ip`'s address has used up its allowance in its current window.
+    pub fn locked_out(&self, ip: IpAddr, now: Instant) -> bool {
+        let by = self
+            .by_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by.get(&source_key(ip)).is_some_and(|(start, n)| {
+            now.duration_since(*start) < GUESS_WINDOW && *n >= MAX_GUESSES_PER_ADDRESS
+        })
+    }
+}
+
+/// One connection's slot; given back on drop.
+#[derive(Debug)]
+pub struct SourceSlot {
+    slots: Arc<SourceSlots>,
+    key: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Accepts client and peer connections for ever.
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
     let mut next_conn: ConnId = 1;
+    let slots = Arc::new(SourceSlots::new(ctx.max_connections_per_ip));
+    let guesses = Arc::new(Guesses::default());
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Out of file descriptors and the like: back off, don't spin.
                 log::warn!("accept failed: {err}");
@@ -60,34 +269,93 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         };
         let open = ctx.status.connections.load(Ordering::Relaxed);
         if open >= ctx.max_connections {
-            log::warn!("refusing a connection: {open} are open (the limit)");
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            REFUSED_LOG
+                .warn(|| format!("refusing a connection from {from}: {open} are open (the limit)"));
+            refuse(&stream, &ctx);
             continue;
         }
+        if ctx.secrets.any_set() && guesses.locked_out(from.ip(), Instant::now()) {
+            ACCESS_LOG.warn(|| {
+                format!(
+                    "refusing a connection from {from}: over {MAX_GUESSES_PER_ADDRESS} wrong \
+                     ACCESS attempts from that address in {GUESS_WINDOW:?}"
+                )
+            });
+            refuse(&stream, &ctx);
+            continue;
+        }
+        let slot = match slots.take(from.ip()) {
+            Ok(slot) => slot,
+            Err(n) => {
+                REFUSED_LOG.warn(|| {
+                    format!(
+                        "refusing a connection from {from}: {n} are open from that address (the limit)"
+                    )
+                });
+                refuse(&stream, &ctx);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let conn = next_conn;
         next_conn += 1;
         ctx.status.connections.fetch_add(1, Ordering::Relaxed);
         let ctx = ctx.clone();
+        let accepted = Instant::now();
+        let guesses = guesses.clone();
         rt::spawn(async move {
-            dispatch(conn, stream, &ctx).await;
+            dispatch(conn, stream, accepted, &ctx, &guesses).await;
             ctx.status.connections.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         });
     }
 }
 
+/// Closes a connection refused at accept, and counts it.
+fn refuse(stream: &TcpStream, ctx: &ClientContext) {
+    ctx.status
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
 /// Reads a connection's first 4 bytes, here in its own task: an idle client
-/// is normal and must not hold up the accept loop.
-async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
+/// is normal and must not hold up the accept loop. With secrets set, an idle
+/// connection has until its `ACCESS` deadline to say anything.
+async fn dispatch(
+    conn: ConnId,
+    stream: TcpStream,
+    accepted: Instant,
+    ctx: &ClientContext,
+    guesses: &Guesses,
+) {
     let mut reader = &stream;
-    let header = match client::read_header(&mut reader).await {
+    let read = client::read_header(&mut reader);
+    let header = if ctx.secrets.any_set() {
+        match rt::timeout(ctx.access_timeout, read).await {
+            Some(read) => read,
+            None => {
+                let peer = peer_name(&stream);
+                ACCESS_LOG.warn(|| {
+                    format!(
+                        "client {peer} (connection {conn}) closed: silent for {:?} with secrets set",
+                        ctx.access_timeout
+                    )
+                });
+                ctx.status.access_refused.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+    } else {
+        read.await
+    };
+    let header = match header {
         Ok(Some(header)) => header,
         // Connected and left without a word.
         Ok(None) => return,
         Err(err) => {
-            let peer = stream
-                .peer_addr()
-                .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            let peer = peer_name(&stream);
             log::info!("client {peer} (connection {conn}) disconnected: {err}");
             return;
         }
@@ -95,8 +363,14 @@ async fn dispatch(conn: ConnId, stream: TcpStream, ctx: &ClientContext) {
     if header == MAGIC {
         peer_link::serve_inbound(stream, &ctx.peers).await;
     } else {
-        serve(conn, stream, header, ctx).await;
+        serve(conn, stream, header, accepted, ctx, guesses).await;
     }
+}
+
+fn peer_name(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string())
 }
 
 /// Bytes read from a client socket at once.
@@ -105,28 +379,42 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How often a client held while the node fetches its copy looks again.
 const COPY_POLL: Duration = Duration::from_millis(10);
 
+/// Why a connection's reader stopped.
+enum End {
+    /// The client closed between frames.
+    Clean,
+    /// Something worth an info line (a bad frame, a client not reading).
+    Error(String),
+    /// Cut off for cause (secrets): a rate-limited warning, after the last
+    /// reply is written.
+    Refused(String),
+}
+
 /// Serves a client whose first frame header was already read.
 async fn serve(
     conn: ConnId,
     stream: TcpStream,
     first_header: [u8; client::HEADER_BYTES],
+    accepted: Instant,
     ctx: &ClientContext,
+    guesses: &Guesses,
 ) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let peer = peer_name(&stream);
+    let source = stream.peer_addr().ok().map(|a| a.ip());
+    let mut failures_seen = 0;
     // A node still fetching its first copy of the store (attaching) has
     // nothing true to say yet: an empty tree at rev 0 would mislead. Hold
     // the client until the copy is in, as the original did by accepting
     // nobody before its clone; the client may give up by closing.
+    let mut held = false;
     while !ctx.status.writable.load(Ordering::Acquire) {
+        held = true;
         rt::sleep(COPY_POLL).await;
     }
-    let session = Arc::new(Mutex::new(Session::new(
-        ctx.secrets.clone(),
-        ctx.node_id.clone(),
-        ctx.session_limits,
-    )));
+    let session = Arc::new(Mutex::new(
+        Session::new(ctx.secrets.clone(), ctx.node_id.clone(), ctx.session_limits)
+            .with_shared_budget(ctx.client_budget.clone()),
+    ));
     let (mut outbox, replies) = mpsc::channel(ctx.outbox_capacity);
     let cut = stream.clone();
     let opened = Control::Opened {
@@ -136,55 +424,153 @@ async fn serve(
             let _ = cut.shutdown(std::net::Shutdown::Both);
         }),
     };
-    if ctx.control.send(opened).is_err() {
-        return;
+    match ctx.control.try_send(opened) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            REFUSED_LOG.warn(|| {
+                format!("refusing client {peer} (connection {conn}): the core is far behind")
+            });
+            refuse(&stream, ctx);
+            return;
+        }
+        Err(TrySendError::Disconnected(_)) => return,
     }
-    let writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
+    let mut writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
 
+    // With secrets set, the connection must hold a right by this time
+    // (counted from accept, or from the end of the wait for the copy: that
+    // wait is not the client's doing).
+    let since = if held { Instant::now() } else { accepted };
+    let deadline = ctx.secrets.any_set().then(|| since + ctx.access_timeout);
     // Buffered: a pipelining client's frames come in with one read, not two
     // (header, body) per request.
     let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
     let mut first_header = Some(first_header);
-    let reason = loop {
-        let read = match first_header.take() {
-            Some(header) => read_message_after(&mut reader, header, ctx.max_frame_bytes)
-                .await
-                .map(Some),
-            None => read_message(&mut reader, ctx.max_frame_bytes).await,
+    let end = loop {
+        let read = async {
+            match first_header.take() {
+                Some(header) => read_message_after(&mut reader, header, ctx.max_frame_bytes)
+                    .await
+                    .map(Some),
+                None => read_message(&mut reader, ctx.max_frame_bytes).await,
+            }
         };
-        let request: Request = match read {
-            Ok(Some(request)) => request,
-            Ok(None) => break None,
-            Err(err) => break Some(err.to_string()),
-        };
-        let writable = ctx.status.writable.load(Ordering::Acquire);
-        let action = lock(&session).on_request(request, writable);
-        let immediate = match action {
-            Action::Reply(response) => response,
-            Action::Submit { tag, command } => {
-                match ctx.inbox.try_send(Input::Request { conn, tag, command }) {
-                    Ok(()) => continue,
-                    Err(TrySendError::Full(_)) => {
-                        lock(&session).completed(tag);
-                        Response::error(tag, &ReplyError::busy())
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        break Some("server is shutting down".into())
+        let pending_access = deadline.filter(|_| !lock(&session).has_rights());
+        let read = match pending_access {
+            None => read.await,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rt::timeout(left, read).await {
+                    Some(read) => read,
+                    None => {
+                        break End::Refused(format!(
+                            "no ACCESS within {:?} with secrets set",
+                            ctx.access_timeout
+                        ))
                     }
                 }
             }
         };
+        let request: Request = match read {
+            Ok(Some(request)) => request,
+            Ok(None) => break End::Clean,
+            Err(err) => break End::Error(err.to_string()),
+        };
+        // An address out of guesses gets no secret checked, on any of its
+        // connections, until its window ends.
+        let guessing = request.verb == Some(Verb::Access as i32);
+        if guessing && source.is_some_and(|ip| guesses.locked_out(ip, Instant::now())) {
+            let denied = Response::error(request.tag, &ReplyError::permission_denied());
+            let _ = outbox.try_send(Outgoing::Immediate(denied));
+            break End::Refused(format!(
+                "ACCESS from an address with over {MAX_GUESSES_PER_ADDRESS} wrong attempts in \
+                 {GUESS_WINDOW:?}"
+            ));
+        }
+        let writable = ctx.status.writable.load(Ordering::Acquire);
+        let (action, failures) = {
+            let mut session = lock(&session);
+            (
+                session.on_request(request, writable),
+                session.access_failures(),
+            )
+        };
+        if failures > failures_seen {
+            let over =
+                source.is_some_and(|ip| guesses.note(ip, failures - failures_seen, Instant::now()));
+            failures_seen = failures;
+            if over {
+                if let Action::Reply(reply) | Action::Close { reply, .. } = action {
+                    let _ = outbox.try_send(Outgoing::Immediate(reply));
+                }
+                break End::Refused(format!(
+                    "over {MAX_GUESSES_PER_ADDRESS} wrong ACCESS attempts from that address in \
+                     {GUESS_WINDOW:?}"
+                ));
+            }
+        }
+        let immediate = match action {
+            Action::Reply(response) => response,
+            Action::Close { reply, reason } => {
+                let _ = outbox.try_send(Outgoing::Immediate(reply));
+                break End::Refused(reason);
+            }
+            Action::Submit {
+                tag,
+                command,
+                bytes,
+            } => match ctx
+                .inbox
+                .try_send(Input::Request { conn, tag, command }, bytes)
+            {
+                Ok(()) => continue,
+                Err(InboxError::Full) => {
+                    lock(&session).completed(tag);
+                    Response::error(tag, &ReplyError::busy())
+                }
+                Err(InboxError::Closed) => break End::Error("server is shutting down".into()),
+            },
+        };
         if outbox.try_send(Outgoing::Immediate(immediate)).is_err() {
-            break Some("client is not reading its replies".into());
+            break End::Error("client is not reading its replies".into());
         }
     };
-    if let Some(reason) = reason {
-        log::info!("client {peer} (connection {conn}) disconnected: {reason}");
+    match &end {
+        End::Clean => {}
+        End::Error(reason) => {
+            log::info!("client {peer} (connection {conn}) disconnected: {reason}")
+        }
+        End::Refused(reason) => {
+            ctx.status.access_refused.fetch_add(1, Ordering::Relaxed);
+            ACCESS_LOG.warn(|| format!("client {peer} (connection {conn}) closed: {reason}"))
+        }
     }
-    let _ = ctx.control.send(Control::Closed { conn });
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    tell_closed(conn, ctx).await;
     drop(outbox);
+    if matches!(end, End::Refused(_)) {
+        // Let the writer send the last reply; it ends once the core has
+        // dropped its handle on the outbox too.
+        let _ = rt::timeout(LAST_REPLY_LIMIT, &mut writer).await;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     writer.await;
+}
+
+/// Tells the core the connection is gone. A full control channel means the
+/// core is far behind; the message must not be lost (the core would keep the
+/// connection's WAITs), so it is sent again a little later, the connection
+/// still counted against the limits meanwhile.
+async fn tell_closed(conn: ConnId, ctx: &ClientContext) {
+    let mut msg = Control::Closed { conn };
+    loop {
+        match ctx.control.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(back)) => {
+                msg = back;
+                rt::sleep(CONTROL_RETRY).await;
+            }
+        }
+    }
 }
 
 async fn write_replies(
@@ -222,4 +608,58 @@ fn encode(outgoing: Outgoing, buf: &mut Vec<u8>, session: &Mutex<Session>) {
 
 fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
     session.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_keys_group_an_ipv6_host_and_unmap_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(source_key(mapped), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn source_slots_cap_each_address_and_come_back() {
+        let slots = Arc::new(SourceSlots::new(2));
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let one = slots.take(a).unwrap();
+        let _two = slots.take(a).unwrap();
+        assert_eq!(slots.take(a).unwrap_err(), 2);
+        let _other = slots.take(b).unwrap();
+        drop(one);
+        assert_eq!(slots.open_from(a), 1);
+        let _three = slots.take(a).unwrap();
+        drop(_two);
+        drop(_three);
+        assert_eq!(slots.open_from(a), 0);
+        assert!(
+            slots.open.lock().unwrap().get(&a).is_none(),
+            "no empty entries kept"
+        );
+    }
+
+    #[test]
+    fn guesses_lock_an_address_out_for_the_rest_of_its_window() {
+        let g = Guesses::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!g.note(a, MAX_GUESSES_PER_ADDRESS - 1, t0));
+        assert!(!g.locked_out(a, t0));
+        assert!(!g.note(a, 1, t0));
+        assert!(g.locked_out(a, t0), "the allowance is used up");
+        assert!(g.note(a, 1, t0), "one more is over it");
+        assert!(!g.locked_out(b, t0), "other addresses are not affected");
+        let later = t0 + GUESS_WINDOW;
+        assert!(!g.locked_out(a, later), "a new window starts afresh");
+        assert!(!g.note(a, 1, later));
+    }
 }

@@ -10,12 +10,86 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, TryRecvError};
+use crossbeam_channel::{select, Receiver, Sender, TryRecvError, TrySendError};
 use futures::channel::mpsc;
 
 use super::peer_link::PeerLinks;
+use crate::budget::{ByteBudget, Charge};
 use crate::codec::client::Response;
 use crate::core::{ConnId, Core, Input, Outcome, Output};
+
+/// An input on its way to the core, with the bytes it holds in the inbox's
+/// budget; they are given back when the event loop takes it.
+#[derive(Debug)]
+pub struct Queued {
+    pub input: Input,
+    /// Held only to be dropped with the input.
+    _charge: Charge,
+}
+
+impl Queued {
+    /// The input, its bytes given back.
+    pub fn into_input(self) -> Input {
+        self.input
+    }
+}
+
+/// Why [`Inbox::try_send`] did not queue an input.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InboxError {
+    /// The core is behind: the inbox is full in items or in bytes.
+    #[error("the core's inbox is full")]
+    Full,
+    /// The core has stopped.
+    #[error("the core has stopped")]
+    Closed,
+}
+
+/// The core's inbox, bounded twice: in items (the channel's capacity) and in
+/// bytes (a [`ByteBudget`] shared by every sender, clients and peers alike).
+/// A full inbox refuses at once; nothing ever waits for room.
+#[derive(Clone, Debug)]
+pub struct Inbox {
+    tx: Sender<Queued>,
+    budget: Arc<ByteBudget>,
+}
+
+impl Inbox {
+    /// An inbox of at most `items` inputs and `max_bytes` bytes (one input
+    /// of any size fits when it is empty), and the receiving end for the
+    /// event loop.
+    pub fn new(items: usize, max_bytes: usize) -> (Inbox, Receiver<Queued>) {
+        let (tx, rx) = crossbeam_channel::bounded(items);
+        let budget = Arc::new(ByteBudget::new(max_bytes));
+        (Inbox { tx, budget }, rx)
+    }
+
+    /// Queues `input`, charged `bytes` until the event loop takes it: a
+    /// client request at its [`request_cost`](crate::session::request_cost),
+    /// a peer message at its frame's size.
+    pub fn try_send(&self, input: Input, bytes: usize) -> Result<(), InboxError> {
+        let charge = self.budget.try_charge(bytes).ok_or(InboxError::Full)?;
+        match self.tx.try_send(Queued {
+            input,
+            _charge: charge,
+        }) {
+            Ok(()) => Ok(()),
+            // The charge comes back with the refused input and is dropped.
+            Err(TrySendError::Full(_)) => Err(InboxError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(InboxError::Closed),
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.used()
+    }
+
+    /// The byte budget, for counters.
+    pub fn budget(&self) -> &Arc<ByteBudget> {
+        &self.budget
+    }
+}
 
 /// What a connection's writer task is sent.
 #[derive(Debug)]
@@ -29,8 +103,10 @@ pub enum Outgoing {
 pub type Outbox = mpsc::Sender<Outgoing>;
 
 /// Connection life-cycle messages. They travel apart from requests so they
-/// can never be refused for a full inbox; each connection sends at most two,
-/// and connections are capped, so this channel is bounded in practice.
+/// are never refused for a full inbox. Their channel is bounded
+/// ([`Limits::control_capacity`](crate::config::Limits::control_capacity)):
+/// a connection whose `Opened` finds it full is refused, and a `Closed` that
+/// finds it full is sent again a little later (see `client_conn`).
 pub enum Control {
     Opened {
         conn: ConnId,
@@ -54,6 +130,12 @@ pub struct NodeStatus {
     pub peer_in_dropped: AtomicU64,
     /// Peer messages dropped because a link's queue was full.
     pub peer_out_dropped: AtomicU64,
+    /// Connections closed at accept: over the connection limit or the
+    /// per-address one, out of `ACCESS` guesses, or the core far behind.
+    pub connections_refused: AtomicU64,
+    /// Client connections closed for failing `ACCESS`: too many wrong
+    /// attempts, or none in time with secrets set.
+    pub access_refused: AtomicU64,
     /// Peer messages not sent because they exceeded the frame cap (a bug:
     /// every message is sized to fit).
     pub peer_out_refused: AtomicU64,
@@ -87,7 +169,7 @@ struct Link {
 
 pub struct EventLoop {
     core: Core,
-    inbox: Receiver<Input>,
+    inbox: Receiver<Queued>,
     control: Receiver<Control>,
     tick: Duration,
     status: Arc<NodeStatus>,
@@ -99,7 +181,7 @@ pub struct EventLoop {
 impl EventLoop {
     pub fn new(
         core: Core,
-        inbox: Receiver<Input>,
+        inbox: Receiver<Queued>,
         control: Receiver<Control>,
         tick: Duration,
         status: Arc<NodeStatus>,
@@ -129,14 +211,14 @@ impl EventLoop {
                     Err(_) => return,
                 },
                 recv(self.inbox) -> input => match input {
-                    Ok(input) => self.on_input(input, &mut out),
+                    Ok(input) => self.on_input(input.into_input(), &mut out),
                     Err(_) => return,
                 },
                 recv(ticker) -> _ => self.core.handle(Input::Tick, &mut out),
             }
             for _ in 0..MAX_BATCH {
                 match self.inbox.try_recv() {
-                    Ok(input) => self.on_input(input, &mut out),
+                    Ok(input) => self.on_input(input.into_input(), &mut out),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
@@ -239,5 +321,38 @@ impl EventLoop {
         status
             .peer_out_refused
             .store(self.peers.refused(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_is_bounded_in_items_and_in_bytes() {
+        let (inbox, rx) = Inbox::new(3, 1000);
+        // Bytes: 600 + 400 fill it; one more byte does not fit.
+        inbox.try_send(Input::Tick, 600).unwrap();
+        inbox.try_send(Input::Tick, 400).unwrap();
+        assert_eq!(inbox.try_send(Input::Tick, 1), Err(InboxError::Full));
+        assert_eq!(inbox.queued_bytes(), 1000);
+        // Taking an input gives its bytes back.
+        drop(rx.recv().unwrap().into_input());
+        assert_eq!(inbox.queued_bytes(), 400);
+        // Items: three at most, however small.
+        inbox.try_send(Input::Tick, 1).unwrap();
+        inbox.try_send(Input::Tick, 1).unwrap();
+        assert_eq!(inbox.try_send(Input::Tick, 1), Err(InboxError::Full));
+        // A refused input's bytes are not kept.
+        assert_eq!(inbox.queued_bytes(), 402);
+        while rx.try_recv().is_ok() {}
+        assert_eq!(inbox.queued_bytes(), 0);
+        // Alone, an input larger than the whole budget still goes through.
+        inbox.try_send(Input::Tick, 5000).unwrap();
+        assert_eq!(inbox.try_send(Input::Tick, 1), Err(InboxError::Full));
+        drop(rx.recv().unwrap());
+        drop(rx);
+        assert_eq!(inbox.try_send(Input::Tick, 1), Err(InboxError::Closed));
+        assert_eq!(inbox.queued_bytes(), 0);
     }
 }

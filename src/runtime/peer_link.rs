@@ -44,13 +44,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
 use futures::future::{BoxFuture, Fuse};
 use futures::io::BufReader;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
-use super::event_loop::NodeStatus;
+use super::event_loop::{Inbox, InboxError, NodeStatus};
 use super::rt::{self, TcpStream};
 use crate::codec::peer::{self, Challenge, Hello, PeerFrameError, Proof};
 use crate::codec::peer_auth::{
@@ -699,7 +698,7 @@ impl Drop for FrameReservation<'_> {
 
 /// What inbound peer connections share.
 pub struct PeerInbound {
-    inbox: Sender<Input>,
+    inbox: Inbox,
     identity: Arc<PeerIdentity>,
     max_frame_bytes: usize,
     status: Arc<NodeStatus>,
@@ -715,7 +714,7 @@ impl PeerInbound {
     /// `frame_budget_bytes` being read at once on all links), into `inbox`;
     /// drops are counted in `status`.
     pub fn new(
-        inbox: Sender<Input>,
+        inbox: Inbox,
         identity: PeerIdentity,
         max_frame_bytes: usize,
         frame_budget_bytes: usize,
@@ -923,10 +922,11 @@ async fn receive(
             source,
             msg,
         };
-        match ctx.inbox.try_send(input) {
+        // Charged at its frame's size until the core takes it.
+        match ctx.inbox.try_send(input, len) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => ctx.note_drop(from),
-            Err(TrySendError::Disconnected(_)) => return None,
+            Err(InboxError::Full) => ctx.note_drop(from),
+            Err(InboxError::Closed) => return None,
         }
     }
 }

@@ -10,9 +10,10 @@ use futures::future::Either;
 use super::attach::{find_member, Origin};
 use super::client_conn::{accept_loop, ClientContext};
 use super::dzns::{self, BootError, Dzns};
-use super::event_loop::{EventLoop, NodeStatus};
+use super::event_loop::{EventLoop, Inbox, NodeStatus};
 use super::peer_link::{PeerIdentity, PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
+use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::core::{Core, NodeInfo};
 use crate::types::NodeId;
@@ -217,9 +218,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     };
 
     let status = Arc::new(NodeStatus::default());
-    let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(config.limits.inbox_capacity);
-    let (control_tx, control_rx) = crossbeam_channel::unbounded();
     let limits = &config.limits;
+    let (inbox_tx, inbox_rx) = Inbox::new(limits.inbox_capacity, limits.inbox_max_bytes);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(limits.control_capacity());
     let identity = || PeerIdentity {
         me: id.clone(),
         cluster: config.cluster_name.clone(),
@@ -261,6 +262,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         max_frame_bytes: config.limits.max_frame_bytes,
         outbox_capacity: config.limits.outbox_capacity,
         max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+        access_timeout: config.limits.access_timeout,
+        client_budget: Arc::new(ByteBudget::new(config.limits.max_client_bytes_in_flight)),
         peers: peer_inbound,
     });
     let accept = rt::spawn(accept_loop(listener, ctx));

@@ -3,7 +3,9 @@ use super::*;
 fn session(secrets: Secrets) -> Session {
     let limits = SessionLimits {
         max_in_flight: 3,
+        max_in_flight_bytes: 1 << 20,
         max_value_bytes: 10,
+        max_access_failures: 3,
     };
     Session::new(secrets, NodeId::from_bytes([7; 10]), limits)
 }
@@ -253,6 +255,7 @@ fn denied(s: &mut Session, verb: Verb) -> bool {
             s.completed(tag);
             false
         }
+        Action::Close { .. } => panic!("{verb:?} closed the connection"),
     }
 }
 
@@ -333,4 +336,183 @@ fn secrets_compare_whole() {
     assert!(!same_secret(b"abc", b"abd"));
     assert!(!same_secret(b"abc", b"ab"));
     assert!(!same_secret(b"", b"a"));
+}
+
+fn wait(tag: Option<i32>, glob: &str) -> Request {
+    Request {
+        tag,
+        verb: Some(Verb::Wait as i32),
+        path: Some(glob.into()),
+        rev: Some(1_000_000),
+        ..Request::default()
+    }
+}
+
+fn bytes_session(max_bytes: usize) -> Session {
+    let limits = SessionLimits {
+        max_in_flight: 100,
+        max_in_flight_bytes: max_bytes,
+        max_value_bytes: 1 << 20,
+        max_access_failures: 3,
+    };
+    Session::new(Secrets::default(), NodeId::from_bytes([7; 10]), limits)
+}
+
+fn submitted_bytes(action: Action) -> usize {
+    match action {
+        Action::Submit { bytes, .. } => bytes,
+        other => panic!("expected a submission, got {other:?}"),
+    }
+}
+
+#[test]
+fn requests_are_charged_for_what_they_make_the_core_hold() {
+    let glob = "/".to_string() + &"a".repeat(999);
+    assert_eq!(
+        request_cost(&wait(Some(1), &glob)),
+        REQUEST_OVERHEAD_BYTES + GLOB_BYTES_FACTOR * 1000
+    );
+    let mut set = req(1, Verb::Set);
+    set.path = Some("/a".into());
+    set.value = Some(vec![0; 500]);
+    assert_eq!(request_cost(&set), REQUEST_OVERHEAD_BYTES + 2 + 500);
+    assert_eq!(request_cost(&req(1, Verb::Rev)), REQUEST_OVERHEAD_BYTES);
+    // Unknown verbs are charged like plain paths; lengths never overflow.
+    assert_eq!(request_cost(&Request::default()), REQUEST_OVERHEAD_BYTES);
+}
+
+#[test]
+fn bytes_in_flight_are_bounded_per_connection() {
+    // Each WAIT with a 1000-byte glob costs 4256 bytes; three and a REV
+    // fit in 13100, a fourth WAIT does not.
+    let glob = "/".to_string() + &"w".repeat(999);
+    let mut s = bytes_session(13_100);
+    let each = submitted_bytes(s.on_request(wait(Some(1), &glob), true));
+    submitted_bytes(s.on_request(wait(Some(2), &glob), true));
+    submitted_bytes(s.on_request(wait(Some(3), &glob), true));
+    assert_eq!(s.in_flight_bytes(), 3 * each);
+    let (tag, code, detail) = err_of(s.on_request(wait(Some(4), &glob), true));
+    assert_eq!(
+        (tag, code, detail.as_deref()),
+        (Some(4), ErrCode::Other, Some("too many bytes in flight"))
+    );
+    // Small requests still fit in what is left; answers at once always do.
+    submitted_bytes(s.on_request(req(5, Verb::Rev), true));
+    assert!(matches!(
+        s.on_request(req(6, Verb::SelfId), true),
+        Action::Reply(r) if r.err_code.is_none()
+    ));
+    // A completed WAIT gives its bytes back.
+    s.completed(Some(2));
+    assert_eq!(s.in_flight_bytes(), 2 * each + REQUEST_OVERHEAD_BYTES);
+    submitted_bytes(s.on_request(wait(Some(4), &glob), true));
+    // Completing an unknown tag gives nothing back.
+    s.completed(Some(99));
+    assert_eq!(s.in_flight(), 4);
+}
+
+#[test]
+fn one_request_alone_always_goes_through() {
+    let huge = "/".to_string() + &"h".repeat(100_000);
+    let mut s = bytes_session(1000);
+    let bytes = submitted_bytes(s.on_request(wait(Some(1), &huge), true));
+    assert!(bytes > 1000);
+    assert_eq!(
+        err_of(s.on_request(req(2, Verb::Rev), true)).2.as_deref(),
+        Some("too many bytes in flight")
+    );
+    s.completed(Some(1));
+    assert_eq!(s.in_flight_bytes(), 0);
+    submitted_bytes(s.on_request(req(2, Verb::Rev), true));
+}
+
+#[test]
+fn untagged_completions_never_undercount() {
+    // Untagged answers do not say which request finished: the smallest
+    // charge is given back, so what is counted stays >= what is held.
+    let big = "/".to_string() + &"b".repeat(2000);
+    let mut s = bytes_session(1 << 20);
+    let large = submitted_bytes(s.on_request(wait(None, &big), true));
+    let small = submitted_bytes(s.on_request(
+        Request {
+            tag: None,
+            ..req(0, Verb::Rev)
+        },
+        true,
+    ));
+    assert!(large > small);
+    // The REV is answered; the WAIT still holds its glob.
+    s.completed(None);
+    assert_eq!(s.in_flight_bytes(), large);
+    s.completed(None);
+    assert_eq!((s.in_flight(), s.in_flight_bytes()), (0, 0));
+    // More completions than requests change nothing.
+    s.completed(None);
+    assert_eq!((s.in_flight(), s.in_flight_bytes()), (0, 0));
+}
+
+#[test]
+fn the_shared_budget_bounds_all_connections_and_is_given_back() {
+    let shared = std::sync::Arc::new(crate::budget::ByteBudget::new(10_000));
+    let glob = "/".to_string() + &"s".repeat(1499);
+    let mut a = bytes_session(1 << 20).with_shared_budget(shared.clone());
+    let mut b = bytes_session(1 << 20).with_shared_budget(shared.clone());
+    // 6256 bytes each: a fits, b does not.
+    let each = submitted_bytes(a.on_request(wait(Some(1), &glob), true));
+    assert_eq!(shared.used(), each);
+    let (_, code, detail) = err_of(b.on_request(wait(Some(1), &glob), true));
+    assert_eq!((code, detail.as_deref()), (ErrCode::Other, Some("busy")));
+    assert_eq!(b.in_flight(), 0, "a refused request is not in flight");
+    // The tag is free again after a refusal.
+    submitted_bytes(b.on_request(req(1, Verb::Rev), true));
+    assert_eq!(shared.used(), each + REQUEST_OVERHEAD_BYTES);
+    b.completed(Some(1));
+    assert_eq!(shared.used(), each);
+    // A closed connection gives back everything it still had in flight.
+    drop(a);
+    assert_eq!(shared.used(), 0);
+    submitted_bytes(b.on_request(wait(Some(2), &glob), true));
+    drop(b);
+    assert_eq!(shared.used(), 0);
+}
+
+#[test]
+fn wrong_access_attempts_close_the_connection() {
+    let secrets = Secrets {
+        read_write: "rw".into(),
+        read_only: String::new(),
+    };
+    let mut s = session(secrets);
+    let mut access = req(1, Verb::Access);
+    access.value = Some(b"guess".to_vec());
+    for _ in 0..2 {
+        assert_eq!(
+            err_of(s.on_request(access.clone(), true)).2.as_deref(),
+            Some("permission denied")
+        );
+    }
+    // Other refusals do not count.
+    assert!(denied(&mut s, Verb::Get));
+    assert!(!s.has_rights());
+    match s.on_request(access.clone(), true) {
+        Action::Close { reply, reason } => {
+            assert_eq!(reply.tag, Some(1));
+            assert_eq!(reply.err_detail.as_deref(), Some("permission denied"));
+            assert_eq!(reason, "3 wrong ACCESS attempts");
+        }
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+
+    // The right secret before the limit works, and grants rights.
+    let mut s = session(Secrets {
+        read_write: "rw".into(),
+        read_only: String::new(),
+    });
+    s.on_request(access.clone(), true);
+    s.on_request(access.clone(), true);
+    access.value = Some(b"rw".to_vec());
+    assert!(matches!(s.on_request(access, true), Action::Reply(r) if r.err_code.is_none()));
+    assert!(s.has_rights());
+    // Without secrets every connection has rights from the start.
+    assert!(open().has_rights());
 }

@@ -318,6 +318,8 @@ pub struct Snapshot {
     pub waiting: usize,
     pub peer_in_dropped: u64,
     pub peer_out_dropped: u64,
+    pub connections_refused: u64,
+    pub access_refused: u64,
     pub revs_per_sec: f64,
     pub resident_bytes: Option<u64>,
     pub uptime_secs: f64,
@@ -333,6 +335,8 @@ impl Snapshot {
             waiting: status.waiting.load(Ordering::Relaxed),
             peer_in_dropped: status.peer_in_dropped.load(Ordering::Relaxed),
             peer_out_dropped: status.peer_out_dropped.load(Ordering::Relaxed),
+            connections_refused: status.connections_refused.load(Ordering::Relaxed),
+            access_refused: status.access_refused.load(Ordering::Relaxed),
             revs_per_sec: stats.revs_per_sec(),
             resident_bytes: resident_bytes(),
             uptime_secs: stats.started.elapsed().as_secs_f64(),
@@ -376,6 +380,8 @@ pub fn stats(s: &Snapshot) -> String {
         .float("uptime_secs", s.uptime_secs)
         .num("peer_in_dropped", s.peer_in_dropped)
         .num("peer_out_dropped", s.peer_out_dropped)
+        .num("connections_refused", s.connections_refused)
+        .num("access_refused", s.access_refused)
         .num("event_subscribers", s.subscribers as u64)
         .finish()
 }
@@ -514,6 +520,18 @@ pub fn metrics(s: &Snapshot) -> String {
         s.peer_out_dropped.to_string(),
     );
     metric(
+        "doozer_client_connections_refused_total",
+        "counter",
+        "Connections closed at accept: over the connection or per-address limit, out of ACCESS guesses, or the core far behind.",
+        s.connections_refused.to_string(),
+    );
+    metric(
+        "doozer_client_access_refused_total",
+        "counter",
+        "Client connections closed for wrong ACCESS attempts or no ACCESS in time.",
+        s.access_refused.to_string(),
+    );
+    metric(
         "doozer_web_event_subscribers",
         "gauge",
         "Open event streams of the web view.",
@@ -634,6 +652,8 @@ mod tests {
             waiting: 1,
             peer_in_dropped: 0,
             peer_out_dropped: 0,
+            connections_refused: 0,
+            access_refused: 0,
             revs_per_sec: 2.5,
             resident_bytes: Some(4096),
             uptime_secs: 1.0,

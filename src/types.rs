@@ -135,7 +135,7 @@ impl Path {
         if text.len() > MAX_PATH_BYTES {
             return Err(PathError::PathTooLong { len: text.len() });
         }
-        if Self::is_valid(text) {
+        if Self::syntax_ok(text) {
             Ok(Path(Arc::from(text)))
         } else {
             Err(PathError::BadPath)
@@ -145,9 +145,10 @@ impl Path {
     /// The check of reference §3.1, `^/$|^(/[a-zA-Z0-9.\-]+)+$`, and the
     /// length limit [`MAX_PATH_BYTES`].
     pub fn is_valid(text: &str) -> bool {
-        if text.len() > MAX_PATH_BYTES {
-            return false;
-        }
+        text.len() <= MAX_PATH_BYTES && Self::syntax_ok(text)
+    }
+
+    fn syntax_ok(text: &str) -> bool {
         if text == "/" {
             return true;
         }
@@ -156,6 +157,14 @@ impl Path {
         };
         rest.split('/')
             .all(|name| !name.is_empty() && name.bytes().all(is_name_byte))
+    }
+
+    /// A path the store rebuilt from its own entry names, which all came
+    /// from parsed paths: the syntax is checked again (an invariant), the
+    /// length is not, so that the store never depends on the limit.
+    pub(crate) fn from_store(text: &str) -> Path {
+        assert!(Self::syntax_ok(text), "store paths are valid: {text:?}");
+        Path(Arc::from(text))
     }
 
     pub fn as_str(&self) -> &str {

@@ -184,24 +184,17 @@ impl Snapshot {
     pub fn walk(&self, glob: &Glob, offset: i64) -> Result<(Path, Rev, Body), ErrCode> {
         let mut left = u64::try_from(offset).map_err(|_| ErrCode::Range)?;
         let mut found = None;
-        let mut base = String::new();
-        walk_dir(
-            &self.root,
-            glob,
-            &glob.start(),
-            &mut base,
-            &mut |path, rev, body| {
-                if left == 0 {
-                    found = Some((path.to_string(), rev, body.clone()));
-                    false
-                } else {
-                    left -= 1;
-                    true
-                }
-            },
-        );
+        walk_files(&self.root, glob, &mut |path, rev, body| {
+            if left == 0 {
+                found = Some((path.to_string(), rev, body.clone()));
+                false
+            } else {
+                left -= 1;
+                true
+            }
+        });
         let (path, rev, body) = found.ok_or(ErrCode::Range)?;
-        let path = Path::parse(&path).expect("store paths are valid");
+        let path = Path::from_store(&path);
         Ok((path, rev, body))
     }
 
@@ -210,7 +203,7 @@ impl Snapshot {
         let mut out = Vec::new();
         tree::for_each_file(&self.root, &mut String::new(), &mut |path, body, rev| {
             out.push((
-                Path::parse(path).expect("store paths are valid"),
+                Path::from_store(path),
                 rev,
                 body.clone(),
             ));
@@ -260,38 +253,61 @@ impl Fnv {
     }
 }
 
-/// Depth-first walk of the files of `dir` that match `glob`, where `state` is
-/// the glob's state after `base` (the path of `dir`, `""` for the root).
-/// Returns false once `f` asked to stop.
-fn walk_dir(
-    dir: &Dir,
-    glob: &Glob,
-    state: &GlobState,
-    base: &mut String,
-    f: &mut dyn FnMut(&str, Rev, &Body) -> bool,
-) -> bool {
-    let slash = glob.advance(state, "/");
+/// Depth-first walk of the files of `root` that match `glob`, each level
+/// sorted, skipping every subtree no continuation of which can match. Stops
+/// once `f` returns false. Iterative: one stack entry per open directory (its
+/// entries, the glob's state after its path and a `/`, and the length of its
+/// path in `base`), so a deep tree costs heap, not call stack.
+fn walk_files(root: &Dir, glob: &Glob, f: &mut dyn FnMut(&str, Rev, &Body) -> bool) {
+    let slash = glob.advance(&glob.start(), "/");
     if slash.is_dead() {
-        return true;
+        return;
     }
-    for (name, node) in dir.iter() {
-        let next = glob.advance(&slash, name);
+    let mut base = String::new();
+    let mut stack = vec![(root.iter(), slash, 0)];
+    while let Some((entries, slash, len)) = stack.last_mut() {
+        base.truncate(*len);
+        let Some((name, node)) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let next = glob.advance(slash, name);
         if next.is_dead() {
             continue;
         }
-        let len = base.len();
         base.push('/');
         base.push_str(name);
-        let go_on = match node {
-            Node::File { body, rev } => !glob.accepts(&next) || f(base, *rev, body),
-            Node::Dir(d) => walk_dir(d, glob, &next, base, f),
-        };
-        base.truncate(len);
-        if !go_on {
-            return false;
+        match node {
+            Node::File { body, rev } => {
+                if glob.accepts(&next) && !f(&base, *rev, body) {
+                    return;
+                }
+            }
+            Node::Dir(d) => {
+                let below = glob.advance(&next, "/");
+                if !below.is_dead() {
+                    stack.push((d.iter(), below, base.len()));
+                }
+            }
         }
     }
-    true
+}
+
+/// What one piece of a WAIT scan over the history found ([`Store::scan`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// The first matching event.
+    Found(Event),
+    /// Every event up to the current rev was examined: none matches.
+    Exhausted,
+    /// The budget ran out: continue from this rev.
+    Paused(Rev),
+}
+
+/// The work of matching `glob` against one event of the history: the match
+/// itself, and a constant for the step to the event.
+pub fn scan_cost(glob: &Glob, event: &Event) -> u64 {
+    glob.match_cost(event.path.as_str().len()).saturating_add(4)
 }
 
 /// Why a read at a given rev cannot be answered now.
@@ -423,21 +439,42 @@ impl Store {
     }
 
     /// WAIT over the history: the first event at or after `from` (raised to at
-    /// least 1) whose path matches `glob`; `None` if there is none yet.
+    /// least 1) whose path matches `glob`; `None` if there is none yet. Not
+    /// bounded: the core uses [`Store::scan`].
     pub fn first_match(&self, glob: &Glob, from: Rev) -> Result<Option<Event>, ReadError> {
+        let mut unlimited = u64::MAX;
+        match self.scan(glob, from, &mut unlimited)? {
+            Scan::Found(event) => Ok(Some(event)),
+            Scan::Exhausted => Ok(None),
+            Scan::Paused(_) => unreachable!("an unlimited budget never runs out"),
+        }
+    }
+
+    /// WAIT over the history, one bounded piece at a time: looks for the first
+    /// event at or after `from` (raised to at least 1) whose path matches
+    /// `glob`, spending at most `budget` (plus one event's cost) of work, in
+    /// the unit of [`Glob::match_cost`]; what was spent is taken off `budget`.
+    /// Examines at least one event when `budget` is not zero. A scan paused
+    /// at rev `r` continues with `from = r`; `TooLate` once the history
+    /// moved past it.
+    pub fn scan(&self, glob: &Glob, from: Rev, budget: &mut u64) -> Result<Scan, ReadError> {
         let from = Rev(from.0.max(1));
         if from < self.head {
             return Err(ReadError::TooLate);
         }
         if from > self.rev() {
-            return Ok(None);
+            return Ok(Scan::Exhausted);
         }
-        Ok(self
-            .history
-            .range(self.index(from)..)
-            .map(|(e, _)| e)
-            .find(|e| glob.matches(e.path.as_str()))
-            .cloned())
+        for (event, _) in self.history.range(self.index(from)..) {
+            if *budget == 0 {
+                return Ok(Scan::Paused(event.rev));
+            }
+            *budget = budget.saturating_sub(scan_cost(glob, event));
+            if glob.matches(event.path.as_str()) {
+                return Ok(Scan::Found(event.clone()));
+            }
+        }
+        Ok(Scan::Exhausted)
     }
 
     /// The event of `rev`, if it is in the history.

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::error::{ErrCode, ReplyError};
 use crate::paxos::{self, Membership, Paxos, Slot};
 use crate::store::{
-    Entry, Event, EventKind, Glob, Mutation, ReadError, Snapshot, Store, WatchIndex,
+    Entry, Event, EventKind, Glob, Mutation, ReadError, Scan, Snapshot, Store, WatchIndex,
 };
 use crate::types::{Body, NodeId, Path, Rev, RevCheck};
 
@@ -299,6 +299,32 @@ struct ParkedRead {
 /// waits are one range.
 type WaitKey = (ConnId, u64);
 
+/// A WAIT still scanning the history for its first match.
+#[derive(Clone, Debug)]
+struct Scanning {
+    tag: Option<i32>,
+    glob: Glob,
+    /// The rev the WAIT asked for (at least 1).
+    from: Rev,
+    /// The next rev to examine.
+    next: Rev,
+}
+
+/// The work WAIT scans of the history may do per batch, in the unit of
+/// [`Glob::match_cost`] (steps over 64-bit words of glob state, about a
+/// nanosecond each): a batch spends at most this plus one event's cost (at
+/// most ~270,000 with paths and globs at their byte limits) on scans, so
+/// well under a millisecond however long the globs and the history are.
+///
+/// A WAIT from an old rev used to match its glob against every event of the
+/// history at once, on the thread that orders writes: with a long glob that
+/// took seconds, during which no other client was answered (issue 9, attack
+/// 3). Now a scan that runs out of budget is kept and continued in the next
+/// batches, round robin with the others; the event loop does not sleep while
+/// one is unfinished ([`Core::has_unfinished_scans`]). An ordinary WAIT (a
+/// short glob, a few hundred events back) still finishes in its own batch.
+pub const WAIT_SCAN_BUDGET: u64 = 1 << 18;
+
 /// Where a node is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
@@ -331,6 +357,12 @@ pub struct Core {
     waits: WatchIndex<WaitKey>,
     wait_tags: BTreeMap<WaitKey, Option<i32>>,
     next_wait: u64,
+    /// WAITs whose history scan is unfinished, continued in later batches.
+    scans: BTreeMap<WaitKey, Scanning>,
+    /// Scan work left in this batch (see [`WAIT_SCAN_BUDGET`]).
+    scan_budget: u64,
+    /// The scan continued last, so that the next batch starts after it.
+    scan_cursor: Option<WaitKey>,
     parked_reads: BTreeMap<Rev, Vec<ParkedRead>>,
     ticks: u64,
     last_pulse_tick: u64,
@@ -392,6 +424,9 @@ impl Core {
             waits: WatchIndex::new(),
             wait_tags: BTreeMap::new(),
             next_wait: 0,
+            scans: BTreeMap::new(),
+            scan_budget: WAIT_SCAN_BUDGET,
+            scan_cursor: None,
             parked_reads: BTreeMap::new(),
             ticks: 0,
             last_pulse_tick: 0,
@@ -506,9 +541,15 @@ impl Core {
         self.paxos.leader()
     }
 
-    /// Registered WAITs, for the node's stats.
+    /// Unanswered WAITs (registered or still scanning), for the node's stats.
     pub fn waiting(&self) -> usize {
-        self.wait_tags.len()
+        self.wait_tags.len() + self.scans.len()
+    }
+
+    /// Whether a WAIT's scan of the history is unfinished: the runtime then
+    /// ends another batch without waiting for input, to continue it.
+    pub fn has_unfinished_scans(&self) -> bool {
+        !self.scans.is_empty()
     }
 
     /// Handles one input; outputs are appended to `out`.
@@ -533,6 +574,61 @@ impl Core {
         self.paxos.flush(&mut sent);
         self.push_peer(sent, out);
         self.stream_to_slaves(out);
+        self.continue_scans(out);
+        self.scan_budget = WAIT_SCAN_BUDGET;
+    }
+
+    /// Continues unfinished WAIT scans with what is left of this batch's
+    /// budget, round robin from the one after the last continued.
+    fn continue_scans(&mut self, out: &mut Vec<Output>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let keys: Vec<WaitKey> = match self.scan_cursor {
+            None => self.scans.keys().copied().collect(),
+            Some(cursor) => self
+                .scans
+                .range((Excluded(cursor), Unbounded))
+                .chain(self.scans.range(..=cursor))
+                .map(|(key, _)| *key)
+                .collect(),
+        };
+        for key in keys {
+            if self.scan_budget == 0 {
+                break;
+            }
+            if let Some(scan) = self.scans.remove(&key) {
+                self.scan_cursor = Some(key);
+                self.scan_wait(key, scan, out);
+            }
+        }
+    }
+
+    /// Runs a WAIT's scan of the history on this batch's budget: answers it,
+    /// registers it for future events once the scan reached the current rev,
+    /// or keeps it for the next batch.
+    fn scan_wait(&mut self, key: WaitKey, mut scan: Scanning, out: &mut Vec<Output>) {
+        let (conn, tag) = (key.0, scan.tag);
+        match self.store.scan(&scan.glob, scan.next, &mut self.scan_budget) {
+            Ok(Scan::Found(event)) => out.push(Output::Reply {
+                conn,
+                tag,
+                outcome: Ok(event_reply(&event)),
+            }),
+            Ok(Scan::Exhausted) => {
+                // Every event up to the current rev was examined; later ones
+                // go through the index as they are applied.
+                self.waits.insert(key, scan.glob, scan.from);
+                self.wait_tags.insert(key, tag);
+            }
+            Ok(Scan::Paused(next)) => {
+                scan.next = next;
+                self.scans.insert(key, scan);
+            }
+            Err(_) => out.push(Output::Reply {
+                conn,
+                tag,
+                outcome: Err(ErrCode::TooLate.into()),
+            }),
+        }
     }
 
     fn on_request(
@@ -557,16 +653,18 @@ impl Core {
             }
             Command::Nop => self.submit_write(conn, tag, Mutation::Nop, out),
             Command::Rev => reply(Ok(Reply::Rev(self.store.rev())), out),
-            Command::Wait { glob, rev } => match self.store.first_match(&glob, Rev(rev.max(1))) {
-                Ok(Some(event)) => reply(Ok(event_reply(&event)), out),
-                Ok(None) => {
-                    let key = (conn, self.next_wait);
-                    self.next_wait += 1;
-                    self.waits.insert(key, glob, Rev(rev.max(1)));
-                    self.wait_tags.insert(key, tag);
-                }
-                Err(_) => reply(Err(ErrCode::TooLate.into()), out),
-            },
+            Command::Wait { glob, rev } => {
+                let key = (conn, self.next_wait);
+                self.next_wait += 1;
+                let from = Rev(rev.max(1));
+                let scan = Scanning {
+                    tag,
+                    glob,
+                    from,
+                    next: from,
+                };
+                self.scan_wait(key, scan, out);
+            }
             read => self.read(
                 ParkedRead {
                     conn,
@@ -671,6 +769,7 @@ impl Core {
             self.waits.remove(&key);
             self.wait_tags.remove(&key);
         }
+        self.scans.retain(|key, _| key.0 != conn);
         for reads in self.parked_reads.values_mut() {
             reads.retain(|read| read.conn != conn);
         }

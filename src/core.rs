@@ -607,7 +607,10 @@ impl Core {
     /// or keeps it for the next batch.
     fn scan_wait(&mut self, key: WaitKey, mut scan: Scanning, out: &mut Vec<Output>) {
         let (conn, tag) = (key.0, scan.tag);
-        match self.store.scan(&scan.glob, scan.next, &mut self.scan_budget) {
+        match self
+            .store
+            .scan(&scan.glob, scan.next, &mut self.scan_budget)
+        {
             Ok(Scan::Found(event)) => out.push(Output::Reply {
                 conn,
                 tag,

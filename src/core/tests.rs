@@ -479,7 +479,10 @@ fn a_long_wait_scan_is_split_across_batches_and_still_answers() {
     }
     let glob = costly_glob();
     let per_event = glob.match_cost(long.len()) + 4;
-    assert!(per_event * 600 > 10 * WAIT_SCAN_BUDGET, "the scan needs many batches");
+    assert!(
+        per_event * 600 > 10 * WAIT_SCAN_BUDGET,
+        "the scan needs many batches"
+    );
     let out = wait(&mut core, 2, 7, &glob, 1);
     assert!(out.is_empty() && core.has_unfinished_scans());
     assert_eq!(core.waiting(), 1);

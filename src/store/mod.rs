@@ -202,11 +202,7 @@ impl Snapshot {
     pub fn files(&self) -> Vec<(Path, Rev, Body)> {
         let mut out = Vec::new();
         tree::for_each_file(&self.root, &mut String::new(), &mut |path, body, rev| {
-            out.push((
-                Path::from_store(path),
-                rev,
-                body.clone(),
-            ));
+            out.push((Path::from_store(path), rev, body.clone()));
             true
         });
         out

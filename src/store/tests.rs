@@ -592,7 +592,10 @@ fn bounded_scan_pauses_and_resumes_to_the_same_answer() {
     let mut budget = 1;
     assert_eq!(s.scan(&glob, Rev(3), &mut budget), Ok(Scan::Paused(Rev(4))));
     assert_eq!(budget, 0);
-    assert_eq!(s.scan(&g("/none"), Rev(1), &mut u64::MAX.clone()), Ok(Scan::Exhausted));
+    assert_eq!(
+        s.scan(&g("/none"), Rev(1), &mut u64::MAX.clone()),
+        Ok(Scan::Exhausted)
+    );
     assert_eq!(s.scan(&glob, Rev(502), &mut 1), Ok(Scan::Exhausted));
 }
 

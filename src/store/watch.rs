@@ -93,7 +93,11 @@ impl<K: Ord + Clone> WatchIndex<K> {
     pub fn take_matches(&mut self, event: &Event) -> Vec<K> {
         let path = event.path.as_str();
         let mut fired = Vec::new();
-        let ends: Vec<usize> = self.lengths.range(1..=path.len()).map(|(n, _)| *n).collect();
+        let ends: Vec<usize> = self
+            .lengths
+            .range(1..=path.len())
+            .map(|(n, _)| *n)
+            .collect();
         for end in ends {
             let Some(prefix) = path.get(..end) else {
                 continue;

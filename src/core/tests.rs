@@ -461,14 +461,14 @@ fn batches_until_reply(core: &mut Core) -> (usize, Vec<(ConnId, Option<i32>, Out
         if !got.is_empty() {
             return (batch, got);
         }
-        assert!(core.has_unfinished_scans(), "no reply and nothing to do");
+        assert!(core.has_unfinished_work(), "no reply and nothing to do");
     }
     panic!("no reply after 10,000 batches");
 }
 
 /// Attack 3 of issue 9: a WAIT from rev 1 with a long glob over a long
 /// history held the core for seconds. The scan is now split across batches,
-/// each spending at most about `WAIT_SCAN_BUDGET`, and still finds the first
+/// each spending at most about `BATCH_WORK_BUDGET`, and still finds the first
 /// match, including one applied while it was scanning.
 #[test]
 fn a_long_wait_scan_is_split_across_batches_and_still_answers() {
@@ -480,11 +480,11 @@ fn a_long_wait_scan_is_split_across_batches_and_still_answers() {
     let glob = costly_glob();
     let per_event = glob.match_cost(long.len()) + 4;
     assert!(
-        per_event * 600 > 10 * WAIT_SCAN_BUDGET,
+        per_event * 600 > 10 * BATCH_WORK_BUDGET,
         "the scan needs many batches"
     );
     let out = wait(&mut core, 2, 7, &glob, 1);
-    assert!(out.is_empty() && core.has_unfinished_scans());
+    assert!(out.is_empty() && core.has_unfinished_work());
     assert_eq!(core.waiting(), 1);
     // Other clients are answered meanwhile, and a matching write lands after
     // the WAIT started: the scan reaches it in the history.
@@ -510,7 +510,7 @@ fn a_long_wait_scan_is_split_across_batches_and_still_answers() {
             })
         )
     );
-    assert!(!core.has_unfinished_scans() && core.waiting() == 0);
+    assert!(!core.has_unfinished_work() && core.waiting() == 0);
 }
 
 /// A scan that reaches the current rev without a match becomes an ordinary
@@ -525,7 +525,7 @@ fn a_finished_scan_waits_for_the_next_event() {
     let glob = costly_glob();
     assert!(wait(&mut core, 2, 7, &glob, 1).is_empty());
     let mut batches = 0;
-    while core.has_unfinished_scans() {
+    while core.has_unfinished_work() {
         let mut out = Vec::new();
         core.end_batch(&mut out);
         assert!(replies(out).is_empty());
@@ -565,7 +565,14 @@ fn scans_too_late_closed_and_round_robin() {
         core.end_batch(&mut out);
         assert!(replies(out).is_empty());
     }
-    let progress: Vec<Rev> = core.scans.values().map(|s| s.next).collect();
+    let progress: Vec<Rev> = core
+        .jobs
+        .values()
+        .map(|job| match job {
+            Job::Wait(scan) => scan.next,
+            Job::List(_) => unreachable!("no listing here"),
+        })
+        .collect();
     assert!(progress.iter().all(|next| next.0 > from), "{progress:?}");
     // 200 more writes in a few batches push the history past where they are.
     let mut answers = Vec::new();
@@ -584,14 +591,14 @@ fn scans_too_late_closed_and_round_robin() {
     }
     answers.extend(replies(out).into_iter().filter(|(conn, ..)| *conn != 1));
     for _ in 0..1000 {
-        if !core.has_unfinished_scans() {
+        if !core.has_unfinished_work() {
             break;
         }
         let mut out = Vec::new();
         core.end_batch(&mut out);
         answers.extend(replies(out));
     }
-    assert!(!core.has_unfinished_scans());
+    assert!(!core.has_unfinished_work());
     assert_eq!(core.waiting(), 0);
     answers.sort_by_key(|(conn, ..)| *conn);
     let too_late = Err(ErrCode::TooLate.into());
@@ -599,4 +606,111 @@ fn scans_too_late_closed_and_round_robin() {
         answers,
         vec![(2, Some(1), too_late.clone()), (3, Some(1), too_late)]
     );
+}
+
+/// A WALK or GETDIR far into a big tree walks that many entries: the work
+/// is split across batches like a WAIT's scan, reads the tree as it was at
+/// the request (a write meanwhile does not change the answer), and answers
+/// what the unbounded listing answers.
+#[test]
+fn a_listing_far_into_a_big_tree_is_split_across_batches() {
+    let mut core = seed_with_history(50);
+    let long = "n".repeat(200);
+    let mut out = Vec::new();
+    for i in 0..5000 {
+        let input = Input::Request {
+            conn: 1,
+            tag: Some(i),
+            command: set(&format!("/big/{i:05}{long}"), -1, "v"),
+        };
+        core.handle(input, &mut out);
+        if i % 200 == 199 {
+            core.end_batch(&mut out);
+        }
+    }
+    core.end_batch(&mut out);
+    let glob = Glob::parse("/big/**").unwrap();
+    let before = core.store().current().clone();
+    let expected = before.walk(&glob, 4999).unwrap();
+    let dir = path("/big");
+    let last_name = before.getdir(&dir, 4999).unwrap();
+    let mut out = Vec::new();
+    let requests = [
+        (
+            2,
+            Command::Walk {
+                glob: glob.clone(),
+                offset: 4999,
+                rev: None,
+            },
+        ),
+        (
+            3,
+            Command::Getdir {
+                path: dir.clone(),
+                offset: 4999,
+                rev: None,
+            },
+        ),
+        (
+            4,
+            Command::Walk {
+                glob,
+                offset: 5000,
+                rev: None,
+            },
+        ),
+        (1, set(expected.0.as_str(), -1, "changed")),
+    ];
+    for (conn, command) in requests {
+        let input = Input::Request {
+            conn,
+            tag: Some(1),
+            command,
+        };
+        core.handle(input, &mut out);
+    }
+    assert!(replies(out).is_empty() && core.has_unfinished_work());
+    let mut answers = BTreeMap::new();
+    let mut batches = 0;
+    while core.has_unfinished_work() {
+        let mut out = Vec::new();
+        core.end_batch(&mut out);
+        batches += 1;
+        for (conn, _, outcome) in replies(out) {
+            answers.insert(conn, outcome);
+        }
+        assert!(batches < 1000);
+    }
+    assert!(batches >= 4, "{batches} batches");
+    let (path, rev, body) = expected;
+    assert_eq!(
+        answers[&2],
+        Ok(Reply::Event {
+            path,
+            rev,
+            body,
+            kind: EventKind::Set
+        })
+    );
+    assert_eq!(answers[&3], Ok(Reply::Name(last_name)));
+    assert_eq!(answers[&4], Err(ErrCode::Range.into()));
+    // A closed connection's listing is dropped.
+    let walk = Command::Walk {
+        glob: Glob::parse("/big/**").unwrap(),
+        offset: 4999,
+        rev: None,
+    };
+    let mut out = Vec::new();
+    core.handle(
+        Input::Request {
+            conn: 5,
+            tag: Some(1),
+            command: walk,
+        },
+        &mut out,
+    );
+    assert!(core.has_unfinished_work());
+    core.handle(Input::ConnClosed { conn: 5 }, &mut out);
+    assert!(!core.has_unfinished_work() && replies(out).is_empty());
 }

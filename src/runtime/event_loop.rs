@@ -121,7 +121,7 @@ impl EventLoop {
         loop {
             // An unfinished WAIT scan is continued at the end of every batch:
             // then only look for input, without sleeping until some comes.
-            let idle_wait = if self.core.has_unfinished_scans() {
+            let idle_wait = if self.core.has_unfinished_work() {
                 Duration::ZERO
             } else {
                 IDLE_WAKE

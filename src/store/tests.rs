@@ -612,3 +612,81 @@ fn over_long_paths_are_refused_at_parse() {
     let deep = "/a".repeat(8000);
     assert!(Path::parse(&deep).is_err());
 }
+
+/// Runs a stepped listing to its end with `budget` per piece; returns the
+/// answer and the number of pieces.
+fn in_pieces<T>(budget: u64, mut piece: impl FnMut(Cursor, &mut u64) -> Step<T>) -> (T, usize) {
+    let mut cursor = Cursor::new(0);
+    for pieces in 1..100_000 {
+        let mut left = budget;
+        match piece(cursor, &mut left) {
+            Step::Done(answer) => return (answer, pieces),
+            Step::Paused(next) => cursor = next,
+        }
+    }
+    panic!("no answer");
+}
+
+/// WALK and GETDIR split into pieces of any size give the unbounded answers,
+/// for every offset, pausing at files, skipped entries and directories alike.
+#[test]
+fn stepped_listings_agree_with_whole_ones() {
+    let mut s = Store::new(10);
+    for path in [
+        "/a/b/c", "/a/b/d", "/a/bx", "/a-c", "/a/e/f/g", "/b/x/c", "/b/y", "/c", "/d/e/c",
+    ] {
+        run(&mut s, &set(path, -1, "v")).unwrap();
+    }
+    for i in 0..30 {
+        run(&mut s, &set(&format!("/many/f{i:02}"), -1, "v")).unwrap();
+    }
+    let snap = s.current().clone();
+    for glob in [
+        "/**",
+        "/a/**",
+        "/*/*/c",
+        "/**c",
+        "/many/*",
+        "/nothing/**",
+        "/a/b?",
+    ] {
+        let glob = g(glob);
+        for offset in 0..45u64 {
+            let whole = snap.walk(&glob, offset as i64);
+            for budget in [1, 9, 30, 200] {
+                let (answer, pieces) = in_pieces(budget, |cursor, left| {
+                    let cursor = Cursor {
+                        left: if cursor.at.is_none() {
+                            offset
+                        } else {
+                            cursor.left
+                        },
+                        ..cursor
+                    };
+                    snap.walk_step(&glob, cursor, left)
+                });
+                assert_eq!(answer, whole, "{glob} offset {offset} budget {budget}");
+                if budget == 1 && whole.is_ok() && offset > 3 {
+                    assert!(pieces > 3, "{glob} offset {offset}: {pieces} pieces");
+                }
+            }
+        }
+    }
+    for dir in ["/", "/a", "/many", "/c", "/zz"] {
+        for offset in 0..35u64 {
+            let whole = snap.getdir(&p(dir), offset as i64);
+            let (answer, _) = in_pieces(LIST_ENTRY_COST * 2, |cursor, left| {
+                let cursor = Cursor {
+                    left: if cursor.at.is_none() {
+                        offset
+                    } else {
+                        cursor.left
+                    },
+                    ..cursor
+                };
+                snap.getdir_step(&p(dir), cursor, left)
+            });
+            assert_eq!(answer, whole, "{dir} offset {offset}");
+        }
+    }
+}

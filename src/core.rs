@@ -823,7 +823,13 @@ impl Core {
                     }
                 };
                 let Ok(offset) = u64::try_from(offset) else {
-                    let outcome = Err(ErrCode::Range.into());
+                    // Answered at once, in the unbounded listings' order of
+                    // checks (GETDIR: the directory before the offset).
+                    let outcome = match &what {
+                        ListWhat::Getdir(path) => snapshot.getdir(path, offset).map(Reply::Name),
+                        ListWhat::Walk(_) => Err(ErrCode::Range),
+                    };
+                    let outcome = outcome.map_err(ReplyError::code);
                     let (conn, tag) = (read.conn, read.tag);
                     return out.push(Output::Reply { conn, tag, outcome });
                 };

@@ -683,11 +683,11 @@ fn a_listing_far_into_a_big_tree_is_split_across_batches() {
         assert!(batches < 1000);
     }
     assert!(batches >= 4, "{batches} batches");
-    let (path, rev, body) = expected;
+    let (walked, rev, body) = expected;
     assert_eq!(
         answers[&2],
         Ok(Reply::Event {
-            path,
+            path: walked,
             rev,
             body,
             kind: EventKind::Set
@@ -695,6 +695,15 @@ fn a_listing_far_into_a_big_tree_is_split_across_batches() {
     );
     assert_eq!(answers[&3], Ok(Reply::Name(last_name)));
     assert_eq!(answers[&4], Err(ErrCode::Range.into()));
+    // A negative offset: NOENT for a missing directory, else RANGE.
+    for (dir, code) in [("/nope", ErrCode::NoEnt), ("/big", ErrCode::Range)] {
+        let getdir = Command::Getdir {
+            path: path(dir),
+            offset: -1,
+            rev: None,
+        };
+        assert_eq!(call(&mut core, 6, 1, getdir)[0].2, Err(code.into()));
+    }
     // A closed connection's listing is dropped.
     let walk = Command::Walk {
         glob: Glob::parse("/big/**").unwrap(),

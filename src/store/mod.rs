@@ -173,6 +173,8 @@ impl Snapshot {
     /// GETDIR: the `offset`-th name. NoEnt, NotDir, or Range (also for an empty root).
     /// Not bounded: the core uses [`Snapshot::getdir_step`].
     pub fn getdir(&self, path: &Path, offset: i64) -> Result<String, ErrCode> {
+        // The directory is checked before the offset (NOENT before RANGE).
+        self.dir(path)?;
         let offset = u64::try_from(offset).map_err(|_| ErrCode::Range)?;
         let mut unlimited = u64::MAX;
         match self.getdir_step(path, Cursor::new(offset), &mut unlimited) {

@@ -268,6 +268,16 @@ impl Glob {
         &self.text[..self.prefix_len]
     }
 
+    /// The memory this glob holds, in bytes: its text and its compiled form
+    /// (up to about 9 bytes per pattern byte for a long pattern using many
+    /// distinct characters, a few hundred bytes for a short one). What a
+    /// byte budget for waiting requests should count.
+    pub fn heap_bytes(&self) -> usize {
+        let p = &*self.program;
+        let words = p.one.len() + p.star.len() + p.star_star.len() + p.lits.len();
+        self.text.len() + std::mem::size_of::<Program>() + 8 * words
+    }
+
     /// What matching a path of `path_len` bytes costs at most, in word steps:
     /// the unit of the work budgets that keep long scans from holding the core.
     pub fn match_cost(&self, path_len: usize) -> u64 {
@@ -458,6 +468,31 @@ mod tests {
             text.starts_with("invalid glob pattern: ") && text.len() < 100,
             "{text}"
         );
+    }
+
+    #[test]
+    fn compiled_size_is_a_small_multiple_of_the_text() {
+        let short = Glob::parse("/ctl/node/*/addr").unwrap();
+        assert!(short.heap_bytes() < 400, "{}", short.heap_bytes());
+        // Every allowed character, over and over: the worst case.
+        let alphabet: String = ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .chain(['.', '-', '?', '*'])
+            .collect();
+        let mut text = String::from("/");
+        while text.len() + alphabet.len() + 1 <= MAX_GLOB_BYTES {
+            text.push_str(&alphabet);
+            text.push('/');
+        }
+        let worst = Glob::parse(text.trim_end_matches('/')).unwrap();
+        let ratio = worst.heap_bytes() as f64 / worst.as_str().len() as f64;
+        println!(
+            "compiled glob: {} bytes for {} bytes of text",
+            worst.heap_bytes(),
+            worst.as_str().len()
+        );
+        assert!(ratio < 10.0, "{ratio}");
     }
 
     /// Attack: thousands of stars against a long path. Every state stays

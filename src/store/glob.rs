@@ -481,7 +481,7 @@ mod tests {
             .chain(['.', '-', '?', '*'])
             .collect();
         let mut text = String::from("/");
-        while text.len() + alphabet.len() + 1 <= MAX_GLOB_BYTES {
+        while text.len() + alphabet.len() < MAX_GLOB_BYTES {
             text.push_str(&alphabet);
             text.push('/');
         }

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::error::{ErrCode, ReplyError};
 use crate::paxos::{self, Membership, Paxos, Slot};
 use crate::store::{
-    Entry, Event, EventKind, Glob, Mutation, ReadError, Snapshot, Store, WatchIndex,
+    Cursor, Entry, Event, EventKind, Glob, Mutation, ReadError, Scan, Snapshot, Step, Store,
+    WatchIndex,
 };
 use crate::types::{Body, NodeId, Path, Rev, RevCheck};
 
@@ -305,9 +306,61 @@ struct ParkedRead {
     command: Command,
 }
 
-/// Key of a registered WAIT: the connection first, so a closed connection's
-/// waits are one range.
+/// Key of a registered WAIT or of a request's unfinished work: the
+/// connection first, so a closed connection's are one range.
 type WaitKey = (ConnId, u64);
+
+/// A request whose work goes on over several batches.
+#[derive(Clone, Debug)]
+enum Job {
+    Wait(Scanning),
+    List(Listing),
+}
+
+/// A GETDIR or WALK still looking for its entry.
+#[derive(Clone, Debug)]
+struct Listing {
+    tag: Option<i32>,
+    /// The tree it reads (pinned: later writes do not change the answer).
+    snapshot: Snapshot,
+    what: ListWhat,
+    cursor: Cursor,
+}
+
+#[derive(Clone, Debug)]
+enum ListWhat {
+    Getdir(Path),
+    Walk(Glob),
+}
+
+/// A WAIT still scanning the history for its first match.
+#[derive(Clone, Debug)]
+struct Scanning {
+    tag: Option<i32>,
+    glob: Glob,
+    /// The rev the WAIT asked for (at least 1).
+    from: Rev,
+    /// The next rev to examine.
+    next: Rev,
+}
+
+/// The work that WAIT scans of the history and listings (GETDIR, WALK) may
+/// do per batch, in the unit of [`Glob::match_cost`] (steps over 64-bit
+/// words of glob state, 1–3 ns each): a batch spends at most this plus one
+/// event's or entry's cost (at most ~270,000 with paths and globs at their
+/// byte limits) on them, so about a millisecond at most however long the
+/// globs, the history or the directories are.
+///
+/// A WAIT from an old rev used to match its glob against every event of the
+/// history at once, on the thread that orders writes: with a long glob that
+/// took seconds, during which no other client was answered (issue 9, attack
+/// 3); a WALK or GETDIR at a high offset walks that many entries. Now work
+/// that runs out of budget is kept and continued in the next batches, round
+/// robin with the rest; the event loop does not sleep while some is
+/// unfinished ([`Core::has_unfinished_work`]). An ordinary request (a short
+/// glob, a few hundred events back, a few thousand entries) still finishes
+/// in its own batch.
+pub const BATCH_WORK_BUDGET: u64 = 1 << 18;
 
 /// Where a node is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,6 +397,12 @@ pub struct Core {
     waits: WatchIndex<WaitKey>,
     wait_tags: BTreeMap<WaitKey, Option<i32>>,
     next_wait: u64,
+    /// WAITs whose history scan is unfinished, continued in later batches.
+    jobs: BTreeMap<WaitKey, Job>,
+    /// Scan work left in this batch (see [`BATCH_WORK_BUDGET`]).
+    work_budget: u64,
+    /// The scan continued last, so that the next batch starts after it.
+    job_cursor: Option<WaitKey>,
     parked_reads: BTreeMap<Rev, Vec<ParkedRead>>,
     ticks: u64,
     last_pulse_tick: u64,
@@ -426,6 +485,9 @@ impl Core {
             waits: WatchIndex::new(),
             wait_tags: BTreeMap::new(),
             next_wait: 0,
+            jobs: BTreeMap::new(),
+            work_budget: BATCH_WORK_BUDGET,
+            job_cursor: None,
             parked_reads: BTreeMap::new(),
             ticks: 0,
             last_pulse_tick: 0,
@@ -550,9 +612,17 @@ impl Core {
         self.refused
     }
 
-    /// Registered WAITs, for the node's stats.
+    /// Unanswered WAITs (registered or still scanning), for the node's stats.
     pub fn waiting(&self) -> usize {
-        self.wait_tags.len()
+        let scanning = self.jobs.values().filter(|job| matches!(job, Job::Wait(_)));
+        self.wait_tags.len() + scanning.count()
+    }
+
+    /// Whether a request's work (a WAIT's scan of the history, a listing)
+    /// is unfinished: the runtime then ends another batch without waiting
+    /// for input, to continue it.
+    pub fn has_unfinished_work(&self) -> bool {
+        !self.jobs.is_empty()
     }
 
     /// Handles one input; outputs are appended to `out`.
@@ -577,6 +647,100 @@ impl Core {
         self.paxos.flush(&mut sent);
         self.push_peer(sent, out);
         self.stream_to_slaves(out);
+        self.continue_jobs(out);
+        self.work_budget = BATCH_WORK_BUDGET;
+    }
+
+    /// Continues unfinished work with what is left of this batch's budget,
+    /// round robin from the job after the last continued.
+    fn continue_jobs(&mut self, out: &mut Vec<Output>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let keys: Vec<WaitKey> = match self.job_cursor {
+            None => self.jobs.keys().copied().collect(),
+            Some(cursor) => self
+                .jobs
+                .range((Excluded(cursor), Unbounded))
+                .chain(self.jobs.range(..=cursor))
+                .map(|(key, _)| *key)
+                .collect(),
+        };
+        for key in keys {
+            if self.work_budget == 0 {
+                break;
+            }
+            if let Some(job) = self.jobs.remove(&key) {
+                self.job_cursor = Some(key);
+                match job {
+                    Job::Wait(scan) => self.scan_wait(key, scan, out),
+                    Job::List(listing) => self.list(key, listing, out),
+                }
+            }
+        }
+    }
+
+    /// Runs a WAIT's scan of the history on this batch's budget: answers it,
+    /// registers it for future events once the scan reached the current rev,
+    /// or keeps it for the next batch.
+    fn scan_wait(&mut self, key: WaitKey, mut scan: Scanning, out: &mut Vec<Output>) {
+        let (conn, tag) = (key.0, scan.tag);
+        match self
+            .store
+            .scan(&scan.glob, scan.next, &mut self.work_budget)
+        {
+            Ok(Scan::Found(event)) => out.push(Output::Reply {
+                conn,
+                tag,
+                outcome: Ok(event_reply(&event)),
+            }),
+            Ok(Scan::Exhausted) => {
+                // Every event up to the current rev was examined; later ones
+                // go through the index as they are applied.
+                self.waits.insert(key, scan.glob, scan.from);
+                self.wait_tags.insert(key, tag);
+            }
+            Ok(Scan::Paused(next)) => {
+                scan.next = next;
+                self.jobs.insert(key, Job::Wait(scan));
+            }
+            Err(_) => out.push(Output::Reply {
+                conn,
+                tag,
+                outcome: Err(ErrCode::TooLate.into()),
+            }),
+        }
+    }
+
+    /// Runs a GETDIR or WALK on this batch's budget: answers it or keeps it
+    /// for the next batch.
+    fn list(&mut self, key: WaitKey, mut listing: Listing, out: &mut Vec<Output>) {
+        let budget = &mut self.work_budget;
+        let cursor = listing.cursor.clone();
+        let step = match &listing.what {
+            ListWhat::Getdir(path) => match listing.snapshot.getdir_step(path, cursor, budget) {
+                Step::Done(answer) => Step::Done(answer.map(Reply::Name)),
+                Step::Paused(cursor) => Step::Paused(cursor),
+            },
+            ListWhat::Walk(glob) => match listing.snapshot.walk_step(glob, cursor, budget) {
+                Step::Done(answer) => Step::Done(answer.map(|(path, rev, body)| Reply::Event {
+                    path,
+                    rev,
+                    body,
+                    kind: EventKind::Set,
+                })),
+                Step::Paused(cursor) => Step::Paused(cursor),
+            },
+        };
+        match step {
+            Step::Done(answer) => out.push(Output::Reply {
+                conn: key.0,
+                tag: listing.tag,
+                outcome: answer.map_err(ReplyError::code),
+            }),
+            Step::Paused(cursor) => {
+                listing.cursor = cursor;
+                self.jobs.insert(key, Job::List(listing));
+            }
+        }
     }
 
     fn on_request(
@@ -601,16 +765,18 @@ impl Core {
             }
             Command::Nop => self.submit_write(conn, tag, Mutation::Nop, out),
             Command::Rev => reply(Ok(Reply::Rev(self.store.rev())), out),
-            Command::Wait { glob, rev } => match self.store.first_match(&glob, Rev(rev.max(1))) {
-                Ok(Some(event)) => reply(Ok(event_reply(&event)), out),
-                Ok(None) => {
-                    let key = (conn, self.next_wait);
-                    self.next_wait += 1;
-                    self.waits.insert(key, glob, Rev(rev.max(1)));
-                    self.wait_tags.insert(key, tag);
-                }
-                Err(_) => reply(Err(ErrCode::TooLate.into()), out),
-            },
+            Command::Wait { glob, rev } => {
+                let key = (conn, self.next_wait);
+                self.next_wait += 1;
+                let from = Rev(rev.max(1));
+                let scan = Scanning {
+                    tag,
+                    glob,
+                    from,
+                    next: from,
+                };
+                self.scan_wait(key, scan, out);
+            }
             read => self.read(
                 ParkedRead {
                     conn,
@@ -704,7 +870,37 @@ impl Core {
             Some(rev) => self.store.snapshot_at(Rev(rev.max(1))),
         };
         let outcome = match snapshot {
-            Ok(snapshot) => answer_read(&snapshot, &read.command),
+            Ok(snapshot) => {
+                let (what, offset) = match read.command {
+                    Command::Getdir { path, offset, .. } => (ListWhat::Getdir(path), offset),
+                    Command::Walk { glob, offset, .. } => (ListWhat::Walk(glob), offset),
+                    command => {
+                        let outcome = answer_read(&snapshot, &command);
+                        let (conn, tag) = (read.conn, read.tag);
+                        return out.push(Output::Reply { conn, tag, outcome });
+                    }
+                };
+                let Ok(offset) = u64::try_from(offset) else {
+                    // Answered at once, in the unbounded listings' order of
+                    // checks (GETDIR: the directory before the offset).
+                    let outcome = match &what {
+                        ListWhat::Getdir(path) => snapshot.getdir(path, offset).map(Reply::Name),
+                        ListWhat::Walk(_) => Err(ErrCode::Range),
+                    };
+                    let outcome = outcome.map_err(ReplyError::code);
+                    let (conn, tag) = (read.conn, read.tag);
+                    return out.push(Output::Reply { conn, tag, outcome });
+                };
+                let key = (read.conn, self.next_wait);
+                self.next_wait += 1;
+                let listing = Listing {
+                    tag: read.tag,
+                    snapshot,
+                    what,
+                    cursor: Cursor::new(offset),
+                };
+                return self.list(key, listing, out);
+            }
             Err(ReadError::TooLate) => Err(ErrCode::TooLate.into()),
             Err(ReadError::Future) => {
                 let rev = Rev(rev.unwrap_or(0).max(1));
@@ -729,6 +925,7 @@ impl Core {
             self.waits.remove(&key);
             self.wait_tags.remove(&key);
         }
+        self.jobs.retain(|key, _| key.0 != conn);
         for reads in self.parked_reads.values_mut() {
             reads.retain(|read| read.conn != conn);
         }
@@ -1028,7 +1225,7 @@ fn event_reply(event: &Event) -> Reply {
     }
 }
 
-/// Answers GET, STAT, GETDIR or WALK from one snapshot.
+/// Answers GET or STAT from one snapshot (GETDIR and WALK are [`Listing`]s).
 fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
     match command {
         Command::Get { path, .. } => match snapshot.entry(path) {
@@ -1053,19 +1250,6 @@ fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
                 },
             })
         }
-        Command::Getdir { path, offset, .. } => snapshot
-            .getdir(path, *offset)
-            .map(Reply::Name)
-            .map_err(ReplyError::code),
-        Command::Walk { glob, offset, .. } => snapshot
-            .walk(glob, *offset)
-            .map(|(path, rev, body)| Reply::Event {
-                path,
-                rev,
-                body,
-                kind: EventKind::Set,
-            })
-            .map_err(ReplyError::code),
         other => unreachable!("{other:?} is not a read"),
     }
 }

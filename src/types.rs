@@ -76,13 +76,44 @@ impl RevCheck {
     }
 }
 
+/// The longest path accepted, in bytes (the whole text, leading `/` included).
+///
+/// Checked by [`Path::parse`], which both the client edge and the peer decoder
+/// go through: a client's SET, DEL, GET or GETDIR with a longer path is
+/// answered `BAD_PATH` and its STAT like an absent path (as for any invalid
+/// path, reference §2.6); a peer message carrying one is refused as malformed.
+///
+/// 4 KiB is Linux's `PATH_MAX`. Doozer's own paths are under 64 bytes
+/// (`/ctl/node/<16-character id>/applied` is 32) and real applications'
+/// are of the same order, so no real user reaches it. It bounds what one path
+/// costs everywhere it goes (decoding, the tree walk of an apply, every WAIT
+/// glob matched against it), and the tree's depth: at most 2,048 components.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// The longest glob accepted by WAIT and WALK, in bytes.
+///
+/// Checked by `Glob::parse` (src/store/glob.rs), at the client edge and in the
+/// web view: a longer glob is answered `OTHER` with the detail
+/// `invalid glob pattern: ...` (the code of any invalid glob, reference §2.6),
+/// the pattern itself not echoed. Matching a glob costs, per byte of path, one
+/// step over 64-bit words of state, one word per 64 glob elements; so this
+/// caps one match at `(MAX_PATH_BYTES + 1) × 65` word steps (a fraction of a
+/// millisecond) and a compiled glob at about 9 bytes per pattern byte. The
+/// same value as [`MAX_PATH_BYTES`], so that every valid path is also a valid
+/// (literal) glob; real globs are a few dozen bytes.
+pub const MAX_GLOB_BYTES: usize = 4096;
+
 /// Why a string is not a valid path or glob.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error("bad path")]
     BadPath,
+    #[error("bad path: {len} bytes, longer than the limit of {MAX_PATH_BYTES}")]
+    PathTooLong { len: usize },
     #[error("invalid glob pattern: {0}")]
     BadGlob(String),
+    #[error("invalid glob pattern: {len} bytes, longer than the limit of {MAX_GLOB_BYTES}")]
+    GlobTooLong { len: usize },
 }
 
 fn is_name_byte(b: u8) -> bool {
@@ -99,16 +130,25 @@ impl Path {
         Path(Arc::from("/"))
     }
 
+    /// Checks the syntax and the length limit ([`MAX_PATH_BYTES`]).
     pub fn parse(text: &str) -> Result<Path, PathError> {
-        if Self::is_valid(text) {
+        if text.len() > MAX_PATH_BYTES {
+            return Err(PathError::PathTooLong { len: text.len() });
+        }
+        if Self::syntax_ok(text) {
             Ok(Path(Arc::from(text)))
         } else {
             Err(PathError::BadPath)
         }
     }
 
-    /// The check of reference §3.1: `^/$|^(/[a-zA-Z0-9.\-]+)+$`.
+    /// The check of reference §3.1, `^/$|^(/[a-zA-Z0-9.\-]+)+$`, and the
+    /// length limit [`MAX_PATH_BYTES`].
     pub fn is_valid(text: &str) -> bool {
+        text.len() <= MAX_PATH_BYTES && Self::syntax_ok(text)
+    }
+
+    fn syntax_ok(text: &str) -> bool {
         if text == "/" {
             return true;
         }
@@ -117,6 +157,14 @@ impl Path {
         };
         rest.split('/')
             .all(|name| !name.is_empty() && name.bytes().all(is_name_byte))
+    }
+
+    /// A path the store rebuilt from its own entry names, which all came
+    /// from parsed paths: the syntax is checked again (an invariant), the
+    /// length is not, so that the store never depends on the limit.
+    pub(crate) fn from_store(text: &str) -> Path {
+        assert!(Self::syntax_ok(text), "store paths are valid: {text:?}");
+        Path(Arc::from(text))
     }
 
     pub fn as_str(&self) -> &str {

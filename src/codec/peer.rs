@@ -760,6 +760,26 @@ mod tests {
         ));
     }
 
+    /// Attack 2 of issue 9 from the peer side: a path past the byte limit
+    /// (here 8,000 components) is refused at decode, like from a client.
+    #[test]
+    fn over_long_paths_are_rejected_at_decode() {
+        let cfg = wire_config();
+        // Decided { first, [Write { origin, seq, floor, Set { path, .. } }] }
+        let decided = |path: &str| {
+            let set = (0u32, path, 0u32, b"v".to_vec());
+            let write = (1u32, "AAAAAAAAAAAAAAAA", 1u64, 0u64, set);
+            bincode::encode_to_vec((3u32, 1i64, 1u64, write), cfg).unwrap()
+        };
+        let limit = crate::types::MAX_PATH_BYTES;
+        let at_limit = format!("/{}", "a".repeat(limit - 1));
+        assert!(decode_peer_msg(&decided(&at_limit)).is_ok());
+        for bad in [format!("{at_limit}b"), "/a".repeat(8000)] {
+            let err = decode_peer_msg(&decided(&bad)).unwrap_err();
+            assert!(err.to_string().contains("invalid path"), "{err}");
+        }
+    }
+
     #[test]
     fn over_cap_length_is_rejected_before_reading_the_body() {
         // Announces 2 GiB and sends nothing more: refused from the header.

@@ -835,7 +835,7 @@ impl Core {
             cal,
             nodes,
             pending_writes: self.pending_writes.len(),
-            waiting: self.wait_tags.len(),
+            waiting: self.waiting(),
             refused_peer_msgs: self.refused,
         }
     }

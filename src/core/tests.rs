@@ -413,3 +413,313 @@ fn stat_getdir_walk() {
     );
     assert_eq!(got[0].2, Err(ErrCode::IsDir.into()));
 }
+
+fn seed_with_history(history_revs: usize) -> Core {
+    let info = NodeInfo {
+        id: NodeId::from_bytes([1; 10]),
+        addr: "127.0.0.1:8046".into(),
+        hostname: "box".into(),
+        cluster_name: "test".into(),
+        register_ns: true,
+    };
+    let mut config = config();
+    config.history_revs = history_revs;
+    config.max_pending_writes = 256;
+    Core::seed(info, config)
+}
+
+/// A glob of 2,000 elements whose literal prefix is only `/`, so that every
+/// event is run through it: 32 words of state per byte of path.
+fn costly_glob() -> Glob {
+    Glob::parse(&format!("/**{}z", "a**".repeat(1000))).unwrap()
+}
+
+fn wait(core: &mut Core, conn: ConnId, tag: i32, glob: &Glob, rev: i64) -> Vec<Output> {
+    let mut out = Vec::new();
+    let command = Command::Wait {
+        glob: glob.clone(),
+        rev,
+    };
+    core.handle(
+        Input::Request {
+            conn,
+            tag: Some(tag),
+            command,
+        },
+        &mut out,
+    );
+    out
+}
+
+/// Ends batches (with no input) until one gives a reply; returns how many
+/// batches that took and the replies.
+fn batches_until_reply(core: &mut Core) -> (usize, Vec<(ConnId, Option<i32>, Outcome)>) {
+    for batch in 1..=10_000 {
+        let mut out = Vec::new();
+        core.end_batch(&mut out);
+        let got = replies(out);
+        if !got.is_empty() {
+            return (batch, got);
+        }
+        assert!(core.has_unfinished_work(), "no reply and nothing to do");
+    }
+    panic!("no reply after 10,000 batches");
+}
+
+/// Attack 3 of issue 9: a WAIT from rev 1 with a long glob over a long
+/// history held the core for seconds. The scan is now split across batches,
+/// each spending at most about `BATCH_WORK_BUDGET`, and still finds the first
+/// match, including one applied while it was scanning.
+#[test]
+fn a_long_wait_scan_is_split_across_batches_and_still_answers() {
+    let mut core = seed_with_history(5000);
+    let long = format!("/p/{}", "a".repeat(1000));
+    for i in 0..600 {
+        call(&mut core, 1, i, set(&long, -1, "v"));
+    }
+    let glob = costly_glob();
+    let per_event = glob.match_cost(long.len()) + 4;
+    assert!(
+        per_event * 600 > 10 * BATCH_WORK_BUDGET,
+        "the scan needs many batches"
+    );
+    let out = wait(&mut core, 2, 7, &glob, 1);
+    assert!(out.is_empty() && core.has_unfinished_work());
+    assert_eq!(core.waiting(), 1);
+    // Other clients are answered meanwhile, and a matching write lands after
+    // the WAIT started: the scan reaches it in the history.
+    let hit = format!("/q/{}z", "a".repeat(1000));
+    let got = call(&mut core, 1, 1000, set(&hit, -1, "hit"));
+    let hit_rev = match got[..] {
+        [(1, Some(1000), Ok(Reply::Rev(rev)))] => rev,
+        ref other => panic!("{other:?}"),
+    };
+    let (batches, got) = batches_until_reply(&mut core);
+    assert!(batches >= 10, "{batches} batches");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0],
+        (
+            2,
+            Some(7),
+            Ok(Reply::Event {
+                path: path(&hit),
+                rev: hit_rev,
+                body: Body::from(b"hit".to_vec()),
+                kind: EventKind::Set
+            })
+        )
+    );
+    assert!(!core.has_unfinished_work() && core.waiting() == 0);
+}
+
+/// A scan that reaches the current rev without a match becomes an ordinary
+/// registered WAIT: the next matching event answers it.
+#[test]
+fn a_finished_scan_waits_for_the_next_event() {
+    let mut core = seed_with_history(5000);
+    let long = format!("/p/{}", "a".repeat(1000));
+    for i in 0..300 {
+        call(&mut core, 1, i, set(&long, -1, "v"));
+    }
+    let glob = costly_glob();
+    assert!(wait(&mut core, 2, 7, &glob, 1).is_empty());
+    let mut batches = 0;
+    while core.has_unfinished_work() {
+        let mut out = Vec::new();
+        core.end_batch(&mut out);
+        assert!(replies(out).is_empty());
+        batches += 1;
+    }
+    assert!(batches >= 5, "{batches}");
+    assert_eq!(core.waiting(), 1);
+    let hit = format!("/q/{}z", "a".repeat(1000));
+    let got = call(&mut core, 1, 1000, set(&hit, -1, "hit"));
+    assert!(got.iter().any(|(conn, tag, outcome)| *conn == 2
+        && *tag == Some(7)
+        && matches!(outcome, Ok(Reply::Event { path: p, .. }) if p.as_str() == hit)));
+    assert_eq!(core.waiting(), 0);
+}
+
+/// Scans overtaken by the history's garbage collection answer TOO_LATE;
+/// a closed connection's scans are dropped; several scans share the budget
+/// round robin, so a second one is not starved by the first.
+#[test]
+fn scans_too_late_closed_and_round_robin() {
+    let mut core = seed_with_history(200);
+    let long = format!("/p/{}", "a".repeat(1000));
+    for i in 0..200 {
+        call(&mut core, 1, i, set(&long, -1, "v"));
+    }
+    let glob = costly_glob();
+    let from = core.store().head().0;
+    assert!(wait(&mut core, 2, 1, &glob, from).is_empty());
+    assert!(wait(&mut core, 3, 1, &glob, from).is_empty());
+    assert!(wait(&mut core, 4, 1, &glob, from).is_empty());
+    assert_eq!(core.waiting(), 3);
+    core.handle(Input::ConnClosed { conn: 4 }, &mut Vec::new());
+    assert_eq!(core.waiting(), 2);
+    // A few batches: both remaining scans move (round robin).
+    for _ in 0..4 {
+        let mut out = Vec::new();
+        core.end_batch(&mut out);
+        assert!(replies(out).is_empty());
+    }
+    let progress: Vec<Rev> = core
+        .jobs
+        .values()
+        .map(|job| match job {
+            Job::Wait(scan) => scan.next,
+            Job::List(_) => unreachable!("no listing here"),
+        })
+        .collect();
+    assert!(progress.iter().all(|next| next.0 > from), "{progress:?}");
+    // 200 more writes in a few batches push the history past where they are.
+    let mut answers = Vec::new();
+    let mut out = Vec::new();
+    for i in 0..200 {
+        let command = set(&long, -1, "v");
+        let input = Input::Request {
+            conn: 1,
+            tag: Some(1000 + i),
+            command,
+        };
+        core.handle(input, &mut out);
+        if i % 50 == 49 {
+            core.end_batch(&mut out);
+        }
+    }
+    answers.extend(replies(out).into_iter().filter(|(conn, ..)| *conn != 1));
+    for _ in 0..1000 {
+        if !core.has_unfinished_work() {
+            break;
+        }
+        let mut out = Vec::new();
+        core.end_batch(&mut out);
+        answers.extend(replies(out));
+    }
+    assert!(!core.has_unfinished_work());
+    assert_eq!(core.waiting(), 0);
+    answers.sort_by_key(|(conn, ..)| *conn);
+    let too_late = Err(ErrCode::TooLate.into());
+    assert_eq!(
+        answers,
+        vec![(2, Some(1), too_late.clone()), (3, Some(1), too_late)]
+    );
+}
+
+/// A WALK or GETDIR far into a big tree walks that many entries: the work
+/// is split across batches like a WAIT's scan, reads the tree as it was at
+/// the request (a write meanwhile does not change the answer), and answers
+/// what the unbounded listing answers.
+#[test]
+fn a_listing_far_into_a_big_tree_is_split_across_batches() {
+    let mut core = seed_with_history(50);
+    let long = "n".repeat(200);
+    let mut out = Vec::new();
+    for i in 0..5000 {
+        let input = Input::Request {
+            conn: 1,
+            tag: Some(i),
+            command: set(&format!("/big/{i:05}{long}"), -1, "v"),
+        };
+        core.handle(input, &mut out);
+        if i % 200 == 199 {
+            core.end_batch(&mut out);
+        }
+    }
+    core.end_batch(&mut out);
+    let glob = Glob::parse("/big/**").unwrap();
+    let before = core.store().current().clone();
+    let expected = before.walk(&glob, 4999).unwrap();
+    let dir = path("/big");
+    let last_name = before.getdir(&dir, 4999).unwrap();
+    let mut out = Vec::new();
+    let requests = [
+        (
+            2,
+            Command::Walk {
+                glob: glob.clone(),
+                offset: 4999,
+                rev: None,
+            },
+        ),
+        (
+            3,
+            Command::Getdir {
+                path: dir.clone(),
+                offset: 4999,
+                rev: None,
+            },
+        ),
+        (
+            4,
+            Command::Walk {
+                glob,
+                offset: 5000,
+                rev: None,
+            },
+        ),
+        (1, set(expected.0.as_str(), -1, "changed")),
+    ];
+    for (conn, command) in requests {
+        let input = Input::Request {
+            conn,
+            tag: Some(1),
+            command,
+        };
+        core.handle(input, &mut out);
+    }
+    assert!(replies(out).is_empty() && core.has_unfinished_work());
+    let mut answers = BTreeMap::new();
+    let mut batches = 0;
+    while core.has_unfinished_work() {
+        let mut out = Vec::new();
+        core.end_batch(&mut out);
+        batches += 1;
+        for (conn, _, outcome) in replies(out) {
+            answers.insert(conn, outcome);
+        }
+        assert!(batches < 1000);
+    }
+    assert!(batches >= 4, "{batches} batches");
+    let (walked, rev, body) = expected;
+    assert_eq!(
+        answers[&2],
+        Ok(Reply::Event {
+            path: walked,
+            rev,
+            body,
+            kind: EventKind::Set
+        })
+    );
+    assert_eq!(answers[&3], Ok(Reply::Name(last_name)));
+    assert_eq!(answers[&4], Err(ErrCode::Range.into()));
+    // A negative offset: NOENT for a missing directory, else RANGE.
+    for (dir, code) in [("/nope", ErrCode::NoEnt), ("/big", ErrCode::Range)] {
+        let getdir = Command::Getdir {
+            path: path(dir),
+            offset: -1,
+            rev: None,
+        };
+        assert_eq!(call(&mut core, 6, 1, getdir)[0].2, Err(code.into()));
+    }
+    // A closed connection's listing is dropped.
+    let walk = Command::Walk {
+        glob: Glob::parse("/big/**").unwrap(),
+        offset: 4999,
+        rev: None,
+    };
+    let mut out = Vec::new();
+    core.handle(
+        Input::Request {
+            conn: 5,
+            tag: Some(1),
+            command: walk,
+        },
+        &mut out,
+    );
+    assert!(core.has_unfinished_work());
+    core.handle(Input::ConnClosed { conn: 5 }, &mut out);
+    assert!(!core.has_unfinished_work() && replies(out).is_empty());
+}

@@ -159,6 +159,8 @@ impl NodeStatus {
 
 /// Inputs handled before outputs are routed; bounds the latency one batch adds.
 const MAX_BATCH: usize = 4096;
+/// The longest the loop sleeps without input (ticks wake it far sooner).
+const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// How often the cluster view is published for the web view.
 const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -205,6 +207,13 @@ impl EventLoop {
         let mut out = Vec::new();
         self.publish_status();
         loop {
+            // An unfinished WAIT scan is continued at the end of every batch:
+            // then only look for input, without sleeping until some comes.
+            let idle_wait = if self.core.has_unfinished_work() {
+                Duration::ZERO
+            } else {
+                IDLE_WAKE
+            };
             select! {
                 recv(self.control) -> msg => match msg {
                     Ok(msg) => self.on_control(msg, &mut out),
@@ -215,6 +224,7 @@ impl EventLoop {
                     Err(_) => return,
                 },
                 recv(ticker) -> _ => self.core.handle(Input::Tick, &mut out),
+                default(idle_wait) => {}
             }
             for _ in 0..MAX_BATCH {
                 match self.inbox.try_recv() {

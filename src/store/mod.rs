@@ -12,6 +12,7 @@ pub mod watch;
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::ops::Bound;
 use std::sync::Arc;
 
 pub use glob::{Glob, GlobState};
@@ -19,7 +20,7 @@ pub use watch::WatchIndex;
 
 use crate::error::ErrCode;
 use crate::types::{Body, Path, Rev, RevCheck};
-use tree::{Dir, Lookup, Node};
+use tree::{Dir, Lookup, Name, Node};
 
 /// The file that failed mutations are written to (reference §3.4 step 5).
 pub const ERR_PATH: &str = "/ctl/err";
@@ -170,50 +171,169 @@ impl Snapshot {
     }
 
     /// GETDIR: the `offset`-th name. NoEnt, NotDir, or Range (also for an empty root).
+    /// Not bounded: the core uses [`Snapshot::getdir_step`].
     pub fn getdir(&self, path: &Path, offset: i64) -> Result<String, ErrCode> {
-        let dir = self.dir(path)?;
-        let index = usize::try_from(offset).map_err(|_| ErrCode::Range)?;
-        dir.keys()
-            .nth(index)
-            .map(|k| k.to_string())
-            .ok_or(ErrCode::Range)
+        // The directory is checked before the offset (NOENT before RANGE).
+        self.dir(path)?;
+        let offset = u64::try_from(offset).map_err(|_| ErrCode::Range)?;
+        let mut unlimited = u64::MAX;
+        match self.getdir_step(path, Cursor::new(offset), &mut unlimited) {
+            Step::Done(answer) => answer,
+            Step::Paused(_) => unreachable!("an unlimited budget never runs out"),
+        }
+    }
+
+    /// GETDIR, one bounded piece at a time: spends at most `budget` (plus
+    /// one entry) of work, [`LIST_ENTRY_COST`] per entry passed, and answers
+    /// or says where to go on. A cursor only makes sense with the snapshot
+    /// (and the path) it was made on.
+    pub fn getdir_step(
+        &self,
+        path: &Path,
+        cursor: Cursor,
+        budget: &mut u64,
+    ) -> Step<Result<String, ErrCode>> {
+        let dir = match self.dir(path) {
+            Ok(dir) => dir,
+            Err(code) => return Step::Done(Err(code)),
+        };
+        let mut left = cursor.left;
+        let entries = match &cursor.at {
+            None => dir.range::<_, str>(..),
+            Some(at) => dir.range::<_, str>((Bound::Included(at.as_str()), Bound::Unbounded)),
+        };
+        for (name, _) in entries {
+            if *budget == 0 {
+                let at = Some(name.to_string());
+                return Step::Paused(Cursor { left, at });
+            }
+            *budget = budget.saturating_sub(LIST_ENTRY_COST);
+            if left == 0 {
+                return Step::Done(Ok(name.to_string()));
+            }
+            left -= 1;
+        }
+        Step::Done(Err(ErrCode::Range))
     }
 
     /// WALK: the `offset`-th file (depth-first, each level sorted) whose path
-    /// matches `glob`. Subtrees no continuation of which can match are skipped.
+    /// matches `glob`. Not bounded: the core uses [`Snapshot::walk_step`].
     pub fn walk(&self, glob: &Glob, offset: i64) -> Result<(Path, Rev, Body), ErrCode> {
-        let mut left = u64::try_from(offset).map_err(|_| ErrCode::Range)?;
-        let mut found = None;
+        let offset = u64::try_from(offset).map_err(|_| ErrCode::Range)?;
+        let mut unlimited = u64::MAX;
+        match self.walk_step(glob, Cursor::new(offset), &mut unlimited) {
+            Step::Done(answer) => answer,
+            Step::Paused(_) => unreachable!("an unlimited budget never runs out"),
+        }
+    }
+
+    /// WALK, one bounded piece at a time: a depth-first walk of the files
+    /// matching `glob`, skipping every subtree no continuation of which can
+    /// match, that examines at least one entry and spends at most `budget`
+    /// (plus one entry and reopening the cursor's path) of work:
+    /// [`LIST_ENTRY_COST`] per entry examined plus the glob's
+    /// [`Glob::match_cost`] on its name. Answers, or says where to go on: a
+    /// paused walk restarts at the path of the entry it was about to examine.
+    ///
+    /// Iterative: one stack entry per open directory (its remaining entries,
+    /// the glob's state after its path and a `/`, and the length of its path
+    /// in `base`), so a deep tree costs heap, not call stack.
+    pub fn walk_step(
+        &self,
+        glob: &Glob,
+        cursor: Cursor,
+        budget: &mut u64,
+    ) -> Step<Result<(Path, Rev, Body), ErrCode>> {
+        let slash = glob.advance(&glob.start(), "/");
+        if slash.is_dead() {
+            return Step::Done(Err(ErrCode::Range));
+        }
+        let mut left = cursor.left;
         let mut base = String::new();
-        walk_dir(
-            &self.root,
-            glob,
-            &glob.start(),
-            &mut base,
-            &mut |path, rev, body| {
-                if left == 0 {
-                    found = Some((path.to_string(), rev, body.clone()));
-                    false
-                } else {
-                    left -= 1;
-                    true
+        let mut stack: Vec<(Entries<'_>, GlobState, usize)> = Vec::new();
+        match &cursor.at {
+            None => stack.push((self.root.range::<_, str>(..), slash, 0)),
+            Some(at) => {
+                // Reopen every directory on the way to `at`, each after the
+                // entry that leads on, and the last one at `at` itself.
+                let comps: Vec<&str> = at.split('/').skip(1).collect();
+                let mut dir = &self.root;
+                let mut state = slash;
+                for (i, name) in comps.iter().enumerate() {
+                    let last = i + 1 == comps.len();
+                    let from = if last {
+                        Bound::Included(*name)
+                    } else {
+                        Bound::Excluded(*name)
+                    };
+                    let entries = dir.range::<_, str>((from, Bound::Unbounded));
+                    stack.push((entries, state.clone(), base.len()));
+                    if last {
+                        break;
+                    }
+                    base.push('/');
+                    base.push_str(name);
+                    *budget = budget.saturating_sub(glob.match_cost(name.len() + 1));
+                    dir = match dir.get(*name) {
+                        Some(Node::Dir(d)) => d,
+                        _ => panic!("a walk cursor is used on the snapshot it was made on"),
+                    };
+                    state = glob.advance(&glob.advance(&state, name), "/");
                 }
-            },
-        );
-        let (path, rev, body) = found.ok_or(ErrCode::Range)?;
-        let path = Path::parse(&path).expect("store paths are valid");
-        Ok((path, rev, body))
+            }
+        }
+        let mut examined = false;
+        while let Some((entries, state, len)) = stack.last_mut() {
+            base.truncate(*len);
+            let Some((name, node)) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            // At least one entry per piece, whatever reopening the path cost.
+            if *budget == 0 && examined {
+                base.push('/');
+                base.push_str(name);
+                return Step::Paused(Cursor {
+                    left,
+                    at: Some(base),
+                });
+            }
+            examined = true;
+            let cost = glob
+                .match_cost(name.len() + 1)
+                .saturating_add(LIST_ENTRY_COST);
+            *budget = budget.saturating_sub(cost);
+            let next = glob.advance(state, name);
+            if next.is_dead() {
+                continue;
+            }
+            base.push('/');
+            base.push_str(name);
+            match node {
+                Node::File { body, rev } => {
+                    if glob.accepts(&next) {
+                        if left == 0 {
+                            return Step::Done(Ok((Path::from_store(&base), *rev, body.clone())));
+                        }
+                        left -= 1;
+                    }
+                }
+                Node::Dir(d) => {
+                    let below = glob.advance(&next, "/");
+                    if !below.is_dead() {
+                        stack.push((d.range::<_, str>(..), below, base.len()));
+                    }
+                }
+            }
+        }
+        Step::Done(Err(ErrCode::Range))
     }
 
     /// Every file, in walk order.
     pub fn files(&self) -> Vec<(Path, Rev, Body)> {
         let mut out = Vec::new();
         tree::for_each_file(&self.root, &mut String::new(), &mut |path, body, rev| {
-            out.push((
-                Path::parse(path).expect("store paths are valid"),
-                rev,
-                body.clone(),
-            ));
+            out.push((Path::from_store(path), rev, body.clone()));
             true
         });
         out
@@ -260,38 +380,57 @@ impl Fnv {
     }
 }
 
-/// Depth-first walk of the files of `dir` that match `glob`, where `state` is
-/// the glob's state after `base` (the path of `dir`, `""` for the root).
-/// Returns false once `f` asked to stop.
-fn walk_dir(
-    dir: &Dir,
-    glob: &Glob,
-    state: &GlobState,
-    base: &mut String,
-    f: &mut dyn FnMut(&str, Rev, &Body) -> bool,
-) -> bool {
-    let slash = glob.advance(state, "/");
-    if slash.is_dead() {
-        return true;
-    }
-    for (name, node) in dir.iter() {
-        let next = glob.advance(&slash, name);
-        if next.is_dead() {
-            continue;
-        }
-        let len = base.len();
-        base.push('/');
-        base.push_str(name);
-        let go_on = match node {
-            Node::File { body, rev } => !glob.accepts(&next) || f(base, *rev, body),
-            Node::Dir(d) => walk_dir(d, glob, &next, base, f),
-        };
-        base.truncate(len);
-        if !go_on {
-            return false;
+/// The remaining entries of one open directory, in name order.
+type Entries<'a> = imbl::ordmap::RangedIter<'a, Name, Node, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// The work of passing one entry in a listing (GETDIR, WALK), in the unit of
+/// [`Glob::match_cost`]: stepping a tree iterator costs about as much as
+/// a few steps of the glob matcher.
+pub const LIST_ENTRY_COST: u64 = 8;
+
+/// Where a bounded listing (GETDIR, WALK) goes on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// Matching entries still to pass before the one answered.
+    left: u64,
+    /// The name (GETDIR) or path (WALK) of the next entry to examine;
+    /// `None`: the start.
+    at: Option<String>,
+}
+
+impl Cursor {
+    /// The start of a listing asked for at `offset`.
+    pub fn new(offset: u64) -> Cursor {
+        Cursor {
+            left: offset,
+            at: None,
         }
     }
-    true
+}
+
+/// What one bounded piece of work came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step<T> {
+    Done(T),
+    /// The budget ran out: go on from here.
+    Paused(Cursor),
+}
+
+/// What one piece of a WAIT scan over the history found ([`Store::scan`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// The first matching event.
+    Found(Event),
+    /// Every event up to the current rev was examined: none matches.
+    Exhausted,
+    /// The budget ran out: continue from this rev.
+    Paused(Rev),
+}
+
+/// The work of matching `glob` against one event of the history: the match
+/// itself, and a constant for the step to the event.
+pub fn scan_cost(glob: &Glob, event: &Event) -> u64 {
+    glob.match_cost(event.path.as_str().len()).saturating_add(4)
 }
 
 /// Why a read at a given rev cannot be answered now.
@@ -423,21 +562,42 @@ impl Store {
     }
 
     /// WAIT over the history: the first event at or after `from` (raised to at
-    /// least 1) whose path matches `glob`; `None` if there is none yet.
+    /// least 1) whose path matches `glob`; `None` if there is none yet. Not
+    /// bounded: the core uses [`Store::scan`].
     pub fn first_match(&self, glob: &Glob, from: Rev) -> Result<Option<Event>, ReadError> {
+        let mut unlimited = u64::MAX;
+        match self.scan(glob, from, &mut unlimited)? {
+            Scan::Found(event) => Ok(Some(event)),
+            Scan::Exhausted => Ok(None),
+            Scan::Paused(_) => unreachable!("an unlimited budget never runs out"),
+        }
+    }
+
+    /// WAIT over the history, one bounded piece at a time: looks for the first
+    /// event at or after `from` (raised to at least 1) whose path matches
+    /// `glob`, spending at most `budget` (plus one event's cost) of work, in
+    /// the unit of [`Glob::match_cost`]; what was spent is taken off `budget`.
+    /// Examines at least one event when `budget` is not zero. A scan paused
+    /// at rev `r` continues with `from = r`; `TooLate` once the history
+    /// moved past it.
+    pub fn scan(&self, glob: &Glob, from: Rev, budget: &mut u64) -> Result<Scan, ReadError> {
         let from = Rev(from.0.max(1));
         if from < self.head {
             return Err(ReadError::TooLate);
         }
         if from > self.rev() {
-            return Ok(None);
+            return Ok(Scan::Exhausted);
         }
-        Ok(self
-            .history
-            .range(self.index(from)..)
-            .map(|(e, _)| e)
-            .find(|e| glob.matches(e.path.as_str()))
-            .cloned())
+        for (event, _) in self.history.range(self.index(from)..) {
+            if *budget == 0 {
+                return Ok(Scan::Paused(event.rev));
+            }
+            *budget = budget.saturating_sub(scan_cost(glob, event));
+            if glob.matches(event.path.as_str()) {
+                return Ok(Scan::Found(event.clone()));
+            }
+        }
+        Ok(Scan::Exhausted)
     }
 
     /// The event of `rev`, if it is in the history.

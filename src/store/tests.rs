@@ -447,3 +447,246 @@ fn digest_and_rebuild() {
         Rev(5)
     );
 }
+
+/// Runs `f` on a thread with a 128 KiB stack: a function that recursed once
+/// per path component would overflow it (and abort the test binary).
+fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(128 * 1024)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// `/a/a/…/<last>` with `depth` components: past the byte limit, built
+/// without it, because the store must not depend on the limit.
+fn deep_path(depth: usize, last: &str) -> Path {
+    let mut text = "/a".repeat(depth - 1);
+    text.push('/');
+    text.push_str(last);
+    Path::from_store(&text)
+}
+
+/// Attack 2 of issue 9: one SET of a path of 8,000 components overflowed the
+/// core thread's stack. Every store operation on a 10,000-level tree, on a
+/// 128 KiB stack.
+#[test]
+fn deep_paths_need_no_stack() {
+    on_small_stack(|| {
+        const DEPTH: usize = 10_000;
+        let leaf = deep_path(DEPTH, "x");
+        let sibling = deep_path(DEPTH, "y");
+        let mut s = Store::new(10);
+        let set_deep = |path: &Path| Mutation::Set {
+            path: path.clone(),
+            check: RevCheck::Clobber,
+            body: b("deep"),
+        };
+        s.apply(&set_deep(&leaf));
+        s.apply(&set_deep(&sibling));
+        assert_eq!(
+            s.current().entry(&leaf),
+            Entry::File {
+                rev: Rev(1),
+                body: b("deep")
+            }
+        );
+        // STAT of the parent directory, GETDIR in it.
+        let parent = deep_path(DEPTH - 1, "a");
+        assert_eq!(s.current().entry(&parent), Entry::Dir { len: 2 });
+        assert_eq!(s.current().getdir(&parent, 1), Ok("y".to_string()));
+        // Below a file: NOTDIR, nothing changes.
+        let below = Path::from_store(&format!("{leaf}/z"));
+        assert_eq!(s.apply(&set_deep(&below)).error, Some(ApplyError::NotDir));
+        // WALK, digest, listing and rebuilding from the listing.
+        let (path, rev, _) = s.current().walk(&g("/**"), 0).unwrap();
+        assert_eq!((path, rev), (leaf.clone(), Rev(1)));
+        assert_eq!(s.current().walk(&g("/a/a/a/**y"), 0).unwrap().0, sibling);
+        assert_eq!(s.current().walk(&g("/a/a/b/**"), 0), Err(ErrCode::Range));
+        let files = s.current().files();
+        assert_eq!(files.len(), 3, "x, y and /ctl/err");
+        let rebuilt = Snapshot::from_files(s.rev(), files);
+        assert_eq!(rebuilt.digest(), s.current().digest());
+        let same_rev = Snapshot::from_files(s.rev(), s.current().files());
+        assert_eq!(&same_rev, s.current());
+        assert!(format!("{rebuilt:?}").contains("Snapshot"));
+        // WAIT over the history and in the index.
+        assert_eq!(
+            s.first_match(&g("/a/**y"), Rev(1)).unwrap().unwrap().path,
+            sibling
+        );
+        let mut waits = WatchIndex::new();
+        waits.insert(1, g("/a/a/**x"), Rev(1));
+        waits.insert(2, g("/b/**"), Rev(1));
+        let ev = s.event_at(Rev(1)).unwrap().clone();
+        assert_eq!(waits.take_matches(&ev), vec![1]);
+        // DEL prunes the 9,999 directories the last file leaves empty.
+        s.apply(&Mutation::Del {
+            path: leaf.clone(),
+            check: RevCheck::Clobber,
+        });
+        assert_eq!(s.current().entry(&parent), Entry::Dir { len: 1 });
+        s.apply(&Mutation::Del {
+            path: sibling,
+            check: RevCheck::Clobber,
+        });
+        assert_eq!(s.current().entry(&p("/a")), Entry::Absent);
+        // Dropping every deep tree of the history, and a second copy.
+        let copy = rebuilt.clone();
+        drop(rebuilt);
+        drop(s);
+        drop(copy);
+    });
+}
+
+#[test]
+fn delete_prunes_exactly_the_emptied_directories() {
+    let mut s = Store::new(100);
+    for path in ["/a/b/c/d", "/a/b/e", "/a/f/g/h", "/x"] {
+        run(&mut s, &set(path, -1, "v")).unwrap();
+    }
+    run(&mut s, &del("/a/f/g/h", -1)).unwrap();
+    assert_eq!(s.current().entry(&p("/a/f")), Entry::Absent);
+    assert_eq!(s.current().entry(&p("/a")), Entry::Dir { len: 1 });
+    run(&mut s, &del("/a/b/c/d", -1)).unwrap();
+    assert_eq!(s.current().entry(&p("/a/b")), Entry::Dir { len: 1 });
+    run(&mut s, &del("/a/b/e", -1)).unwrap();
+    assert_eq!(s.current().entry(&p("/a")), Entry::Absent);
+    // Absent or below a file: nothing changes.
+    let before = s.current().files();
+    run(&mut s, &del("/x/y", -1)).unwrap();
+    run(&mut s, &del("/q/r", -1)).unwrap();
+    assert_eq!(s.current().files(), before);
+    run(&mut s, &del("/x", -1)).unwrap();
+    assert_eq!(s.current().entry(&Path::root()), Entry::Dir { len: 0 });
+}
+
+#[test]
+fn bounded_scan_pauses_and_resumes_to_the_same_answer() {
+    let mut s = Store::new(1000);
+    for i in 0..500 {
+        run(&mut s, &set(&format!("/n/{i}"), -1, "v")).unwrap();
+    }
+    run(&mut s, &set("/hit", -1, "v")).unwrap();
+    let glob = g("/h*");
+    let per_event = scan_cost(&glob, s.event_at(Rev(1)).unwrap());
+    let mut from = Rev(1);
+    let mut pieces = 0;
+    let found = loop {
+        pieces += 1;
+        let mut budget = per_event * 10;
+        match s.scan(&glob, from, &mut budget).unwrap() {
+            Scan::Paused(next) => {
+                assert!(next > from);
+                from = next;
+            }
+            Scan::Found(event) => break event,
+            Scan::Exhausted => panic!("missed the match"),
+        }
+    };
+    assert_eq!(found.rev, Rev(501));
+    assert!(pieces >= 50, "{pieces} pieces");
+    // A zero budget examines nothing; a spent one reports where to go on.
+    assert_eq!(s.scan(&glob, Rev(3), &mut 0), Ok(Scan::Paused(Rev(3))));
+    let mut budget = 1;
+    assert_eq!(s.scan(&glob, Rev(3), &mut budget), Ok(Scan::Paused(Rev(4))));
+    assert_eq!(budget, 0);
+    assert_eq!(
+        s.scan(&g("/none"), Rev(1), &mut u64::MAX.clone()),
+        Ok(Scan::Exhausted)
+    );
+    assert_eq!(s.scan(&glob, Rev(502), &mut 1), Ok(Scan::Exhausted));
+}
+
+#[test]
+fn over_long_paths_are_refused_at_parse() {
+    let at_limit = format!("/{}", "a".repeat(crate::types::MAX_PATH_BYTES - 1));
+    assert!(Path::parse(&at_limit).is_ok());
+    let over = format!("{at_limit}b");
+    assert_eq!(
+        Path::parse(&over),
+        Err(crate::types::PathError::PathTooLong { len: over.len() })
+    );
+    assert!(!Path::is_valid(&over));
+    let deep = "/a".repeat(8000);
+    assert!(Path::parse(&deep).is_err());
+}
+
+/// Runs a stepped listing to its end with `budget` per piece; returns the
+/// answer and the number of pieces.
+fn in_pieces<T>(budget: u64, mut piece: impl FnMut(Cursor, &mut u64) -> Step<T>) -> (T, usize) {
+    let mut cursor = Cursor::new(0);
+    for pieces in 1..100_000 {
+        let mut left = budget;
+        match piece(cursor, &mut left) {
+            Step::Done(answer) => return (answer, pieces),
+            Step::Paused(next) => cursor = next,
+        }
+    }
+    panic!("no answer");
+}
+
+/// WALK and GETDIR split into pieces of any size give the unbounded answers,
+/// for every offset, pausing at files, skipped entries and directories alike.
+#[test]
+fn stepped_listings_agree_with_whole_ones() {
+    let mut s = Store::new(10);
+    for path in [
+        "/a/b/c", "/a/b/d", "/a/bx", "/a-c", "/a/e/f/g", "/b/x/c", "/b/y", "/c", "/d/e/c",
+    ] {
+        run(&mut s, &set(path, -1, "v")).unwrap();
+    }
+    for i in 0..30 {
+        run(&mut s, &set(&format!("/many/f{i:02}"), -1, "v")).unwrap();
+    }
+    let snap = s.current().clone();
+    for glob in [
+        "/**",
+        "/a/**",
+        "/*/*/c",
+        "/**c",
+        "/many/*",
+        "/nothing/**",
+        "/a/b?",
+    ] {
+        let glob = g(glob);
+        for offset in 0..45u64 {
+            let whole = snap.walk(&glob, offset as i64);
+            for budget in [1, 9, 30, 200] {
+                let (answer, pieces) = in_pieces(budget, |cursor, left| {
+                    let cursor = Cursor {
+                        left: if cursor.at.is_none() {
+                            offset
+                        } else {
+                            cursor.left
+                        },
+                        ..cursor
+                    };
+                    snap.walk_step(&glob, cursor, left)
+                });
+                assert_eq!(answer, whole, "{glob} offset {offset} budget {budget}");
+                if budget == 1 && whole.is_ok() && offset > 3 {
+                    assert!(pieces > 3, "{glob} offset {offset}: {pieces} pieces");
+                }
+            }
+        }
+    }
+    for dir in ["/", "/a", "/many", "/c", "/zz"] {
+        for offset in 0..35u64 {
+            let whole = snap.getdir(&p(dir), offset as i64);
+            let (answer, _) = in_pieces(LIST_ENTRY_COST * 2, |cursor, left| {
+                let cursor = Cursor {
+                    left: if cursor.at.is_none() {
+                        offset
+                    } else {
+                        cursor.left
+                    },
+                    ..cursor
+                };
+                snap.getdir_step(&p(dir), cursor, left)
+            });
+            assert_eq!(answer, whole, "{dir} offset {offset}");
+        }
+    }
+}

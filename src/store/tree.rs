@@ -7,7 +7,17 @@
 //! Directories are implicit: [`set`] creates missing ancestors and [`delete`]
 //! prunes the directories it empties, the root excepted. So no empty directory
 //! exists except the root.
+//!
+//! **No recursion.** A client chooses how deep the tree is (one level per path
+//! component), so nothing here recurses once per level: every walk keeps an
+//! explicit stack on the heap, and so do dropping a tree ([`Node`]'s `Drop`)
+//! and comparing two ([`Node`]'s `PartialEq`), which derived code would do
+//! recursively. A path at the byte limit ([`crate::types::MAX_PATH_BYTES`])
+//! is at most 2,048 levels deep, but these functions do not rely on that: the
+//! tests run paths of 10,000 levels on a 128 KiB stack.
 
+use std::cell::{Cell, RefCell};
+use std::fmt;
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -20,10 +30,104 @@ pub(crate) type Name = Arc<str>;
 /// A directory: its entries by name.
 pub(crate) type Dir = OrdMap<Name, Node>;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) enum Node {
     File { body: Body, rev: Rev },
     Dir(Dir),
+}
+
+thread_local! {
+    /// Directories whose last owner is gone and whose entries are still to be
+    /// dropped, while some [`Node`] up the stack is draining them.
+    static DROP_QUEUE: RefCell<Vec<Dir>> = const { RefCell::new(Vec::new()) };
+    /// Whether a [`Node::drop`] on this thread is draining [`DROP_QUEUE`].
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Dropping a directory drops its entries, and a derived drop would go one
+/// call deeper per level of the tree. Instead the first directory node dropped
+/// on a thread drains a queue: dropping a map that was the last owner of its
+/// entries drops their nodes, which only queue their own maps. The stack stays
+/// a few frames deep whatever the tree's depth, and the work is proportional
+/// to what is actually freed (a map still shared with another snapshot is only
+/// a reference count decremented).
+impl Drop for Node {
+    fn drop(&mut self) {
+        let Node::Dir(dir) = self else { return };
+        if dir.is_empty() {
+            return;
+        }
+        let mut dir = Some(std::mem::take(dir));
+        // Fails only while thread-local storage is torn down: then the map
+        // is dropped in place below.
+        let _ = DROP_QUEUE.try_with(|q| q.borrow_mut().extend(dir.take()));
+        if dir.is_some() {
+            return;
+        }
+        if DRAINING.with(|d| d.replace(true)) {
+            return; // a caller up the stack drains the queue
+        }
+        loop {
+            let next = DROP_QUEUE.with(|q| q.borrow_mut().pop());
+            match next {
+                Some(dir) => drop(dir), // may queue more, never recurses
+                None => break,
+            }
+        }
+        DROP_QUEUE.with(|q| q.borrow_mut().shrink_to(64));
+        DRAINING.with(|d| d.set(false));
+    }
+}
+
+/// Compares two trees with an explicit stack (a derived comparison would
+/// recurse once per level).
+impl PartialEq for Node {
+    fn eq(&self, other: &Node) -> bool {
+        match (self, other) {
+            (Node::File { body, rev }, Node::File { body: b, rev: r }) => rev == r && body == b,
+            (Node::Dir(a), Node::Dir(b)) => dirs_equal(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Node {}
+
+/// Shallow: a tree can be deeper than a formatter's recursion.
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Node::File { body, rev } => write!(f, "File(rev {rev}, {} bytes)", body.len()),
+            Node::Dir(d) => write!(f, "Dir({} entries)", d.len()),
+        }
+    }
+}
+
+/// Whether two directories hold the same tree.
+pub(crate) fn dirs_equal(a: &Dir, b: &Dir) -> bool {
+    let mut stack = vec![(a, b)];
+    while let Some((a, b)) = stack.pop() {
+        if a.ptr_eq(b) {
+            continue;
+        }
+        if a.len() != b.len() {
+            return false;
+        }
+        for ((name_a, node_a), (name_b, node_b)) in a.iter().zip(b.iter()) {
+            if name_a != name_b {
+                return false;
+            }
+            match (node_a, node_b) {
+                (Node::Dir(x), Node::Dir(y)) => stack.push((x, y)),
+                (x, y) => {
+                    if x != y {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    true
 }
 
 /// What sits at a path, looking down from `root`.
@@ -69,61 +173,82 @@ pub(crate) fn lookup<'a, 'p>(
 /// Puts `leaf` at `comps` (at least one component), creating missing
 /// directories. An ancestor that is a file is replaced by a directory; callers
 /// that must not do that check first (only the forced `/ctl/err` write relies on it).
-pub(crate) fn set(dir: &mut Dir, comps: &[&str], leaf: Node) {
-    let (first, rest) = comps.split_first().expect("set below the root");
-    if rest.is_empty() {
-        dir.insert(Name::from(*first), leaf);
-        return;
+pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) {
+    let (last, parents) = comps.split_last().expect("set below the root");
+    let mut dir = root;
+    for name in parents {
+        if !matches!(dir.get(*name), Some(Node::Dir(_))) {
+            dir.insert(Name::from(*name), Node::Dir(Dir::new()));
+        }
+        dir = match dir.get_mut(*name) {
+            Some(Node::Dir(child)) => child,
+            _ => unreachable!("a directory was just put there"),
+        };
     }
-    if let Some(Node::Dir(child)) = dir.get_mut(*first) {
-        set(child, rest, leaf);
-        return;
-    }
-    let mut child = Dir::new();
-    set(&mut child, rest, leaf);
-    dir.insert(Name::from(*first), Node::Dir(child));
+    dir.insert(Name::from(*last), leaf);
 }
 
 /// Removes the entry at `comps` (at least one component) and prunes every
-/// directory left empty on the way up, except `dir` itself (the caller's root).
+/// directory left empty on the way up, except `root` itself.
 /// Does nothing if the path does not exist or passes through a file.
-pub(crate) fn delete(dir: &mut Dir, comps: &[&str]) {
-    let (first, rest) = comps.split_first().expect("delete below the root");
-    if rest.is_empty() {
-        dir.remove(*first);
-        return;
-    }
-    // Look before get_mut, which would copy the path even if nothing changes.
-    if !matches!(dir.get(*first), Some(Node::Dir(_))) {
-        return;
-    }
-    if let Some(Node::Dir(child)) = dir.get_mut(*first) {
-        delete(child, rest);
-        if child.is_empty() {
-            dir.remove(*first);
+pub(crate) fn delete(root: &mut Dir, comps: &[&str]) {
+    let n = comps.len();
+    assert!(n > 0, "delete below the root");
+    // Look first, copying nothing: the path must lead through directories to
+    // an entry. With d_j the directory at `comps[..j]` (d_0 the root), the
+    // entry goes from d_{n-1}, and each d_j with that one entry is emptied in
+    // turn. So the entry actually removed is `comps[keep]` from d_keep, the
+    // deepest directory on the path that keeps other entries (or the root).
+    let mut keep = 0;
+    let mut dir: &Dir = root;
+    for (j, name) in comps.iter().enumerate() {
+        if j == 0 || dir.len() != 1 {
+            keep = j;
+        }
+        match dir.get(*name) {
+            None => return,
+            Some(_) if j + 1 == n => {}
+            Some(Node::Dir(child)) => dir = child,
+            Some(Node::File { .. }) => return,
         }
     }
+    let mut dir = root;
+    for name in &comps[..keep] {
+        dir = match dir.get_mut(*name) {
+            Some(Node::Dir(child)) => child,
+            _ => unreachable!("the path was checked above"),
+        };
+    }
+    dir.remove(comps[keep]);
 }
 
-/// Calls `f` on every file below `dir` (whose path is `base`, `""` for the
+/// Calls `f` on every file below `root` (whose path is `base`, `""` for the
 /// root), depth-first with each level sorted. Stops early when `f` returns false.
 /// Returns false if stopped.
 pub(crate) fn for_each_file(
-    dir: &Dir,
+    root: &Dir,
     base: &mut String,
     f: &mut dyn FnMut(&str, &Body, Rev) -> bool,
 ) -> bool {
-    for (name, node) in dir.iter() {
-        let len = base.len();
+    // One iterator per open directory, and the length of `base` above it.
+    let mut stack = vec![(root.iter(), base.len())];
+    while let Some((entries, len)) = stack.last_mut() {
+        let len = *len;
+        base.truncate(len);
+        let Some((name, node)) = entries.next() else {
+            stack.pop();
+            continue;
+        };
         base.push('/');
         base.push_str(name);
-        let go_on = match node {
-            Node::File { body, rev } => f(base, body, *rev),
-            Node::Dir(d) => for_each_file(d, base, f),
-        };
-        base.truncate(len);
-        if !go_on {
-            return false;
+        match node {
+            Node::File { body, rev } => {
+                if !f(base, body, *rev) {
+                    base.truncate(stack[0].1);
+                    return false;
+                }
+            }
+            Node::Dir(d) => stack.push((d.iter(), base.len())),
         }
     }
     true

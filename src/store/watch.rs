@@ -3,7 +3,18 @@
 //!
 //! Every path a glob matches starts with the glob's literal prefix (the text
 //! before its first `*` or `?`). So for an event at path `p`, only the waiters
-//! filed under one of `p`'s prefixes can match; those are the buckets looked up.
+//! filed under one of `p`'s prefixes can match; those are the buckets looked up,
+//! and only at the prefix lengths some bucket has.
+//!
+//! **Cost of one event** at a path of `L` bytes: one lookup per distinct prefix
+//! length in use (at most `min(L, MAX_GLOB_BYTES)`, in practice a handful), then
+//! one [`Glob::matches`] per waiter in the buckets found, each at most
+//! [`Glob::match_cost`]`(L)` word steps, that is `L + 1` times one word per 64
+//! glob elements. So an event costs at most `(L + 1) × Σ words` over the waiters
+//! whose literal prefix it starts with: with paths and globs capped at 4 KiB
+//! ([`crate::types::MAX_PATH_BYTES`], [`crate::types::MAX_GLOB_BYTES`]), at most
+//! about 270,000 word steps per waiter, and the number of waiters is bounded by
+//! the client connections' in-flight byte budgets.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +32,8 @@ pub struct WatchIndex<K: Ord + Clone> {
     by_prefix: BTreeMap<String, BTreeMap<K, Waiter>>,
     /// key → the literal prefix it is filed under.
     prefix_of: BTreeMap<K, String>,
+    /// Prefix length → how many buckets have a prefix of that length.
+    lengths: BTreeMap<usize, usize>,
 }
 
 impl<K: Ord + Clone> Default for WatchIndex<K> {
@@ -34,6 +47,16 @@ impl<K: Ord + Clone> WatchIndex<K> {
         WatchIndex {
             by_prefix: BTreeMap::new(),
             prefix_of: BTreeMap::new(),
+            lengths: BTreeMap::new(),
+        }
+    }
+
+    fn bucket_gone(&mut self, len: usize) {
+        if let Some(n) = self.lengths.get_mut(&len) {
+            *n -= 1;
+            if *n == 0 {
+                self.lengths.remove(&len);
+            }
         }
     }
 
@@ -42,10 +65,11 @@ impl<K: Ord + Clone> WatchIndex<K> {
     pub fn insert(&mut self, key: K, glob: Glob, from: Rev) {
         self.remove(&key);
         let prefix = glob.literal_prefix().to_string();
-        self.by_prefix
-            .entry(prefix.clone())
-            .or_default()
-            .insert(key.clone(), Waiter { glob, from });
+        let bucket = self.by_prefix.entry(prefix.clone()).or_insert_with(|| {
+            *self.lengths.entry(prefix.len()).or_default() += 1;
+            BTreeMap::new()
+        });
+        bucket.insert(key.clone(), Waiter { glob, from });
         self.prefix_of.insert(key, prefix);
     }
 
@@ -58,6 +82,7 @@ impl<K: Ord + Clone> WatchIndex<K> {
             bucket.remove(key);
             if bucket.is_empty() {
                 self.by_prefix.remove(&prefix);
+                self.bucket_gone(prefix.len());
             }
         }
         true
@@ -68,8 +93,15 @@ impl<K: Ord + Clone> WatchIndex<K> {
     pub fn take_matches(&mut self, event: &Event) -> Vec<K> {
         let path = event.path.as_str();
         let mut fired = Vec::new();
-        for end in 1..=path.len() {
-            let prefix = &path[..end];
+        let ends: Vec<usize> = self
+            .lengths
+            .range(1..=path.len())
+            .map(|(n, _)| *n)
+            .collect();
+        for end in ends {
+            let Some(prefix) = path.get(..end) else {
+                continue;
+            };
             let Some(bucket) = self.by_prefix.get_mut(prefix) else {
                 continue;
             };
@@ -84,6 +116,7 @@ impl<K: Ord + Clone> WatchIndex<K> {
             }
             if bucket.is_empty() {
                 self.by_prefix.remove(prefix);
+                self.bucket_gone(end);
             }
             fired.extend(hits);
         }
@@ -164,6 +197,20 @@ mod tests {
         assert!(w.remove(&1));
         assert!(!w.remove(&1));
         assert!(w.take_matches(&ev(2, "/y")).is_empty());
-        assert!(w.by_prefix.is_empty());
+        assert!(w.by_prefix.is_empty() && w.lengths.is_empty());
+    }
+
+    #[test]
+    fn looks_up_only_the_prefix_lengths_in_use() {
+        let mut w = WatchIndex::new();
+        w.insert(1, g("/ab*"), Rev(1));
+        w.insert(2, g("/cd*"), Rev(1));
+        w.insert(3, g("/a/b/c"), Rev(1));
+        assert_eq!(w.lengths, BTreeMap::from([(3, 2), (6, 1)]));
+        assert_eq!(w.take_matches(&ev(1, "/cdef")), vec![2]);
+        assert_eq!(w.lengths, BTreeMap::from([(3, 1), (6, 1)]));
+        assert_eq!(w.take_matches(&ev(2, "/a/b/c")), vec![3]);
+        assert!(w.remove(&1));
+        assert!(w.lengths.is_empty() && w.by_prefix.is_empty());
     }
 }

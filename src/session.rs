@@ -105,9 +105,10 @@ pub struct SessionLimits {
 pub const REQUEST_OVERHEAD_BYTES: usize = 256;
 
 /// A glob held by a WAIT (or compiled for a WALK) costs its text and its
-/// compiled form (two bytes a token) and the state sets built to match it;
-/// four times the pattern's length bounds what it makes the core hold.
-pub const GLOB_BYTES_FACTOR: usize = 4;
+/// compiled form: up to about nine bytes per pattern byte for a long pattern
+/// of many distinct characters (see `Glob::heap_bytes`); ten times the
+/// pattern's length bounds what it makes the core hold.
+pub const GLOB_BYTES_FACTOR: usize = 10;
 
 /// What a request is charged while the core holds it: an upper bound on the
 /// memory it makes the server keep (its glob for as long as a WAIT waits).

@@ -105,8 +105,10 @@ pub enum Input {
     /// The connection is gone: forget its WAITs, parked reads and unanswered
     /// writes.
     ConnClosed { conn: ConnId },
-    /// One unit of time (the runtime's tick interval).
-    Tick,
+    /// Time passed: this many units of the runtime's tick interval since the
+    /// previous `Tick` (at least 1; the runtime measures it, so ticks it could
+    /// not deliver while busy still count). The core adds it to its clock.
+    Tick(u64),
     /// A message from another node.
     Peer { from: NodeId, msg: PeerMsg },
 }
@@ -332,7 +334,11 @@ pub struct Core {
     wait_tags: BTreeMap<WaitKey, Option<i32>>,
     next_wait: u64,
     parked_reads: BTreeMap<Rev, Vec<ParkedRead>>,
+    /// The core's clock, in ticks, and its value before the latest `Tick`
+    /// (a periodic duty is due when the clock crossed a multiple of its
+    /// period: one `Tick` may advance it by many).
     ticks: u64,
+    ticks_before: u64,
     last_pulse_tick: u64,
     /// Decided slots kept to serve other nodes' catch-up (the last
     /// `history_revs`).
@@ -394,6 +400,7 @@ impl Core {
             next_wait: 0,
             parked_reads: BTreeMap::new(),
             ticks: 0,
+            ticks_before: 0,
             last_pulse_tick: 0,
             decided_log: VecDeque::new(),
             newly_applied: Vec::new(),
@@ -470,6 +477,12 @@ impl Core {
             }
         }
         files.push((format!("/ctl/node/{id}/writable"), "true".to_string()));
+        // As the original, `applied` exists from the start (the pulse then
+        // rewrites it every -pulse).
+        files.push((
+            format!("/ctl/node/{id}/applied"),
+            self.store.rev().to_string(),
+        ));
         files
             .into_iter()
             .filter_map(|(path, body)| {
@@ -516,7 +529,7 @@ impl Core {
         match input {
             Input::Request { conn, tag, command } => self.on_request(conn, tag, command, out),
             Input::ConnClosed { conn } => self.on_conn_closed(conn),
-            Input::Tick => self.on_tick(out),
+            Input::Tick(elapsed) => self.on_tick(elapsed, out),
             Input::Peer { from, msg } => self.on_peer(from, msg, out),
         }
     }

@@ -239,7 +239,7 @@ impl Sim {
         }
         let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
         for id in ids {
-            self.feed(&id, Input::Tick);
+            self.feed(&id, Input::Tick(1));
         }
         self.check();
     }

@@ -10,13 +10,16 @@ use std::collections::BTreeSet;
 use super::*;
 
 impl Core {
-    pub(super) fn on_tick(&mut self, out: &mut Vec<Output>) {
-        self.ticks += 1;
+    pub(super) fn on_tick(&mut self, elapsed: u64, out: &mut Vec<Output>) {
+        let elapsed = elapsed.max(1);
+        self.ticks_before = self.ticks;
+        self.ticks = self.ticks.saturating_add(elapsed);
         let mut sent = Vec::new();
-        self.paxos.tick(&mut sent);
+        self.paxos
+            .tick_by(u32::try_from(elapsed).unwrap_or(u32::MAX), &mut sent);
         self.push_peer(sent, out);
         let took_over = self.track_leadership();
-        let heartbeat_due = self.ticks % u64::from(self.config.paxos.heartbeat_ticks.max(1)) == 0;
+        let heartbeat_due = self.due(u64::from(self.config.paxos.heartbeat_ticks));
         if self.paxos.is_leader() && (took_over || heartbeat_due) {
             // Slaves hear who leads as members do, so their forwarded writes
             // move to a new leader at once.
@@ -29,14 +32,21 @@ impl Core {
         if self.is_writable() {
             self.resend_pending();
             self.pulse();
-            if self.paxos.is_leader() && (took_over || self.ticks % HOUSEKEEPING_TICKS == 0) {
+            if self.paxos.is_leader() && (took_over || self.due(HOUSEKEEPING_TICKS)) {
                 self.announce_leadership();
             }
         }
-        if self.ticks % HOUSEKEEPING_TICKS == 0 {
+        if self.due(HOUSEKEEPING_TICKS) {
             self.housekeeping(out);
         }
         self.catch_up_if_behind(out);
+    }
+
+    /// Whether a duty every `period` ticks is due: the latest `Tick` moved
+    /// the clock past a multiple of it.
+    fn due(&self, period: u64) -> bool {
+        let period = period.max(1);
+        self.ticks_before / period != self.ticks / period
     }
 
     /// Notes when this node starts or stops leading; true when it just took
@@ -74,7 +84,7 @@ impl Core {
         };
         // Scanning every pending write each tick would cost too much under
         // load; only look when the leader changed, and now and then.
-        if !changed && self.ticks % HOUSEKEEPING_TICKS != 0 {
+        if !changed && !self.due(HOUSEKEEPING_TICKS) {
             return;
         }
         let retry_ticks = u64::from(self.config.paxos.election_ticks.1) * 2;
@@ -158,8 +168,11 @@ impl Core {
             }
             Phase::Running => {}
         }
-        // Tell the leader this node lives; a node that does not know the
-        // leader asks every voter (the leader answers with a heartbeat).
+        // Tell every node this one lives: the leader answers with a
+        // heartbeat (or another node with who leads), and every node keeps
+        // when it last heard each other one, so a new leader removes a node
+        // that died before it took over on time, not a whole -timeout after
+        // its takeover.
         let alive = PeerMsg::Alive {
             applied: self.store.rev(),
             addr: self.node.addr.clone(),
@@ -174,15 +187,9 @@ impl Core {
         }
         let hint = self.leader_hint.as_ref().map(|(hint, _)| hint.clone());
         let mut to: BTreeSet<NodeId> = leader.into_iter().chain(hint).collect();
-        if to.is_empty() {
-            // Nobody known to lead: ask every node this one knows of.
-            let next = self.paxos.next_to_deliver();
-            to = self.paxos.membership().voters(next).clone();
-            to.extend(self.nodes.keys().cloned());
-            if let Phase::Joining { target, .. } = &self.phase {
-                to.insert(target.clone());
-            }
-        }
+        to.extend(self.nodes.keys().cloned());
+        let next = self.paxos.next_to_deliver();
+        to.extend(self.paxos.membership().voters(next).iter().cloned());
         for node in to.into_iter().filter(|n| *n != self.node.id) {
             self.send_peer(node, alive.clone(), out);
         }
@@ -207,6 +214,8 @@ impl Core {
             return;
         }
         log::info!("registering this node under /ctl/node/{}", self.node.id);
+        // The registration writes `applied`; the next pulse is a period on.
+        self.last_pulse_tick = self.ticks;
         for mutation in self.registration(RevCheck::Clobber) {
             self.propose(Proposer::Register, mutation);
         }
@@ -251,12 +260,9 @@ impl Core {
             .keys()
             .filter(|id| **id != self.node.id && !self.removing.contains_key(*id))
             .filter(|id| {
-                let heard = self
-                    .last_heard
-                    .get(*id)
-                    .copied()
-                    .unwrap_or(since)
-                    .max(since);
+                // What this node heard before it took over counts: every
+                // node tells every other one it lives.
+                let heard = self.last_heard.get(*id).copied().unwrap_or(since);
                 self.ticks - heard > timeout
             })
             .cloned()

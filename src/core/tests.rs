@@ -108,7 +108,9 @@ fn seed_writes_its_ctl_entries_through_consensus() {
         get_body(&mut core, &format!("/ctl/ns/test/{id}")).1,
         b"127.0.0.1:8046"
     );
-    assert_eq!(core.store().rev(), Rev(7));
+    let applied = get_body(&mut core, &format!("/ctl/node/{id}/applied"));
+    assert_eq!(applied.1, b"0", "written at start, before any pulse");
+    assert_eq!(core.store().rev(), Rev(8));
 }
 
 #[test]
@@ -299,7 +301,7 @@ fn pulse_writes_applied() {
     let mut core = seed();
     let mut out = Vec::new();
     for _ in 0..100 {
-        core.handle(Input::Tick, &mut out);
+        core.handle(Input::Tick(1), &mut out);
     }
     core.end_batch(&mut out);
     let id = core.node().id.to_string();
@@ -317,7 +319,7 @@ fn the_leader_names_itself() {
     let mut core = seed();
     let mut out = Vec::new();
     for _ in 0..10 {
-        core.handle(Input::Tick, &mut out);
+        core.handle(Input::Tick(1), &mut out);
     }
     core.end_batch(&mut out);
     let id = core.node().id.to_string();
@@ -326,7 +328,7 @@ fn the_leader_names_itself() {
     assert_eq!(body, id.into_bytes());
     // Once named, it is not written again.
     for _ in 0..100 {
-        core.handle(Input::Tick, &mut out);
+        core.handle(Input::Tick(1), &mut out);
     }
     core.end_batch(&mut out);
     assert_eq!(get_body(&mut core, LEADER_PATH).0, rev);
@@ -412,4 +414,46 @@ fn stat_getdir_walk() {
         },
     );
     assert_eq!(got[0].2, Err(ErrCode::IsDir.into()));
+}
+
+/// Issue 9 item 10: a `Tick` carries the time that passed, so a loop too
+/// busy to deliver every tick keeps time; periodic duties fire when the
+/// clock crosses their period, however far one `Tick` moves it.
+#[test]
+fn a_tick_of_many_units_counts_them_all() {
+    let applied = |core: &mut Core| {
+        let id = core.node().id.to_string();
+        get_body(core, &format!("/ctl/node/{id}/applied"))
+    };
+    let mut core = seed();
+    let at_start = applied(&mut core);
+    let mut out = Vec::new();
+    // 99 single ticks: one short of the pulse period (100).
+    for _ in 0..99 {
+        core.handle(Input::Tick(1), &mut out);
+    }
+    core.end_batch(&mut out);
+    assert_eq!(applied(&mut core), at_start, "no pulse before -pulse");
+    // One tick reporting a whole period: the pulse is due.
+    let mut core = seed();
+    core.handle(Input::Tick(100), &mut out);
+    core.end_batch(&mut out);
+    let (rev, body) = applied(&mut core);
+    assert!(rev > at_start.0, "pulsed after one Tick(100): {rev:?}");
+    assert_ne!(body, b"0".to_vec());
+    // The leader's removal of a silent node (checked every 20 ticks) runs
+    // on time when each Tick jumps over multiples of 20: a node registered
+    // and never heard of goes within a check of -timeout (1000 ticks).
+    let mut core = seed();
+    let other = NodeId::from_bytes([2; 10]).to_string();
+    let addr = format!("/ctl/node/{other}/addr");
+    call(&mut core, 1, 1, set(&addr, -1, "127.0.0.9:1"));
+    let mut ticks = 0;
+    while get_body(&mut core, &addr).0 != Rev::ZERO {
+        core.handle(Input::Tick(7), &mut out);
+        core.end_batch(&mut out);
+        ticks += 7;
+        assert!(ticks <= 1000 + 20 + 7, "not removed after {ticks} ticks");
+    }
+    assert!(ticks > 1000, "removed after {ticks} ticks, before -timeout");
 }

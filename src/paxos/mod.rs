@@ -378,7 +378,16 @@ impl<V: Value> Paxos<V> {
 
     /// Advances time by one tick: heartbeats, resends, elections.
     pub fn tick(&mut self, out: &mut Out<V>) {
-        self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
+        self.tick_by(1, out);
+    }
+
+    /// Advances time by `elapsed` ticks at once (the caller's loop was busy
+    /// and measured that much time passing): every timer counts them, so a
+    /// timeout means the same time on a loaded machine. Heartbeats and
+    /// resends fire at most once per call.
+    pub fn tick_by(&mut self, elapsed: u32, out: &mut Out<V>) {
+        let elapsed = elapsed.max(1);
+        self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(elapsed);
         let is_voter = self.is_voter();
         let heartbeat = self.settings.heartbeat_ticks;
         let mut start_prevote = false;
@@ -389,9 +398,9 @@ impl<V: Value> Paxos<V> {
                 timeout_ticks,
                 leader,
             } => {
-                *quiet_ticks += 1;
+                *quiet_ticks = quiet_ticks.saturating_add(elapsed);
                 start_prevote = *quiet_ticks >= *timeout_ticks && is_voter;
-                if *quiet_ticks >= 2 * *timeout_ticks {
+                if *quiet_ticks >= timeout_ticks.saturating_mul(2) {
                     // Whoever led has gone quiet: stop forwarding to it.
                     *leader = None;
                 }
@@ -406,7 +415,7 @@ impl<V: Value> Paxos<V> {
                 timeout_ticks,
                 ..
             } => {
-                *elapsed_ticks += 1;
+                *elapsed_ticks = elapsed_ticks.saturating_add(elapsed);
                 start_prevote = *elapsed_ticks >= *timeout_ticks && is_voter;
                 if *elapsed_ticks >= *timeout_ticks && !is_voter {
                     self.become_follower(None);
@@ -421,12 +430,12 @@ impl<V: Value> Paxos<V> {
             self.start_prevote(out);
         }
         if leader_duties {
-            self.leader_tick(heartbeat, out);
+            self.leader_tick(heartbeat, elapsed, out);
         }
         self.flush(out);
     }
 
-    fn leader_tick(&mut self, heartbeat: u32, out: &mut Out<V>) {
+    fn leader_tick(&mut self, heartbeat: u32, elapsed: u32, out: &mut Out<V>) {
         let commit = self.commit;
         let window = self
             .membership
@@ -435,7 +444,7 @@ impl<V: Value> Paxos<V> {
         let Role::Leader(lead) = &mut self.role else {
             return;
         };
-        lead.check_ticks += 1;
+        lead.check_ticks = lead.check_ticks.saturating_add(elapsed);
         if lead.check_ticks >= check_every {
             lead.check_ticks = 0;
             let heard = std::mem::replace(&mut lead.heard, BTreeSet::from([self.me.clone()]));
@@ -450,8 +459,8 @@ impl<V: Value> Paxos<V> {
         let Role::Leader(lead) = &mut self.role else {
             return;
         };
-        lead.quiet_ticks += 1;
-        lead.resend_ticks += 1;
+        lead.quiet_ticks = lead.quiet_ticks.saturating_add(elapsed);
+        lead.resend_ticks = lead.resend_ticks.saturating_add(elapsed);
         if lead.quiet_ticks >= heartbeat {
             lead.quiet_ticks = 0;
             lead.sent_commit = commit;

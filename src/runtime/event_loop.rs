@@ -71,6 +71,13 @@ impl NodeStatus {
 
 /// Inputs handled before outputs are routed; bounds the latency one batch adds.
 const MAX_BATCH: usize = 4096;
+/// The most time one tick may report as passed. The loop measures the time
+/// between ticks (so ticks it could not take while busy still count, and
+/// `-timeout 60` means 60 s on a loaded machine); a longer gap means the
+/// process was stopped or the machine slept, and counting all of it would
+/// make a node that wakes up judge its peers dead before reading what they
+/// sent meanwhile.
+const MAX_TICK_GAP: Duration = Duration::from_secs(1);
 /// How often the cluster view is published for the web view.
 const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -88,6 +95,9 @@ pub struct EventLoop {
     links: HashMap<ConnId, Link>,
     peers: PeerLinks,
     view_published: std::time::Instant,
+    /// Where the core's clock stands in real time: the start of the tick
+    /// that has not been reported yet.
+    clock: std::time::Instant,
 }
 
 impl EventLoop {
@@ -107,6 +117,7 @@ impl EventLoop {
             status,
             links: HashMap::new(),
             view_published: std::time::Instant::now() - VIEW_INTERVAL,
+            clock: std::time::Instant::now(),
             peers,
         }
     }
@@ -126,7 +137,7 @@ impl EventLoop {
                     Ok(input) => self.on_input(input, &mut out),
                     Err(_) => return,
                 },
-                recv(ticker) -> _ => self.core.handle(Input::Tick, &mut out),
+                recv(ticker) -> _ => self.on_tick(&mut out),
             }
             for _ in 0..MAX_BATCH {
                 match self.inbox.try_recv() {
@@ -139,6 +150,28 @@ impl EventLoop {
             self.route(&mut out);
             self.publish_status();
         }
+    }
+
+    /// Tells the core how many whole ticks passed since the last report
+    /// (the remainder carries over), at least one and at most
+    /// [`MAX_TICK_GAP`].
+    fn on_tick(&mut self, out: &mut Vec<Output>) {
+        let now = std::time::Instant::now();
+        let tick = self.tick.max(Duration::from_micros(1));
+        let gap = now.saturating_duration_since(self.clock);
+        let elapsed = (gap.as_nanos() / tick.as_nanos()).max(1);
+        let cap = (MAX_TICK_GAP.as_nanos() / tick.as_nanos()).max(1);
+        if elapsed > cap {
+            self.clock = now;
+        } else {
+            // Exact: elapsed * tick <= gap fits the gap's own Duration.
+            self.clock += tick * u32::try_from(elapsed).unwrap_or(u32::MAX);
+            if self.clock > now {
+                self.clock = now;
+            }
+        }
+        let elapsed = u64::try_from(elapsed.min(cap)).unwrap_or(u64::MAX);
+        self.core.handle(Input::Tick(elapsed), out);
     }
 
     fn on_input(&mut self, input: Input, out: &mut Vec<Output>) {

@@ -314,6 +314,11 @@ pub struct Store {
     current: Snapshot,
     /// Consecutive revs, oldest first, ending at `current.rev`.
     history: VecDeque<(Event, Snapshot)>,
+    /// The snapshot this store was started from (catch-up), kept readable
+    /// while its rev is inside the history window: a node that just
+    /// installed one answers reads at the rev it reports. Its event is not
+    /// known, so WAIT still starts at `head`.
+    base: Option<Snapshot>,
 }
 
 impl Store {
@@ -324,16 +329,21 @@ impl Store {
             head: Rev::ZERO,
             current: Snapshot::empty(),
             history: VecDeque::new(),
+            base: None,
         }
     }
 
     /// A store that starts from a snapshot taken elsewhere (catch-up). As in the
-    /// original after a clone, nothing at or before the snapshot's rev is in
-    /// the history: `head` is its rev + 1.
+    /// original after a clone, no event at or before the snapshot's rev is in
+    /// the history: `head` (where WAIT may start) is its rev + 1. Reads at the
+    /// snapshot's own rev are still answered (unlike the original, whose
+    /// fresh slaves answered `TOO_LATE` at the rev they reported), for as long
+    /// as that rev stays inside the history window.
     pub fn from_snapshot(snapshot: Snapshot, history_revs: usize) -> Store {
         Store {
             history_revs: history_revs.max(1),
             head: snapshot.rev.next(),
+            base: Some(snapshot.clone()),
             current: snapshot,
             history: VecDeque::new(),
         }
@@ -398,6 +408,9 @@ impl Store {
         if keep_from > self.head.0 {
             self.head = Rev(keep_from);
         }
+        if self.base.as_ref().is_some_and(|b| b.rev.0 < keep_from) {
+            self.base = None;
+        }
         event
     }
 
@@ -413,11 +426,14 @@ impl Store {
         if rev > self.rev() {
             return Err(ReadError::Future);
         }
-        if rev < self.head {
-            return Err(ReadError::TooLate);
-        }
         if rev == self.rev() {
             return Ok(self.current.clone());
+        }
+        if let Some(base) = self.base.as_ref().filter(|b| b.rev == rev) {
+            return Ok(base.clone());
+        }
+        if rev < self.head {
+            return Err(ReadError::TooLate);
         }
         Ok(self.history[self.index(rev)].1.clone())
     }

@@ -143,10 +143,23 @@ pub enum PeerMsg {
     CatchUp { from: Rev, addr: String },
     /// Decided slots `first..first + decrees.len()`.
     Decided { first: Rev, decrees: Vec<Decree> },
-    /// The whole state at a rev, for a node too far behind for the log.
+    /// The whole state at a rev, for a node too far behind for the log (an
+    /// older form, still installed; senders now use `SnapshotChunk`).
     Snapshot(Box<SnapshotData>),
     /// An answer to `Alive` sent to a node that does not lead: who does.
     LeaderIs { leader: NodeId, addr: String },
+    /// Chunk `index` (from 0) of the state at `data.rev`, for a node too far
+    /// behind for the log: files in walk order, each chunk within the
+    /// catch-up budget; `membership` and `dedupe` travel in the last one
+    /// (`done`). The asker requests each next chunk with `SnapshotNext`.
+    SnapshotChunk {
+        index: u64,
+        done: bool,
+        data: Box<SnapshotData>,
+    },
+    /// Please send chunk `index` of the snapshot at `rev` you are streaming
+    /// to me (pull pacing: one chunk in flight per asker).
+    SnapshotNext { rev: Rev, index: u64 },
 }
 
 /// One node as this node sees it.
@@ -219,15 +232,23 @@ impl paxos::Value for Decree {
         Decree::Fill
     }
 
+    /// An upper bound of its encoded size (varint fields at their widest),
+    /// known before encoding: batches, catch-up answers and slave streams
+    /// are cut by it so that no message outgrows the peer frame cap.
     fn size(&self) -> usize {
         match self {
-            Decree::Fill => 1,
-            Decree::Write { mutation, .. } => {
-                32 + match mutation {
-                    Mutation::Set { path, body, .. } => path.as_str().len() + body.len(),
-                    Mutation::Del { path, .. } => path.as_str().len(),
-                    Mutation::Nop => 0,
-                }
+            Decree::Fill => 8,
+            Decree::Write {
+                origin, mutation, ..
+            } => {
+                // Tags, seq, floor, check and length prefixes: at most 9
+                // bytes each.
+                96 + origin.as_str().len()
+                    + match mutation {
+                        Mutation::Set { path, body, .. } => path.as_str().len() + body.len(),
+                        Mutation::Del { path, .. } => path.as_str().len(),
+                        Mutation::Nop => 0,
+                    }
             }
         }
     }
@@ -284,6 +305,10 @@ pub struct CoreConfig {
     pub max_value_bytes: usize,
     /// Writes proposed here and not yet applied; past it, `OTHER busy`.
     pub max_pending_writes: usize,
+    /// The largest peer frame a link sends (`Limits::max_peer_frame_bytes`):
+    /// catch-up answers, snapshot chunks and slave streams are cut to a
+    /// fraction of it ([`Core::catch_up_budget`]).
+    pub max_peer_frame_bytes: usize,
     pub paxos: paxos::Settings,
     /// Seeds the election-timeout randomness.
     pub seed: u64,
@@ -366,13 +391,39 @@ pub struct Core {
     leader_hint: Option<(NodeId, u64)>,
     /// The last node known to be ahead of this one.
     catch_up_source: Option<NodeId>,
+    /// Snapshots being streamed to nodes that asked, by asker (at most
+    /// [`MAX_SNAPSHOT_STREAMS`]).
+    streams: BTreeMap<NodeId, cluster::SnapshotStream>,
+    /// The snapshot being received, chunk by chunk.
+    assembly: Option<cluster::Assembly>,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
 /// housekeeping.
 const HOUSEKEEPING_TICKS: u64 = 20;
-/// Decided slots sent in one catch-up answer.
-const CATCH_UP_SLOTS: usize = 4096;
+/// The largest catch-up answer, snapshot chunk or slave stream message, in
+/// bytes of its contents, whatever the frame cap (a quarter of the cap when
+/// that is smaller): small enough that one crosses a loopback or LAN link
+/// well within [`CATCH_UP_TICKS`], large enough to amortise a round trip.
+/// A single decree larger than it still travels alone.
+const CATCH_UP_BYTES: usize = 8 << 20;
+/// How long the next chunk of a snapshot may take before this node asks for
+/// it again (a log answer gets [`HOUSEKEEPING_TICKS`]).
+const CATCH_UP_TICKS: u64 = 40;
+/// Times the next chunk of a snapshot is asked for again before the
+/// snapshot is given up and asked for anew.
+const SNAPSHOT_RETRIES: u32 = 3;
+/// Snapshots streamed at once; a further asker replaces the stream that was
+/// idle longest.
+const MAX_SNAPSHOT_STREAMS: usize = 8;
+/// A snapshot stream nobody asked the next chunk of for this long is
+/// dropped (the asker starts over).
+const SNAPSHOT_STREAM_TICKS: u64 = 2000;
+/// The largest snapshot this node assembles, in bytes of paths and bodies;
+/// a larger one is dropped (logged) and the node stays behind. Far above
+/// any store a coordination service holds, it only stops a peer from
+/// growing this node without end.
+const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
 /// Unregistered nodes (attaching) whose address is remembered.
 const MAX_UNREGISTERED: usize = 64;
 
@@ -415,6 +466,8 @@ impl Core {
             unregistered: BTreeMap::new(),
             leader_hint: None,
             catch_up_source: None,
+            streams: BTreeMap::new(),
+            assembly: None,
         }
     }
 

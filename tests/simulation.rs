@@ -31,6 +31,7 @@ fn config(seed: u64) -> CoreConfig {
         timeout_ticks: TIMEOUT_TICKS,
         max_value_bytes: 1 << 20,
         max_pending_writes: 10_000,
+        max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings {
             window: 32,
             ..paxos::Settings::default()

@@ -100,6 +100,7 @@ fn health_readiness_and_metrics() {
         "doozer_proposals_per_second",
         "doozer_peer_in_dropped_total",
         "doozer_peer_out_dropped_total",
+        "doozer_peer_frames_refused_total",
         "doozer_web_event_subscribers",
     ] {
         assert!(m.contains_key(name), "{name} missing");

@@ -307,6 +307,8 @@ wire_enum!(PeerMsg {
     3 => Decided { first, decrees },
     4 => Snapshot(snapshot),
     5 => LeaderIs { leader, addr },
+    6 => SnapshotChunk { index, done, data },
+    7 => SnapshotNext { rev, index },
 });
 
 wire_enum!(Msg<V> {

@@ -33,7 +33,8 @@ pub type Slot = i64;
 /// A value the engine can order. A new leader fills holes with `nop()`.
 pub trait Value: Clone + std::fmt::Debug + PartialEq {
     fn nop() -> Self;
-    /// Roughly how many bytes it takes on the wire (to bound batches).
+    /// An upper bound of the bytes it takes on the wire: batches (phase 2,
+    /// resends, forwards) are cut by it so none outgrows a peer frame.
     fn size(&self) -> usize;
 }
 
@@ -486,11 +487,19 @@ impl<V: Value> Paxos<V> {
                 .filter(|v| **v != self.me && !lead.inflight[&first].1.contains(*v))
                 .cloned()
                 .collect();
+            // Within the batch limits, like the first send (at least one).
+            let mut bytes = 0usize;
             let values: Vec<V> = lead
                 .inflight
                 .values()
                 .take(self.settings.max_batch_slots)
-                .map(|(v, _)| v.clone())
+                .map(|(v, _)| v)
+                .take_while(|v| {
+                    let first = bytes == 0;
+                    bytes = bytes.saturating_add(v.size());
+                    first || bytes <= self.settings.max_batch_bytes
+                })
+                .cloned()
                 .collect();
             let unpromised: Vec<NodeId> = window.difference(&lead.promised_by).cloned().collect();
             let msg = Msg::Accept {
@@ -586,7 +595,22 @@ impl<V: Value> Paxos<V> {
         if !self.forward.is_empty() {
             match self.leader().cloned() {
                 Some(leader) if leader != self.me => {
-                    let values = std::mem::take(&mut self.forward);
+                    // In messages within the batch limits (a leader change
+                    // hands over every pending write at once).
+                    let mut values = Vec::new();
+                    let mut bytes = 0usize;
+                    for value in std::mem::take(&mut self.forward) {
+                        let size = value.size();
+                        let full = values.len() >= self.settings.max_batch_slots
+                            || bytes.saturating_add(size) > self.settings.max_batch_bytes;
+                        if !values.is_empty() && full {
+                            let values = std::mem::take(&mut values);
+                            out.push((leader.clone(), Msg::Forward { values }));
+                            bytes = 0;
+                        }
+                        bytes = bytes.saturating_add(size);
+                        values.push(value);
+                    }
                     out.push((leader, Msg::Forward { values }));
                 }
                 Some(_) => {

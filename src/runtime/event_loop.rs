@@ -54,6 +54,10 @@ pub struct NodeStatus {
     pub peer_in_dropped: AtomicU64,
     /// Peer messages dropped because a link's queue was full.
     pub peer_out_dropped: AtomicU64,
+    /// Peer messages a link refused to send because their encoding exceeded
+    /// the frame cap. Always 0 unless a sender failed to cut a message to
+    /// the catch-up budget: a bug, shown in `/metrics`.
+    pub peer_frames_refused: AtomicU64,
     /// The cluster as the core saw it at the end of a recent batch
     /// (refreshed a few times a second).
     pub view: std::sync::Mutex<crate::core::ClusterView>,
@@ -263,5 +267,8 @@ impl EventLoop {
         status
             .peer_out_dropped
             .store(self.peers.dropped(), Ordering::Relaxed);
+        status
+            .peer_frames_refused
+            .store(self.peers.refused(), Ordering::Relaxed);
     }
 }

@@ -80,6 +80,8 @@ pub struct PeerLinks {
     queue_capacity: usize,
     links: HashMap<NodeId, Link>,
     dropped: u64,
+    /// Messages the link tasks refused to encode (over the frame cap).
+    refused: Arc<AtomicU64>,
 }
 
 impl PeerLinks {
@@ -103,6 +105,7 @@ impl PeerLinks {
             queue_capacity: queue_capacity.max(1),
             links: HashMap::new(),
             dropped: 0,
+            refused: Arc::default(),
         }
     }
 
@@ -146,6 +149,7 @@ impl PeerLinks {
             to: to.clone(),
             addr: addr.to_string(),
             max_frame_bytes: self.max_frame_bytes,
+            refused: self.refused.clone(),
             rx,
             backlog: Backlog::default(),
         };
@@ -168,6 +172,11 @@ impl PeerLinks {
     /// Messages dropped so far because a link's queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Messages not sent so far because they exceeded the frame cap.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -239,6 +248,7 @@ struct LinkTask {
     to: NodeId,
     addr: String,
     max_frame_bytes: usize,
+    refused: Arc<AtomicU64>,
     rx: mpsc::Receiver<PeerMsg>,
     backlog: Backlog,
 }
@@ -313,6 +323,7 @@ impl LinkTask {
         match peer::encode_peer_frame_into(msg, buf, self.max_frame_bytes) {
             Ok(_) => true,
             Err(err) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 log::warn!("peer {}: message not sent: {err}", self.to);
                 false
             }

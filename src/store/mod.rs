@@ -19,7 +19,7 @@ pub use watch::WatchIndex;
 
 use crate::error::ErrCode;
 use crate::types::{Body, Path, Rev, RevCheck};
-use tree::{Dir, Lookup, Node};
+use tree::{Dir, Lookup, Name, Node};
 
 /// The file that failed mutations are written to (reference §3.4 step 5).
 pub const ERR_PATH: &str = "/ctl/err";
@@ -98,6 +98,10 @@ pub enum Entry {
 fn empty_body() -> Body {
     Arc::from(&[][..])
 }
+
+/// What [`Snapshot::files_after`] counts for a file beyond its path and
+/// body: the length prefixes and rev of an encoding (at most 9 bytes each).
+pub const FILE_OVERHEAD_BYTES: usize = 32;
 
 /// The whole tree as it stood after one rev. Cloning is O(1).
 #[derive(Clone, PartialEq, Eq)]
@@ -217,6 +221,71 @@ impl Snapshot {
             true
         });
         out
+    }
+
+    /// A run of files in walk order for a snapshot sent in chunks: those
+    /// after the file `after` (from the first when `None`), as many as fit in
+    /// `max_bytes` (at least one; each file counts its path, its body and
+    /// [`FILE_OVERHEAD_BYTES`]), and whether the walk
+    /// reached the end. The walk keeps an explicit stack (one entry per
+    /// directory level), so no path depth can exhaust the thread's stack,
+    /// and it touches only the files it returns and the path to `after`.
+    pub fn files_after(
+        &self,
+        after: Option<&Path>,
+        max_bytes: usize,
+    ) -> (Vec<(Path, Rev, Body)>, bool) {
+        use std::ops::Bound;
+        type Level<'a> = (Box<dyn Iterator<Item = (&'a Name, &'a Node)> + 'a>, usize);
+        let mut stack: Vec<Level<'_>> = Vec::new();
+        let mut base = String::new();
+        match after {
+            None => stack.push((Box::new(self.root.iter()), 0)),
+            Some(after) => {
+                let mut dir = Some(&self.root);
+                for comp in after.components() {
+                    let Some(d) = dir else {
+                        break;
+                    };
+                    let bounds = (Bound::Excluded(comp), Bound::Unbounded);
+                    stack.push((Box::new(d.range::<_, str>(bounds)), base.len()));
+                    base.push('/');
+                    base.push_str(comp);
+                    dir = match d.get(comp) {
+                        Some(Node::Dir(child)) => Some(child),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((iter, len)) = stack.last_mut() {
+            let len = *len;
+            let Some((name, node)) = iter.next() else {
+                stack.pop();
+                continue;
+            };
+            base.truncate(len);
+            base.push('/');
+            base.push_str(name);
+            match node {
+                Node::File { body, rev } => {
+                    let cost = base.len() + body.len() + FILE_OVERHEAD_BYTES;
+                    if !out.is_empty() && bytes.saturating_add(cost) > max_bytes {
+                        return (out, false);
+                    }
+                    bytes = bytes.saturating_add(cost);
+                    let path = Path::parse(&base).expect("store paths are valid");
+                    out.push((path, *rev, body.clone()));
+                }
+                Node::Dir(d) => {
+                    let len = base.len();
+                    stack.push((Box::new(d.iter()), len));
+                }
+            }
+        }
+        (out, true)
     }
 
     /// A deterministic 64-bit FNV-1a hash of the tree's content (every file's

@@ -318,6 +318,7 @@ pub struct Snapshot {
     pub waiting: usize,
     pub peer_in_dropped: u64,
     pub peer_out_dropped: u64,
+    pub peer_frames_refused: u64,
     pub revs_per_sec: f64,
     pub resident_bytes: Option<u64>,
     pub uptime_secs: f64,
@@ -333,6 +334,7 @@ impl Snapshot {
             waiting: status.waiting.load(Ordering::Relaxed),
             peer_in_dropped: status.peer_in_dropped.load(Ordering::Relaxed),
             peer_out_dropped: status.peer_out_dropped.load(Ordering::Relaxed),
+            peer_frames_refused: status.peer_frames_refused.load(Ordering::Relaxed),
             revs_per_sec: stats.revs_per_sec(),
             resident_bytes: resident_bytes(),
             uptime_secs: stats.started.elapsed().as_secs_f64(),
@@ -376,6 +378,7 @@ pub fn stats(s: &Snapshot) -> String {
         .float("uptime_secs", s.uptime_secs)
         .num("peer_in_dropped", s.peer_in_dropped)
         .num("peer_out_dropped", s.peer_out_dropped)
+        .num("peer_frames_refused", s.peer_frames_refused)
         .num("event_subscribers", s.subscribers as u64)
         .finish()
 }
@@ -508,6 +511,12 @@ pub fn metrics(s: &Snapshot) -> String {
         s.peer_out_dropped.to_string(),
     );
     metric(
+        "doozer_peer_frames_refused_total",
+        "counter",
+        "Peer messages not sent because their encoding exceeded the peer frame cap (a bug: senders cut messages to fit).",
+        s.peer_frames_refused.to_string(),
+    );
+    metric(
         "doozer_web_event_subscribers",
         "gauge",
         "Open event streams of the web view.",
@@ -628,6 +637,7 @@ mod tests {
             waiting: 1,
             peer_in_dropped: 0,
             peer_out_dropped: 0,
+            peer_frames_refused: 0,
             revs_per_sec: 2.5,
             resident_bytes: Some(4096),
             uptime_secs: 1.0,

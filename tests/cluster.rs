@@ -736,13 +736,30 @@ fn one_mib_value_replicates_to_every_member() {
 /// refuses a frame it built.
 #[test]
 fn paused_member_catches_up_after_300_mib_of_writes() {
-    let c = Cluster::start("pausedbig", 3, 0, &["-hist", "100", "-timeout", "300"]);
+    paused_member_catches_up("pausedbig", "100", true);
+}
+
+/// The same with history enough for the log to cover the gap: 300 MiB of
+/// slots, served in answers within the byte budget (before: 4,096 slots per
+/// answer, a frame over the cap refused five times a second).
+#[test]
+fn paused_member_catches_up_from_a_300_mib_log() {
+    paused_member_catches_up("pausedlog", "1000", false);
+}
+
+fn paused_member_catches_up(name: &str, hist: &str, snapshot: bool) {
+    let c = Cluster::start(name, 3, 0, &["-hist", hist, "-timeout", "300"]);
     let cal = c.cal(0).unwrap();
     let victim = cal
         .values()
         .map(|id| c.index_of(id).unwrap())
         .find(|i| *i != 0)
         .unwrap();
+    let log_before: Vec<usize> = c
+        .nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(&n.log).unwrap().len())
+        .collect();
     c.nodes[victim].stop();
     let value = vec![b'v'; 1 << 20];
     let mut conn = TimedConn::new(&c.nodes[0].addr, Duration::from_secs(30));
@@ -766,10 +783,7 @@ fn paused_member_catches_up_after_300_mib_of_writes() {
     let rev = through
         .set("/through-resumed", 0, b"ok")
         .expect("a write through the resumed member");
-    eprintln!(
-        "and took a write {:?} after the CONT",
-        resumed.elapsed()
-    );
+    eprintln!("and took a write {:?} after the CONT", resumed.elapsed());
     for i in 0..3 {
         c.wait_value(i, "/through-resumed", b"ok", rev, Duration::from_secs(10));
     }
@@ -778,6 +792,14 @@ fn paused_member_catches_up_after_300_mib_of_writes() {
     assert!(
         caught_up < Duration::from_secs(20),
         "caught up only after {caught_up:?}"
+    );
+    let sent_snapshot = c.nodes.iter().zip(&log_before).any(|(node, before)| {
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        log[*before..].contains("sending a snapshot")
+    });
+    assert_eq!(
+        sent_snapshot, snapshot,
+        "whether the resumed member needed a snapshot"
     );
     for node in &c.nodes {
         let log = node.log_tail(100_000);
@@ -881,7 +903,9 @@ fn fresh_slave_reads_at_its_own_rev() {
     let mut seed_conn = c.conn(0);
     wait_for("the slave to register", Duration::from_secs(10), || {
         let (_, rev) = seed_conn.get(&format!("/ctl/node/{id}/addr"))?;
-        (rev > 0).then_some(()).ok_or("not registered yet".to_string())
+        (rev > 0)
+            .then_some(())
+            .ok_or("not registered yet".to_string())
     });
     let registered = Instant::now();
     wait_for("its applied file", Duration::from_secs(10), || {
@@ -890,6 +914,9 @@ fn fresh_slave_reads_at_its_own_rev() {
     });
     let after = registered.elapsed();
     eprintln!("/ctl/node/<id>/applied present {after:?} after its addr");
-    assert!(after < Duration::from_secs(1), "applied only after {after:?}");
+    assert!(
+        after < Duration::from_secs(1),
+        "applied only after {after:?}"
+    );
     c.nodes.push(slave);
 }

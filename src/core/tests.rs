@@ -602,3 +602,48 @@ fn catch_up_travels_in_pieces_within_the_frame_cap() {
     let biggest = pair.sizes.iter().map(|(_, len)| *len).max().unwrap();
     assert!(biggest <= cap / 4 + 1024, "a message of {biggest} bytes");
 }
+
+/// Batches and catch-up answers are cut by `Decree::size` before encoding:
+/// it must bound the real encoding, whatever the field values.
+#[test]
+fn decree_size_bounds_its_encoding() {
+    use crate::paxos::Value;
+    let origin = NodeId::from_bytes([0xff; 10]);
+    let mutations = [
+        Mutation::Nop,
+        Mutation::Del {
+            path: path("/a/b"),
+            check: RevCheck::NotOlderThan(i64::MIN),
+        },
+        Mutation::Set {
+            path: path(&format!("/{}", "p".repeat(5000))),
+            check: RevCheck::NotOlderThan(i64::MAX),
+            body: Body::from(vec![7u8; 1 << 20]),
+        },
+        Mutation::Set {
+            path: path("/x"),
+            check: RevCheck::Clobber,
+            body: Body::from(Vec::new()),
+        },
+    ];
+    let mut decrees = vec![Decree::Fill];
+    for mutation in mutations {
+        decrees.push(Decree::Write {
+            origin: origin.clone(),
+            seq: u64::MAX,
+            floor: u64::MAX - 1,
+            mutation,
+        });
+    }
+    for decree in decrees {
+        let msg = PeerMsg::Decided {
+            first: Rev(i64::MAX),
+            decrees: vec![decree.clone()],
+        };
+        // Header, variant, first and the list's length: at most 4 + 5 + 9 + 9.
+        let encoded = crate::codec::peer::encode_peer_frame(&msg)
+            .len()
+            .saturating_sub(27);
+        assert!(encoded <= decree.size(), "{encoded} > {}", decree.size());
+    }
+}

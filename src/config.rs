@@ -334,9 +334,14 @@ impl Config {
             timeout_ticks: self.ticks(self.timeout),
             max_value_bytes: self.limits.max_value_bytes,
             max_pending_writes: self.limits.max_pending_writes,
+            max_peer_frame_bytes: self.limits.max_peer_frame_bytes,
             paxos: paxos::Settings {
                 window: self.alpha,
                 max_queued: self.limits.max_pending_writes,
+                // A batch of values stays well inside a peer frame.
+                max_batch_bytes: paxos::Settings::default()
+                    .max_batch_bytes
+                    .min(self.limits.max_peer_frame_bytes / 4),
                 ..paxos::Settings::default()
             },
             seed,

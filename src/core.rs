@@ -106,8 +106,10 @@ pub enum Input {
     /// The connection is gone: forget its WAITs, parked reads and unanswered
     /// writes.
     ConnClosed { conn: ConnId },
-    /// One unit of time (the runtime's tick interval).
-    Tick,
+    /// Time passed: this many units of the runtime's tick interval since the
+    /// previous `Tick` (at least 1; the runtime measures it, so ticks it could
+    /// not deliver while busy still count). The core adds it to its clock.
+    Tick(u64),
     /// A message from another node. `from` is the id the link proved (or,
     /// without a peer key, claimed); `source` is the link's TCP source
     /// address (`None`: not known, as in the simulation), against which an
@@ -149,10 +151,23 @@ pub enum PeerMsg {
     CatchUp { from: Rev, addr: String },
     /// Decided slots `first..first + decrees.len()`.
     Decided { first: Rev, decrees: Vec<Decree> },
-    /// The whole state at a rev, for a node too far behind for the log.
+    /// The whole state at a rev, for a node too far behind for the log (an
+    /// older form, still installed; senders now use `SnapshotChunk`).
     Snapshot(Box<SnapshotData>),
     /// An answer to `Alive` sent to a node that does not lead: who does.
     LeaderIs { leader: NodeId, addr: String },
+    /// Chunk `index` (from 0) of the state at `data.rev`, for a node too far
+    /// behind for the log: files in walk order, each chunk within the
+    /// catch-up budget; `membership` and `dedupe` travel in the last one
+    /// (`done`). The asker requests each next chunk with `SnapshotNext`.
+    SnapshotChunk {
+        index: u64,
+        done: bool,
+        data: Box<SnapshotData>,
+    },
+    /// Please send chunk `index` of the snapshot at `rev` you are streaming
+    /// to me (pull pacing: one chunk in flight per asker).
+    SnapshotNext { rev: Rev, index: u64 },
 }
 
 /// One node as this node sees it.
@@ -228,15 +243,23 @@ impl paxos::Value for Decree {
         Decree::Fill
     }
 
+    /// An upper bound of its encoded size (varint fields at their widest),
+    /// known before encoding: batches, catch-up answers and slave streams
+    /// are cut by it so that no message outgrows the peer frame cap.
     fn size(&self) -> usize {
         match self {
-            Decree::Fill => 1,
-            Decree::Write { mutation, .. } => {
-                32 + match mutation {
-                    Mutation::Set { path, body, .. } => path.as_str().len() + body.len(),
-                    Mutation::Del { path, .. } => path.as_str().len(),
-                    Mutation::Nop => 0,
-                }
+            Decree::Fill => 8,
+            Decree::Write {
+                origin, mutation, ..
+            } => {
+                // Tags, seq, floor, check and length prefixes: at most 9
+                // bytes each.
+                96 + origin.as_str().len()
+                    + match mutation {
+                        Mutation::Set { path, body, .. } => path.as_str().len() + body.len(),
+                        Mutation::Del { path, .. } => path.as_str().len(),
+                        Mutation::Nop => 0,
+                    }
             }
         }
     }
@@ -293,6 +316,10 @@ pub struct CoreConfig {
     pub max_value_bytes: usize,
     /// Writes proposed here and not yet applied; past it, `OTHER busy`.
     pub max_pending_writes: usize,
+    /// The largest peer frame a link sends (`Limits::max_peer_frame_bytes`):
+    /// catch-up answers, snapshot chunks and slave streams are cut to a
+    /// fraction of it ([`Core::catch_up_budget`]).
+    pub max_peer_frame_bytes: usize,
     pub paxos: paxos::Settings,
     /// Seeds the election-timeout randomness.
     pub seed: u64,
@@ -404,7 +431,11 @@ pub struct Core {
     /// The scan continued last, so that the next batch starts after it.
     job_cursor: Option<WaitKey>,
     parked_reads: BTreeMap<Rev, Vec<ParkedRead>>,
+    /// The core's clock, in ticks, and its value before the latest `Tick`
+    /// (a periodic duty is due when the clock crossed a multiple of its
+    /// period: one `Tick` may advance it by many).
     ticks: u64,
+    ticks_before: u64,
     last_pulse_tick: u64,
     /// Decided slots kept to serve other nodes' catch-up (the last
     /// `history_revs`).
@@ -442,6 +473,11 @@ pub struct Core {
     /// This node's own origin had a dedupe entry at some point (so its
     /// absence now means the entry was pruned, not that none existed yet).
     origin_seen: bool,
+    /// Snapshots being streamed to nodes that asked, by asker (at most
+    /// [`MAX_SNAPSHOT_STREAMS`]).
+    streams: BTreeMap<NodeId, cluster::SnapshotStream>,
+    /// The snapshot being received, chunk by chunk.
+    assembly: Option<cluster::Assembly>,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
@@ -450,8 +486,29 @@ const HOUSEKEEPING_TICKS: u64 = 20;
 /// How long an answer to a catch-up request is taken from the node asked
 /// (`Decided` and `Snapshot` from a node not asked that lately are refused).
 const CATCH_UP_ANSWER_TICKS: u64 = 10 * HOUSEKEEPING_TICKS;
-/// Decided slots sent in one catch-up answer.
-const CATCH_UP_SLOTS: usize = 4096;
+/// The largest catch-up answer, snapshot chunk or slave stream message, in
+/// bytes of its contents, whatever the frame cap (a quarter of the cap when
+/// that is smaller): small enough that one crosses a loopback or LAN link
+/// well within [`CATCH_UP_TICKS`], large enough to amortise a round trip.
+/// A single decree larger than it still travels alone.
+const CATCH_UP_BYTES: usize = 8 << 20;
+/// How long the next chunk of a snapshot may take before this node asks for
+/// it again (a log answer gets [`HOUSEKEEPING_TICKS`]).
+const CATCH_UP_TICKS: u64 = 40;
+/// Times the next chunk of a snapshot is asked for again before the
+/// snapshot is given up and asked for anew.
+const SNAPSHOT_RETRIES: u32 = 3;
+/// Snapshots streamed at once; a further asker replaces the stream that was
+/// idle longest.
+const MAX_SNAPSHOT_STREAMS: usize = 8;
+/// A snapshot stream nobody asked the next chunk of for this long is
+/// dropped (the asker starts over).
+const SNAPSHOT_STREAM_TICKS: u64 = 2000;
+/// The largest snapshot this node assembles, in bytes of paths and bodies;
+/// a larger one is dropped (logged) and the node stays behind. Far above
+/// any store a coordination service holds, it only stops a peer from
+/// growing this node without end.
+const MAX_SNAPSHOT_BYTES: usize = 16 << 30;
 /// Unregistered nodes (attaching) whose address is remembered; past it the
 /// oldest is forgotten.
 const MAX_UNREGISTERED: usize = 64;
@@ -490,6 +547,7 @@ impl Core {
             job_cursor: None,
             parked_reads: BTreeMap::new(),
             ticks: 0,
+            ticks_before: 0,
             last_pulse_tick: 0,
             decided_log: VecDeque::new(),
             newly_applied: Vec::new(),
@@ -507,6 +565,8 @@ impl Core {
             catch_up_source: None,
             refused: 0,
             origin_seen: false,
+            streams: BTreeMap::new(),
+            assembly: None,
         }
     }
 
@@ -569,6 +629,12 @@ impl Core {
             }
         }
         files.push((format!("/ctl/node/{id}/writable"), "true".to_string()));
+        // As the original, `applied` exists from the start (the pulse then
+        // rewrites it every -pulse).
+        files.push((
+            format!("/ctl/node/{id}/applied"),
+            self.store.rev().to_string(),
+        ));
         files
             .into_iter()
             .filter_map(|(path, body)| {
@@ -630,7 +696,7 @@ impl Core {
         match input {
             Input::Request { conn, tag, command } => self.on_request(conn, tag, command, out),
             Input::ConnClosed { conn } => self.on_conn_closed(conn),
-            Input::Tick => self.on_tick(out),
+            Input::Tick(elapsed) => self.on_tick(elapsed, out),
             Input::Peer { from, source, msg } => self.on_peer(from, source, msg, out),
         }
     }

@@ -727,3 +727,196 @@ fn one_mib_value_replicates_to_every_member() {
         c.wait_value(i, "/small", b"after", rev, Duration::from_secs(5));
     }
 }
+
+/// Issue 9 item 7: a member frozen (`kill -STOP`) while 300 values of 1 MiB
+/// are written (300 MiB: more than the 256 MiB peer frame cap, and far more
+/// than the 100 revs of history, so it needs a snapshot) catches up within
+/// seconds of `kill -CONT` and takes writes: catch-up answers and snapshot
+/// chunks are bounded in bytes and pulled one at a time, and no node ever
+/// refuses a frame it built.
+#[test]
+fn paused_member_catches_up_after_300_mib_of_writes() {
+    paused_member_catches_up("pausedbig", "100", true);
+}
+
+/// The same with history enough for the log to cover the gap: 300 MiB of
+/// slots, served in answers within the byte budget (before: 4,096 slots per
+/// answer, a frame over the cap refused five times a second).
+#[test]
+fn paused_member_catches_up_from_a_300_mib_log() {
+    paused_member_catches_up("pausedlog", "1000", false);
+}
+
+fn paused_member_catches_up(name: &str, hist: &str, snapshot: bool) {
+    let c = Cluster::start(name, 3, 0, &["-hist", hist, "-timeout", "300"]);
+    let cal = c.cal(0).unwrap();
+    let victim = cal
+        .values()
+        .map(|id| c.index_of(id).unwrap())
+        .find(|i| *i != 0)
+        .unwrap();
+    let log_before: Vec<usize> = c
+        .nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(&n.log).unwrap().len())
+        .collect();
+    c.nodes[victim].stop();
+    let value = vec![b'v'; 1 << 20];
+    let mut conn = TimedConn::new(&c.nodes[0].addr, Duration::from_secs(30));
+    let started = Instant::now();
+    let mut last = 0;
+    for k in 0..300 {
+        last = conn
+            .set(&format!("/big/{k:03}"), 0, &value)
+            .unwrap_or_else(|e| panic!("write {k}: {e}"));
+    }
+    eprintln!(
+        "300 x 1 MiB written with a member stopped in {:?}",
+        started.elapsed()
+    );
+    c.nodes[victim].cont();
+    let resumed = Instant::now();
+    c.wait_rev(victim, last, Duration::from_secs(60));
+    let caught_up = resumed.elapsed();
+    eprintln!("the resumed member reached rev {last} {caught_up:?} after the CONT");
+    let mut through = TimedConn::new(&c.nodes[victim].addr, Duration::from_secs(10));
+    let rev = through
+        .set("/through-resumed", 0, b"ok")
+        .expect("a write through the resumed member");
+    eprintln!("and took a write {:?} after the CONT", resumed.elapsed());
+    for i in 0..3 {
+        c.wait_value(i, "/through-resumed", b"ok", rev, Duration::from_secs(10));
+    }
+    let (got, _) = through.get("/big/299").unwrap();
+    assert!(got == value, "the last big value on the resumed member");
+    assert!(
+        caught_up < Duration::from_secs(20),
+        "caught up only after {caught_up:?}"
+    );
+    let sent_snapshot = c.nodes.iter().zip(&log_before).any(|(node, before)| {
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        log[*before..].contains("sending a snapshot")
+    });
+    assert_eq!(
+        sent_snapshot, snapshot,
+        "whether the resumed member needed a snapshot"
+    );
+    for node in &c.nodes {
+        let log = node.log_tail(100_000);
+        assert!(
+            !log.contains("message not sent"),
+            "{} refused a peer frame:\n{}",
+            node.name,
+            node.log_tail(20)
+        );
+    }
+}
+
+/// Issue 9 item 10: a dead member is removed `-timeout` after it died, also
+/// when the leader dies meanwhile (the new leader counts from when it last
+/// heard the dead member, not from its own takeover).
+#[test]
+fn dead_member_is_removed_on_time_across_a_leader_change() {
+    let timeout = Duration::from_secs(4);
+    let c = Cluster::start("removalontime", 5, 0, &["-timeout", "4"]);
+    let (leader, _) = c.conn(0).get("/ctl/leader").unwrap();
+    let leader = c.index_of(&text(&leader)).expect("a named leader");
+    let cal = c.cal(0).unwrap();
+    let members: Vec<usize> = cal.values().map(|id| c.index_of(id).unwrap()).collect();
+    let others: Vec<usize> = members.into_iter().filter(|i| *i != leader).collect();
+    let (victim, watcher) = (others[0], others[1]);
+    let victim_id = c.ids[victim].clone();
+    let mut c = c;
+    c.nodes[victim].kill9();
+    let died = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    c.nodes[leader].kill9();
+    let mut conn = TimedConn::new(&c.nodes[watcher].addr, Duration::from_secs(2));
+    let removed = loop {
+        let gone = conn
+            .getdir(&format!("/ctl/node/{victim_id}"))
+            .is_ok_and(|names| names.is_empty());
+        if gone {
+            break died.elapsed();
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(15),
+            "the dead member was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("dead member removed {removed:?} after its death (-timeout {timeout:?}), the leader killed 1 s after it");
+    assert!(
+        removed >= timeout - Duration::from_millis(500),
+        "removed after only {removed:?}"
+    );
+    // Before: the new leader counted from its takeover (>= 1 s + an
+    // election after the death), so at least 5 s.
+    assert!(
+        removed <= timeout + timeout / 5,
+        "removed {removed:?} after its death, -timeout {timeout:?}"
+    );
+}
+
+/// Issue 9 item 11: a slave that just installed a snapshot answers reads at
+/// the rev it reports (before, `TOO_LATE` for up to a second, so `doozer
+/// members` against a fresh slave failed); and its `/ctl/node/<id>/applied`
+/// exists as soon as it registers (written at start, as the original).
+#[test]
+fn fresh_slave_reads_at_its_own_rev() {
+    let mut c = Cluster::start("freshslave", 1, 0, &[]);
+    let net_ip = c.nodes[0].addr.rsplit_once('.').unwrap().0.to_string();
+    let addr = free_addr_on(&format!("{net_ip}.9"));
+    let seed = c.nodes[0].addr.clone();
+    let args = ["-a", seed.as_str(), "-pulse", "3"];
+    let mut slave = Node::spawn("slave", &addr, &args, &c.dir.path);
+    slave.wait_answers(Duration::from_secs(10));
+    let members = slave.doozer(&["members"], b"");
+    let mut conn = TimedConn::new(&addr, Duration::from_secs(5));
+    let mut reads = 0;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let rev = conn.rev().unwrap();
+        let resp = conn
+            .request(doozer::codec::client::Request {
+                verb: Some(doozer::codec::client::Verb::Get as i32),
+                path: Some("/ctl/name".into()),
+                rev: Some(rev),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            resp.err_code, None,
+            "GET at the slave's own rev {rev}: {:?}",
+            resp.err_detail
+        );
+        reads += 1;
+    }
+    assert!(
+        members.status.success(),
+        "doozer members against a fresh slave: {}",
+        text(&members.stderr)
+    );
+    eprintln!("{reads} reads at the fresh slave's own rev, all answered");
+    let id = wait_for("the slave's id", Duration::from_secs(5), || conn.self_id());
+    // With -pulse 3, a pulse would write `applied` 3 s after registering.
+    let mut seed_conn = c.conn(0);
+    wait_for("the slave to register", Duration::from_secs(10), || {
+        let (_, rev) = seed_conn.get(&format!("/ctl/node/{id}/addr"))?;
+        (rev > 0)
+            .then_some(())
+            .ok_or("not registered yet".to_string())
+    });
+    let registered = Instant::now();
+    wait_for("its applied file", Duration::from_secs(10), || {
+        let (_, rev) = seed_conn.get(&format!("/ctl/node/{id}/applied"))?;
+        (rev > 0).then_some(()).ok_or("no applied yet".to_string())
+    });
+    let after = registered.elapsed();
+    eprintln!("/ctl/node/<id>/applied present {after:?} after its addr");
+    assert!(
+        after < Duration::from_secs(1),
+        "applied only after {after:?}"
+    );
+    c.nodes.push(slave);
+}

@@ -134,6 +134,7 @@ fn lone_core() -> Core {
         timeout_ticks: 1000,
         max_value_bytes: 1 << 20,
         max_pending_writes: 1000,
+        max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings::default(),
         seed: 7,
     };
@@ -246,7 +247,7 @@ proptest! {
             core.end_batch(&mut out);
         }
         for _ in 0..20 {
-            core.handle(Input::Tick, &mut out);
+            core.handle(Input::Tick(1), &mut out);
             core.end_batch(&mut out);
         }
         let mut answered: Vec<Option<i32>> = out

@@ -41,6 +41,7 @@ fn config(seed: u64) -> CoreConfig {
         timeout_ticks: TIMEOUT_TICKS,
         max_value_bytes: 1 << 20,
         max_pending_writes: 10_000,
+        max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings {
             window: 32,
             ..paxos::Settings::default()
@@ -387,7 +388,7 @@ impl Sim {
             if self.is_paused(&id) {
                 continue;
             }
-            self.feed(&id, Input::Tick);
+            self.feed(&id, Input::Tick(1));
             self.turn(&id);
         }
         self.check();

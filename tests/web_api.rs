@@ -102,6 +102,7 @@ fn health_readiness_and_metrics() {
         "doozer_peer_out_dropped_total",
         "doozer_client_connections_refused_total",
         "doozer_client_access_refused_total",
+        "doozer_peer_frames_refused_total",
         "doozer_web_event_subscribers",
     ] {
         assert!(m.contains_key(name), "{name} missing");

@@ -376,6 +376,8 @@ wire_enum!(PeerMsg {
     3 => Decided { first, decrees },
     4 => Snapshot(snapshot),
     5 => LeaderIs { leader, addr },
+    6 => SnapshotChunk { index, done, data },
+    7 => SnapshotNext { rev, index },
 });
 
 wire_enum!(Msg<V> {
@@ -608,6 +610,30 @@ mod tests {
                 membership: vec![],
                 dedupe: vec![],
             })),
+            PeerMsg::SnapshotChunk {
+                index: 0,
+                done: false,
+                data: Box::new(SnapshotData {
+                    rev: Rev(100),
+                    files: vec![(path("/a"), Rev(3), body(b"x"))],
+                    membership: vec![],
+                    dedupe: vec![],
+                }),
+            },
+            PeerMsg::SnapshotChunk {
+                index: u64::MAX,
+                done: true,
+                data: Box::new(SnapshotData {
+                    rev: Rev(100),
+                    files: vec![],
+                    membership: vec![(1, vec![id(1)])],
+                    dedupe: vec![(id(1), 10, vec![11, 13], Rev(9))],
+                }),
+            },
+            PeerMsg::SnapshotNext {
+                rev: Rev(100),
+                index: 7,
+            },
         ]);
         all
     }

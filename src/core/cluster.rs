@@ -9,6 +9,43 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::*;
+use crate::paxos::Value as _;
+
+/// A snapshot this node streams to one asker, chunk by chunk as it asks:
+/// the tree at the rev it was taken (a persistent tree: holding it costs only
+/// what changed since) and where the walk stands.
+pub(super) struct SnapshotStream {
+    tree: Snapshot,
+    membership: Vec<(Slot, Vec<NodeId>)>,
+    dedupe: Vec<(NodeId, u64, Vec<u64>, Rev)>,
+    /// The next chunk to build and the file it starts after.
+    next_index: u64,
+    cursor: Option<Path>,
+    /// Where the chunk before `next_index` started (to send it again).
+    last_start: Option<Path>,
+    /// The walk reached its end (the last chunk was built).
+    done: bool,
+    /// When the asker last asked.
+    touched: u64,
+}
+
+/// A snapshot being received: the chunks so far, all from the node this one
+/// asked and of one rev.
+pub(super) struct Assembly {
+    from: NodeId,
+    rev: Rev,
+    next_index: u64,
+    files: Vec<(Path, Rev, Body)>,
+    bytes: usize,
+    /// Times the next chunk was asked for again without progress.
+    retries: u32,
+}
+
+/// Bytes a file is counted for in a snapshot chunk: its path and body, plus
+/// what their length prefixes and rev take on the wire.
+fn file_bytes(path: &Path, body: &Body) -> usize {
+    path.as_str().len() + body.len() + crate::store::FILE_OVERHEAD_BYTES
+}
 
 /// Why a peer message was refused: dropped whole, counted in
 /// [`Core::refused`], logged (at error level for a contradiction).
@@ -47,13 +84,16 @@ pub(super) enum Refused {
 }
 
 impl Core {
-    pub(super) fn on_tick(&mut self, out: &mut Vec<Output>) {
-        self.ticks += 1;
+    pub(super) fn on_tick(&mut self, elapsed: u64, out: &mut Vec<Output>) {
+        let elapsed = elapsed.max(1);
+        self.ticks_before = self.ticks;
+        self.ticks = self.ticks.saturating_add(elapsed);
         let mut sent = Vec::new();
-        self.paxos.tick(&mut sent);
+        self.paxos
+            .tick_by(u32::try_from(elapsed).unwrap_or(u32::MAX), &mut sent);
         self.push_peer(sent, out);
         let took_over = self.track_leadership();
-        let heartbeat_due = self.ticks % u64::from(self.config.paxos.heartbeat_ticks.max(1)) == 0;
+        let heartbeat_due = self.due(u64::from(self.config.paxos.heartbeat_ticks));
         if self.paxos.is_leader() && (took_over || heartbeat_due) {
             // Slaves hear who leads as members do, so their forwarded writes
             // move to a new leader at once.
@@ -66,14 +106,21 @@ impl Core {
         if self.is_writable() {
             self.resend_pending();
             self.pulse();
-            if self.paxos.is_leader() && (took_over || self.ticks % HOUSEKEEPING_TICKS == 0) {
+            if self.paxos.is_leader() && (took_over || self.due(HOUSEKEEPING_TICKS)) {
                 self.announce_leadership();
             }
         }
-        if self.ticks % HOUSEKEEPING_TICKS == 0 {
+        if self.due(HOUSEKEEPING_TICKS) {
             self.housekeeping(out);
         }
         self.catch_up_if_behind(out);
+    }
+
+    /// Whether a duty every `period` ticks is due: the latest `Tick` moved
+    /// the clock past a multiple of it.
+    fn due(&self, period: u64) -> bool {
+        let period = period.max(1);
+        self.ticks_before / period != self.ticks / period
     }
 
     /// Notes when this node starts or stops leading; true when it just took
@@ -111,7 +158,7 @@ impl Core {
         };
         // Scanning every pending write each tick would cost too much under
         // load; only look when the leader changed, and now and then.
-        if !changed && self.ticks % HOUSEKEEPING_TICKS != 0 {
+        if !changed && !self.due(HOUSEKEEPING_TICKS) {
             return;
         }
         let retry_ticks = u64::from(self.config.paxos.election_ticks.1) * 2;
@@ -186,8 +233,13 @@ impl Core {
     fn housekeeping(&mut self, out: &mut Vec<Output>) {
         match &self.phase {
             Phase::Joining { target, .. } => {
-                // Ask (again) for the snapshot that starts this node.
+                // Ask (again) for the snapshot that starts this node, unless
+                // one is on its way (each chunk received renews the request).
                 let target = target.clone();
+                if !self.catch_up_timed_out(out) {
+                    return;
+                }
+                self.catch_up = Some((target.clone(), self.ticks));
                 // From rev 0: a snapshot, whatever the log holds.
                 let addr = self.node.addr.clone();
                 self.send_peer(target, PeerMsg::CatchUp { from: Rev(0), addr }, out);
@@ -195,8 +247,11 @@ impl Core {
             }
             Phase::Running => {}
         }
-        // Tell the leader this node lives; a node that does not know the
-        // leader asks every voter (the leader answers with a heartbeat).
+        // Tell every node this one lives: the leader answers with a
+        // heartbeat (or another node with who leads), and every node keeps
+        // when it last heard each other one, so a new leader removes a node
+        // that died before it took over on time, not a whole -timeout after
+        // its takeover.
         let alive = PeerMsg::Alive {
             applied: self.store.rev(),
             addr: self.node.addr.clone(),
@@ -211,18 +266,16 @@ impl Core {
         }
         let hint = self.leader_hint.as_ref().map(|(hint, _)| hint.clone());
         let mut to: BTreeSet<NodeId> = leader.into_iter().chain(hint).collect();
-        if to.is_empty() {
-            // Nobody known to lead: ask every node this one knows of.
-            let next = self.paxos.next_to_deliver();
-            to = self.paxos.membership().voters(next).clone();
-            to.extend(self.nodes.keys().cloned());
-            if let Phase::Joining { target, .. } = &self.phase {
-                to.insert(target.clone());
-            }
-        }
+        to.extend(self.nodes.keys().cloned());
+        let next = self.paxos.next_to_deliver();
+        to.extend(self.paxos.membership().voters(next).iter().cloned());
         for node in to.into_iter().filter(|n| *n != self.node.id) {
             self.send_peer(node, alive.clone(), out);
         }
+        // Forget snapshot streams their asker stopped pulling.
+        let now = self.ticks;
+        self.streams
+            .retain(|_, stream| now - stream.touched < SNAPSHOT_STREAM_TICKS);
         // Forget what was heard from nodes that are gone.
         let nodes = &self.nodes;
         self.last_heard.retain(|id, _| nodes.contains_key(id));
@@ -244,6 +297,8 @@ impl Core {
             return;
         }
         log::info!("registering this node under /ctl/node/{}", self.node.id);
+        // The registration writes `applied`; the next pulse is a period on.
+        self.last_pulse_tick = self.ticks;
         for mutation in self.registration(RevCheck::Clobber) {
             self.propose(Proposer::Register, mutation);
         }
@@ -288,12 +343,9 @@ impl Core {
             .keys()
             .filter(|id| **id != self.node.id && !self.removing.contains_key(*id))
             .filter(|id| {
-                let heard = self
-                    .last_heard
-                    .get(*id)
-                    .copied()
-                    .unwrap_or(since)
-                    .max(since);
+                // What this node heard before it took over counts: every
+                // node tells every other one it lives.
+                let heard = self.last_heard.get(*id).copied().unwrap_or(since);
                 self.ticks - heard > timeout
             })
             .cloned()
@@ -388,15 +440,45 @@ impl Core {
         if !self.paxos.is_leader() {
             return;
         }
-        let first = applied[0].0;
-        let decrees: Vec<Decree> = applied.into_iter().map(|(_, d)| d).collect();
-        for slave in self.slaves() {
-            let msg = PeerMsg::Decided {
-                first,
-                decrees: decrees.clone(),
-            };
-            self.send_peer(slave, msg, out);
+        // Cut into messages of consecutive slots within the catch-up budget.
+        let budget = self.catch_up_budget();
+        let mut batches: Vec<(Rev, Vec<Decree>)> = Vec::new();
+        let mut bytes = 0;
+        for (rev, decree) in applied {
+            let size = decree.size();
+            match batches.last_mut() {
+                Some((first, decrees))
+                    if bytes + size <= budget
+                        && first.0.checked_add(decrees.len() as i64) == Some(rev.0) =>
+                {
+                    bytes += size;
+                    decrees.push(decree);
+                }
+                _ => {
+                    bytes = size;
+                    batches.push((rev, vec![decree]));
+                }
+            }
         }
+        for slave in self.slaves() {
+            for (first, decrees) in &batches {
+                let msg = PeerMsg::Decided {
+                    first: *first,
+                    decrees: decrees.clone(),
+                };
+                self.send_peer(slave.clone(), msg, out);
+            }
+        }
+    }
+
+    /// The most bytes of decrees or files in one catch-up answer, snapshot
+    /// chunk or slave stream message: [`CATCH_UP_BYTES`], or a quarter of
+    /// the peer frame cap when that is smaller, so the message's encoding
+    /// (bounded by [`paxos::Value::size`] before it is built) always fits.
+    pub(super) fn catch_up_budget(&self) -> usize {
+        CATCH_UP_BYTES
+            .min(self.config.max_peer_frame_bytes / 4)
+            .max(1)
     }
 
     /// Handles a message from another node, after checking it against what
@@ -409,8 +491,12 @@ impl Core {
         msg: PeerMsg,
         out: &mut Vec<Output>,
     ) {
+        // An answer to this node's catch-up request came: ask for the rest
+        // once it is applied (pull pacing, one answer in flight).
+        let mut pull_again = false;
         match self.admit_peer(&from, source, msg, out) {
-            Ok(()) => {
+            Ok(pull) => {
+                pull_again = pull;
                 if self.nodes.contains_key(&from) {
                     self.last_heard.insert(from, self.ticks);
                 }
@@ -427,6 +513,9 @@ impl Core {
             }
         }
         self.apply_decided(out);
+        if pull_again {
+            self.catch_up_if_behind(out);
+        }
     }
 
     /// Whether `node` may lead this node beyond the voters of its window:
@@ -441,13 +530,15 @@ impl Core {
             || matches!(&self.phase, Phase::Joining { target, .. } if target == node)
     }
 
+    /// Checks and takes one peer message; whether it answered this node's
+    /// catch-up request (so the next part should be asked for).
     fn admit_peer(
         &mut self,
         from: &NodeId,
         source: Option<IpAddr>,
         msg: PeerMsg,
         out: &mut Vec<Output>,
-    ) -> Result<(), Refused> {
+    ) -> Result<bool, Refused> {
         if *from == self.node.id {
             return Err(Refused::Paxos(paxos::Refusal::FromSelf));
         }
@@ -510,7 +601,7 @@ impl Core {
                 self.remember_addr(from, addr, source)?;
                 self.serve_catch_up(from.clone(), first, out)
             }
-            PeerMsg::Decided { first, decrees } => self.on_decided(from, first, decrees)?,
+            PeerMsg::Decided { first, decrees } => return self.on_decided(from, first, decrees),
             PeerMsg::Snapshot(snapshot) => {
                 let asked = match &self.phase {
                     Phase::Joining { target, .. } => target == from,
@@ -521,8 +612,23 @@ impl Core {
                 }
                 self.install(*snapshot, out)?;
             }
+            PeerMsg::SnapshotChunk { index, done, data } => {
+                self.on_snapshot_chunk(from.clone(), index, done, *data, out)?;
+                return Ok(self.catch_up.is_none());
+            }
+            PeerMsg::SnapshotNext { rev, index } => {
+                let now = self.ticks;
+                let Some(stream) = self.streams.get_mut(from) else {
+                    return Err(Refused::NotAsked);
+                };
+                if stream.tree.rev() != rev {
+                    return Err(Refused::NotAsked);
+                }
+                stream.touched = now;
+                self.send_chunk(from.clone(), index, out);
+            }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Whether this node asked `node` for catch-up lately.
@@ -568,7 +674,7 @@ impl Core {
         from: &NodeId,
         first: Rev,
         decrees: Vec<Decree>,
-    ) -> Result<(), Refused> {
+    ) -> Result<bool, Refused> {
         if self.phase != Phase::Running {
             return Err(Refused::NotAsked);
         }
@@ -601,14 +707,18 @@ impl Core {
         for (slot, decree) in (first.0..end).zip(decrees) {
             self.paxos.learn(slot, decree)?;
         }
+        // The answer to this node's request: ask for the rest once it is
+        // applied (unless a snapshot is being assembled meanwhile).
         if self
             .catch_up
             .as_ref()
             .is_some_and(|(asked, _)| asked == from)
+            && self.assembly.is_none()
         {
             self.catch_up = None;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Keeps the address of a node that is not registered (attaching, or
@@ -637,6 +747,11 @@ impl Core {
         Ok(())
     }
 
+    /// Answers a catch-up request: the decided slots from `first` on, as
+    /// many as fit the catch-up budget (the asker asks again for the rest),
+    /// or the first chunk of a snapshot when the log no longer reaches back
+    /// to `first`. Nothing when this node has nothing newer (the asker's
+    /// request times out and it may ask another node).
     fn serve_catch_up(&mut self, to: NodeId, first: Rev, out: &mut Vec<Output>) {
         if self.phase != Phase::Running || first > self.store.rev() {
             return;
@@ -644,29 +759,213 @@ impl Core {
         let log_start = self.decided_log.front().map(|(rev, _)| *rev);
         match log_start {
             Some(start) if first >= start && first > Rev(0) => {
-                let skip = (first.0 - start.0) as usize;
-                let decrees: Vec<Decree> = self
-                    .decided_log
-                    .iter()
-                    .skip(skip)
-                    .take(CATCH_UP_SLOTS)
-                    .map(|(_, d)| d.clone())
-                    .collect();
+                let Ok(skip) = usize::try_from(first.0 - start.0) else {
+                    return;
+                };
+                let budget = self.catch_up_budget();
+                let mut bytes = 0;
+                let mut decrees = Vec::new();
+                for (_, decree) in self.decided_log.range(skip..) {
+                    let size = decree.size();
+                    if !decrees.is_empty() && bytes + size > budget {
+                        break;
+                    }
+                    bytes += size;
+                    decrees.push(decree.clone());
+                }
                 self.send_peer(to, PeerMsg::Decided { first, decrees }, out);
             }
-            _ => {
-                let snapshot = self.snapshot_data();
-                log::info!("sending a snapshot at rev {} to {to}", snapshot.rev);
-                self.send_peer(to, PeerMsg::Snapshot(Box::new(snapshot)), out);
+            _ => self.start_snapshot_stream(to, out),
+        }
+    }
+
+    /// Takes a snapshot of the current state for `to` and sends its first
+    /// chunk; the others follow as `to` asks for them.
+    fn start_snapshot_stream(&mut self, to: NodeId, out: &mut Vec<Output>) {
+        if !self.streams.contains_key(&to) && self.streams.len() >= MAX_SNAPSHOT_STREAMS {
+            let idlest = self
+                .streams
+                .iter()
+                .min_by_key(|(_, stream)| stream.touched)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = idlest {
+                self.streams.remove(&id);
             }
         }
+        let data = self.snapshot_tail();
+        log::info!("sending a snapshot at rev {} to {to}", data.rev);
+        let stream = SnapshotStream {
+            tree: self.store.current().clone(),
+            membership: data.membership,
+            dedupe: data.dedupe,
+            next_index: 0,
+            cursor: None,
+            last_start: None,
+            done: false,
+            touched: self.ticks,
+        };
+        self.streams.insert(to.clone(), stream);
+        self.send_chunk(to, 0, out);
+    }
+
+    /// Sends chunk `index` of the snapshot streamed to `to`: the next one,
+    /// or the last one again (it may have been lost); any other is ignored.
+    fn send_chunk(&mut self, to: NodeId, index: u64, out: &mut Vec<Output>) {
+        let budget = self.catch_up_budget();
+        let Some(stream) = self.streams.get_mut(&to) else {
+            return;
+        };
+        let start = if index == stream.next_index && !stream.done {
+            stream.cursor.clone()
+        } else if index.checked_add(1) == Some(stream.next_index) {
+            stream.last_start.clone()
+        } else {
+            return;
+        };
+        let (files, done) = stream.tree.files_after(start.as_ref(), budget);
+        if index == stream.next_index {
+            stream.last_start = start;
+            if let Some((path, _, _)) = files.last() {
+                stream.cursor = Some(path.clone());
+            }
+            stream.next_index += 1;
+            stream.done = done;
+        }
+        let (membership, dedupe) = if done {
+            (stream.membership.clone(), stream.dedupe.clone())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let data = Box::new(SnapshotData {
+            rev: stream.tree.rev(),
+            files,
+            membership,
+            dedupe,
+        });
+        self.send_peer(to, PeerMsg::SnapshotChunk { index, done, data }, out);
+    }
+
+    /// Adds a chunk to the snapshot being received, installs it after the
+    /// last one, and asks for the next. Only chunks from the node this one
+    /// asked are taken, in order and of one rev, bounded in bytes.
+    fn on_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        index: u64,
+        done: bool,
+        data: SnapshotData,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refused> {
+        if index == 0 {
+            let asked = self
+                .catch_up
+                .as_ref()
+                .is_some_and(|(asked, _)| *asked == from);
+            let stale = self.phase == Phase::Running && data.rev <= self.store.rev();
+            let restart = self
+                .assembly
+                .as_ref()
+                .is_none_or(|a| a.from != from || a.rev != data.rev);
+            if !asked {
+                return Err(Refused::NotAsked);
+            }
+            if stale {
+                log::debug!("ignoring a snapshot chunk from {from} (not newer than this node)");
+                return Ok(());
+            }
+            if restart {
+                self.assembly = Some(Assembly {
+                    from: from.clone(),
+                    rev: data.rev,
+                    next_index: 0,
+                    files: Vec::new(),
+                    bytes: 0,
+                    retries: 0,
+                });
+            }
+        }
+        let Some(assembly) = self.assembly.as_mut() else {
+            return Err(Refused::NotAsked);
+        };
+        if assembly.from != from || assembly.rev != data.rev || assembly.next_index != index {
+            return Err(Refused::NotAsked);
+        }
+        let bytes: usize = data
+            .files
+            .iter()
+            .map(|(path, _, body)| file_bytes(path, body))
+            .sum();
+        assembly.bytes = assembly.bytes.saturating_add(bytes);
+        if assembly.bytes > MAX_SNAPSHOT_BYTES {
+            log::warn!("dropping a snapshot from {from}: larger than {MAX_SNAPSHOT_BYTES} bytes");
+            self.assembly = None;
+            return Ok(());
+        }
+        assembly.files.extend(data.files);
+        assembly.next_index += 1;
+        assembly.retries = 0;
+        let (rev, next) = (assembly.rev, assembly.next_index);
+        // Progress: the request is not timed out while chunks arrive.
+        self.catch_up = Some((from.clone(), self.ticks));
+        if done {
+            let assembly = self.assembly.take().expect("checked above");
+            let snapshot = SnapshotData {
+                rev,
+                files: assembly.files,
+                membership: data.membership,
+                dedupe: data.dedupe,
+            };
+            self.install(snapshot, out)?;
+        } else {
+            self.send_peer(from, PeerMsg::SnapshotNext { rev, index: next }, out);
+        }
+        Ok(())
+    }
+
+    /// Whether the catch-up request in flight (if any) timed out, so a new
+    /// one may be sent. A snapshot being received is asked for its next
+    /// chunk again a few times before it is given up.
+    fn catch_up_timed_out(&mut self, out: &mut Vec<Output>) -> bool {
+        let Some((_, asked)) = &self.catch_up else {
+            return true;
+        };
+        // A snapshot in chunks gets longer per chunk than a log answer.
+        let patience = if self.assembly.is_some() {
+            CATCH_UP_TICKS
+        } else {
+            HOUSEKEEPING_TICKS
+        };
+        if self.ticks - asked < patience {
+            return false;
+        }
+        if let Some(assembly) = self.assembly.as_mut() {
+            if assembly.retries < SNAPSHOT_RETRIES {
+                assembly.retries += 1;
+                let (from, rev, index) = (assembly.from.clone(), assembly.rev, assembly.next_index);
+                self.catch_up = Some((from.clone(), self.ticks));
+                self.send_peer(from, PeerMsg::SnapshotNext { rev, index }, out);
+                return false;
+            }
+        }
+        // No answer in time: start over, possibly from another node.
+        self.catch_up = None;
+        self.assembly = None;
+        true
     }
 
     /// The replicated state at the current rev.
     pub fn snapshot_data(&self) -> SnapshotData {
         SnapshotData {
-            rev: self.store.rev(),
             files: self.store.current().files(),
+            ..self.snapshot_tail()
+        }
+    }
+
+    /// The replicated state at the current rev but the files.
+    fn snapshot_tail(&self) -> SnapshotData {
+        SnapshotData {
+            rev: self.store.rev(),
+            files: Vec::new(),
             membership: self.paxos.membership().entries(),
             dedupe: self
                 .applied_writes
@@ -723,6 +1022,11 @@ impl Core {
         self.refresh_cal();
         self.phase = Phase::Running;
         self.catch_up = None;
+        self.assembly = None;
+        // Slots applied before the jump are not followed by the next ones:
+        // slaves catch up on what they miss.
+        self.newly_applied.clear();
+        self.answer_writes_in_snapshot(out);
         // The history before the snapshot is gone: waits that needed it can
         // never be answered from it.
         let keys: Vec<WaitKey> = self.wait_tags.keys().copied().collect();
@@ -747,32 +1051,64 @@ impl Core {
         Ok(())
     }
 
+    /// Writes proposed here that the installed snapshot says were applied
+    /// (while this node was behind) will never be applied here again: drop
+    /// them, telling their clients the outcome is unknown, so they do not
+    /// wait forever nor block this node's own duties.
+    fn answer_writes_in_snapshot(&mut self, out: &mut Vec<Output>) {
+        let Some(applied) = self.applied_writes.get(&self.node.id) else {
+            return;
+        };
+        let done: Vec<u64> = self
+            .pending_writes
+            .keys()
+            .filter(|seq| **seq < applied.floor || applied.seqs.contains(seq))
+            .copied()
+            .collect();
+        for seq in done {
+            let Some(pending) = self.pending_writes.remove(&seq) else {
+                continue;
+            };
+            if let Proposer::Client { conn, tag } = pending.proposer {
+                let outcome = Err(ReplyError::other(
+                    "applied while this node was catching up; result unknown",
+                ));
+                out.push(Output::Reply { conn, tag, outcome });
+            }
+        }
+    }
+
     /// Asks a node that knows more of the log for what this one misses.
     fn catch_up_if_behind(&mut self, out: &mut Vec<Output>) {
         if self.phase != Phase::Running {
             return;
         }
-        if let Some((_, asked)) = &self.catch_up {
-            if self.ticks - asked < HOUSEKEEPING_TICKS {
-                return;
-            }
-            self.catch_up = None;
+        if !self.catch_up_timed_out(out) {
+            return;
         }
         let hint = self.paxos.take_hint().map(|(node, _)| node);
         if hint.is_some() {
             self.catch_up_source = hint.clone();
         }
-        // Asked only of nodes whose word this node takes on the log: one
-        // that proved it is ahead in a consensus message (the hint), the
-        // leader, the last such node. Never a node on its own claim (an
-        // `Alive` saying how far it applied): its answer is installed.
+        // Asked of nodes whose word this node takes on the log: one that
+        // proved it is ahead in a consensus message (the hint); failing
+        // that, the voter that said (in its `Alive`) it applied the most, if
+        // that is more than here (a leader can be behind too); the leader;
+        // the last such node. Never a non-voter on its own claim: its answer
+        // is installed.
+        let rev = self.store.rev();
+        let ahead = self
+            .applied_of
+            .iter()
+            .filter(|(id, applied)| {
+                **id != self.node.id && **applied > rev && self.paxos.in_window(id)
+            })
+            .max_by_key(|(_, applied)| **applied)
+            .map(|(id, _)| id.clone());
         let source = match hint {
             Some(node) => Some(node),
-            None if self.paxos.is_behind() => self
-                .paxos
-                .leader()
-                .filter(|l| **l != self.node.id)
-                .cloned()
+            None if self.paxos.is_behind() => ahead
+                .or_else(|| self.paxos.leader().filter(|l| **l != self.node.id).cloned())
                 .or_else(|| self.catch_up_source.clone()),
             None => None,
         };

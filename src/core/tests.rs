@@ -7,6 +7,7 @@ fn config() -> CoreConfig {
         timeout_ticks: 1000,
         max_value_bytes: 1024,
         max_pending_writes: 8,
+        max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings::default(),
         seed: 7,
     }
@@ -108,7 +109,9 @@ fn seed_writes_its_ctl_entries_through_consensus() {
         get_body(&mut core, &format!("/ctl/ns/test/{id}")).1,
         b"127.0.0.1:8046"
     );
-    assert_eq!(core.store().rev(), Rev(7));
+    let applied = get_body(&mut core, &format!("/ctl/node/{id}/applied"));
+    assert_eq!(applied.1, b"0", "written at start, before any pulse");
+    assert_eq!(core.store().rev(), Rev(8));
 }
 
 #[test]
@@ -299,7 +302,7 @@ fn pulse_writes_applied() {
     let mut core = seed();
     let mut out = Vec::new();
     for _ in 0..100 {
-        core.handle(Input::Tick, &mut out);
+        core.handle(Input::Tick(1), &mut out);
     }
     core.end_batch(&mut out);
     let id = core.node().id.to_string();
@@ -317,7 +320,7 @@ fn the_leader_names_itself() {
     let mut core = seed();
     let mut out = Vec::new();
     for _ in 0..10 {
-        core.handle(Input::Tick, &mut out);
+        core.handle(Input::Tick(1), &mut out);
     }
     core.end_batch(&mut out);
     let id = core.node().id.to_string();
@@ -326,7 +329,7 @@ fn the_leader_names_itself() {
     assert_eq!(body, id.into_bytes());
     // Once named, it is not written again.
     for _ in 0..100 {
-        core.handle(Input::Tick, &mut out);
+        core.handle(Input::Tick(1), &mut out);
     }
     core.end_batch(&mut out);
     assert_eq!(get_body(&mut core, LEADER_PATH).0, rev);
@@ -722,4 +725,242 @@ fn a_listing_far_into_a_big_tree_is_split_across_batches() {
     assert!(core.has_unfinished_work());
     core.handle(Input::ConnClosed { conn: 5 }, &mut out);
     assert!(!core.has_unfinished_work() && replies(out).is_empty());
+}
+
+/// Issue 9 item 10: a `Tick` carries the time that passed, so a loop too
+/// busy to deliver every tick keeps time; periodic duties fire when the
+/// clock crosses their period, however far one `Tick` moves it.
+#[test]
+fn a_tick_of_many_units_counts_them_all() {
+    let applied = |core: &mut Core| {
+        let id = core.node().id.to_string();
+        get_body(core, &format!("/ctl/node/{id}/applied"))
+    };
+    let mut core = seed();
+    let at_start = applied(&mut core);
+    let mut out = Vec::new();
+    // 99 single ticks: one short of the pulse period (100).
+    for _ in 0..99 {
+        core.handle(Input::Tick(1), &mut out);
+    }
+    core.end_batch(&mut out);
+    assert_eq!(applied(&mut core), at_start, "no pulse before -pulse");
+    // One tick reporting a whole period: the pulse is due.
+    let mut core = seed();
+    core.handle(Input::Tick(100), &mut out);
+    core.end_batch(&mut out);
+    let (rev, body) = applied(&mut core);
+    assert!(rev > at_start.0, "pulsed after one Tick(100): {rev:?}");
+    assert_ne!(body, b"0".to_vec());
+    // The leader's removal of a silent node (checked every 20 ticks) runs
+    // on time when each Tick jumps over multiples of 20: a node registered
+    // and never heard of goes within a check of -timeout (1000 ticks).
+    let mut core = seed();
+    let other = NodeId::from_bytes([2; 10]).to_string();
+    let addr = format!("/ctl/node/{other}/addr");
+    call(&mut core, 1, 1, set(&addr, -1, "127.0.0.9:1"));
+    let mut ticks = 0;
+    while get_body(&mut core, &addr).0 != Rev::ZERO {
+        core.handle(Input::Tick(7), &mut out);
+        core.end_batch(&mut out);
+        ticks += 7;
+        assert!(ticks <= 1000 + 20 + 7, "not removed after {ticks} ticks");
+    }
+    assert!(ticks > 1000, "removed after {ticks} ticks, before -timeout");
+}
+
+/// Two cores wired together through the real peer codec, with a frame cap.
+struct Pair {
+    cores: Vec<Core>,
+    /// Encoded size of every peer message delivered, by kind.
+    sizes: Vec<(&'static str, usize)>,
+    cap: usize,
+}
+
+impl Pair {
+    fn kind(msg: &PeerMsg) -> &'static str {
+        match msg {
+            PeerMsg::Decided { decrees, .. } if decrees.is_empty() => "decided-empty",
+            PeerMsg::Decided { .. } => "decided",
+            PeerMsg::SnapshotChunk { .. } => "chunk",
+            PeerMsg::Snapshot(_) => "snapshot",
+            _ => "other",
+        }
+    }
+
+    /// Routes `out` of core `from`; messages of `drop` kinds are lost.
+    fn deliver(&mut self, from: usize, out: Vec<Output>, drop: &[&str]) {
+        let mut queue: VecDeque<(usize, Output)> = out.into_iter().map(|o| (from, o)).collect();
+        let mut rounds = 0;
+        while let Some((src, output)) = queue.pop_front() {
+            rounds += 1;
+            assert!(rounds < 100_000, "messages never settled");
+            let Output::Peer { to, msg, .. } = output else {
+                continue;
+            };
+            let Some(dst) = self.cores.iter().position(|c| c.node().id == to) else {
+                continue;
+            };
+            let mut frame = Vec::new();
+            let len = crate::codec::peer::encode_peer_frame_into(&msg, &mut frame, self.cap)
+                .unwrap_or_else(|e| panic!("{} refused: {e}", Self::kind(&msg)));
+            let kind = Self::kind(&msg);
+            self.sizes.push((kind, len));
+            if drop.contains(&kind) {
+                continue;
+            }
+            let msg = crate::codec::peer::decode_peer_msg(&frame[4..]).unwrap();
+            let from_id = self.cores[src].node().id.clone();
+            let mut more = Vec::new();
+            self.cores[dst].handle(
+                Input::Peer {
+                    from: from_id,
+                    source: None,
+                    msg,
+                },
+                &mut more,
+            );
+            self.cores[dst].end_batch(&mut more);
+            queue.extend(more.into_iter().map(|o| (dst, o)));
+        }
+    }
+
+    fn tick(&mut self, n: usize, drop: &[&str]) {
+        for _ in 0..n {
+            for i in 0..self.cores.len() {
+                let mut out = Vec::new();
+                self.cores[i].handle(Input::Tick(1), &mut out);
+                self.cores[i].end_batch(&mut out);
+                self.deliver(i, out, drop);
+            }
+        }
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.sizes.iter().filter(|(k, _)| *k == kind).count()
+    }
+}
+
+/// Issue 9 item 7: a node far behind gets the state in chunks and then the
+/// log in answers, each within a quarter of the peer frame cap, however
+/// much there is to send; the asker pulls the next piece as soon as it has
+/// applied the last.
+#[test]
+fn catch_up_travels_in_pieces_within_the_frame_cap() {
+    let cap = 64 * 1024;
+    let cfg = CoreConfig {
+        max_peer_frame_bytes: cap,
+        max_pending_writes: 1000,
+        history_revs: 500,
+        ..config()
+    };
+    let info = |n: u8, addr: &str| NodeInfo {
+        id: NodeId::from_bytes([n; 10]),
+        addr: addr.into(),
+        hostname: "box".into(),
+        cluster_name: "test".into(),
+        register_ns: false,
+    };
+    let mut a = Core::seed(info(1, "127.0.0.1:1"), cfg.clone());
+    let value = "v".repeat(1000);
+    for i in 0..200 {
+        call(&mut a, 1, i, set(&format!("/f/{i:03}"), -1, &value));
+    }
+    let b = Core::join(
+        info(2, "127.0.0.1:2"),
+        cfg,
+        a.node().id.clone(),
+        "127.0.0.1:1".into(),
+    );
+    let mut pair = Pair {
+        cores: vec![a, b],
+        sizes: Vec::new(),
+        cap,
+    };
+    pair.tick(40, &[]);
+    let chunks = pair.count("chunk");
+    assert!(chunks >= 200_000 / (cap / 4), "{chunks} chunks");
+    assert_eq!(
+        pair.cores[1]
+            .store()
+            .current()
+            .files_after(None, usize::MAX),
+        pair.cores[0]
+            .store()
+            .current()
+            .files_after(None, usize::MAX),
+    );
+    assert!(pair.cores[1].is_writable());
+    pair.tick(100, &[]);
+    // Now B follows. It misses 120 writes (their stream is lost) and
+    // catches up from A's log in several answers.
+    for i in 0..120 {
+        let mut out = Vec::new();
+        pair.cores[0].handle(
+            Input::Request {
+                conn: 1,
+                tag: Some(i),
+                command: set(&format!("/g/{i:03}"), -1, &value),
+            },
+            &mut out,
+        );
+        pair.cores[0].end_batch(&mut out);
+        pair.deliver(0, out, &["decided"]);
+    }
+    let before = pair.count("decided");
+    let chunks = pair.count("chunk");
+    let rev_a = pair.cores[0].store().rev();
+    assert!(pair.cores[1].store().rev() < rev_a);
+    pair.tick(60, &[]);
+    assert!(pair.cores[1].store().rev() >= rev_a, "B caught up");
+    let answers = pair.count("decided") - before;
+    assert!(answers >= 120_000 / (cap / 4), "{answers} answers");
+    assert_eq!(pair.count("chunk"), chunks, "the log sufficed");
+    let biggest = pair.sizes.iter().map(|(_, len)| *len).max().unwrap();
+    assert!(biggest <= cap / 4 + 1024, "a message of {biggest} bytes");
+}
+
+/// Batches and catch-up answers are cut by `Decree::size` before encoding:
+/// it must bound the real encoding, whatever the field values.
+#[test]
+fn decree_size_bounds_its_encoding() {
+    use crate::paxos::Value;
+    let origin = NodeId::from_bytes([0xff; 10]);
+    let mutations = [
+        Mutation::Nop,
+        Mutation::Del {
+            path: path("/a/b"),
+            check: RevCheck::NotOlderThan(i64::MIN),
+        },
+        Mutation::Set {
+            path: path(&format!("/{}", "p".repeat(5000))),
+            check: RevCheck::NotOlderThan(i64::MAX),
+            body: Body::from(vec![7u8; 1 << 20]),
+        },
+        Mutation::Set {
+            path: path("/x"),
+            check: RevCheck::Clobber,
+            body: Body::from(Vec::new()),
+        },
+    ];
+    let mut decrees = vec![Decree::Fill];
+    for mutation in mutations {
+        decrees.push(Decree::Write {
+            origin: origin.clone(),
+            seq: u64::MAX,
+            floor: u64::MAX - 1,
+            mutation,
+        });
+    }
+    for decree in decrees {
+        let msg = PeerMsg::Decided {
+            first: Rev(i64::MAX),
+            decrees: vec![decree.clone()],
+        };
+        // Header, variant, first and the list's length: at most 4 + 5 + 9 + 9.
+        let encoded = crate::codec::peer::encode_peer_frame(&msg)
+            .len()
+            .saturating_sub(27);
+        assert!(encoded <= decree.size(), "{encoded} > {}", decree.size());
+    }
 }

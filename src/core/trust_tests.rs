@@ -12,6 +12,7 @@ fn config() -> CoreConfig {
         timeout_ticks: 1000,
         max_value_bytes: 1024,
         max_pending_writes: 8,
+        max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings::default(),
         seed: 7,
     }
@@ -466,7 +467,7 @@ fn an_unregistered_node_forwards_only_its_registration() {
     // Housekeeping registers it; its registration goes out alone.
     let mut out = Vec::new();
     for _ in 0..HOUSEKEEPING_TICKS {
-        node.handle(Input::Tick, &mut out);
+        node.handle(Input::Tick(1), &mut out);
     }
     node.end_batch(&mut out);
     let forwarded: Vec<Decree> = peer_msgs(&out)

@@ -33,7 +33,8 @@ pub type Slot = i64;
 /// A value the engine can order. A new leader fills holes with `nop()`.
 pub trait Value: Clone + std::fmt::Debug + PartialEq {
     fn nop() -> Self;
-    /// Roughly how many bytes it takes on the wire (to bound batches).
+    /// An upper bound of the bytes it takes on the wire: batches (phase 2,
+    /// resends, forwards) are cut by it so none outgrows a peer frame.
     fn size(&self) -> usize;
 }
 
@@ -483,13 +484,22 @@ impl<V: Value> Paxos<V> {
 
     /// Advances time by one tick: heartbeats, resends, elections.
     pub fn tick(&mut self, out: &mut Out<V>) {
+        self.tick_by(1, out);
+    }
+
+    /// Advances time by `elapsed` ticks at once (the caller's loop was busy
+    /// and measured that much time passing): every timer counts them, so a
+    /// timeout means the same time on a loaded machine. Heartbeats and
+    /// resends fire at most once per call.
+    pub fn tick_by(&mut self, elapsed: u32, out: &mut Out<V>) {
         let start = out.len();
-        self.tick_inner(out);
+        self.tick_inner(elapsed, out);
         self.assert_own_ballots(&out[start..]);
     }
 
-    fn tick_inner(&mut self, out: &mut Out<V>) {
-        self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(1);
+    fn tick_inner(&mut self, elapsed: u32, out: &mut Out<V>) {
+        let elapsed = elapsed.max(1);
+        self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(elapsed);
         let is_voter = self.is_voter();
         let heartbeat = self.settings.heartbeat_ticks;
         let mut start_prevote = false;
@@ -500,9 +510,9 @@ impl<V: Value> Paxos<V> {
                 timeout_ticks,
                 leader,
             } => {
-                *quiet_ticks += 1;
+                *quiet_ticks = quiet_ticks.saturating_add(elapsed);
                 start_prevote = *quiet_ticks >= *timeout_ticks && is_voter;
-                if *quiet_ticks >= 2 * *timeout_ticks {
+                if *quiet_ticks >= timeout_ticks.saturating_mul(2) {
                     // Whoever led has gone quiet: stop forwarding to it.
                     *leader = None;
                 }
@@ -517,7 +527,7 @@ impl<V: Value> Paxos<V> {
                 timeout_ticks,
                 ..
             } => {
-                *elapsed_ticks += 1;
+                *elapsed_ticks = elapsed_ticks.saturating_add(elapsed);
                 start_prevote = *elapsed_ticks >= *timeout_ticks && is_voter;
                 if *elapsed_ticks >= *timeout_ticks && !is_voter {
                     self.become_follower(None);
@@ -532,12 +542,12 @@ impl<V: Value> Paxos<V> {
             self.start_prevote(out);
         }
         if leader_duties {
-            self.leader_tick(heartbeat, out);
+            self.leader_tick(heartbeat, elapsed, out);
         }
         self.flush(out);
     }
 
-    fn leader_tick(&mut self, heartbeat: u32, out: &mut Out<V>) {
+    fn leader_tick(&mut self, heartbeat: u32, elapsed: u32, out: &mut Out<V>) {
         let commit = self.commit;
         let window = self
             .membership
@@ -546,7 +556,7 @@ impl<V: Value> Paxos<V> {
         let Role::Leader(lead) = &mut self.role else {
             return;
         };
-        lead.check_ticks += 1;
+        lead.check_ticks = lead.check_ticks.saturating_add(elapsed);
         if lead.check_ticks >= check_every {
             lead.check_ticks = 0;
             let heard = std::mem::replace(&mut lead.heard, BTreeSet::from([self.me.clone()]));
@@ -561,8 +571,8 @@ impl<V: Value> Paxos<V> {
         let Role::Leader(lead) = &mut self.role else {
             return;
         };
-        lead.quiet_ticks += 1;
-        lead.resend_ticks += 1;
+        lead.quiet_ticks = lead.quiet_ticks.saturating_add(elapsed);
+        lead.resend_ticks = lead.resend_ticks.saturating_add(elapsed);
         if lead.quiet_ticks >= heartbeat {
             lead.quiet_ticks = 0;
             lead.sent_commit = commit;
@@ -588,11 +598,19 @@ impl<V: Value> Paxos<V> {
                 .filter(|v| **v != self.me && !lead.inflight[&first].1.contains(*v))
                 .cloned()
                 .collect();
+            // Within the batch limits, like the first send (at least one).
+            let mut bytes = 0usize;
             let values: Vec<V> = lead
                 .inflight
                 .values()
                 .take(self.settings.max_batch_slots)
-                .map(|(v, _)| v.clone())
+                .map(|(v, _)| v)
+                .take_while(|v| {
+                    let first = bytes == 0;
+                    bytes = bytes.saturating_add(v.size());
+                    first || bytes <= self.settings.max_batch_bytes
+                })
+                .cloned()
                 .collect();
             let unpromised: Vec<NodeId> = window.difference(&lead.promised_by).cloned().collect();
             let msg = Msg::Accept {
@@ -704,7 +722,22 @@ impl<V: Value> Paxos<V> {
         if !self.forward.is_empty() {
             match self.leader().cloned() {
                 Some(leader) if leader != self.me => {
-                    let values = std::mem::take(&mut self.forward);
+                    // In messages within the batch limits (a leader change
+                    // hands over every pending write at once).
+                    let mut values = Vec::new();
+                    let mut bytes = 0usize;
+                    for value in std::mem::take(&mut self.forward) {
+                        let size = value.size();
+                        let full = values.len() >= self.settings.max_batch_slots
+                            || bytes.saturating_add(size) > self.settings.max_batch_bytes;
+                        if !values.is_empty() && full {
+                            let values = std::mem::take(&mut values);
+                            out.push((leader.clone(), Msg::Forward { values }));
+                            bytes = 0;
+                        }
+                        bytes = bytes.saturating_add(size);
+                        values.push(value);
+                    }
                     out.push((leader, Msg::Forward { values }));
                 }
                 Some(_) => {

@@ -383,10 +383,10 @@ fn requests_are_charged_for_what_they_make_the_core_hold() {
 
 #[test]
 fn bytes_in_flight_are_bounded_per_connection() {
-    // Each WAIT with a 1000-byte glob costs 4256 bytes; three and a REV
-    // fit in 13100, a fourth WAIT does not.
+    // Each WAIT with a 1000-byte glob costs 256 + 10 × 1000 bytes; three
+    // and a REV fit in 31,100, a fourth WAIT does not.
     let glob = "/".to_string() + &"w".repeat(999);
-    let mut s = bytes_session(13_100);
+    let mut s = bytes_session(3 * (REQUEST_OVERHEAD_BYTES + GLOB_BYTES_FACTOR * 1000) + 300);
     let each = submitted_bytes(s.on_request(wait(Some(1), &glob), true));
     submitted_bytes(s.on_request(wait(Some(2), &glob), true));
     submitted_bytes(s.on_request(wait(Some(3), &glob), true));
@@ -413,7 +413,8 @@ fn bytes_in_flight_are_bounded_per_connection() {
 
 #[test]
 fn one_request_alone_always_goes_through() {
-    let huge = "/".to_string() + &"h".repeat(100_000);
+    // As large as a glob may be.
+    let huge = "/".to_string() + &"h".repeat(4095);
     let mut s = bytes_session(1000);
     let bytes = submitted_bytes(s.on_request(wait(Some(1), &huge), true));
     assert!(bytes > 1000);
@@ -453,11 +454,11 @@ fn untagged_completions_never_undercount() {
 
 #[test]
 fn the_shared_budget_bounds_all_connections_and_is_given_back() {
-    let shared = std::sync::Arc::new(crate::budget::ByteBudget::new(10_000));
+    let shared = std::sync::Arc::new(crate::budget::ByteBudget::new(25_000));
     let glob = "/".to_string() + &"s".repeat(1499);
     let mut a = bytes_session(1 << 20).with_shared_budget(shared.clone());
     let mut b = bytes_session(1 << 20).with_shared_budget(shared.clone());
-    // 6256 bytes each: a fits, b does not.
+    // 15,256 bytes each: a fits, b does not.
     let each = submitted_bytes(a.on_request(wait(Some(1), &glob), true));
     assert_eq!(shared.used(), each);
     let (_, code, detail) = err_of(b.on_request(wait(Some(1), &glob), true));

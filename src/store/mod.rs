@@ -100,6 +100,10 @@ fn empty_body() -> Body {
     Arc::from(&[][..])
 }
 
+/// What [`Snapshot::files_after`] counts for a file beyond its path and
+/// body: the length prefixes and rev of an encoding (at most 9 bytes each).
+pub const FILE_OVERHEAD_BYTES: usize = 32;
+
 /// The whole tree as it stood after one rev. Cloning is O(1).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -339,6 +343,71 @@ impl Snapshot {
         out
     }
 
+    /// A run of files in walk order for a snapshot sent in chunks: those
+    /// after the file `after` (from the first when `None`), as many as fit in
+    /// `max_bytes` (at least one; each file counts its path, its body and
+    /// [`FILE_OVERHEAD_BYTES`]), and whether the walk
+    /// reached the end. The walk keeps an explicit stack (one entry per
+    /// directory level), so no path depth can exhaust the thread's stack,
+    /// and it touches only the files it returns and the path to `after`.
+    pub fn files_after(
+        &self,
+        after: Option<&Path>,
+        max_bytes: usize,
+    ) -> (Vec<(Path, Rev, Body)>, bool) {
+        use std::ops::Bound;
+        type Level<'a> = (Box<dyn Iterator<Item = (&'a Name, &'a Node)> + 'a>, usize);
+        let mut stack: Vec<Level<'_>> = Vec::new();
+        let mut base = String::new();
+        match after {
+            None => stack.push((Box::new(self.root.iter()), 0)),
+            Some(after) => {
+                let mut dir = Some(&self.root);
+                for comp in after.components() {
+                    let Some(d) = dir else {
+                        break;
+                    };
+                    let bounds = (Bound::Excluded(comp), Bound::Unbounded);
+                    stack.push((Box::new(d.range::<_, str>(bounds)), base.len()));
+                    base.push('/');
+                    base.push_str(comp);
+                    dir = match d.get(comp) {
+                        Some(Node::Dir(child)) => Some(child),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((iter, len)) = stack.last_mut() {
+            let len = *len;
+            let Some((name, node)) = iter.next() else {
+                stack.pop();
+                continue;
+            };
+            base.truncate(len);
+            base.push('/');
+            base.push_str(name);
+            match node {
+                Node::File { body, rev } => {
+                    let cost = base.len() + body.len() + FILE_OVERHEAD_BYTES;
+                    if !out.is_empty() && bytes.saturating_add(cost) > max_bytes {
+                        return (out, false);
+                    }
+                    bytes = bytes.saturating_add(cost);
+                    let path = Path::parse(&base).expect("store paths are valid");
+                    out.push((path, *rev, body.clone()));
+                }
+                Node::Dir(d) => {
+                    let len = base.len();
+                    stack.push((Box::new(d.iter()), len));
+                }
+            }
+        }
+        (out, true)
+    }
+
     /// A deterministic 64-bit FNV-1a hash of the tree's content (every file's
     /// path, rev and body, in walk order). The snapshot's own rev is not included.
     pub fn digest(&self) -> u64 {
@@ -453,6 +522,11 @@ pub struct Store {
     current: Snapshot,
     /// Consecutive revs, oldest first, ending at `current.rev`.
     history: VecDeque<(Event, Snapshot)>,
+    /// The snapshot this store was started from (catch-up), kept readable
+    /// while its rev is inside the history window: a node that just
+    /// installed one answers reads at the rev it reports. Its event is not
+    /// known, so WAIT still starts at `head`.
+    base: Option<Snapshot>,
 }
 
 impl Store {
@@ -463,16 +537,21 @@ impl Store {
             head: Rev::ZERO,
             current: Snapshot::empty(),
             history: VecDeque::new(),
+            base: None,
         }
     }
 
     /// A store that starts from a snapshot taken elsewhere (catch-up). As in the
-    /// original after a clone, nothing at or before the snapshot's rev is in
-    /// the history: `head` is its rev + 1.
+    /// original after a clone, no event at or before the snapshot's rev is in
+    /// the history: `head` (where WAIT may start) is its rev + 1. Reads at the
+    /// snapshot's own rev are still answered (unlike the original, whose
+    /// fresh slaves answered `TOO_LATE` at the rev they reported), for as long
+    /// as that rev stays inside the history window.
     pub fn from_snapshot(snapshot: Snapshot, history_revs: usize) -> Store {
         Store {
             history_revs: history_revs.max(1),
             head: snapshot.rev.next(),
+            base: Some(snapshot.clone()),
             current: snapshot,
             history: VecDeque::new(),
         }
@@ -537,6 +616,9 @@ impl Store {
         if keep_from > self.head.0 {
             self.head = Rev(keep_from);
         }
+        if self.base.as_ref().is_some_and(|b| b.rev.0 < keep_from) {
+            self.base = None;
+        }
         event
     }
 
@@ -552,11 +634,14 @@ impl Store {
         if rev > self.rev() {
             return Err(ReadError::Future);
         }
-        if rev < self.head {
-            return Err(ReadError::TooLate);
-        }
         if rev == self.rev() {
             return Ok(self.current.clone());
+        }
+        if let Some(base) = self.base.as_ref().filter(|b| b.rev == rev) {
+            return Ok(base.clone());
+        }
+        if rev < self.head {
+            return Err(ReadError::TooLate);
         }
         Ok(self.history[self.index(rev)].1.clone())
     }

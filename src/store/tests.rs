@@ -436,7 +436,10 @@ fn digest_and_rebuild() {
     assert_eq!(rebuilt.digest(), a.current().digest());
     let mut d = Store::from_snapshot(rebuilt, 10);
     assert_eq!((d.rev(), d.head()), (Rev(4), Rev(5)));
-    assert_eq!(d.snapshot_at(Rev(4)), Err(ReadError::TooLate));
+    // A read at the installed rev is answered (issue 9 item 11); a WAIT
+    // from it needs its event, which is not known.
+    assert_eq!(d.snapshot_at(Rev(4)), Ok(a.current().clone()));
+    assert_eq!(d.snapshot_at(Rev(3)), Err(ReadError::TooLate));
     assert_eq!(d.first_match(&Glob::any(), Rev(4)), Err(ReadError::TooLate));
     assert_eq!(d.first_match(&Glob::any(), Rev(5)), Ok(None));
     d.apply(&Mutation::Nop);
@@ -446,6 +449,61 @@ fn digest_and_rebuild() {
         d.first_match(&Glob::any(), Rev(5)).unwrap().unwrap().rev,
         Rev(5)
     );
+    // The installed rev stays readable after later writes, until it leaves
+    // the history window.
+    assert_eq!(d.snapshot_at(Rev(4)), a.snapshot_at(Rev(4)));
+    for _ in 0..9 {
+        d.apply(&Mutation::Nop);
+    }
+    assert_eq!(d.snapshot_at(Rev(4)), Err(ReadError::TooLate));
+}
+
+/// Snapshots travel in chunks (issue 9 item 7): walking from a cursor with
+/// any byte budget yields every file once, in walk order, at least one per
+/// chunk.
+#[test]
+fn files_after_chunks_the_walk() {
+    let mut s = Store::new(10);
+    for path in [
+        "/a", "/a.b/c", "/b/c/d/e", "/b/c/f", "/b/d", "/b/c/d/g", "/c", "/ab", "/z/y/x",
+    ] {
+        s.apply(&set(path, -1, "0123456789"));
+    }
+    let snap = s.current().clone();
+    let all = snap.files();
+    assert_eq!(all.len(), 9);
+    for budget in [0, 1, 45, 50, 90, 200, 1000] {
+        let mut got = Vec::new();
+        let mut cursor: Option<Path> = None;
+        for round in 0.. {
+            assert!(round <= all.len(), "budget {budget}: no progress");
+            let (files, done) = snap.files_after(cursor.as_ref(), budget);
+            assert!(!files.is_empty() || done, "budget {budget}: empty chunk");
+            let bytes: usize = files
+                .iter()
+                .map(|(p, _, b)| p.as_str().len() + b.len() + FILE_OVERHEAD_BYTES)
+                .sum();
+            assert!(
+                files.len() == 1 || bytes <= budget,
+                "budget {budget}: {bytes}"
+            );
+            cursor = files.last().map(|(p, _, _)| p.clone()).or(cursor);
+            got.extend(files);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(got, all, "budget {budget}");
+    }
+    // A deep path is walked without recursion.
+    let deep = format!("/{}", vec!["d"; 200].join("/"));
+    let mut s = Store::new(10);
+    s.apply(&set(&deep, -1, "x"));
+    s.apply(&set("/e", -1, "y"));
+    let (first, done) = s.current().files_after(None, 0);
+    assert_eq!((first.len(), done), (1, false));
+    let (rest, done) = s.current().files_after(Some(&first[0].0), 0);
+    assert_eq!((rest[0].0.as_str(), done), ("/e", true));
 }
 
 /// Runs `f` on a thread with a 128 KiB stack: a function that recursed once

@@ -320,6 +320,7 @@ pub struct Snapshot {
     pub peer_out_dropped: u64,
     pub connections_refused: u64,
     pub access_refused: u64,
+    pub peer_frames_refused: u64,
     pub revs_per_sec: f64,
     pub resident_bytes: Option<u64>,
     pub uptime_secs: f64,
@@ -337,6 +338,7 @@ impl Snapshot {
             peer_out_dropped: status.peer_out_dropped.load(Ordering::Relaxed),
             connections_refused: status.connections_refused.load(Ordering::Relaxed),
             access_refused: status.access_refused.load(Ordering::Relaxed),
+            peer_frames_refused: status.peer_frames_refused.load(Ordering::Relaxed),
             revs_per_sec: stats.revs_per_sec(),
             resident_bytes: resident_bytes(),
             uptime_secs: stats.started.elapsed().as_secs_f64(),
@@ -382,6 +384,7 @@ pub fn stats(s: &Snapshot) -> String {
         .num("peer_out_dropped", s.peer_out_dropped)
         .num("connections_refused", s.connections_refused)
         .num("access_refused", s.access_refused)
+        .num("peer_frames_refused", s.peer_frames_refused)
         .num("event_subscribers", s.subscribers as u64)
         .finish()
 }
@@ -532,6 +535,12 @@ pub fn metrics(s: &Snapshot) -> String {
         s.access_refused.to_string(),
     );
     metric(
+        "doozer_peer_frames_refused_total",
+        "counter",
+        "Peer messages not sent because their encoding exceeded the peer frame cap (a bug: senders cut messages to fit).",
+        s.peer_frames_refused.to_string(),
+    );
+    metric(
         "doozer_web_event_subscribers",
         "gauge",
         "Open event streams of the web view.",
@@ -654,6 +663,7 @@ mod tests {
             peer_out_dropped: 0,
             connections_refused: 0,
             access_refused: 0,
+            peer_frames_refused: 0,
             revs_per_sec: 2.5,
             resident_bytes: Some(4096),
             uptime_secs: 1.0,

@@ -933,7 +933,7 @@ fn decree_size_bounds_its_encoding() {
             check: RevCheck::NotOlderThan(i64::MIN),
         },
         Mutation::Set {
-            path: path(&format!("/{}", "p".repeat(5000))),
+            path: path(&format!("/{}", "p".repeat(4095))),
             check: RevCheck::NotOlderThan(i64::MAX),
             body: Body::from(vec![7u8; 1 << 20]),
         },

@@ -405,7 +405,7 @@ fn a_stranger_names_only_the_host_it_connects_from() {
     let out = peer(&mut core, id(9), Some("127.0.0.9"), msg);
     let sent = peer_msgs(&out);
     assert!(
-        matches!(&sent[..], [(to, addr, PeerMsg::Snapshot(_))] if *to == id(9) && addr == "127.0.0.9:8046"),
+        matches!(&sent[..], [(to, addr, PeerMsg::SnapshotChunk { index: 0, .. })] if *to == id(9) && addr == "127.0.0.9:8046"),
         "{sent:?}"
     );
 }

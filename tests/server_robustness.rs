@@ -263,15 +263,26 @@ fn attack_4_many_waits_with_huge_globs_are_refused_past_the_byte_budget() {
 
     // 600 WAITs, each with a 1 MiB glob that never matches, far in the
     // future: the issue grew the server from 13 MB to 2.4 GB with these.
+    // Globs that long are refused outright now; then 600 more at the
+    // longest glob allowed, which the byte budget stops after a couple of
+    // hundred.
     const WAITS: i32 = 600;
-    let glob = format!("/{}", "g".repeat((1 << 20) - 1));
+    let huge = format!("/{}", "g".repeat((1 << 20) - 1));
+    let longest = format!("/{}", "g".repeat(doozer::types::MAX_GLOB_BYTES - 1));
+    let per_wait = doozer::session::request_cost(&Request {
+        path: Some(longest.clone()),
+        ..req(0, Verb::Wait)
+    });
+    let admitted_at_most = (8 << 20) / per_wait + 1;
     let mut conn = server.connect();
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let writer = std::thread::spawn({
         let mut conn = conn.try_clone().unwrap();
+        let (huge, longest) = (huge.clone(), longest.clone());
         move || {
-            for tag in 0..WAITS {
+            for tag in 0..2 * WAITS {
+                let glob = if tag < WAITS { &huge } else { &longest };
                 let wait = Request {
                     path: Some(glob.clone()),
                     rev: Some(1_000_000_000),
@@ -282,18 +293,21 @@ fn attack_4_many_waits_with_huge_globs_are_refused_past_the_byte_budget() {
             }
         }
     });
-    // Every WAIT the budget refuses is answered at once; the ones it took
-    // stay pending (at most the per-connection budget of 8 MiB of them).
+    // Every WAIT refused is answered at once; the ones taken stay pending
+    // (at most the per-connection budget of 8 MiB of them).
+    let mut too_long = 0;
     let mut refused = 0;
     let mut other_errors = Vec::new();
     let mut peak = 0;
-    while refused + other_errors.len() < WAITS as usize - 2 {
+    let expected = 2 * WAITS as usize - admitted_at_most;
+    while too_long + refused + other_errors.len() < expected {
         let reply = recv(&mut conn).expect("the attacker's connection stays open");
         match reply.err_detail.as_deref() {
             Some("too many bytes in flight") => refused += 1,
+            Some(detail) if detail.starts_with("invalid glob pattern") => too_long += 1,
             _ => other_errors.push(format!("{reply:?}")),
         }
-        if (refused + other_errors.len()) % 50 == 0 {
+        if (too_long + refused + other_errors.len()) % 50 == 0 {
             peak = peak.max(rss_bytes(pid));
         }
     }
@@ -302,13 +316,17 @@ fn attack_4_many_waits_with_huge_globs_are_refused_past_the_byte_budget() {
     stop.store(true, Ordering::Relaxed);
     let worst_rev = bystander.join().unwrap();
     eprintln!(
-        "RSS {} MB before, {} MB at most during; {refused} refused for bytes; other replies: \
-         {other_errors:?}; slowest bystander REV {worst_rev:?}",
+        "RSS {} MB before, {} MB at most during; {too_long} refused as too long, {refused} \
+         for bytes; other replies: {other_errors:?}; slowest bystander REV {worst_rev:?}",
         before >> 20,
         peak >> 20
     );
-    // At most two WAITs of 4 MiB charged each fit in 8 MiB.
-    assert!(refused >= WAITS as usize - 2, "{refused} refused");
+    assert_eq!(too_long, WAITS as usize, "every 1 MiB glob is refused");
+    assert!(other_errors.is_empty(), "{other_errors:?}");
+    assert!(
+        refused >= WAITS as usize - admitted_at_most,
+        "{refused} refused for bytes"
+    );
     assert!(peak < 300 << 20, "RSS reached {} MB", peak >> 20);
     assert!(
         worst_rev < Duration::from_millis(500),

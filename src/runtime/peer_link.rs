@@ -34,13 +34,13 @@
 //!   with `try_send`; a full inbox drops the message and counts it. Every
 //!   frame has a deadline (its header within [`SILENCE_TIMEOUT`], its body at
 //!   [`MIN_FRAME_BYTES_PER_SEC`] or faster), and the bytes of frames being
-//!   read on all inbound links together are capped ([`FrameBudget`]).
+//!   read on all inbound links together are capped (a [`ByteBudget`]).
 //!   Anything undecodable or unauthenticated closes that connection only.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,7 @@ use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::event_loop::{Inbox, InboxError, NodeStatus};
 use super::rt::{self, TcpStream};
+use crate::budget::ByteBudget;
 use crate::codec::peer::{self, Challenge, Hello, PeerFrameError, Proof};
 use crate::codec::peer_auth::{
     self, FrameOpener, FrameSealer, PeerKey, Transcript, NONCE_BYTES, TAG_BYTES,
@@ -641,68 +642,17 @@ async fn listen_for_keepalives(
 // ---------------------------------------------------------------------------
 // Inbound
 
-/// A cap on the bytes of frames being read on all inbound links together.
-/// A frame's announced length is reserved before its body is read and given
-/// back once it is decoded, so many connections each announcing a large frame
-/// cannot make the node hold more than this between them.
-pub struct FrameBudget {
-    used: AtomicUsize,
-    cap: usize,
-}
-
-impl FrameBudget {
-    pub fn new(cap: usize) -> FrameBudget {
-        FrameBudget {
-            used: AtomicUsize::new(0),
-            cap,
-        }
-    }
-
-    /// Reserves `bytes`, or `None` when that would pass the cap.
-    pub fn reserve(&self, bytes: usize) -> Option<FrameReservation<'_>> {
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            let next = used.checked_add(bytes).filter(|n| *n <= self.cap)?;
-            match self
-                .used
-                .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    return Some(FrameReservation {
-                        budget: self,
-                        bytes,
-                    })
-                }
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    /// Bytes reserved now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-}
-
-/// Bytes held from a [`FrameBudget`] until dropped.
-pub struct FrameReservation<'a> {
-    budget: &'a FrameBudget,
-    bytes: usize,
-}
-
-impl Drop for FrameReservation<'_> {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
 /// What inbound peer connections share.
 pub struct PeerInbound {
     inbox: Inbox,
     identity: Arc<PeerIdentity>,
     max_frame_bytes: usize,
     status: Arc<NodeStatus>,
-    frames: FrameBudget,
+    /// Bytes of frames being read on all inbound links together: a frame's
+    /// announced length is reserved before its body is read and given back
+    /// once it is decoded, so many connections each announcing a large frame
+    /// cannot make the node hold more than this between them.
+    frames: Arc<ByteBudget>,
     started: Instant,
     drop_warning: WarnLimiter,
     refusal_warning: WarnLimiter,
@@ -725,7 +675,7 @@ impl PeerInbound {
             identity: Arc::new(identity),
             max_frame_bytes,
             status,
-            frames: FrameBudget::new(frame_budget_bytes.max(max_frame_bytes)),
+            frames: Arc::new(ByteBudget::new(frame_budget_bytes.max(max_frame_bytes))),
             started: Instant::now(),
             drop_warning: WarnLimiter::default(),
             refusal_warning: WarnLimiter::default(),
@@ -889,10 +839,10 @@ async fn receive(
                 ctx.max_frame_bytes
             ));
         }
-        let Some(_reserved) = ctx.frames.reserve(len) else {
+        let Some(_reserved) = ctx.frames.try_charge(len) else {
             return Some(format!(
                 "peer {from}: frames being read on all links would pass {} bytes",
-                ctx.frames.cap
+                ctx.frames.cap()
             ));
         };
         let deadline = SILENCE_TIMEOUT + Duration::from_secs(len as u64 / MIN_FRAME_BYTES_PER_SEC);
@@ -962,19 +912,5 @@ mod tests {
         assert_eq!(out[..4], ((1 + TAG_BYTES) as u32).to_be_bytes());
         assert_eq!(opener.open(&out[4..]).unwrap(), [5]);
         assert!(b.is_empty() && b.bytes == 0);
-    }
-
-    #[test]
-    fn the_frame_budget_caps_bytes_held_at_once() {
-        let budget = FrameBudget::new(100);
-        let a = budget.reserve(60).unwrap();
-        assert!(budget.reserve(41).is_none());
-        let b = budget.reserve(40).unwrap();
-        assert_eq!(budget.used(), 100);
-        drop(a);
-        assert_eq!(budget.used(), 40);
-        assert!(budget.reserve(usize::MAX).is_none());
-        drop(b);
-        assert_eq!(budget.used(), 0);
     }
 }

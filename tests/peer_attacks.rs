@@ -481,3 +481,86 @@ fn a_healed_partition_takes_writes_within_a_second() {
     println!("follower cut off for 30 s: caught up and took a write {took:?} after the heal");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// The process's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+        * 1024
+}
+
+/// Attack 9 of issue 9: inbound peer connections that stall. Before the
+/// handshake nobody gets to send more than a hello, and every stalled one is
+/// closed at the handshake deadline; frames announced larger than a hello
+/// are refused from their header. The node stays small and serving.
+#[test]
+fn stalled_peer_connections_are_closed_and_hold_little() {
+    use doozer::codec::peer::MAX_HELLO_BYTES;
+    use doozer::runtime::peer_link::HANDSHAKE_TIMEOUT;
+    let dir = TempDir::new("peer-stalled");
+    let addr = free_addr_on(&format!("{}1", loopback_net()));
+    let node = Node::spawn_env(
+        "node1",
+        &addr,
+        &[],
+        &[("DOOZER_RWSECRET", SECRET)],
+        &dir.path,
+    );
+    wait_for("the node", Duration::from_secs(10), || {
+        try_conn_with(&addr, SECRET)?.rev().map(|_| ())
+    });
+    let before = rss_bytes(node.pid());
+    let started = Instant::now();
+    let mut conns = Vec::new();
+    for i in 0..400 {
+        let mut conn = TcpStream::connect(&addr).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        if i % 100 == 0 {
+            // A 48 MiB frame where the hello goes.
+            bytes.extend_from_slice(&(48u32 << 20).to_be_bytes());
+        } else {
+            // The largest hello announced, and a little of it sent.
+            bytes.extend_from_slice(&(MAX_HELLO_BYTES as u32).to_be_bytes());
+            bytes.extend_from_slice(&[0; 100]);
+        }
+        conn.write_all(&bytes).unwrap();
+        conns.push(conn);
+    }
+    let peak = rss_bytes(node.pid());
+    // Meanwhile clients are served.
+    assert!(conn_with(&addr, SECRET).rev().is_ok());
+    let deadline = HANDSHAKE_TIMEOUT + Duration::from_secs(3);
+    for mut conn in conns {
+        let left = deadline.saturating_sub(started.elapsed());
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let timed_out = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        };
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if !timed_out(&e) => {}
+            other => panic!(
+                "a stalled peer connection is still open after {:?}: {other:?}",
+                started.elapsed()
+            ),
+        }
+    }
+    println!(
+        "400 stalled peer connections closed within {:?}; RSS {} MB before, {} MB with them open",
+        started.elapsed(),
+        before >> 20,
+        peak >> 20
+    );
+    assert!(peak < before + (64 << 20), "RSS grew to {} MB", peak >> 20);
+    assert!(conn_with(&addr, SECRET).rev().is_ok());
+}

@@ -769,6 +769,25 @@ fn boot_fails_cleanly_with_a_wrong_secret() {
                 text(&addr)
             ))
     });
+
+    // A second node with the secret finds the cluster through the DzNS and
+    // joins it over peer links authenticated with the key the secret gives:
+    // a write on the first reaches it.
+    let second = bed.spawn("right-secret-2", 14, &args, &secret);
+    let mut conn = bed.conn(right);
+    access(&mut conn, "x").unwrap();
+    let rev = conn
+        .set("/shared", -1, b"over authenticated links")
+        .unwrap();
+    wait_for("the second node's copy", Duration::from_secs(30), || {
+        bed.check_running(second)?;
+        let mut conn = bed.conn(second);
+        access(&mut conn, "x")?;
+        let (body, got) = conn.get("/shared")?;
+        (got == rev && body == b"over authenticated links")
+            .then_some(())
+            .ok_or(format!("rev {got}, {:?}", text(&body)))
+    });
 }
 
 /// `-a` and a boot URI together (reference §5.2): `-a` is tried first; when

@@ -26,6 +26,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod core;
+pub mod disk;
 pub mod error;
 pub mod paxos;
 pub mod runtime;

@@ -167,6 +167,9 @@ pub struct Config {
     /// `DOOZER_PEERSECRET`: the key peer links prove they hold; when empty,
     /// one derived from the client secrets (none: the peer plane is open).
     pub peer_secret: String,
+    /// `-data-dir`: where this node keeps its identity, write-ahead log and
+    /// images (`None`: memory only, as the original).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -187,6 +190,7 @@ impl Default for Config {
             limits: Limits::default(),
             secrets: Secrets::default(),
             peer_secret: String::new(),
+            data_dir: None,
         }
     }
 }

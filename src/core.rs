@@ -478,6 +478,11 @@ pub struct Core {
     streams: BTreeMap<NodeId, cluster::SnapshotStream>,
     /// The snapshot being received, chunk by chunk.
     assembly: Option<cluster::Assembly>,
+    /// Durable records of the batch (decided slots; the engine keeps the
+    /// acceptor's), when this node has a data dir.
+    durable: Option<Vec<durable::Durable>>,
+    /// A snapshot was installed since the runtime last asked.
+    installed: bool,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
@@ -567,6 +572,8 @@ impl Core {
             origin_seen: false,
             streams: BTreeMap::new(),
             assembly: None,
+            durable: None,
+            installed: false,
         }
     }
 
@@ -1079,6 +1086,7 @@ impl Core {
                 (event, mine)
             }
         };
+        self.record_decided(rev, &decree);
         self.decided_log.push_back((rev, decree.clone()));
         while self.decided_log.len() > self.config.history_revs {
             self.decided_log.pop_front();
@@ -1321,6 +1329,9 @@ fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
 }
 
 mod cluster;
+mod durable;
+
+pub use durable::{Durable, NodeImage, RecoveryError};
 
 #[cfg(test)]
 mod tests;

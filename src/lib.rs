@@ -28,6 +28,7 @@ pub mod config;
 pub mod core;
 pub mod disk;
 pub mod error;
+pub mod journal;
 pub mod paxos;
 pub mod runtime;
 pub mod session;

@@ -100,6 +100,12 @@ struct Flags {
     #[argh(option, long = "alpha")]
     alpha: Option<usize>,
 
+    /// directory for this node's identity, write-ahead log and images: with
+    /// it, a restarted node resumes as itself and a full-cluster restart
+    /// keeps every acknowledged write (default: none, memory only)
+    #[argh(option, long = "data-dir")]
+    data_dir: Option<String>,
+
     /// print the version and exit
     #[argh(switch, short = 'v', long = "version")]
     version: bool,
@@ -189,6 +195,7 @@ fn config_from(flags: Flags) -> Result<Config, String> {
             read_only: std::env::var("DOOZER_ROSECRET").unwrap_or_default(),
         },
         peer_secret: std::env::var("DOOZER_PEERSECRET").unwrap_or_default(),
+        data_dir: flags.data_dir.map(std::path::PathBuf::from),
         ..Config::default()
     };
     if let Some(n) = flags.max_value_bytes {

@@ -31,8 +31,8 @@ use bincode::error::{AllowedEnumVariants, DecodeError, EncodeError};
 use bincode::{Decode, Encode};
 use futures::AsyncRead;
 
-use crate::core::{Decree, PeerMsg, SnapshotData};
-use crate::paxos::{Ballot, Msg};
+use crate::core::{Decree, Durable, NodeImage, PeerMsg, SnapshotData};
+use crate::paxos::{Ballot, Durable as AcceptorRecord, Msg};
 use crate::store::Mutation;
 use crate::types::{NodeId, Path, Rev, RevCheck};
 
@@ -409,6 +409,24 @@ wire_enum!(RevCheck {
 });
 
 wire_struct!(Ballot { round, leader });
+
+// The data dir's records (see `codec::durable`): the same encodings as on
+// the wire, so a value is one format everywhere.
+wire_enum!(AcceptorRecord<V> {
+    0 => Promised(ballot),
+    1 => Accepted { ballot, values },
+});
+
+wire_enum!(Durable {
+    0 => Acceptor(record),
+    1 => Decided { first, decrees },
+});
+
+wire_struct!(NodeImage {
+    snapshot,
+    promised,
+    accepted,
+});
 
 wire_struct!(SnapshotData {
     rev,

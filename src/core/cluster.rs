@@ -1021,6 +1021,7 @@ impl Core {
         self.refresh_nodes();
         self.refresh_cal();
         self.phase = Phase::Running;
+        self.installed = true;
         self.catch_up = None;
         self.assembly = None;
         // Slots applied before the jump are not followed by the next ones:

@@ -290,7 +290,7 @@ impl MemFs {
             let tail = inode.data.len() - inode.synced;
             let keep = rng.next_u64() as usize % (tail + 1);
             inode.data.truncate(inode.synced + keep);
-            if keep > 0 && rng.next_u32() % 2 == 0 {
+            if keep > 0 && rng.next_u32().is_multiple_of(2) {
                 let garble = 1 + rng.next_u32() as usize % keep.min(8);
                 let len = inode.data.len();
                 for b in &mut inode.data[len - garble..] {

@@ -38,6 +38,22 @@ pub trait Value: Clone + std::fmt::Debug + PartialEq {
     fn size(&self) -> usize;
 }
 
+/// Acceptor state that must reach stable storage before any message the
+/// engine sent after changing it leaves the node (the caller's contract:
+/// [`Paxos::take_durable`] after a batch, sync, then send). A node that comes
+/// back from a crash must still refuse the ballots it promised against and
+/// report what it accepted, or two values could be chosen for one slot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Durable<V> {
+    /// The highest ballot promised is now this one.
+    Promised(Ballot),
+    /// These slots were accepted under `ballot`.
+    Accepted {
+        ballot: Ballot,
+        values: Vec<(Slot, V)>,
+    },
+}
+
 /// Peer messages of the engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Msg<V> {
@@ -255,6 +271,11 @@ pub struct Paxos<V: Value> {
     hint: Option<(NodeId, Slot)>,
     /// Messages to self, delivered before a call returns.
     loopback: VecDeque<Msg<V>>,
+    /// Whether acceptor changes are recorded in `durable` (a node with a
+    /// data dir); without one nothing is kept.
+    record_durable: bool,
+    /// Acceptor changes since the caller last took them.
+    durable: Vec<Durable<V>>,
 }
 
 type Out<V> = Vec<(NodeId, Msg<V>)>;
@@ -292,6 +313,63 @@ impl<V: Value> Paxos<V> {
             pad_until: 0,
             hint: None,
             loopback: VecDeque::new(),
+            record_durable: false,
+            durable: Vec::new(),
+        }
+    }
+
+    /// From now on, acceptor changes are recorded for the caller to persist
+    /// ([`Paxos::take_durable`]).
+    pub fn record_durable(&mut self) {
+        self.record_durable = true;
+    }
+
+    /// Acceptor changes since the last call, in order. The caller makes them
+    /// durable before sending any message produced since the last call.
+    pub fn take_durable(&mut self) -> Vec<Durable<V>> {
+        std::mem::take(&mut self.durable)
+    }
+
+    /// The acceptor state to persist whole (in an image): the promised
+    /// ballot and every value accepted or known chosen and not delivered.
+    pub fn acceptor_state(&self) -> (Ballot, Vec<(Slot, Ballot, V)>) {
+        let mut values: BTreeMap<Slot, (Ballot, V)> = self.accepted.clone();
+        for (slot, (ballot, value)) in &self.chosen {
+            values.insert(*slot, (ballot.clone(), value.clone()));
+        }
+        let values = values
+            .into_iter()
+            .map(|(slot, (ballot, value))| (slot, ballot, value))
+            .collect();
+        (self.promised.clone(), values)
+    }
+
+    /// Replays a persisted acceptor change (recovery from disk). Values of
+    /// slots already delivered are ignored.
+    pub fn restore(&mut self, record: Durable<V>) {
+        match record {
+            Durable::Promised(ballot) => {
+                if ballot > self.promised {
+                    self.promised = ballot;
+                }
+            }
+            Durable::Accepted { ballot, values } => {
+                for (slot, value) in values {
+                    if slot >= self.next_to_deliver {
+                        self.accepted.insert(slot, (ballot.clone(), value));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Raises the promised ballot, recording the change.
+    fn promise(&mut self, ballot: &Ballot) {
+        if *ballot != self.promised {
+            self.promised = ballot.clone();
+            if self.record_durable {
+                self.durable.push(Durable::Promised(ballot.clone()));
+            }
         }
     }
 
@@ -1154,7 +1232,7 @@ impl<V: Value> Paxos<V> {
         if ballot < self.promised {
             return self.reject(from, out);
         }
-        self.promised = ballot.clone();
+        self.promise(&ballot);
         if from != self.me {
             self.become_follower(None);
         }
@@ -1308,14 +1386,24 @@ impl<V: Value> Paxos<V> {
             self.note_commit(&from, commit);
             return self.reject(from, out);
         }
-        self.promised = ballot.clone();
+        self.promise(&ballot);
         self.heard_leader(from.clone());
         let count = values.len() as Slot;
+        let mut kept = Vec::new();
         for (i, value) in values.into_iter().enumerate() {
             let slot = first_slot + i as Slot;
             if slot >= self.next_to_deliver && !self.chosen.contains_key(&slot) {
+                if self.record_durable {
+                    kept.push((slot, value.clone()));
+                }
                 self.accepted.insert(slot, (ballot.clone(), value));
             }
+        }
+        if !kept.is_empty() {
+            self.durable.push(Durable::Accepted {
+                ballot: ballot.clone(),
+                values: kept,
+            });
         }
         self.learn_commit(&from, &ballot, commit);
         if count > 0 {
@@ -1357,7 +1445,7 @@ impl<V: Value> Paxos<V> {
 
     fn on_reject(&mut self, promised: Ballot) {
         if promised > self.promised {
-            self.promised = promised.clone();
+            self.promise(&promised);
         }
         if promised.round > self.current_round()
             || (self.is_leader() && promised > self.current_ballot())
@@ -1384,7 +1472,7 @@ impl<V: Value> Paxos<V> {
             self.note_commit(&from, commit);
             return self.reject(from, out);
         }
-        self.promised = ballot.clone();
+        self.promise(&ballot);
         self.heard_leader(from.clone());
         self.learn_commit(&from, &ballot, commit);
         if from != self.me && self.is_voter() {

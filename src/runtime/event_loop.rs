@@ -17,6 +17,7 @@ use super::peer_link::PeerLinks;
 use crate::budget::{ByteBudget, Charge};
 use crate::codec::client::Response;
 use crate::core::{ConnId, Core, Input, Outcome, Output};
+use crate::journal::Journal;
 
 /// An input on its way to the core, with the bytes it holds in the inbox's
 /// budget; they are given back when the event loop takes it.
@@ -143,6 +144,14 @@ pub struct NodeStatus {
     /// Inbound peer connections closed for failing the handshake, a bad or
     /// late frame, or the frame budget.
     pub peer_in_refused: AtomicU64,
+    /// The data dir: whether it failed (the node then answers every
+    /// request with an error and takes no part in the cluster), log appends
+    /// (one sync each), bytes appended, images written, and the dir's size.
+    pub disk_failed: AtomicBool,
+    pub disk_appends: AtomicU64,
+    pub disk_appended_bytes: AtomicU64,
+    pub disk_images: AtomicU64,
+    pub disk_bytes: AtomicU64,
     /// The cluster as the core saw it at the end of a recent batch
     /// (refreshed a few times a second).
     pub view: std::sync::Mutex<crate::core::ClusterView>,
@@ -189,6 +198,11 @@ pub struct EventLoop {
     /// Where the core's clock stands in real time: the start of the tick
     /// that has not been reported yet.
     clock: std::time::Instant,
+    /// The data dir, when the node has one.
+    journal: Option<Journal>,
+    /// Why the data dir failed: from then on the node answers every request
+    /// with this and sends nothing to its peers.
+    disk_failed: Option<String>,
 }
 
 impl EventLoop {
@@ -210,7 +224,15 @@ impl EventLoop {
             view_published: std::time::Instant::now() - VIEW_INTERVAL,
             clock: std::time::Instant::now(),
             peers,
+            journal: None,
+            disk_failed: None,
         }
+    }
+
+    /// Makes every batch durable in `journal` before its outputs go out.
+    pub fn with_journal(mut self, journal: Journal) -> EventLoop {
+        self.journal = Some(journal);
+        self
     }
 
     /// Runs until every sender of the inbox is gone.
@@ -221,7 +243,7 @@ impl EventLoop {
         loop {
             // An unfinished WAIT scan is continued at the end of every batch:
             // then only look for input, without sleeping until some comes.
-            let idle_wait = if self.core.has_unfinished_work() {
+            let idle_wait = if self.core.has_unfinished_work() && self.disk_failed.is_none() {
                 Duration::ZERO
             } else {
                 IDLE_WAKE
@@ -245,10 +267,47 @@ impl EventLoop {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            self.core.end_batch(&mut out);
+            if self.disk_failed.is_none() {
+                self.core.end_batch(&mut out);
+                self.persist(&mut out);
+            }
             self.route(&mut out);
             self.publish_status();
         }
+    }
+
+    /// Makes the batch's records durable before its outputs are routed; on
+    /// a disk error nothing of the batch goes out (see [`Self::fail_disk`]).
+    fn persist(&mut self, out: &mut Vec<Output>) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        match journal.persist(&mut self.core) {
+            Ok(()) => {}
+            Err(err) => self.fail_disk(err.to_string(), out),
+        }
+    }
+
+    /// The data dir failed (full, or a write or sync refused): what this
+    /// batch promised is not on disk, so none of its messages may leave and
+    /// none of its answers may be given. Every client request held, and
+    /// every later one, is answered with an error naming the cause; peers
+    /// hear nothing more, so the cluster goes on without this node (and
+    /// removes it after `-timeout`). A restart recovers from what is on disk.
+    fn fail_disk(&mut self, err: String, out: &mut Vec<Output>) {
+        let detail = format!(
+            "this node's data dir failed ({err}); it no longer takes writes or answers              reads: fix the disk and restart it"
+        );
+        log::error!("{detail}");
+        for output in out.iter_mut() {
+            if let Output::Reply { outcome, .. } = output {
+                *outcome = Err(crate::error::ReplyError::other(detail.clone()));
+            }
+        }
+        out.retain(|output| matches!(output, Output::Reply { .. }));
+        self.core.fail_all(&detail, out);
+        self.status.disk_failed.store(true, Ordering::Release);
+        self.disk_failed = Some(detail);
     }
 
     /// Tells the core how many whole ticks passed since the last report
@@ -270,7 +329,9 @@ impl EventLoop {
             }
         }
         let elapsed = u64::try_from(elapsed.min(cap)).unwrap_or(u64::MAX);
-        self.core.handle(Input::Tick(elapsed), out);
+        if self.disk_failed.is_none() {
+            self.core.handle(Input::Tick(elapsed), out);
+        }
     }
 
     fn on_input(&mut self, input: Input, out: &mut Vec<Output>) {
@@ -282,6 +343,13 @@ impl EventLoop {
                 // The connection closed (or was cut) after sending this.
                 return;
             }
+        }
+        if let Some(detail) = &self.disk_failed {
+            if let Input::Request { conn, tag, .. } = input {
+                let outcome = Err(crate::error::ReplyError::other(detail.clone()));
+                out.push(Output::Reply { conn, tag, outcome });
+            }
+            return;
         }
         self.core.handle(input, out);
     }
@@ -347,6 +415,11 @@ impl EventLoop {
             self.view_published = now;
             let tick_ms = self.tick.as_millis() as u64;
             let view = self.core.view(tick_ms);
+            if let Some(journal) = &self.journal {
+                status
+                    .disk_bytes
+                    .store(journal.disk_bytes(), Ordering::Relaxed);
+            }
             *status
                 .view
                 .lock()
@@ -365,6 +438,14 @@ impl EventLoop {
         status
             .peer_frames_refused
             .store(self.peers.refused(), Ordering::Relaxed);
+        if let Some(journal) = &self.journal {
+            let stats = journal.stats;
+            status.disk_appends.store(stats.appends, Ordering::Relaxed);
+            status
+                .disk_appended_bytes
+                .store(stats.appended_bytes, Ordering::Relaxed);
+            status.disk_images.store(stats.images, Ordering::Relaxed);
+        }
     }
 }
 

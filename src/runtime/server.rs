@@ -16,6 +16,8 @@ use super::rt::{self, TcpListener};
 use crate::budget::ByteBudget;
 use crate::config::Config;
 use crate::core::{Core, NodeInfo};
+use crate::disk::DataDir;
+use crate::journal::{Journal, JournalError, Loaded};
 use crate::types::NodeId;
 
 /// Why a node could not start.
@@ -34,6 +36,8 @@ pub enum StartError {
     Attach(String),
     #[error("cannot start the core thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    DataDir(#[from] JournalError),
 }
 
 /// A running node.
@@ -47,6 +51,8 @@ pub struct Node {
     /// The member it attached to, as `(id, address)`; `None` when it
     /// founded its cluster.
     pub attached_to: Option<(NodeId, String)>,
+    /// Whether it resumed from its data dir.
+    pub resumed: bool,
     accept: rt::JoinHandle<()>,
 }
 
@@ -157,52 +163,29 @@ async fn turn_clients_away(listener: &TcpListener) {
     }
 }
 
-/// Binds `-l`, seeds a new cluster or attaches to one, and starts serving.
-pub async fn start(config: Config) -> Result<Node, StartError> {
-    config.validate()?;
-    // Checked before anything else, so a bad boot URI or name fails at once.
-    let mut dzns = match &config.boot_uri {
-        Some(uri) => {
-            dzns::check_cluster_name(&config.cluster_name)?;
-            Some(Dzns::new(uri, &config.secrets.read_write)?)
-        }
-        None => None,
-    };
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen.clone(),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| config.listen.clone());
-    let id = new_node_id();
-    warn_if_open(&config, &addr);
+/// A node without state: seeds a new cluster or attaches to one (`-a`, or
+/// through the DzNS).
+async fn start_fresh(
+    config: &Config,
+    dzns: Option<&mut Dzns>,
+    listener: &TcpListener,
+    info: NodeInfo,
+    core_config: crate::core::CoreConfig,
+) -> Result<(Core, Option<(NodeId, String)>), StartError> {
     let origin = {
         // While it looks for its cluster the node has nothing to serve;
         // connections are closed at once rather than left waiting, so a node
         // booting on an address listed in a DzNS reads as gone, not as a
         // live node too slow to answer.
-        let decide = decide_origin(&config, dzns.as_mut(), &id, &addr);
-        let turn_away = turn_clients_away(&listener);
+        let decide = decide_origin(config, dzns, &info.id, &info.addr);
+        let turn_away = turn_clients_away(listener);
         futures::pin_mut!(decide, turn_away);
         match futures::future::select(decide, turn_away).await {
             Either::Left((origin, _)) => origin?,
             Either::Right(((), decide)) => decide.await?,
         }
     };
-    let info = NodeInfo {
-        id: id.clone(),
-        addr: addr.clone(),
-        hostname: hostname(),
-        cluster_name: config.cluster_name.clone(),
-        // Booted through a DzNS, the cluster is listed there instead.
-        register_ns: dzns.is_none(),
-    };
-    let core_config = config.core_config(rand::random());
-    let (core, attached_to) = match origin {
+    Ok(match origin {
         Origin::Seed => (Core::seed(info, core_config), None),
         Origin::Attach {
             target,
@@ -215,7 +198,85 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                 attached_to,
             )
         }
+    })
+}
+
+/// Binds `-l`, seeds a new cluster or attaches to one (or resumes from the
+/// data dir), and starts serving.
+pub async fn start(config: Config) -> Result<Node, StartError> {
+    config.validate()?;
+    // Checked before anything else, so a bad boot URI or name fails at once.
+    let mut dzns = match &config.boot_uri {
+        Some(uri) => {
+            dzns::check_cluster_name(&config.cluster_name)?;
+            Some(Dzns::new(uri, &config.secrets.read_write)?)
+        }
+        None => None,
     };
+    // The data dir's lock first: a second doozerd on the same dir must not
+    // even bind.
+    let mut journal = match &config.data_dir {
+        Some(dir) => Some(Journal::new(
+            DataDir::open(dir).map_err(JournalError::from)?,
+            true,
+        )),
+        None => None,
+    };
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.listen.clone());
+    warn_if_open(&config, &addr);
+    let register_ns = dzns.is_none();
+    let node_info = |id: NodeId| NodeInfo {
+        id,
+        addr: addr.clone(),
+        hostname: hostname(),
+        cluster_name: config.cluster_name.clone(),
+        // Booted through a DzNS, the cluster is listed there instead.
+        register_ns,
+    };
+    let core_config = config.core_config(rand::random());
+    let loaded = match journal.as_mut() {
+        Some(journal) => journal.load(
+            &config.cluster_name,
+            |id| node_info(NodeId::parse(id).unwrap_or_else(new_node_id)),
+            core_config.clone(),
+        )?,
+        None => Loaded::Fresh { id: None },
+    };
+    let (core, attached_to, resumed) = match loaded {
+        Loaded::Resumed(core) => {
+            if !config.attach.is_empty() || dzns.is_some() {
+                log::info!("resuming from the data dir: -a and the DzNS are not needed");
+            }
+            (*core, None, true)
+        }
+        Loaded::Fresh { id } => {
+            let id = id
+                .and_then(|id| NodeId::parse(&id))
+                .unwrap_or_else(new_node_id);
+            let (mut core, attached_to) = start_fresh(
+                &config,
+                dzns.as_mut(),
+                &listener,
+                node_info(id.clone()),
+                core_config,
+            )
+            .await?;
+            if let Some(journal) = journal.as_mut() {
+                journal.begin(&mut core, &config.cluster_name)?;
+            }
+            (core, attached_to, false)
+        }
+    };
+    let id = core.node().id.clone();
 
     let status = Arc::new(NodeStatus::default());
     let limits = &config.limits;
@@ -239,7 +300,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         limits.peer_frame_budget_bytes,
         status.clone(),
     );
-    let event_loop = EventLoop::new(
+    let mut event_loop = EventLoop::new(
         core,
         inbox_rx,
         control_rx,
@@ -247,6 +308,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         status.clone(),
         peer_links,
     );
+    if let Some(journal) = journal {
+        event_loop = event_loop.with_journal(journal);
+    }
     thread::Builder::new()
         .name("doozer-core".into())
         .spawn(move || event_loop.run())
@@ -294,6 +358,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         status,
         web_addr,
         attached_to,
+        resumed,
         accept,
     })
 }

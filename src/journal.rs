@@ -1,0 +1,246 @@
+//! The glue between the core's durable records and the data dir: what the
+//! event loop (and the simulation, with an in-memory disk) calls after every
+//! batch, and how a node is rebuilt from its dir at start.
+//!
+//! The contract ([`crate::core::Durable`] has the why): after
+//! [`Core::end_batch`], [`Journal::persist`] appends the batch's records as
+//! one log entry and syncs it, and only then may the caller route the batch's
+//! outputs. When the records alone cannot describe the state (the node's
+//! first state, a snapshot installed from another node) it writes a whole
+//! image instead. Now and then it writes an image in the background so the
+//! log below it can be deleted: disk use stays about one image plus
+//! [`IMAGE_AFTER_LOG_BYTES`] (or one image's size, if larger) of log.
+
+use std::thread::JoinHandle;
+
+use crate::codec::durable::{decode_batch, decode_image, encode_batch, encode_image};
+use crate::core::{Core, CoreConfig, NodeInfo};
+use crate::disk::{DataDir, DiskError, Fs, Identity, RealFs};
+
+/// Log bytes after which a new image is taken (when the last image was
+/// smaller): the log replayed at a restart stays under about this much,
+/// which keeps a restart well under a second, and the log's disk use with it.
+pub const IMAGE_AFTER_LOG_BYTES: u64 = 32 << 20;
+
+/// Bit position of the incarnation in this node's write sequence numbers:
+/// each restart numbers its writes from `incarnation << 40`, above every
+/// number an earlier incarnation could have reached (2^40 writes), so no
+/// replica takes a new write for a duplicate of an old one.
+const INCARNATION_SHIFT: u32 = 40;
+
+/// Why a node cannot start from its data dir.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(
+        "{dir}: {detail}; refusing to start: move {dir} away (or restore from a backup) and \
+         start this node with an empty -data-dir to rejoin as a new node"
+    )]
+    Unusable { dir: String, detail: String },
+}
+
+/// What the data dir says about the node to start.
+pub enum Loaded {
+    /// A node with state: resume it (same id, same slot, same revs).
+    Resumed(Box<Core>),
+    /// No state yet: start as a new node, with this id if the dir already
+    /// had one (a node that stopped before its first copy of the store).
+    Fresh { id: Option<String> },
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JournalStats {
+    pub appends: u64,
+    pub appended_bytes: u64,
+    pub images: u64,
+    pub last_image_bytes: u64,
+}
+
+/// A node's data dir as the event loop drives it.
+pub struct Journal<F: Fs = RealFs> {
+    dir: DataDir<F>,
+    /// Whether an image exists: until one does, records have no base and
+    /// are not logged.
+    has_image: bool,
+    /// Images written on another thread (the runtime); the simulation
+    /// writes them inline so that runs replay from their seed.
+    background: bool,
+    writer: Option<JoinHandle<Result<u64, DiskError>>>,
+    pub stats: JournalStats,
+}
+
+impl<F: Fs> Journal<F> {
+    pub fn new(dir: DataDir<F>, background: bool) -> Journal<F> {
+        Journal {
+            dir,
+            has_image: false,
+            background,
+            writer: None,
+            stats: JournalStats::default(),
+        }
+    }
+
+    /// Reads the dir: the identity (checked against `cluster`), the newest
+    /// image and the log after it. With state, the node is rebuilt and a
+    /// new incarnation recorded; `node_info` makes its [`NodeInfo`] from the
+    /// id on disk.
+    pub fn load(
+        &mut self,
+        cluster: &str,
+        node_info: impl FnOnce(&str) -> NodeInfo,
+        config: CoreConfig,
+    ) -> Result<Loaded, JournalError> {
+        let identity = self.dir.identity()?;
+        if let Some(identity) = &identity {
+            identity.check_cluster(self.dir.dir(), cluster)?;
+        }
+        let recovered = self.dir.recover()?;
+        let dir_name = self.dir.dir().display().to_string();
+        let unusable = |detail: String| JournalError::Unusable {
+            dir: dir_name.clone(),
+            detail,
+        };
+        let (mut identity, image) = match (identity, recovered.image) {
+            (identity, None) => {
+                return Ok(Loaded::Fresh {
+                    id: identity.map(|i| i.id),
+                })
+            }
+            (None, Some(_)) => return Err(unusable("an image but no IDENTITY file".into())),
+            (Some(identity), Some(image)) => (identity, image),
+        };
+        let image = decode_image(&image).map_err(|e| unusable(format!("the image: {e}")))?;
+        identity.incarnation += 1;
+        self.dir.write_identity(&identity)?;
+        let first_seq = identity.incarnation << INCARNATION_SHIFT;
+        let info = node_info(&identity.id);
+        let mut core =
+            Core::recover(info, config, image, first_seq).map_err(|e| unusable(e.to_string()))?;
+        let batches = recovered.batches.len();
+        for (i, batch) in recovered.batches.into_iter().enumerate() {
+            let records =
+                decode_batch(&batch).map_err(|e| unusable(format!("log batch {i}: {e}")))?;
+            for record in records {
+                core.replay(record)
+                    .map_err(|e| unusable(format!("log batch {i}: {e}")))?;
+            }
+        }
+        core.finish_recovery();
+        log::info!(
+            "data dir {}: node {} resumed (incarnation {}) from an image and {batches} log batches",
+            self.dir.dir().display(),
+            identity.id,
+            identity.incarnation
+        );
+        self.has_image = true;
+        Ok(Loaded::Resumed(Box::new(core)))
+    }
+
+    /// Records the identity of a node starting afresh and makes `core`
+    /// keep its durable records from now on.
+    pub fn begin(&mut self, core: &mut Core, cluster: &str) -> Result<(), JournalError> {
+        let incarnation = match self.dir.identity()? {
+            Some(identity) => identity.incarnation + 1,
+            None => 0,
+        };
+        self.dir.write_identity(&Identity {
+            id: core.node().id.to_string(),
+            cluster: cluster.to_string(),
+            incarnation,
+        })?;
+        core.record_durable();
+        Ok(())
+    }
+
+    /// Makes the batch that just ended durable (see the module docs). On an
+    /// error nothing of the batch may be sent: the node must stop taking part.
+    pub fn persist(&mut self, core: &mut Core) -> Result<(), DiskError> {
+        let installed = core.take_installed();
+        let records = core.take_durable();
+        if !self.has_image || installed {
+            if core.is_writable() {
+                self.image_now(core)?;
+            }
+            return Ok(());
+        }
+        if !records.is_empty() {
+            let payload = encode_batch(&records);
+            let written = self.dir.append(&payload)?;
+            self.stats.appends += 1;
+            self.stats.appended_bytes += written;
+        }
+        self.maybe_start_image(core)
+    }
+
+    /// Bytes of the dir's files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.dir.disk_bytes()
+    }
+
+    /// Writes an image of `core` before returning.
+    fn image_now(&mut self, core: &Core) -> Result<(), DiskError> {
+        self.finish_writer(true);
+        let ticket = self.dir.start_image()?;
+        let bytes = ticket.write(&encode_image(&core.image()))?;
+        self.image_written(bytes);
+        self.has_image = true;
+        Ok(())
+    }
+
+    fn image_written(&mut self, bytes: u64) {
+        self.stats.images += 1;
+        self.stats.last_image_bytes = bytes;
+        log::debug!("data dir image written: {bytes} bytes");
+    }
+
+    /// Collects the background image writer's result when it is done (or,
+    /// with `wait`, waits for it).
+    fn finish_writer(&mut self, wait: bool) {
+        let done = self
+            .writer
+            .as_ref()
+            .is_some_and(|writer| wait || writer.is_finished());
+        if !done {
+            return;
+        }
+        let Some(writer) = self.writer.take() else {
+            return;
+        };
+        match writer.join() {
+            Ok(Ok(bytes)) => self.image_written(bytes),
+            // The log is intact; a later image tries again.
+            Ok(Err(err)) => log::error!("writing an image of the data dir failed: {err}"),
+            Err(_) => log::error!("the data dir's image writer panicked"),
+        }
+    }
+
+    /// Starts an image when the log since the last one has grown past
+    /// [`IMAGE_AFTER_LOG_BYTES`] and the last image's size.
+    fn maybe_start_image(&mut self, core: &Core) -> Result<(), DiskError> {
+        self.finish_writer(false);
+        let threshold = IMAGE_AFTER_LOG_BYTES.max(self.stats.last_image_bytes);
+        if self.writer.is_some() || self.dir.log_bytes_since_image() < threshold {
+            return Ok(());
+        }
+        let ticket = self.dir.start_image()?;
+        // The state is captured here, on the core's thread (the store's
+        // persistent tree makes the files a cheap copy); encoding and
+        // writing happen elsewhere while the log goes on.
+        let image = core.image();
+        if !self.background {
+            let bytes = ticket.write(&encode_image(&image))?;
+            self.image_written(bytes);
+            return Ok(());
+        }
+        let writer = std::thread::Builder::new()
+            .name("doozer-image".into())
+            .spawn(move || ticket.write(&encode_image(&image)));
+        match writer {
+            Ok(writer) => self.writer = Some(writer),
+            Err(err) => log::error!("cannot start the image writer: {err}"),
+        }
+        Ok(())
+    }
+}

@@ -68,6 +68,8 @@ pub struct Journal<F: Fs = RealFs> {
     /// writes them inline so that runs replay from their seed.
     background: bool,
     writer: Option<JoinHandle<Result<u64, DiskError>>>,
+    /// The dir was read ([`Journal::load`]), which opens its log.
+    loaded: bool,
     pub stats: JournalStats,
 }
 
@@ -78,6 +80,7 @@ impl<F: Fs> Journal<F> {
             has_image: false,
             background,
             writer: None,
+            loaded: false,
             stats: JournalStats::default(),
         }
     }
@@ -97,6 +100,7 @@ impl<F: Fs> Journal<F> {
             identity.check_cluster(self.dir.dir(), cluster)?;
         }
         let recovered = self.dir.recover()?;
+        self.loaded = true;
         let dir_name = self.dir.dir().display().to_string();
         let unusable = |detail: String| JournalError::Unusable {
             dir: dir_name.clone(),
@@ -141,6 +145,16 @@ impl<F: Fs> Journal<F> {
     /// Records the identity of a node starting afresh and makes `core`
     /// keep its durable records from now on.
     pub fn begin(&mut self, core: &mut Core, cluster: &str) -> Result<(), JournalError> {
+        if !self.loaded {
+            let recovered = self.dir.recover()?;
+            self.loaded = true;
+            if recovered.image.is_some() {
+                return Err(JournalError::Unusable {
+                    dir: self.dir.dir().display().to_string(),
+                    detail: "it holds a node's state, which a new node must not overwrite".into(),
+                });
+            }
+        }
         let incarnation = match self.dir.identity()? {
             Some(identity) => identity.incarnation + 1,
             None => 0,

@@ -2,10 +2,13 @@
 # One figure of the write path: a 3-member cluster of the doozerd in BIN_DIR
 # on 127.x.y.1-3 (NET, default 127.0.88.), `doozer bench -op set -c 64
 # -size 64 -d SECS` against the leader; prints the ops/s and p50 line, then
-# stops the cluster.
-# Usage: scripts/bench-cluster.sh BIN_DIR [NET] [SECS]
+# stops the cluster. CONNS=N sets the connections (default 64); DATA_ROOT=DIR
+# gives each node `-data-dir DIR/nI` (made empty first), e.g. on the disk
+# (/var/tmp) or in memory (/dev/shm).
+# Usage: [CONNS=N] [DATA_ROOT=DIR] scripts/bench-cluster.sh BIN_DIR [NET] [SECS]
 set -euo pipefail
 bin=$1; net=${2:-127.0.88.}; secs=${3:-5}
+conns=${CONNS:-64}
 client=$bin/doozer
 dir=$(mktemp -d)
 pids=()
@@ -13,14 +16,22 @@ cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$dir"
+  if [ -n "${DATA_ROOT:-}" ]; then rm -rf "$DATA_ROOT"/n1 "$DATA_ROOT"/n2 "$DATA_ROOT"/n3; fi
 }
 trap cleanup EXIT
+data() {
+  [ -n "${DATA_ROOT:-}" ] || return 0
+  rm -rf "$DATA_ROOT/n$1"; mkdir -p "$DATA_ROOT/n$1"
+  echo "-data-dir $DATA_ROOT/n$1"
+}
 uri() { echo "doozer:?ca=${net}$1:8046"; }
 wait_rev() { for _ in $(seq 100); do "$client" -a "$(uri "$1")" rev >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
-"$bin/doozerd" -l "${net}1:8046" -w false >"$dir/n1.log" 2>&1 & pids+=($!)
+# shellcheck disable=SC2046
+"$bin/doozerd" -l "${net}1:8046" -w false $(data 1) >"$dir/n1.log" 2>&1 & pids+=($!)
 wait_rev 1
 for i in 2 3; do
-  "$bin/doozerd" -l "${net}$i:8046" -a "${net}1:8046" -w false >"$dir/n$i.log" 2>&1 & pids+=($!)
+  # shellcheck disable=SC2046
+  "$bin/doozerd" -l "${net}$i:8046" -a "${net}1:8046" -w false $(data "$i") >"$dir/n$i.log" 2>&1 & pids+=($!)
 done
 for i in 2 3; do wait_rev "$i"; done
 for slot in 1 2; do printf '' | "$client" -a "$(uri 1)" set "/ctl/cal/$slot" 0 >/dev/null; done
@@ -31,5 +42,5 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 sleep 1
-"$client" -a "$(uri 1)" bench -op set -c 64 -size 64 -d "$secs" 2>/dev/null | grep -E "ops/s|p50" | tr '\n' ' '
+"$client" -a "$(uri 1)" bench -op set -c "$conns" -size 64 -d "$secs" 2>/dev/null | grep -E "ops/s|p50" | tr '\n' ' '
 echo

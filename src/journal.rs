@@ -3,18 +3,32 @@
 //! batch, and how a node is rebuilt from its dir at start.
 //!
 //! The contract ([`crate::core::Durable`] has the why): after
-//! [`Core::end_batch`], [`Journal::persist`] appends the batch's records as
-//! one log entry and syncs it, and only then may the caller route the batch's
-//! outputs. When the records alone cannot describe the state (the node's
-//! first state, a snapshot installed from another node) it writes a whole
-//! image instead. Now and then it writes an image in the background so the
+//! [`Core::end_batch`], [`Journal::take`] takes the batch's records and
+//! [`Journal::write`] appends them as one log entry and syncs it. When the
+//! records alone cannot describe the state (the node's first state, a
+//! snapshot installed from another node) it writes a whole image instead.
+//!
+//! Which outputs wait for the sync ([`Step::holds_outputs`]): every output of
+//! a batch that changed the acceptor (a promise, an accept) or needs an
+//! image, except the leader's phase-2a `Accept` messages
+//! ([`leaves_before_sync`]): those go out at once, so the followers' syncs
+//! run while the leader's own does. That is safe because an `Accept` depends
+//! on nothing this batch made durable: its ballot was promised durably before
+//! the `Prepare` that won it left, and the leader counts its own acceptance
+//! only in later batches, which start after this batch's sync (in a cluster
+//! of one, the decision and the reply come in this batch, and the reply
+//! waits). A batch that only applied decided slots holds nothing back: those
+//! slots are already on a majority of disks as accepted values, so its
+//! records only spare a restart some catching up. Its sync still ends before
+//! the next batch starts, so at most the last batch on disk is ever unsynced
+//! (what tells a torn tail from corruption). Now and then it writes an image in the background so the
 //! log below it can be deleted: disk use stays about one image plus
 //! [`IMAGE_AFTER_LOG_BYTES`] (or one image's size, if larger) of log.
 
 use std::thread::JoinHandle;
 
 use crate::codec::durable::{decode_batch, decode_image, encode_batch, encode_image};
-use crate::core::{Core, CoreConfig, NodeInfo};
+use crate::core::{Core, CoreConfig, Durable, NodeInfo, Output, PeerMsg};
 use crate::disk::{DataDir, DiskError, Fs, Identity, RealFs};
 
 /// Log bytes after which a new image is taken (when the last image was
@@ -47,6 +61,38 @@ pub enum Loaded {
     /// No state yet: start as a new node, with this id if the dir already
     /// had one (a node that stopped before its first copy of the store).
     Fresh { id: Option<String> },
+}
+
+/// One batch's durable part, taken after [`Core::end_batch`].
+#[must_use = "a step must be written before the outputs it holds are routed"]
+pub struct Step {
+    records: Vec<Durable>,
+    /// A whole image is due (the first state, or a snapshot installed).
+    image: bool,
+}
+
+impl Step {
+    /// Whether the batch's outputs (but those [`leaves_before_sync`]) must
+    /// wait until [`Journal::write`] returned.
+    pub fn holds_outputs(&self) -> bool {
+        self.image
+            || self
+                .records
+                .iter()
+                .any(|record| matches!(record, Durable::Acceptor(_)))
+    }
+}
+
+/// Outputs that may leave before their batch is synced, even when it holds
+/// the rest (see the module docs): the leader's phase-2a messages.
+pub fn leaves_before_sync(output: &Output) -> bool {
+    matches!(
+        output,
+        Output::Peer {
+            msg: PeerMsg::Paxos(crate::paxos::Msg::Accept { .. }),
+            ..
+        }
+    )
 }
 
 /// Counters for `/metrics`.
@@ -168,15 +214,26 @@ impl<F: Fs> Journal<F> {
         Ok(())
     }
 
-    /// Makes the batch that just ended durable (see the module docs). On an
-    /// error nothing of the batch may be sent: the node must stop taking part.
-    pub fn persist(&mut self, core: &mut Core) -> Result<(), DiskError> {
+    /// Takes the durable part of the batch that just ended.
+    pub fn take(&self, core: &mut Core) -> Step {
         let installed = core.take_installed();
         let records = core.take_durable();
-        if !self.has_image || installed {
-            if core.is_writable() {
-                self.image_now(core)?;
-            }
+        Step {
+            image: (!self.has_image || installed) && core.is_writable(),
+            // Before the first image, records have no base to apply to:
+            // the image, once taken, holds them.
+            records: if self.has_image { records } else { Vec::new() },
+        }
+    }
+
+    /// Makes `step` durable. On an error, what it holds must never be sent:
+    /// the node must stop taking part.
+    pub fn write(&mut self, step: Step, core: &Core) -> Result<(), DiskError> {
+        let Step { records, image } = step;
+        if image {
+            return self.image_now(core);
+        }
+        if !self.has_image {
             return Ok(());
         }
         if !records.is_empty() {
@@ -186,6 +243,13 @@ impl<F: Fs> Journal<F> {
             self.stats.appended_bytes += written;
         }
         self.maybe_start_image(core)
+    }
+
+    /// [`Journal::take`] and [`Journal::write`] in one, for a caller that
+    /// holds every output of the batch until it returns.
+    pub fn persist(&mut self, core: &mut Core) -> Result<(), DiskError> {
+        let step = self.take(core);
+        self.write(step, core)
     }
 
     /// Bytes of the dir's files.

@@ -36,7 +36,7 @@ use doozer::core::{
     SnapshotData,
 };
 use doozer::disk::{DataDir, MemFs};
-use doozer::journal::{Journal, Loaded};
+use doozer::journal::{leaves_before_sync, Journal, Loaded};
 use doozer::paxos::{self, Ballot};
 use doozer::store::Mutation;
 use doozer::store::{Event, EventKind, Glob};
@@ -295,18 +295,34 @@ impl Sim {
         }
     }
 
-    /// The runtime's contract after a batch: its records synced before its
-    /// outputs leave. False when the disk died (the node crashed, the
-    /// batch's outputs are lost with it).
-    fn persist(&mut self, id: &NodeId) -> bool {
+    /// The runtime's contract after a batch (`doozer::journal`): its records
+    /// synced before the outputs they hold leave, the others routed first.
+    /// Routes `out`. False when the disk died (the node crashed; what was
+    /// held is lost with it).
+    fn persist_and_route(&mut self, id: &NodeId, mut out: Vec<Output>) -> bool {
         let Some(node) = self.nodes.get_mut(id) else {
             return false;
         };
         let Some(journal) = node.journal.as_mut() else {
+            self.route(id, out);
             return true;
         };
-        match journal.persist(&mut node.core) {
-            Ok(()) => true,
+        let step = journal.take(&mut node.core);
+        if step.holds_outputs() {
+            let (early, held): (Vec<Output>, Vec<Output>) =
+                out.into_iter().partition(leaves_before_sync);
+            self.route(id, early);
+            out = held;
+        } else {
+            self.route(id, std::mem::take(&mut out));
+        }
+        let node = self.nodes.get_mut(id).expect("still there");
+        let journal = node.journal.as_mut().expect("durable");
+        match journal.write(step, &node.core) {
+            Ok(()) => {
+                self.route(id, out);
+                true
+            }
             Err(err) => {
                 if !self.armed.contains_key(id) {
                     self.fail(format!("{id}: the journal failed unprovoked: {err}"));
@@ -498,19 +514,15 @@ impl Sim {
             if left_in_batch == 0 {
                 node.core.end_batch(&mut out);
                 left_in_batch = self.rng.random_range(1..=4);
-                if !self.persist(id) {
+                if !self.persist_and_route(id, std::mem::take(&mut out)) {
                     return;
                 }
-                self.route(id, std::mem::take(&mut out));
             }
         }
         if let Some(node) = self.nodes.get_mut(id) {
             node.core.end_batch(&mut out);
         }
-        if !self.persist(id) {
-            return;
-        }
-        self.route(id, out);
+        self.persist_and_route(id, out);
     }
 
     fn step(&mut self) {

@@ -276,15 +276,25 @@ impl EventLoop {
         }
     }
 
-    /// Makes the batch's records durable before its outputs are routed; on
-    /// a disk error nothing of the batch goes out (see [`Self::fail_disk`]).
+    /// Makes the batch's records durable, routing its outputs before or
+    /// after as the journal's contract says ([`crate::journal`]); on a disk
+    /// error what it held never goes out (see [`Self::fail_disk`]).
     fn persist(&mut self, out: &mut Vec<Output>) {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
-        match journal.persist(&mut self.core) {
-            Ok(()) => {}
-            Err(err) => self.fail_disk(err.to_string(), out),
+        let step = journal.take(&mut self.core);
+        if step.holds_outputs() {
+            let (mut early, held): (Vec<Output>, Vec<Output>) =
+                out.drain(..).partition(crate::journal::leaves_before_sync);
+            *out = held;
+            self.route(&mut early);
+        } else {
+            self.route(out);
+        }
+        let journal = self.journal.as_mut().expect("checked above");
+        if let Err(err) = journal.write(step, &self.core) {
+            self.fail_disk(err.to_string(), out);
         }
     }
 

@@ -103,6 +103,10 @@ impl Identity {
 pub struct Recovered {
     pub image: Option<Vec<u8>>,
     pub batches: Vec<Vec<u8>>,
+    /// What recovery repaired (a torn tail truncated, a segment torn at
+    /// creation removed), one line each naming the file and offset; each was
+    /// also logged as a warning.
+    pub repairs: Vec<String>,
 }
 
 /// State shared between a `DataDir` and its outstanding image ticket.
@@ -363,6 +367,7 @@ impl<F: Fs> DataDir<F> {
             ));
         }
         let mut batches = Vec::new();
+        let mut repairs = Vec::new();
         let mut tail: Option<(u64, u64, u64, u64)> = None; // seg, salt, len, batches
         let mut next_seg = expect_seg;
         for (i, &(seg, _)) in live.iter().enumerate() {
@@ -383,11 +388,14 @@ impl<F: Fs> DataDir<F> {
             let header = match format::decode_seg_header(&bytes) {
                 Ok(h) => h,
                 Err(_) if last && bytes.len() <= SEG_HEADER_LEN => {
-                    log::warn!(
-                        "{}: segment torn while it was created ({} bytes); removing it",
+                    let note = format!(
+                        "{}: segment torn while it was created ({} bytes at offset 0); \
+                         removed it",
                         path.display(),
                         bytes.len()
                     );
+                    log::warn!("{note}");
+                    repairs.push(note);
                     fs.remove(&path)
                         .map_err(|e| DiskError::io(&path, "remove", e))?;
                     fs.sync_dir(&dir)
@@ -452,12 +460,14 @@ impl<F: Fs> DataDir<F> {
                                 format!("bad batch followed by a valid one at offset {later}"),
                             ));
                         }
-                        log::warn!(
+                        let note = format!(
                             "{}: torn write at offset {at} ({} bytes of an unfinished batch); \
-                             truncating it",
+                             truncated it",
                             path.display(),
                             bytes.len() - at
                         );
+                        log::warn!("{note}");
+                        repairs.push(note);
                         fs.truncate(&path, at as u64)
                             .map_err(|e| DiskError::io(&path, "truncate", e))?;
                         break;
@@ -490,7 +500,11 @@ impl<F: Fs> DataDir<F> {
             _ => self.new_segment(next_seg)?,
         };
         self.log = LogState::Open(open);
-        Ok(Recovered { image, batches })
+        Ok(Recovered {
+            image,
+            batches,
+            repairs,
+        })
     }
 
     /// Creates segment `seg` (header synced, DIR synced) for appending.

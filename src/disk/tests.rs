@@ -230,7 +230,7 @@ fn batches_round_trip_across_segments() {
         drop(d);
         let mut d = c.open().unwrap();
         let r = d.recover().unwrap();
-        assert_eq!((r.image, r.batches), (None, all));
+        assert_eq!((r.image, r.batches, r.repairs), (None, all, vec![]));
     });
 }
 
@@ -312,12 +312,19 @@ fn a_torn_last_batch_is_truncated_at_every_cut_point() {
             let mut d = c.open().unwrap();
             let r = d.recover().unwrap();
             assert_eq!(r.batches.len(), 4, "cut at {cut}");
+            assert_eq!(r.repairs.len(), 1);
+            let note = &r.repairs[0];
+            assert!(
+                note.contains(&last) && note.contains(&format!("offset {start}")),
+                "{note}"
+            );
             assert_eq!(c.get(&last).len(), start, "truncated at the torn batch");
             d.append(b"again").unwrap();
             drop(d);
             let mut d = c.open().unwrap();
             let r = d.recover().unwrap();
             assert_eq!(r.batches.len(), 5);
+            assert!(r.repairs.is_empty());
             assert_eq!(r.batches[4], b"again");
             drop(d);
             c.put(&last, bytes.clone());
@@ -618,7 +625,9 @@ fn a_newest_segment_torn_at_creation_is_made_again() {
         f.sync().unwrap();
         fs.sync_dir(&dir).unwrap();
         let mut d = c.open().unwrap();
-        assert_eq!(d.recover().unwrap().batches.len(), 30, "cut {cut}");
+        let r = d.recover().unwrap();
+        assert_eq!(r.batches.len(), 30, "cut {cut}");
+        assert!(r.repairs[0].contains(&next), "{:?}", r.repairs);
         d.append(b"x").unwrap();
         drop(d);
         let mut d = c.open().unwrap();
@@ -664,7 +673,13 @@ fn is_simulated_death(e: &DiskError) -> bool {
 /// recovery never fails, and every batch whose append returned Ok is back.
 #[test]
 fn random_crashes_never_lose_an_acknowledged_batch() {
-    for seed in 0..300u64 {
+    // DISK_CRASH_SEEDS=5000 for a longer run.
+    let seeds = std::env::var("DISK_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300u64);
+    let (mut images, mut repairs, mut recovered) = (0, 0, 0);
+    for seed in 0..seeds {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (fs, dir) = mem();
         let mut acked: Vec<Vec<u8>> = Vec::new();
@@ -688,6 +703,8 @@ fn random_crashes_never_lose_an_acknowledged_batch() {
                 }
                 Err(e) => panic!("seed {seed} life {life}: {e}"),
             };
+            images += usize::from(r.image.is_some());
+            repairs += r.repairs.len();
             let mut state = r.image.as_deref().map(decode_state).unwrap_or_default();
             state.extend(r.batches);
             let mut with = acked.clone();
@@ -699,6 +716,7 @@ fn random_crashes_never_lose_an_acknowledged_batch() {
                 acked.len()
             );
             acked = state;
+            recovered += acked.len();
             fs.crash_after(Some(rng.random_range(1..60)));
             for _ in 0..rng.random_range(1..40) {
                 if rng.random_bool(0.15) {
@@ -746,4 +764,10 @@ fn random_crashes_never_lose_an_acknowledged_batch() {
             }
         }
     }
+    // The run did reach the interesting cases.
+    eprintln!("{seeds} seeds: {images} recoveries from an image, {repairs} repairs, {recovered} batches recovered");
+    assert!(
+        images > seeds as usize && repairs > seeds as usize / 2,
+        "{images} {repairs}"
+    );
 }

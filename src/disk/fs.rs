@@ -279,7 +279,7 @@ impl MemFs {
         let pending = std::mem::take(&mut d.pending);
         let mut ns = std::mem::take(&mut d.durable);
         for op in &pending {
-            if rng.next_u32() % 2 == 0 {
+            if rng.next_u32() & 1 == 0 {
                 apply(&mut ns, op);
             }
         }
@@ -293,7 +293,7 @@ impl MemFs {
             let tail = inode.data.len() - inode.synced;
             let keep = rng.next_u64() as usize % (tail + 1);
             inode.data.truncate(inode.synced + keep);
-            if keep > 0 && rng.next_u32() % 2 == 0 {
+            if keep > 0 && rng.next_u32() & 1 == 0 {
                 let garble = 1 + rng.next_u32() as usize % keep.min(8);
                 let len = inode.data.len();
                 for b in &mut inode.data[len - garble..] {

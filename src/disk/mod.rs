@@ -691,7 +691,12 @@ impl<F: Fs> ImageTicket<F> {
         }
         let bytes = format::encode_image(self.seg, self.next_batch, payload);
         let tmp = self.dir.join(format!("{}.tmp", image_name(self.seg)));
-        write_atomic(&self.fs, &self.dir, &tmp, &path, &bytes)?;
+        if let Err(e) = write_atomic(&self.fs, &self.dir, &tmp, &path, &bytes) {
+            // Best effort: do not leave a half image filling a full disk
+            // (recovery removes any leftover `.tmp` too).
+            let _ = self.fs.remove(&tmp);
+            return Err(e);
+        }
         lock_state(&self.images).image_seg = self.seg;
         let files = self
             .fs

@@ -240,12 +240,13 @@ fn images_compact_the_log_and_bound_disk_use() {
         let c = case();
         let mut d = c.open().unwrap();
         d.recover().unwrap();
-        let mut max_bytes = 0;
+        let (mut max_bytes, mut max_before) = (0, 0);
         for round in 0..30 {
             for i in 0..20 {
                 d.append(&payload(round * 20 + i)).unwrap();
             }
             assert!(d.since_image() > 0);
+            max_before = max_before.max(d.disk_bytes());
             d.image(format!("state after round {round}").as_bytes())
                 .unwrap();
             assert!(d.since_image() < 100, "{}", d.since_image());
@@ -255,7 +256,11 @@ fn images_compact_the_log_and_bound_disk_use() {
             assert_eq!(c.segments().len(), 1, "{files:?}");
             max_bytes = max_bytes.max(d.disk_bytes());
         }
+        // Right after an image: one image and one empty segment. Before it:
+        // that plus one round of 20 batches (about 2 KiB), however many
+        // rounds (some 40 KiB in all) went before.
         assert!(max_bytes < 200, "disk bytes grew to {max_bytes}");
+        assert!(max_before < 4000, "disk bytes grew to {max_before}");
         d.append(b"after").unwrap();
         drop(d);
         let mut d = c.open().unwrap();
@@ -576,6 +581,41 @@ fn a_full_disk_fails_the_log_for_good_and_recovery_keeps_what_was_acked() {
 }
 
 #[test]
+fn a_failed_image_leaves_the_log_working() {
+    let (fs, dir) = mem();
+    let mut d = small(DataDir::open_with(fs.clone(), &dir).unwrap());
+    d.recover().unwrap();
+    d.append(b"a").unwrap();
+    let used: u64 = d.disk_bytes();
+    fs.set_capacity(Some(used + 100));
+    let e = d.start_image().unwrap().write(&[7; 500]).unwrap_err();
+    assert!(matches!(&e, DiskError::Io { .. }), "{e}");
+    assert!(!fs
+        .list(&dir)
+        .unwrap()
+        .iter()
+        .any(|(n, _)| n.ends_with(".tmp")));
+    fs.set_capacity(None);
+    d.append(b"b").unwrap();
+    d.start_image().unwrap().write(b"image: a b").unwrap();
+    d.append(b"c").unwrap();
+    drop(d);
+    let mut d = DataDir::open_with(fs, &dir).unwrap();
+    let r = d.recover().unwrap();
+    assert_eq!(r.image.as_deref(), Some(&b"image: a b"[..]));
+    assert_eq!(r.batches, vec![b"c".to_vec()]);
+}
+
+#[test]
+fn the_data_dir_and_its_ticket_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<DataDir<RealFs>>();
+    send::<DataDir<MemFs>>();
+    send::<ImageTicket<RealFs>>();
+    send::<ImageTicket<MemFs>>();
+}
+
+#[test]
 fn a_failed_sync_fails_the_log_for_good() {
     let (fs, dir) = mem();
     let c = Case::Mem(fs.clone(), dir.clone());
@@ -769,5 +809,28 @@ fn random_crashes_never_lose_an_acknowledged_batch() {
     assert!(
         images > seeds as usize && repairs > seeds as usize / 2,
         "{images} {repairs}"
+    );
+}
+
+/// `DISK_BENCH_DIR=/some/dir cargo test --release --lib disk::tests::append_latency
+/// -- --ignored --nocapture`: appends of 200-byte batches, each fdatasynced.
+#[test]
+#[ignore]
+fn append_latency() {
+    let base = std::env::var("DISK_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let mut d = DataDir::open(tmp.path()).unwrap();
+    d.recover().unwrap();
+    let n = 500;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        d.append(&[1; 200]).unwrap();
+    }
+    let per = t.elapsed() / n;
+    eprintln!(
+        "{}: {per:?} per 200-byte append+fdatasync",
+        tmp.path().display()
     );
 }

@@ -49,7 +49,7 @@ pub mod fs;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -300,14 +300,14 @@ impl<F: Fs> DataDir<F> {
         fs.sync_dir(&dir)
             .map_err(|e| DiskError::io(&dir, "fsync directory", e))?;
         let listing = fs.list(&dir).map_err(|e| DiskError::io(&dir, "list", e))?;
-        let mut segs = BTreeMap::new();
-        let mut images = BTreeMap::new();
+        let mut segs = BTreeSet::new();
+        let mut images = BTreeSet::new();
         let mut stale = Vec::new();
-        for (name, size) in listing {
+        for (name, _) in listing {
             if let Some(n) = parse_num(&name, "wal-", ".log") {
-                segs.insert(n, size);
+                segs.insert(n);
             } else if let Some(n) = parse_num(&name, "image-", ".img") {
-                images.insert(n, ());
+                images.insert(n);
             } else if name.ends_with(".tmp") {
                 stale.push(dir.join(name));
             }
@@ -316,7 +316,7 @@ impl<F: Fs> DataDir<F> {
         // The newest image, if any, and where the log continues from it.
         let mut image = None;
         let (mut expect_seg, mut expect_batch) = (FIRST, FIRST);
-        if let Some((&seg, _)) = images.iter().next_back() {
+        if let Some(&seg) = images.last() {
             let path = dir.join(image_name(seg));
             let bytes = read_bounded(&fs, &path, MAX_IMAGE_BYTES + format::IMAGE_OVERHEAD as u64)?;
             let h = format::decode_image(&bytes)
@@ -338,12 +338,8 @@ impl<F: Fs> DataDir<F> {
         // directory was synced above, so the image's own entry is durable).
         let old: Vec<PathBuf> = segs
             .range(..expect_seg)
-            .map(|(&s, _)| dir.join(seg_name(s)))
-            .chain(
-                images
-                    .range(..expect_seg)
-                    .map(|(&s, _)| dir.join(image_name(s))),
-            )
+            .map(|&s| dir.join(seg_name(s)))
+            .chain(images.range(..expect_seg).map(|&s| dir.join(image_name(s))))
             .chain(stale)
             .collect();
         if !old.is_empty() {
@@ -358,8 +354,8 @@ impl<F: Fs> DataDir<F> {
                 .map_err(|e| DiskError::io(&dir, "fsync directory", e))?;
         }
 
-        let live: Vec<(u64, u64)> = segs.range(expect_seg..).map(|(&s, &z)| (s, z)).collect();
-        if image.is_some() && live.first().map(|&(s, _)| s) != Some(expect_seg) {
+        let live: Vec<u64> = segs.range(expect_seg..).copied().collect();
+        if image.is_some() && live.first() != Some(&expect_seg) {
             return Err(DiskError::corrupt(
                 &dir.join(seg_name(expect_seg)),
                 0,
@@ -370,7 +366,7 @@ impl<F: Fs> DataDir<F> {
         let mut repairs = Vec::new();
         let mut tail: Option<(u64, u64, u64, u64)> = None; // seg, salt, len, batches
         let mut next_seg = expect_seg;
-        for (i, &(seg, _)) in live.iter().enumerate() {
+        for (i, &seg) in live.iter().enumerate() {
             let path = dir.join(seg_name(seg));
             if seg != next_seg {
                 return Err(DiskError::corrupt(

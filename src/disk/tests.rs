@@ -545,6 +545,32 @@ fn a_second_open_of_the_same_dir_is_locked() {
 }
 
 #[test]
+fn another_process_cannot_take_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = DataDir::open(tmp.path()).unwrap();
+    let lock = tmp.path().join(LOCK_FILE);
+    // util-linux flock(1) uses flock(2), as File::try_lock does on Linux.
+    let held = std::process::Command::new("flock")
+        .args(["-n", "-E", "99"])
+        .arg(&lock)
+        .arg("true")
+        .status();
+    let Ok(held) = held else {
+        eprintln!("no flock(1) here: skipped");
+        return;
+    };
+    assert_eq!(held.code(), Some(99), "another process took the lock");
+    drop(d);
+    let free = std::process::Command::new("flock")
+        .args(["-n", "-E", "99"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert_eq!(free.code(), Some(0));
+}
+
+#[test]
 fn a_full_disk_fails_the_log_for_good_and_recovery_keeps_what_was_acked() {
     let (fs, dir) = mem();
     let c = Case::Mem(fs.clone(), dir.clone());

@@ -6,17 +6,19 @@
 //! - each file has the bytes last synced (`sync`) and an unsynced tail; a
 //!   crash keeps a random prefix of that tail and may garble up to 8 of its
 //!   last kept bytes (a torn write);
-//! - directory operations (create, rename, remove) are journaled in order and
-//!   become durable at `sync_dir`; a crash keeps a random prefix of those not
-//!   yet synced, as an ordered metadata journal (ext4, xfs) would;
+//! - directory operations (create, rename, remove) become durable at
+//!   `sync_dir`; a crash keeps a random subset of those not yet synced (POSIX
+//!   promises no order, so this is stricter than an ordered journal);
 //! - `truncate` is durable when it returns (it syncs, as `RealFs` does);
 //! - fault knobs: [`MemFs::fail_next_sync`], [`MemFs::set_capacity`] (writes
 //!   past it stop there with `ENOSPC`), and [`MemFs::crash_after`] (the
 //!   n-th mutating call from now writes half of its bytes, then it and every
 //!   later call fail, as if the process had died right there).
 //!
-//! Handles opened before a crash fail afterwards, and locks are released by
-//! the crash (the process that held them is gone).
+//! [`MemFs::crash`] is a power cut; [`MemFs::kill`] is only the process
+//! dying (unsynced data stays, unsynced, in the "page cache"). Handles opened
+//! before either fail afterwards, and the locks are released (the process
+//! that held them is gone).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions, TryLockError};
@@ -133,7 +135,7 @@ impl Fs for RealFs {
     }
 }
 
-/// A journaled directory operation, durable only after `sync_dir`.
+/// A directory operation, durable only after `sync_dir`.
 #[derive(Clone, Debug)]
 enum DirOp {
     Link(PathBuf, u64),
@@ -275,10 +277,11 @@ impl MemFs {
     pub fn crash(&self, rng: &mut impl rand::Rng) {
         let mut d = self.disk();
         let pending = std::mem::take(&mut d.pending);
-        let kept = rng.next_u64() as usize % (pending.len() + 1);
         let mut ns = std::mem::take(&mut d.durable);
-        for op in &pending[..kept] {
-            apply(&mut ns, op);
+        for op in &pending {
+            if rng.next_u32() & 1 == 0 {
+                apply(&mut ns, op);
+            }
         }
         let referenced: std::collections::HashSet<u64> = ns.values().copied().collect();
         d.inodes.retain(|i, _| referenced.contains(i));
@@ -290,7 +293,7 @@ impl MemFs {
             let tail = inode.data.len() - inode.synced;
             let keep = rng.next_u64() as usize % (tail + 1);
             inode.data.truncate(inode.synced + keep);
-            if keep > 0 && rng.next_u32().is_multiple_of(2) {
+            if keep > 0 && rng.next_u32() & 1 == 0 {
                 let garble = 1 + rng.next_u32() as usize % keep.min(8);
                 let len = inode.data.len();
                 for b in &mut inode.data[len - garble..] {
@@ -301,6 +304,17 @@ impl MemFs {
         }
         d.durable = ns.clone();
         d.live = ns;
+        d.epoch += 1;
+        d.locks.clear();
+        d.crash_after = None;
+        d.fail_next_sync = false;
+    }
+
+    /// The process dies but the machine stays up: what it wrote stays in
+    /// the "page cache" (still unsynced, so a later [`MemFs::crash`] can
+    /// lose it); handles and locks of the dead process are gone.
+    pub fn kill(&self) {
+        let mut d = self.disk();
         d.epoch += 1;
         d.locks.clear();
         d.crash_after = None;

@@ -49,7 +49,7 @@ pub mod fs;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -103,6 +103,10 @@ impl Identity {
 pub struct Recovered {
     pub image: Option<Vec<u8>>,
     pub batches: Vec<Vec<u8>>,
+    /// What recovery repaired (a torn tail truncated, a segment torn at
+    /// creation removed), one line each naming the file and offset; each was
+    /// also logged as a warning.
+    pub repairs: Vec<String>,
 }
 
 /// State shared between a `DataDir` and its outstanding image ticket.
@@ -296,14 +300,14 @@ impl<F: Fs> DataDir<F> {
         fs.sync_dir(&dir)
             .map_err(|e| DiskError::io(&dir, "fsync directory", e))?;
         let listing = fs.list(&dir).map_err(|e| DiskError::io(&dir, "list", e))?;
-        let mut segs = BTreeMap::new();
-        let mut images = BTreeMap::new();
+        let mut segs = BTreeSet::new();
+        let mut images = BTreeSet::new();
         let mut stale = Vec::new();
-        for (name, size) in listing {
+        for (name, _) in listing {
             if let Some(n) = parse_num(&name, "wal-", ".log") {
-                segs.insert(n, size);
+                segs.insert(n);
             } else if let Some(n) = parse_num(&name, "image-", ".img") {
-                images.insert(n, ());
+                images.insert(n);
             } else if name.ends_with(".tmp") {
                 stale.push(dir.join(name));
             }
@@ -312,7 +316,7 @@ impl<F: Fs> DataDir<F> {
         // The newest image, if any, and where the log continues from it.
         let mut image = None;
         let (mut expect_seg, mut expect_batch) = (FIRST, FIRST);
-        if let Some((&seg, _)) = images.iter().next_back() {
+        if let Some(&seg) = images.last() {
             let path = dir.join(image_name(seg));
             let bytes = read_bounded(&fs, &path, MAX_IMAGE_BYTES + format::IMAGE_OVERHEAD as u64)?;
             let h = format::decode_image(&bytes)
@@ -334,12 +338,8 @@ impl<F: Fs> DataDir<F> {
         // directory was synced above, so the image's own entry is durable).
         let old: Vec<PathBuf> = segs
             .range(..expect_seg)
-            .map(|(&s, _)| dir.join(seg_name(s)))
-            .chain(
-                images
-                    .range(..expect_seg)
-                    .map(|(&s, _)| dir.join(image_name(s))),
-            )
+            .map(|&s| dir.join(seg_name(s)))
+            .chain(images.range(..expect_seg).map(|&s| dir.join(image_name(s))))
             .chain(stale)
             .collect();
         if !old.is_empty() {
@@ -354,8 +354,8 @@ impl<F: Fs> DataDir<F> {
                 .map_err(|e| DiskError::io(&dir, "fsync directory", e))?;
         }
 
-        let live: Vec<(u64, u64)> = segs.range(expect_seg..).map(|(&s, &z)| (s, z)).collect();
-        if image.is_some() && live.first().map(|&(s, _)| s) != Some(expect_seg) {
+        let live: Vec<u64> = segs.range(expect_seg..).copied().collect();
+        if image.is_some() && live.first() != Some(&expect_seg) {
             return Err(DiskError::corrupt(
                 &dir.join(seg_name(expect_seg)),
                 0,
@@ -363,9 +363,10 @@ impl<F: Fs> DataDir<F> {
             ));
         }
         let mut batches = Vec::new();
+        let mut repairs = Vec::new();
         let mut tail: Option<(u64, u64, u64, u64)> = None; // seg, salt, len, batches
         let mut next_seg = expect_seg;
-        for (i, &(seg, _)) in live.iter().enumerate() {
+        for (i, &seg) in live.iter().enumerate() {
             let path = dir.join(seg_name(seg));
             if seg != next_seg {
                 return Err(DiskError::corrupt(
@@ -383,11 +384,14 @@ impl<F: Fs> DataDir<F> {
             let header = match format::decode_seg_header(&bytes) {
                 Ok(h) => h,
                 Err(_) if last && bytes.len() <= SEG_HEADER_LEN => {
-                    log::warn!(
-                        "{}: segment torn while it was created ({} bytes); removing it",
+                    let note = format!(
+                        "{}: segment torn while it was created ({} bytes at offset 0); \
+                         removed it",
                         path.display(),
                         bytes.len()
                     );
+                    log::warn!("{note}");
+                    repairs.push(note);
                     fs.remove(&path)
                         .map_err(|e| DiskError::io(&path, "remove", e))?;
                     fs.sync_dir(&dir)
@@ -452,12 +456,14 @@ impl<F: Fs> DataDir<F> {
                                 format!("bad batch followed by a valid one at offset {later}"),
                             ));
                         }
-                        log::warn!(
+                        let note = format!(
                             "{}: torn write at offset {at} ({} bytes of an unfinished batch); \
-                             truncating it",
+                             truncated it",
                             path.display(),
                             bytes.len() - at
                         );
+                        log::warn!("{note}");
+                        repairs.push(note);
                         fs.truncate(&path, at as u64)
                             .map_err(|e| DiskError::io(&path, "truncate", e))?;
                         break;
@@ -490,7 +496,11 @@ impl<F: Fs> DataDir<F> {
             _ => self.new_segment(next_seg)?,
         };
         self.log = LogState::Open(open);
-        Ok(Recovered { image, batches })
+        Ok(Recovered {
+            image,
+            batches,
+            repairs,
+        })
     }
 
     /// Creates segment `seg` (header synced, DIR synced) for appending.
@@ -677,7 +687,12 @@ impl<F: Fs> ImageTicket<F> {
         }
         let bytes = format::encode_image(self.seg, self.next_batch, payload);
         let tmp = self.dir.join(format!("{}.tmp", image_name(self.seg)));
-        write_atomic(&self.fs, &self.dir, &tmp, &path, &bytes)?;
+        if let Err(e) = write_atomic(&self.fs, &self.dir, &tmp, &path, &bytes) {
+            // Best effort: do not leave a half image filling a full disk
+            // (recovery removes any leftover `.tmp` too).
+            let _ = self.fs.remove(&tmp);
+            return Err(e);
+        }
         lock_state(&self.images).image_seg = self.seg;
         let files = self
             .fs

@@ -17,11 +17,12 @@
 //! the `Prepare` that won it left, and the leader counts its own acceptance
 //! only in later batches, which start after this batch's sync (in a cluster
 //! of one, the decision and the reply come in this batch, and the reply
-//! waits). A batch that only applied decided slots holds nothing back: those
-//! slots are already on a majority of disks as accepted values, so its
-//! records only spare a restart some catching up. Its sync still ends before
-//! the next batch starts, so at most the last batch on disk is ever unsynced
-//! (what tells a torn tail from corruption). Now and then it writes an image in the background so the
+//! waits). A batch that only applied decided slots holds nothing back, and
+//! its records wait to be written with a later batch
+//! ([`MAX_DEFERRED_SLOTS`]): those slots are already on a majority of disks
+//! as accepted values, so the records only spare a restart some catching up.
+//! Every append is synced before the next batch starts, so at most the last
+//! batch on disk is ever unsynced (what tells a torn tail from corruption). Now and then it writes an image in the background so the
 //! log below it can be deleted: disk use stays about one image plus
 //! [`IMAGE_AFTER_LOG_BYTES`] (or one image's size, if larger) of log.
 
@@ -35,6 +36,16 @@ use crate::disk::{DataDir, DiskError, Fs, Identity, RealFs};
 /// smaller): the log replayed at a restart stays under about this much,
 /// which keeps a restart well under a second, and the log's disk use with it.
 pub const IMAGE_AFTER_LOG_BYTES: u64 = 32 << 20;
+
+/// Decided slots a batch without acceptor records leaves unwritten, at most:
+/// they are written with the next batch that writes acceptor records, or
+/// the next batch with nothing to write (an idle moment), or once this many
+/// wait. A leader's batch that only decided and answered then costs no sync
+/// (the next write's batch would wait behind it), and a slave syncs seldom.
+/// Losing them in a crash loses nothing: each is on a majority of disks as an
+/// accepted value, and the node learns it again on restart (a new leader
+/// recovers it at its slot, or the node catches up).
+const MAX_DEFERRED_SLOTS: usize = 4096;
 
 /// Bit position of the incarnation in this node's write sequence numbers:
 /// each restart numbers its writes from `incarnation << 40`, above every
@@ -116,6 +127,9 @@ pub struct Journal<F: Fs = RealFs> {
     writer: Option<JoinHandle<Result<u64, DiskError>>>,
     /// The dir was read ([`Journal::load`]), which opens its log.
     loaded: bool,
+    /// Decided slots not written yet (see [`MAX_DEFERRED_SLOTS`]).
+    deferred: Vec<Durable>,
+    deferred_slots: usize,
     pub stats: JournalStats,
 }
 
@@ -127,6 +141,8 @@ impl<F: Fs> Journal<F> {
             background,
             writer: None,
             loaded: false,
+            deferred: Vec::new(),
+            deferred_slots: 0,
             stats: JournalStats::default(),
         }
     }
@@ -236,9 +252,26 @@ impl<F: Fs> Journal<F> {
         if !self.has_image {
             return Ok(());
         }
-        if !records.is_empty() {
-            let payload = encode_batch(&records);
+        let acceptor = records
+            .iter()
+            .any(|record| matches!(record, Durable::Acceptor(_)));
+        let idle = records.is_empty();
+        let decided: usize = records
+            .iter()
+            .map(|record| match record {
+                Durable::Decided { decrees, .. } => decrees.len(),
+                Durable::Acceptor(_) => 0,
+            })
+            .sum();
+        self.deferred.extend(records);
+        self.deferred_slots += decided;
+        let due = acceptor || (idle && !self.deferred.is_empty())
+            || self.deferred_slots >= MAX_DEFERRED_SLOTS;
+        if due {
+            let payload = encode_batch(&self.deferred);
             let written = self.dir.append(&payload)?;
+            self.deferred.clear();
+            self.deferred_slots = 0;
             self.stats.appends += 1;
             self.stats.appended_bytes += written;
         }

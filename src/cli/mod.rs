@@ -13,6 +13,7 @@
 
 pub mod goflag;
 pub mod members;
+pub mod snapshot;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -189,6 +190,32 @@ On success, prints the revision of the write.
 ",
     },
     Command {
+        name: "snapshot",
+        args: "<op> <file>",
+        nargs: 2,
+        desc: "save, check or restore a backup",
+        help: "Backups of the whole tree (our extension of the original's commands).
+<op> is one of:
+
+  save      write the tree at one revision (-r, or the current one) to
+            <file>, read from whichever node -a names (a slave will do);
+            prints `saved rev <rev>, <n> files, <size> to <file>`. The
+            file is written as <file>.tmp, synced, then renamed.
+  status    read <file> whole and check it: prints its revision, number
+            of files and size, and `checksum ok`; a damaged file is an
+            error naming the file and the byte where it went wrong.
+  restore   check <file> whole, then write every file in it into the
+            cluster -a names, except those under /ctl (the saved
+            cluster's own state), with pipelined sets. Refused when the
+            cluster already holds files outside /ctl, unless -force is
+            given (files in both are then overwritten). The files get
+            new revisions; their bodies are the saved ones.
+
+To seed a new cluster from a backup: start its first node, run
+`snapshot restore` against it, then add the other nodes.
+",
+    },
+    Command {
         name: "stat",
         args: "<path>",
         nargs: 1,
@@ -294,7 +321,7 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "r",
         Kind::Value,
         "-1",
-        "revision for find, wait and watch (-1: the current one)",
+        "revision for find, wait, watch and snapshot save (-1: the current one)",
     ),
     (
         "t",
@@ -511,6 +538,9 @@ pub fn run(argv: &[String], env: &Env, io: &mut Io<'_>) -> i32 {
     if cmd.name == "bench" {
         return run_bench(argv0, &mut g, &rest[1..], io);
     }
+    if cmd.name == "snapshot" {
+        return snapshot::run(argv0, &mut g, &rest[1..], io);
+    }
 
     // The flags again, right after the command.
     let args = match g.parse(&rest[1..]) {
@@ -550,6 +580,11 @@ pub fn run(argv: &[String], env: &Env, io: &mut Io<'_>) -> i32 {
         ("watch", [glob]) => watch(&g, io, glob),
         _ => unreachable!("argument count checked above"),
     };
+    finish(result, io)
+}
+
+/// The exit status of a command's outcome, after its `Error: …` line.
+fn finish(result: Outcome, io: &mut Io<'_>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(Failure::Exit(status)) => status,
@@ -910,7 +945,7 @@ Global Options:
   -a="doozer:?ca=127.0.0.1:8046": the cluster to talk to
   -b="": the DzNS that finds a cluster named by cn=
   -h=false: print this help
-  -r=-1: revision for find, wait and watch (-1: the current one)
+  -r=-1: revision for find, wait, watch and snapshot save (-1: the current one)
   -t=0: how long wait may block (0: no limit)
   -v=false: print the version
 
@@ -921,21 +956,22 @@ Environment:
   DOOZER_BOOT_URI - the DzNS, unless -b is given.
 
 Commands:
-  add <path>       - create a file that must not exist yet
-  bench            - generate load and measure latency
-  del <path> <rev> - remove a file
-  find <path>      - list a tree
-  get <path>       - print a file's body
-  help <command>   - explain one command
-  members          - list the cluster's members and slaves
-  nop              - commit an empty change
-  rev              - print the current revision
-  self             - print the server's node id
-  set <path> <rev> - write a file
-  stat <path>      - print a file's revision and length
-  touch <path>     - rewrite a file unchanged
-  wait <glob>      - print the next change
-  watch <glob>     - print every change
+  add <path>           - create a file that must not exist yet
+  bench                - generate load and measure latency
+  del <path> <rev>     - remove a file
+  find <path>          - list a tree
+  get <path>           - print a file's body
+  help <command>       - explain one command
+  members              - list the cluster's members and slaves
+  nop                  - commit an empty change
+  rev                  - print the current revision
+  self                 - print the server's node id
+  set <path> <rev>     - write a file
+  snapshot <op> <file> - save, check or restore a backup
+  stat <path>          - print a file's revision and length
+  touch <path>         - rewrite a file unchanged
+  wait <glob>          - print the next change
+  watch <glob>         - print every change
 "#;
 
     #[test]

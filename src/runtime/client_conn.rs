@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
@@ -642,11 +642,17 @@ pub const MAX_SNAPSHOT_STREAMS: usize = 8;
 /// goes alone. The stream's frames are made one chunk at a time, never all.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
 
-/// Longest time one chunk of a SNAPSHOT stream (at most
-/// [`SNAPSHOT_CHUNK_BYTES`] or one file) may take to go into the socket; a
-/// client that reads slower (or not at all) is disconnected, which lets go
-/// of the tree it pinned. 30 s for about 1 MiB: only a stalled reader fails.
+/// A SNAPSHOT stream must get [`SNAPSHOT_PROGRESS_BYTES`] into the socket
+/// within this time, again and again until it ends (about 70 KB/s, a
+/// 0.6 Mbit/s link); a client that reads slower or not at all is
+/// disconnected, which lets go of the tree it pinned. Counted in bytes over
+/// a window, not per write: a socket nobody reads still takes a few hundred
+/// kilobytes now and then as the kernel tunes its buffers, and a per-write
+/// limit would let such a drip hold a tree for ever.
 pub const SNAPSHOT_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// See [`SNAPSHOT_STALL_LIMIT`].
+pub const SNAPSHOT_PROGRESS_BYTES: usize = 2 << 20;
 
 /// Counts SNAPSHOT streams in progress on one node.
 #[derive(Debug, Default)]
@@ -688,6 +694,8 @@ async fn send_tree(
 ) -> Result<(), String> {
     let mut after: Option<crate::types::Path> = None;
     let mut sent: u64 = 0;
+    let mut checkpoint = Instant::now();
+    let mut progress = 0usize;
     loop {
         let (files, end) = tree.files_after(after.as_ref(), SNAPSHOT_CHUNK_BYTES);
         for (path, rev, body) in &files {
@@ -713,14 +721,22 @@ async fn send_tree(
             };
             client::encode_frame_into(&done, buf);
         }
-        match rt::timeout(SNAPSHOT_STALL_LIMIT, stream.write_all(buf)).await {
-            Some(Ok(())) => {}
-            Some(Err(err)) => return Err(err.to_string()),
-            None => {
+        let left = (checkpoint + SNAPSHOT_STALL_LIMIT).saturating_duration_since(Instant::now());
+        let mut write = stream.write_all(buf).fuse();
+        let mut stall = Box::pin(rt::sleep(left).fuse());
+        futures::select! {
+            done = write => done.map_err(|err| err.to_string())?,
+            () = stall => {
                 return Err(format!(
-                    "the client read no chunk of its snapshot in {SNAPSHOT_STALL_LIMIT:?}"
+                    "the client read under {SNAPSHOT_PROGRESS_BYTES} bytes of its snapshot \
+                     in {SNAPSHOT_STALL_LIMIT:?}"
                 ))
             }
+        }
+        progress += buf.len();
+        if progress >= SNAPSHOT_PROGRESS_BYTES {
+            checkpoint = Instant::now();
+            progress = 0;
         }
         buf.clear();
         if end {

@@ -334,7 +334,14 @@ impl BackupReader {
 
     /// Checks a length field at `at` against its limit and the bytes left
     /// in the file (`after` more bytes must follow what it counts).
-    fn length(&self, at: u64, len: u32, max: usize, what: &str, after: u64) -> Result<usize, BackupError> {
+    fn length(
+        &self,
+        at: u64,
+        len: u32,
+        max: usize,
+        what: &str,
+        after: u64,
+    ) -> Result<usize, BackupError> {
         let len = len as usize;
         if len > max {
             return Err(self.corrupt(at, format!("{what} length {len} over the limit of {max}")));
@@ -479,7 +486,14 @@ mod tests {
         assert_eq!(written.bytes, fs::metadata(&file).unwrap().len());
         let (files, summary) = read_all(&file).unwrap();
         assert_eq!(summary, written);
-        assert_eq!(files[0], BackupFile { path: "/a".into(), rev: 3, body: b"hello".to_vec() });
+        assert_eq!(
+            files[0],
+            BackupFile {
+                path: "/a".into(),
+                rev: 3,
+                body: b"hello".to_vec()
+            }
+        );
         assert_eq!(files[1].path, "/b/c");
         assert!(files[1].body.is_empty());
         assert_eq!(files[2].body.len(), 100_000);
@@ -532,7 +546,9 @@ mod tests {
         let bad = d.join("bad.snap");
         // Every byte of the header and the small records, and a sample of the
         // large body.
-        let positions = (0..200).chain((200..whole.len()).step_by(997)).chain(whole.len() - 40..whole.len());
+        let positions = (0..200)
+            .chain((200..whole.len()).step_by(997))
+            .chain(whole.len() - 40..whole.len());
         for at in positions {
             let mut copy = whole.clone();
             copy[at] ^= 0x01;
@@ -557,7 +573,11 @@ mod tests {
         path_huge.extend_from_slice(&u32::MAX.to_be_bytes());
         fs::write(&file, &path_huge).unwrap();
         let err = read_all(&file).unwrap_err();
-        assert!(err.to_string().contains("path length 4294967295 over the limit"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("path length 4294967295 over the limit"),
+            "{err}"
+        );
         // A body length under the limit but past the end of the file.
         let mut body_huge = bytes.clone();
         body_huge.push(TAG_FILE);
@@ -568,7 +588,10 @@ mod tests {
         body_huge.extend_from_slice(&[0; 100]);
         fs::write(&file, &body_huge).unwrap();
         let err = read_all(&file).unwrap_err();
-        assert!(err.to_string().contains("runs past the end of the file"), "{err}");
+        assert!(
+            err.to_string().contains("runs past the end of the file"),
+            "{err}"
+        );
         // Over the body limit.
         let mut over = bytes.clone();
         over.push(TAG_FILE);
@@ -579,7 +602,10 @@ mod tests {
         over.extend_from_slice(&[0; 100]);
         fs::write(&file, &over).unwrap();
         let err = read_all(&file).unwrap_err();
-        assert!(err.to_string().contains("over the limit of 1073741824"), "{err}");
+        assert!(
+            err.to_string().contains("over the limit of 1073741824"),
+            "{err}"
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -588,14 +614,20 @@ mod tests {
         let d = dir();
         let file = d.join("x.snap");
         fs::write(&file, b"hello world, not a backup at all").unwrap();
-        assert!(matches!(read_all(&file), Err(BackupError::NotABackup { .. })));
+        assert!(matches!(
+            read_all(&file),
+            Err(BackupError::NotABackup { .. })
+        ));
         let mut v2 = Vec::new();
         v2.extend_from_slice(MAGIC);
         v2.extend_from_slice(&2u32.to_be_bytes());
         v2.extend_from_slice(&0i64.to_be_bytes());
         fs::write(&file, &v2).unwrap();
         let err = read_all(&file).unwrap_err();
-        assert!(matches!(err, BackupError::Version { version: 2, .. }), "{err}");
+        assert!(
+            matches!(err, BackupError::Version { version: 2, .. }),
+            "{err}"
+        );
         let missing = d.join("missing.snap");
         let err = read_all(&missing).unwrap_err();
         assert!(err.to_string().contains("missing.snap"), "{err}");

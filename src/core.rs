@@ -71,7 +71,9 @@ pub enum Command {
     },
     /// SNAPSHOT (our extension): the whole tree at `rev` (default: now),
     /// answered with [`Reply::Tree`]; the connection task streams it.
-    Snapshot { rev: Option<i64> },
+    Snapshot {
+        rev: Option<i64>,
+    },
 }
 
 /// A successful answer.

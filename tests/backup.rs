@@ -98,7 +98,11 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     let ids: Vec<String> = (0..4)
-        .map(|i| wait_for("SELF", Duration::from_secs(5), || conn(&t.nodes[i]).self_id()))
+        .map(|i| {
+            wait_for("SELF", Duration::from_secs(5), || {
+                conn(&t.nodes[i]).self_id()
+            })
+        })
         .collect();
     let cal = wait_for("3 members", Duration::from_secs(20), || {
         let cal = conn(&t.nodes[0]).dir_bodies("/ctl/cal")?;
@@ -112,7 +116,12 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
 
     // A few thousand files, some of 1 MiB.
     let mut files: Vec<(String, Vec<u8>)> = (0..3000)
-        .map(|i| (format!("/data/d{}/f{i}", i % 37), format!("body {i}").into_bytes()))
+        .map(|i| {
+            (
+                format!("/data/d{}/f{i}", i % 37),
+                format!("body {i}").into_bytes(),
+            )
+        })
         .collect();
     for i in 0..6 {
         files.push((format!("/big/b{i}"), vec![b'a' + i as u8; 1 << 20]));
@@ -149,12 +158,18 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
     assert!(out.status.success(), "save: {}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(writes > 0, "the load wrote during the save");
-    assert!(said.starts_with("saved rev ") && said.contains(file_s), "{said}");
+    assert!(
+        said.starts_with("saved rev ") && said.contains(file_s),
+        "{said}"
+    );
     eprintln!("{} in {took:?} ({writes} writes by the load)", said.trim());
 
     // The file holds exactly what a WALK shows at its rev, revs included.
     let (rev, saved) = read_backup(&file);
-    assert!(said.contains(&format!("saved rev {rev}, {} files", saved.len())), "{said}");
+    assert!(
+        said.contains(&format!("saved rev {rev}, {} files", saved.len())),
+        "{said}"
+    );
     let walked = rt::block_on(client(&t.nodes[slave]).walk_all("/**", rev)).unwrap();
     assert_eq!(saved.len(), walked.len());
     for (s, w) in saved.iter().zip(&walked) {
@@ -175,7 +190,8 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
 
     // Restore into a fresh single node: every non-/ctl file, same body.
     let fresh_addr = free_addr_on("127.0.10.5");
-    t.nodes.push(Node::spawn("fresh", &fresh_addr, &[], &t.dir.path));
+    t.nodes
+        .push(Node::spawn("fresh", &fresh_addr, &[], &t.dir.path));
     let fresh = t.nodes.len() - 1;
     t.nodes[fresh].wait_answers(Duration::from_secs(10));
     let out = t.nodes[fresh].doozer(&["snapshot", "restore", file_s], b"");
@@ -212,7 +228,11 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
         text(&out.stderr)
     );
     let out = t.nodes[fresh].doozer(&["snapshot", "restore", "-force", file_s], b"");
-    assert!(out.status.success(), "restore -force: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "restore -force: {}",
+        text(&out.stderr)
+    );
 
     // A damaged file is refused before anything is written.
     let mut bytes = std::fs::read(&file).unwrap();
@@ -222,7 +242,11 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
     std::fs::write(&bad, &bytes).unwrap();
     let out = t.nodes[fresh].doozer(&["snapshot", "status", bad.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("bad.snap"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bad.snap"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(backup::verify(&bad).is_err());
 }
 
@@ -254,7 +278,8 @@ fn snapshot_readers_that_never_read_hold_bounded_memory() {
         // A fixed receive buffer, as a real client that stopped reading has
         // once the kernel stops growing it (on loopback it would grow to
         // 32 MiB, which would take half this tree).
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         sock.set_recv_buffer_size(64 << 10).unwrap();
         let to: std::net::SocketAddr = addr.parse().unwrap();
         sock.connect(&to.into()).unwrap();
@@ -345,7 +370,10 @@ fn snapshot_readers_that_never_read_hold_bounded_memory() {
             ended_small += 1;
         }
     }
-    assert!(ended_small >= 1, "no stalled client saw its stream end early");
+    assert!(
+        ended_small >= 1,
+        "no stalled client saw its stream end early"
+    );
     drop(stalled);
     // And a snapshot can be had again.
     let c = client(&t.nodes[0]);
@@ -402,14 +430,22 @@ fn snapshot_needs_read_rights_and_a_rev_in_the_history() {
     // The CLI without the secret: an error, exit 2, nothing written.
     let file = t.dir.path.join("x.snap");
     let uri = format!("doozer:?ca={addr}");
-    let out = doozer_with_env(&[], &["-a", &uri, "snapshot", "save", file.to_str().unwrap()], b"");
+    let out = doozer_with_env(
+        &[],
+        &["-a", &uri, "snapshot", "save", file.to_str().unwrap()],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(!file.exists() && !backup::tmp_path(&file).exists());
 
     // With the read-only secret: allowed, and a rev out of the history is
     // TOO_LATE as for GET.
     let ro = format!("doozer:?ca={addr}&sk=ro");
-    let out = doozer_with_env(&[], &["-a", &ro, "snapshot", "save", file.to_str().unwrap()], b"");
+    let out = doozer_with_env(
+        &[],
+        &["-a", &ro, "snapshot", "save", file.to_str().unwrap()],
+        b"",
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rw = rt::block_on(async {
         let c = Client::connect(&addr).await.unwrap();

@@ -91,7 +91,10 @@ pub fn run(argv0: &str, g: &mut Globals, args: &[String], io: &mut Io<'_>) -> i3
         ["status", file] => status(io, Path::new(file)),
         ["restore", file] => restore(g, io, Path::new(file), force),
         [op, _] => {
-            let _ = writeln!(io.stderr, "snapshot: unknown operation {op} (save, status or restore)");
+            let _ = writeln!(
+                io.stderr,
+                "snapshot: unknown operation {op} (save, status or restore)"
+            );
             let _ = io.stdout.write_all(help_text(argv0, "snapshot").as_bytes());
             return EXIT_USAGE;
         }
@@ -178,7 +181,10 @@ fn restore(g: &Globals, io: &mut Io<'_>, file: &Path, force: bool) -> Outcome {
         let mut in_flight = FuturesUnordered::new();
         let mut held = 0usize;
         let (mut restored, mut skipped, mut bytes) = (0u64, 0u64, 0u64);
-        while let Some(f) = reader.next_file().map_err(|e| Failure::text(e.to_string()))? {
+        while let Some(f) = reader
+            .next_file()
+            .map_err(|e| Failure::text(e.to_string()))?
+        {
             if is_ctl(&f.path) {
                 skipped += 1;
                 continue;
@@ -197,7 +203,9 @@ fn restore(g: &Globals, io: &mut Io<'_>, file: &Path, force: bool) -> Outcome {
             bytes += f.body.len() as u64;
             let c = c.clone();
             in_flight.push(async move {
-                let result = c.set(&f.path, crate::types::sentinel::CLOBBER, &f.body).await;
+                let result = c
+                    .set(&f.path, crate::types::sentinel::CLOBBER, &f.body)
+                    .await;
                 (cost, result)
             });
         }

@@ -611,10 +611,7 @@ async fn write_replies(
                         "busy: {MAX_SNAPSHOT_STREAMS} snapshots are being sent"
                     ));
                     client::encode_frame_into(&Response::error(tag, &busy), &mut buf);
-                    stream
-                        .write_all(&buf)
-                        .await
-                        .map_err(|err| err.to_string())
+                    stream.write_all(&buf).await.map_err(|err| err.to_string())
                 }
             };
             buf.clear();

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, SinkExt, StreamExt};
 use rand::seq::SliceRandom;
 
 use crate::codec::client::{
@@ -63,6 +63,9 @@ pub enum Error {
     WaitTimeout,
     /// The server's reply lacks a field this verb always carries.
     Protocol(String),
+    /// The caller's sink for a [`Client::snapshot`] failed (the text says
+    /// why, e.g. a full disk); the stream was abandoned.
+    Sink(String),
 }
 
 impl Error {
@@ -104,6 +107,7 @@ impl fmt::Display for Error {
             Error::NoAddrs => f.write_str("no known address"),
             Error::WaitTimeout => f.write_str("wait timeout"),
             Error::Protocol(text) => write!(f, "protocol error: {text}"),
+            Error::Sink(text) => f.write_str(text),
         }
     }
 }
@@ -200,9 +204,42 @@ pub struct FileInfo {
 
 type Reply = Result<Response, Error>;
 
+/// Who waits for the replies of one tag.
+enum Waiter {
+    /// A call answered by one frame.
+    Once(oneshot::Sender<Reply>),
+    /// A SNAPSHOT, answered by frames up to one with `DONE` or an error.
+    /// Bounded: the read loop waits for the caller to take frames (which
+    /// holds up the connection's other replies meanwhile: backpressure, not
+    /// memory). `None` once the caller gave up: frames are dropped until
+    /// the last one, so the tag stays reserved until the server is done.
+    Stream(Option<mpsc::Sender<Reply>>),
+}
+
+/// Frames a SNAPSHOT stream may hold between the socket and the caller.
+const STREAM_QUEUE_FRAMES: usize = 16;
+
+/// One file of a SNAPSHOT stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub path: String,
+    /// The rev that last wrote the file.
+    pub rev: i64,
+    pub body: Vec<u8>,
+}
+
+/// What a SNAPSHOT stream came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    /// The rev of the tree that was sent.
+    pub rev: i64,
+    /// Files sent.
+    pub files: u64,
+}
+
 struct State {
     next_tag: i32,
-    pending: HashMap<i32, oneshot::Sender<Reply>>,
+    pending: HashMap<i32, Waiter>,
     failed: Option<Error>,
 }
 
@@ -226,8 +263,18 @@ impl Shared {
             let err = st.failed.get_or_insert(err).clone();
             (err, std::mem::take(&mut st.pending))
         };
-        for (_, tx) in drained {
-            let _ = tx.send(Err(err.clone()));
+        for (_, waiter) in drained {
+            match waiter {
+                Waiter::Once(tx) => {
+                    let _ = tx.send(Err(err.clone()));
+                }
+                // A full queue drops the error: the caller then sees the
+                // channel close and asks `failure()`.
+                Waiter::Stream(Some(mut tx)) => {
+                    let _ = tx.try_send(Err(err.clone()));
+                }
+                Waiter::Stream(None) => {}
+            }
         }
     }
 
@@ -327,8 +374,17 @@ impl Client {
 
     /// Sends `req` with a fresh tag (any tag in `req` is replaced) and returns
     /// the server's reply as it is, error fields included.
-    pub async fn call(&self, mut req: Request) -> Result<Response, Error> {
+    pub async fn call(&self, req: Request) -> Result<Response, Error> {
         let (tx, rx) = oneshot::channel();
+        self.send(req, Waiter::Once(tx))?;
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_canceled) => Err(self.inner.shared.failure()),
+        }
+    }
+
+    /// Sends `req` with a fresh tag whose replies go to `waiter`.
+    fn send(&self, mut req: Request, waiter: Waiter) -> Result<i32, Error> {
         let tag = {
             let mut st = self.inner.shared.lock();
             if let Some(err) = &st.failed {
@@ -339,7 +395,7 @@ impl Client {
                 tag = tag.wrapping_add(1);
             }
             st.next_tag = tag.wrapping_add(1);
-            st.pending.insert(tag, tx);
+            st.pending.insert(tag, waiter);
             tag
         };
         req.tag = Some(tag);
@@ -352,10 +408,51 @@ impl Client {
             self.inner.shared.lock().pending.remove(&tag);
             return Err(self.inner.shared.failure());
         }
-        match rx.await {
-            Ok(reply) => reply,
-            Err(_canceled) => Err(self.inner.shared.failure()),
+        Ok(tag)
+    }
+
+    /// SNAPSHOT (our extension): the whole tree at `rev` (default: the
+    /// server's current rev), each file handed to `each` in walk order as
+    /// it arrives, never all held at once. Returns the tree's rev and the
+    /// number of files. An error from `each` abandons the stream and is
+    /// returned (the connection stays usable; the rest of the stream is
+    /// read and dropped).
+    pub async fn snapshot<F>(&self, rev: Option<i64>, mut each: F) -> Result<SnapshotSummary, Error>
+    where
+        F: FnMut(SnapshotFile) -> Result<(), Error>,
+    {
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE_FRAMES);
+        self.send(req(Verb::Snapshot).rev_opt(rev).0, Waiter::Stream(Some(tx)))?;
+        let mut files: u64 = 0;
+        while let Some(reply) = rx.next().await {
+            let resp = reply?;
+            if let Some(mut e) = resp.reply_error() {
+                if e.detail.as_deref() == Some("") {
+                    e.detail = None;
+                }
+                return Err(Error::Reply(e));
+            }
+            if resp.flags.unwrap_or(0) & flags::DONE != 0 {
+                let rev = resp.rev.ok_or_else(|| missing("SNAPSHOT", "rev"))?;
+                let len = resp.len.ok_or_else(|| missing("SNAPSHOT", "len"))?;
+                if u64::try_from(len).ok() != Some(files.min(i32::MAX as u64)) {
+                    return Err(Error::Protocol(format!(
+                        "SNAPSHOT ended saying {len} files, {files} came"
+                    )));
+                }
+                return Ok(SnapshotSummary { rev, files });
+            }
+            let (Some(path), Some(rev)) = (resp.path, resp.rev) else {
+                return Err(missing("SNAPSHOT", "path or rev"));
+            };
+            files += 1;
+            each(SnapshotFile {
+                path,
+                rev,
+                body: resp.value.unwrap_or_default(),
+            })?;
         }
+        Err(self.inner.shared.failure())
     }
 
     /// [`Client::call`], with an error reply turned into [`Error::Reply`].
@@ -718,6 +815,44 @@ async fn write_loop(
     }
 }
 
+/// Hands one reply to whoever waits for its tag. A stream's frames are
+/// queued for its caller (waiting while the queue is full); its last frame
+/// (`DONE` or an error) frees the tag.
+async fn deliver(shared: &Shared, tag: i32, resp: Response) {
+    let last = resp.err_code.is_some() || resp.flags.unwrap_or(0) & flags::DONE != 0;
+    let mut stream = {
+        let mut st = shared.lock();
+        match st.pending.get_mut(&tag) {
+            None => {
+                drop(st);
+                log::warn!("doozer client: reply for unknown tag {tag}");
+                return;
+            }
+            Some(Waiter::Stream(tx)) => {
+                let tx = tx.clone();
+                if last {
+                    st.pending.remove(&tag);
+                }
+                tx
+            }
+            Some(Waiter::Once(_)) => {
+                if let Some(Waiter::Once(tx)) = st.pending.remove(&tag) {
+                    let _ = tx.send(Ok(resp));
+                }
+                return;
+            }
+        }
+    };
+    if let Some(tx) = &mut stream {
+        if tx.send(Ok(resp)).await.is_err() {
+            // The caller gave up: drop the rest of its frames.
+            if let Some(Waiter::Stream(tx)) = shared.lock().pending.get_mut(&tag) {
+                *tx = None;
+            }
+        }
+    }
+}
+
 async fn read_loop(stream: TcpStream, shared: Arc<Shared>) {
     // Buffered: pipelined replies come in with one read, not two per frame.
     let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
@@ -728,13 +863,7 @@ async fn read_loop(stream: TcpStream, shared: Arc<Shared>) {
                     log::warn!("doozer client: reply without a tag: {resp:?}");
                     continue;
                 };
-                let waiter = shared.lock().pending.remove(&tag);
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(Ok(resp));
-                    }
-                    None => log::warn!("doozer client: reply for unknown tag {tag}"),
-                }
+                deliver(&shared, tag, resp).await;
                 continue;
             }
             Ok(None) => Error::Connection("EOF".into()),

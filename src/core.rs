@@ -69,6 +69,11 @@ pub enum Command {
         path: Option<Path>,
         rev: Option<i64>,
     },
+    /// SNAPSHOT (our extension): the whole tree at `rev` (default: now),
+    /// answered with [`Reply::Tree`]; the connection task streams it.
+    Snapshot {
+        rev: Option<i64>,
+    },
 }
 
 /// A successful answer.
@@ -91,6 +96,9 @@ pub enum Reply {
     Name(String),
     /// STAT: length and rev (-2 for a directory, 0 for absent).
     Stat { len: i64, rev: i64 },
+    /// SNAPSHOT: the pinned tree (an O(1) clone). The core does no per-file
+    /// work: the connection task walks and sends it, at the client's pace.
+    Tree(Snapshot),
 }
 
 pub type Outcome = Result<Reply, ReplyError>;
@@ -935,7 +943,8 @@ impl Core {
             Command::Get { rev, .. }
             | Command::Walk { rev, .. }
             | Command::Getdir { rev, .. }
-            | Command::Stat { rev, .. } => *rev,
+            | Command::Stat { rev, .. }
+            | Command::Snapshot { rev } => *rev,
             _ => None,
         };
         let snapshot = match rev {
@@ -1324,6 +1333,7 @@ fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
                 },
             })
         }
+        Command::Snapshot { .. } => Ok(Reply::Tree(snapshot.clone())),
         other => unreachable!("{other:?} is not a read"),
     }
 }

@@ -19,6 +19,7 @@
 //! nothing of each other; the core joins them. Wire formats live in
 //! [`codec`]; the async runtime is named only in [`runtime::rt`].
 
+pub mod backup;
 pub mod bench;
 pub mod budget;
 pub mod cli;

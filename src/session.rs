@@ -381,6 +381,7 @@ impl Session {
                 path: Path::parse(req.path.as_deref().unwrap_or("")).ok(),
                 rev: req.rev,
             },
+            Verb::Snapshot => Command::Snapshot { rev: req.rev },
         };
         Ok(Checked::Submit(command))
     }
@@ -395,7 +396,8 @@ impl Session {
             | Verb::Wait
             | Verb::Walk
             | Verb::Rev
-            | Verb::SelfId => self.rights.read,
+            | Verb::SelfId
+            | Verb::Snapshot => self.rights.read,
         };
         if allowed {
             Ok(())

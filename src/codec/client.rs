@@ -28,6 +28,9 @@ pub enum Verb {
     Stat = 16,
     SelfId = 20,
     Access = 99,
+    /// Our extension: the whole tree at one rev, streamed (see
+    /// `proto/doozer.proto` and `runtime::client_conn`).
+    Snapshot = 100,
 }
 
 /// Client → server message. Every field is optional, as in proto2; an unknown
@@ -132,13 +135,25 @@ pub fn response(tag: Option<i32>, outcome: &Outcome) -> Response {
             r.rev = Some(*rev);
             r.len = Some((*len).clamp(0, i64::from(i32::MAX)) as i32);
         }
+        // The connection task streams a SNAPSHOT's files itself (one frame
+        // per file, then the DONE frame) and never asks for this frame; were
+        // it sent, it would read as the DONE frame of an empty listing.
+        Reply::Tree(tree) => {
+            r.flags = Some(flags::DONE);
+            r.rev = Some(tree.rev().0);
+            r.len = Some(0);
+        }
     }
     r
 }
 
-/// Flags of a WAIT or WALK reply (reference §2.6).
+/// Flags of a WAIT or WALK reply (reference §2.6), and of SNAPSHOT's frames
+/// (each file `SET`, the last frame `DONE`).
 pub mod flags {
     pub const NOP: i32 = 0;
+    /// The original's `Done` flag: SNAPSHOT's last frame (rev = the tree's
+    /// rev, len = files sent).
+    pub const DONE: i32 = 2;
     pub const SET: i32 = 4;
     pub const DEL: i32 = 8;
 }

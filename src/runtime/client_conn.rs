@@ -19,13 +19,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
@@ -33,9 +33,10 @@ use super::rt::{self, TcpListener, TcpStream};
 use crate::budget::ByteBudget;
 use crate::codec::client::{self, read_message, read_message_after, Request, Response, Verb};
 use crate::codec::peer::MAGIC;
-use crate::core::{ConnId, Input};
+use crate::core::{ConnId, Input, Reply};
 use crate::error::ReplyError;
 use crate::session::{Action, Secrets, Session, SessionLimits};
+use crate::store::Snapshot;
 use crate::types::NodeId;
 
 /// What every connection task shares.
@@ -257,6 +258,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
     let mut next_conn: ConnId = 1;
     let slots = Arc::new(SourceSlots::new(ctx.max_connections_per_ip));
     let guesses = Arc::new(Guesses::default());
+    let snapshots = Arc::new(SnapshotSlots::default());
     loop {
         let (stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -303,8 +305,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ClientContext>) {
         let ctx = ctx.clone();
         let accepted = Instant::now();
         let guesses = guesses.clone();
+        let snapshots = snapshots.clone();
         rt::spawn(async move {
-            dispatch(conn, stream, accepted, &ctx, &guesses).await;
+            dispatch(conn, stream, accepted, &ctx, &guesses, snapshots).await;
             ctx.status.connections.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -328,6 +331,7 @@ async fn dispatch(
     accepted: Instant,
     ctx: &ClientContext,
     guesses: &Guesses,
+    snapshots: Arc<SnapshotSlots>,
 ) {
     let mut reader = &stream;
     let read = client::read_header(&mut reader);
@@ -363,7 +367,7 @@ async fn dispatch(
     if header == MAGIC {
         peer_link::serve_inbound(stream, &ctx.peers).await;
     } else {
-        serve(conn, stream, header, accepted, ctx, guesses).await;
+        serve(conn, stream, header, accepted, ctx, guesses, snapshots).await;
     }
 }
 
@@ -398,6 +402,7 @@ async fn serve(
     accepted: Instant,
     ctx: &ClientContext,
     guesses: &Guesses,
+    snapshots: Arc<SnapshotSlots>,
 ) {
     let peer = peer_name(&stream);
     let source = stream.peer_addr().ok().map(|a| a.ip());
@@ -435,7 +440,12 @@ async fn serve(
         }
         Err(TrySendError::Disconnected(_)) => return,
     }
-    let mut writer = rt::spawn(write_replies(stream.clone(), replies, session.clone()));
+    let mut writer = rt::spawn(write_replies(
+        stream.clone(),
+        replies,
+        session.clone(),
+        snapshots,
+    ));
 
     // With secrets set, the connection must hold a right by this time
     // (counted from accept, or from the end of the wait for the copy: that
@@ -577,33 +587,181 @@ async fn write_replies(
     mut stream: TcpStream,
     mut replies: mpsc::Receiver<Outgoing>,
     session: Arc<Mutex<Session>>,
+    snapshots: Arc<SnapshotSlots>,
 ) {
     let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
     while let Some(first) = replies.next().await {
-        encode(first, &mut buf, &session);
-        while buf.len() < WRITE_BATCH_BYTES {
+        let mut tree = encode(first, &mut buf, &session);
+        while tree.is_none() && buf.len() < WRITE_BATCH_BYTES {
             match replies.try_recv() {
-                Ok(next) => encode(next, &mut buf, &session),
+                Ok(next) => tree = encode(next, &mut buf, &session),
                 Err(_) => break,
             }
         }
-        if stream.write_all(&buf).await.is_err() {
+        if !buf.is_empty() && stream.write_all(&buf).await.is_err() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
         buf.clear();
+        if let Some((tag, tree)) = tree {
+            let sent = match snapshots.take() {
+                Some(_slot) => send_tree(&mut stream, tag, tree, &mut buf).await,
+                None => {
+                    let busy = ReplyError::other(format!(
+                        "busy: {MAX_SNAPSHOT_STREAMS} snapshots are being sent"
+                    ));
+                    client::encode_frame_into(&Response::error(tag, &busy), &mut buf);
+                    stream.write_all(&buf).await.map_err(|err| err.to_string())
+                }
+            };
+            buf.clear();
+            buf.shrink_to(WRITE_BATCH_BYTES);
+            lock(&session).completed(tag);
+            if let Err(reason) = sent {
+                log::info!("snapshot stream ended: {reason}; disconnecting");
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
     }
 }
 
-fn encode(outgoing: Outgoing, buf: &mut Vec<u8>, session: &Mutex<Session>) {
+/// SNAPSHOT streams sent at once by one node; one more gets `OTHER: busy`
+/// (its tree dropped at once). Each holds its pinned tree (which keeps old
+/// versions of files rewritten since alive) and up to
+/// [`SNAPSHOT_CHUNK_BYTES`] plus one file of encoded frames: 8 streams of
+/// a 1 GiB tree rewritten as they run hold at most 8 GiB of old versions,
+/// and the stall limit below ends a stream whose client stopped reading.
+pub const MAX_SNAPSHOT_STREAMS: usize = 8;
+
+/// Bytes of files (paths, bodies and [`FILE_OVERHEAD_BYTES`](crate::store::FILE_OVERHEAD_BYTES) each) a
+/// SNAPSHOT stream encodes before writing them out; a single larger file
+/// goes alone. The stream's frames are made one chunk at a time, never all.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// A SNAPSHOT stream must get [`SNAPSHOT_PROGRESS_BYTES`] into the socket
+/// within this time, again and again until it ends (about 70 KB/s, a
+/// 0.6 Mbit/s link); a client that reads slower or not at all is
+/// disconnected, which lets go of the tree it pinned. Counted in bytes over
+/// a window, not per write: a socket nobody reads still takes a few hundred
+/// kilobytes now and then as the kernel tunes its buffers, and a per-write
+/// limit would let such a drip hold a tree for ever.
+pub const SNAPSHOT_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// See [`SNAPSHOT_STALL_LIMIT`].
+pub const SNAPSHOT_PROGRESS_BYTES: usize = 2 << 20;
+
+/// Counts SNAPSHOT streams in progress on one node.
+#[derive(Debug, Default)]
+pub struct SnapshotSlots {
+    sending: AtomicUsize,
+}
+
+/// One stream's place in [`SnapshotSlots`]; given back on drop.
+pub struct SnapshotSlot<'a>(&'a SnapshotSlots);
+
+impl SnapshotSlots {
+    /// A place for one more stream, or `None` at [`MAX_SNAPSHOT_STREAMS`].
+    pub fn take(&self) -> Option<SnapshotSlot<'_>> {
+        self.sending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_SNAPSHOT_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SnapshotSlot(self))
+    }
+}
+
+impl Drop for SnapshotSlot<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends a SNAPSHOT's files in walk order, a chunk at a time (each file a
+/// frame: flags `SET`, path, value, the file's rev), then the `DONE` frame
+/// (rev = the tree's rev, len = files sent). Runs in the connection's
+/// writer, so a slow client holds up only its own connection; `buf` is
+/// empty on entry and holds one chunk at most.
+async fn send_tree(
+    stream: &mut TcpStream,
+    tag: Option<i32>,
+    tree: Snapshot,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut after: Option<crate::types::Path> = None;
+    let mut sent: u64 = 0;
+    let mut checkpoint = Instant::now();
+    let mut progress = 0usize;
+    loop {
+        let (files, end) = tree.files_after(after.as_ref(), SNAPSHOT_CHUNK_BYTES);
+        for (path, rev, body) in &files {
+            let frame = Response {
+                tag,
+                flags: Some(client::flags::SET),
+                rev: Some(rev.0),
+                path: Some(path.to_string()),
+                value: Some(body.to_vec()),
+                ..Response::default()
+            };
+            client::encode_frame_into(&frame, buf);
+        }
+        sent += files.len() as u64;
+        after = files.into_iter().next_back().map(|(path, _, _)| path);
+        if end {
+            let done = Response {
+                tag,
+                flags: Some(client::flags::DONE),
+                rev: Some(tree.rev().0),
+                len: Some(sent.min(i32::MAX as u64) as i32),
+                ..Response::default()
+            };
+            client::encode_frame_into(&done, buf);
+        }
+        let left = (checkpoint + SNAPSHOT_STALL_LIMIT).saturating_duration_since(Instant::now());
+        let mut write = stream.write_all(buf).fuse();
+        let mut stall = Box::pin(rt::sleep(left).fuse());
+        futures::select! {
+            done = write => done.map_err(|err| err.to_string())?,
+            () = stall => {
+                return Err(format!(
+                    "the client read under {SNAPSHOT_PROGRESS_BYTES} bytes of its snapshot \
+                     in {SNAPSHOT_STALL_LIMIT:?}"
+                ))
+            }
+        }
+        progress += buf.len();
+        if progress >= SNAPSHOT_PROGRESS_BYTES {
+            checkpoint = Instant::now();
+            progress = 0;
+        }
+        buf.clear();
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// Appends the frame for `outgoing` to `buf`, except a SNAPSHOT's tree,
+/// which is handed back to be streamed (its tag stays in flight until then).
+fn encode(
+    outgoing: Outgoing,
+    buf: &mut Vec<u8>,
+    session: &Mutex<Session>,
+) -> Option<(Option<i32>, Snapshot)> {
     let response = match outgoing {
         Outgoing::Immediate(response) => response,
+        Outgoing::Completed {
+            tag,
+            outcome: Ok(Reply::Tree(tree)),
+        } => return Some((tag, tree)),
         Outgoing::Completed { tag, outcome } => {
             lock(session).completed(tag);
             client::response(tag, &outcome)
         }
     };
     client::encode_frame_into(&response, buf);
+    None
 }
 
 fn lock(session: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {

@@ -265,7 +265,8 @@ impl<F: Fs> Journal<F> {
             .sum();
         self.deferred.extend(records);
         self.deferred_slots += decided;
-        let due = acceptor || (idle && !self.deferred.is_empty())
+        let due = acceptor
+            || (idle && !self.deferred.is_empty())
             || self.deferred_slots >= MAX_DEFERRED_SLOTS;
         if due {
             let payload = encode_batch(&self.deferred);

@@ -139,7 +139,7 @@ fn save_from_a_slave_under_load_equals_walk_and_restores_into_a_new_node() {
             while !stop.load(Ordering::Relaxed) && n < 20_000 {
                 let path = format!("/data/d{}/f{}", n % 37, n % 3000);
                 rt::block_on(c.set(&path, -1, format!("rewrite {n}").as_bytes())).unwrap();
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     rt::block_on(c.set(&format!("/new/n{n}"), -1, b"new")).unwrap();
                 }
                 n += 1;

@@ -265,7 +265,9 @@ fn main() -> ExitCode {
         "doozerd {NODE_VERSION} listening on {} as node {} of cluster {cluster:?} ({}){}",
         node.addr,
         node.id,
-        if node.attached_to.is_none() {
+        if node.resumed {
+            "resumed from its data dir"
+        } else if node.attached_to.is_none() {
             "seed"
         } else {
             "attaching as a slave"

@@ -325,6 +325,18 @@ pub struct Snapshot {
     pub resident_bytes: Option<u64>,
     pub uptime_secs: f64,
     pub subscribers: usize,
+    /// The data dir's counters (see [`NodeStatus`]); all 0 without one.
+    pub disk: DiskNumbers,
+}
+
+/// The data dir's numbers, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskNumbers {
+    pub failed: bool,
+    pub syncs: u64,
+    pub written_bytes: u64,
+    pub images: u64,
+    pub bytes: u64,
 }
 
 impl Snapshot {
@@ -343,6 +355,13 @@ impl Snapshot {
             resident_bytes: resident_bytes(),
             uptime_secs: stats.started.elapsed().as_secs_f64(),
             subscribers,
+            disk: DiskNumbers {
+                failed: status.disk_failed.load(Ordering::Relaxed),
+                syncs: status.disk_appends.load(Ordering::Relaxed),
+                written_bytes: status.disk_appended_bytes.load(Ordering::Relaxed),
+                images: status.disk_images.load(Ordering::Relaxed),
+                bytes: status.disk_bytes.load(Ordering::Relaxed),
+            },
         }
     }
 
@@ -489,6 +508,36 @@ pub fn metrics(s: &Snapshot) -> String {
         "counter",
         "Peer messages refused: not from this cluster, not asked for, out of range, or contradicting this node's log.",
         s.view.refused_peer_msgs.to_string(),
+    );
+    metric(
+        "doozer_disk_failed",
+        "gauge",
+        "1 when the data dir failed (full, or a write or sync refused): the node no longer takes part until restarted.",
+        u8::from(s.disk.failed).to_string(),
+    );
+    metric(
+        "doozer_disk_syncs_total",
+        "counter",
+        "Write-ahead log appends, each followed by one fdatasync (0 without -data-dir).",
+        s.disk.syncs.to_string(),
+    );
+    metric(
+        "doozer_disk_written_bytes_total",
+        "counter",
+        "Bytes appended to the write-ahead log.",
+        s.disk.written_bytes.to_string(),
+    );
+    metric(
+        "doozer_disk_images_total",
+        "counter",
+        "Images of the node's state written to the data dir.",
+        s.disk.images.to_string(),
+    );
+    metric(
+        "doozer_disk_bytes",
+        "gauge",
+        "Bytes of the data dir's files.",
+        s.disk.bytes.to_string(),
     );
     metric(
         "doozer_proposals_per_second",
@@ -668,11 +717,13 @@ mod tests {
             resident_bytes: Some(4096),
             uptime_secs: 1.0,
             subscribers: 0,
+            disk: DiskNumbers::default(),
         };
         let text = metrics(&s);
         assert!(text.contains("# TYPE doozer_rev gauge\ndoozer_rev 42\n"));
         assert!(text.contains("doozer_proposals_per_second 2.500\n"));
         assert!(text.contains("doozer_peer_messages_refused_total 0\n"));
+        assert!(text.contains("doozer_disk_failed 0\n"));
         assert!(text.contains(r#"cluster="a\"b\\c\nd""#));
         for line in text.lines() {
             assert!(

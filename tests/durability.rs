@@ -2,7 +2,8 @@
 //! during a write load and restarted with the same command lines keeps every
 //! acknowledged write at its rev, with the same members; a node removed
 //! while it was down comes back as a slave; a second `doozerd` on a dir, a
-//! dir of another cluster and a corrupt log are refused with a clear message.
+//! dir of another cluster and a corrupt log are refused with a clear message;
+//! a full disk stops the node with a clear error and loses nothing.
 //!
 //! `scripts/durability-rounds.sh` repeats the full-cluster restart (20 rounds
 //! by default) outside the default test run.
@@ -350,4 +351,87 @@ fn back_rev(node: &Node, path: &str) -> i64 {
         .get(path)
         .unwrap()
         .1
+}
+
+/// Unmounts (lazily) a tmpfs mounted for a test, also on panic.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A data dir on a 4 MiB tmpfs (the test runs as root, as CI does): writes
+/// of 512 KiB fill it. The write whose batch cannot be written, and every
+/// request after it, get an error naming the data dir; the node keeps
+/// running (no crash) and says why in its log; restarted with room, it
+/// has every write it acknowledged.
+#[test]
+fn a_full_disk_stops_the_node_with_a_clear_error() {
+    let dir = TempDir::new("durable-full");
+    let mnt = dir.path.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .expect("mount runs");
+    assert!(
+        mounted.success(),
+        "this test mounts a 4 MiB tmpfs and needs root (as CI runs)"
+    );
+    let _mount = Mount(mnt.clone());
+    let data = mnt.join("data");
+    let data_arg = data.display().to_string();
+    let net = loopback_net();
+    let addr = free_addr_on(&format!("{net}1"));
+    let mut node = Node::spawn("full", &addr, &["-data-dir", &data_arg], &dir.path);
+    node.wait_answers(Duration::from_secs(10));
+    let mut conn = TimedConn::new(&addr, Duration::from_secs(5));
+    let body = vec![b'z'; 512 << 10];
+    let mut acked = Vec::new();
+    let mut refusal = None;
+    for i in 0..20 {
+        let path = format!("/big/{i}");
+        match conn.set(&path, 0, &body) {
+            Ok(rev) => acked.push((path, rev)),
+            Err(err) => {
+                refusal = Some(err);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the disk filled up");
+    assert!(refusal.contains("data dir failed"), "{refusal}");
+    assert!(!acked.is_empty());
+    // Reads are refused too, with the same cause; the process lives on.
+    let err = TimedConn::new(&addr, Duration::from_secs(5))
+        .get("/big/0")
+        .unwrap_err();
+    assert!(err.contains("data dir failed"), "{err}");
+    assert!(node.is_running());
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(
+        log.contains("data dir failed") && log.contains("No space left"),
+        "{log}"
+    );
+    node.kill9();
+    // Room again (a bigger tmpfs): every acknowledged write is there.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let mut back = Node::spawn("full-back", &addr, &["-data-dir", &data_arg], &dir.path);
+    back.wait_answers(Duration::from_secs(10));
+    let mut conn = TimedConn::new(&addr, Duration::from_secs(5));
+    for (path, rev) in &acked {
+        let (got, got_rev) = conn.get(path).unwrap();
+        assert_eq!((got.len(), got_rev), (body.len(), *rev), "{path}");
+    }
 }

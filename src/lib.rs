@@ -30,6 +30,7 @@ pub mod core;
 pub mod disk;
 pub mod error;
 pub mod journal;
+pub mod lincheck;
 pub mod paxos;
 pub mod runtime;
 pub mod session;

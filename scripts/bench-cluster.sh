@@ -25,7 +25,8 @@ data() {
   echo "-data-dir $DATA_ROOT/n$1"
 }
 uri() { echo "doozer:?ca=${net}$1:8046"; }
-wait_rev() { for _ in $(seq 100); do "$client" -a "$(uri "$1")" rev >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=scripts/cluster-lib.sh
+. "$(dirname "$0")/cluster-lib.sh"
 # shellcheck disable=SC2046
 "$bin/doozerd" -l "${net}1:8046" -w false $(data 1) >"$dir/n1.log" 2>&1 & pids+=($!)
 wait_rev 1
@@ -34,13 +35,7 @@ for i in 2 3; do
   "$bin/doozerd" -l "${net}$i:8046" -a "${net}1:8046" -w false $(data "$i") >"$dir/n$i.log" 2>&1 & pids+=($!)
 done
 for i in 2 3; do wait_rev "$i"; done
-for slot in 1 2; do printf '' | "$client" -a "$(uri 1)" set "/ctl/cal/$slot" 0 >/dev/null; done
-for _ in $(seq 100); do
-  n=0
-  for slot in 0 1 2; do [ -n "$("$client" -a "$(uri 1)" get "/ctl/cal/$slot" 2>/dev/null)" ] && n=$((n + 1)); done
-  [ "$n" = 3 ] && break
-  sleep 0.1
-done
+open_member_slots
 sleep 1
 "$client" -a "$(uri 1)" bench -op set -c "$conns" -size 64 -d "$secs" 2>/dev/null | grep -E "ops/s|p50" | tr '\n' ' '
 echo

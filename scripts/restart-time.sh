@@ -29,18 +29,13 @@ start() {
     >>"$logs/n$i.log" 2>&1 &
   pids[$i]=$!
 }
-wait_rev() { for _ in $(seq 200); do "$client" -a "$(uri "$1")" rev >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=scripts/cluster-lib.sh
+. "$(dirname "$0")/cluster-lib.sh"
 now_ms() { date +%s%3N; }
 rm -rf "$root"/n1 "$root"/n2 "$root"/n3
 start 1; wait_rev 1
 start 2; start 3; wait_rev 2; wait_rev 3
-for slot in 1 2; do printf '' | "$client" -a "$(uri 1)" set "/ctl/cal/$slot" 0 >/dev/null; done
-for _ in $(seq 100); do
-  n=0
-  for slot in 0 1 2; do [ -n "$("$client" -a "$(uri 1)" get "/ctl/cal/$slot" 2>/dev/null)" ] && n=$((n + 1)); done
-  [ "$n" = 3 ] && break
-  sleep 0.1
-done
+open_member_slots
 rev0=$("$client" -a "$(uri 1)" rev)
 # Each key written once before the (short) get run.
 "$client" -a "$(uri 1)" bench -op get -c 64 -p 4 -keys "$keys" -size 64 -d 20 >/dev/null 2>&1

@@ -19,7 +19,7 @@
 //! of one, the decision and the reply come in this batch, and the reply
 //! waits). A batch that only applied decided slots holds nothing back, and
 //! its records wait to be written with a later batch
-//! ([`MAX_DEFERRED_SLOTS`]): those slots are already on a majority of disks
+//! ([`MAX_DEFERRED_BYTES`]): those slots are already on a majority of disks
 //! as accepted values, so the records only spare a restart some catching up.
 //! Every append is synced before the next batch starts, so at most the last
 //! batch on disk is ever unsynced (what tells a torn tail from corruption).
@@ -33,6 +33,7 @@ use std::thread::JoinHandle;
 use crate::codec::durable::{decode_batch, decode_image, encode_batch, encode_image};
 use crate::core::{Core, CoreConfig, Durable, NodeInfo, Output, PeerMsg};
 use crate::disk::{DataDir, DiskError, Fs, Identity, RealFs};
+use crate::paxos::Value;
 
 /// Log bytes after which a new image is taken (when the last image was
 /// smaller): the log replayed at a restart stays under about this much (or
@@ -42,15 +43,18 @@ use crate::disk::{DataDir, DiskError, Fs, Identity, RealFs};
 /// again 0.7–0.85 s after all three were restarted (32 MiB: 1.7–2.2 s).
 pub const IMAGE_AFTER_LOG_BYTES: u64 = 8 << 20;
 
-/// Decided slots a batch without acceptor records leaves unwritten, at most:
+/// Bytes of decided slots that batches without acceptor records leave
+/// unwritten, at most:
 /// they are written with the next batch that writes acceptor records, or
-/// the next batch with nothing to write (an idle moment), or once this many
-/// wait. A leader's batch that only decided and answered then costs no sync
+/// the next batch with nothing to write (an idle moment), or once their
+/// values (at [`crate::paxos::Value::size`]) pass this many bytes, so a run
+/// of large values is not held back in memory nor written as one huge
+/// append. A leader's batch that only decided and answered then costs no sync
 /// (the next write's batch would wait behind it), and a slave syncs seldom.
 /// Losing them in a crash loses nothing: each is on a majority of disks as an
 /// accepted value, and the node learns it again on restart (a new leader
 /// recovers it at its slot, or the node catches up).
-const MAX_DEFERRED_SLOTS: usize = 4096;
+const MAX_DEFERRED_BYTES: usize = 1 << 20;
 
 /// Bit position of the incarnation in this node's write sequence numbers:
 /// each restart numbers its writes from `incarnation << 40`, above every
@@ -132,9 +136,10 @@ pub struct Journal<F: Fs = RealFs> {
     writer: Option<JoinHandle<Result<u64, DiskError>>>,
     /// The dir was read ([`Journal::load`]), which opens its log.
     loaded: bool,
-    /// Decided slots not written yet (see [`MAX_DEFERRED_SLOTS`]).
+    /// Decided slots not written yet, and their bytes (see
+    /// [`MAX_DEFERRED_BYTES`]).
     deferred: Vec<Durable>,
-    deferred_slots: usize,
+    deferred_bytes: usize,
     pub stats: JournalStats,
 }
 
@@ -147,7 +152,7 @@ impl<F: Fs> Journal<F> {
             writer: None,
             loaded: false,
             deferred: Vec::new(),
-            deferred_slots: 0,
+            deferred_bytes: 0,
             stats: JournalStats::default(),
         }
     }
@@ -268,20 +273,20 @@ impl<F: Fs> Journal<F> {
         let decided: usize = records
             .iter()
             .map(|record| match record {
-                Durable::Decided { decrees, .. } => decrees.len(),
+                Durable::Decided { decrees, .. } => decrees.iter().map(Value::size).sum(),
                 Durable::Acceptor(_) => 0,
             })
             .sum();
         self.deferred.extend(records);
-        self.deferred_slots += decided;
+        self.deferred_bytes += decided;
         let due = acceptor
             || (idle && !self.deferred.is_empty())
-            || self.deferred_slots >= MAX_DEFERRED_SLOTS;
+            || self.deferred_bytes >= MAX_DEFERRED_BYTES;
         if due {
             let payload = encode_batch(&self.deferred);
             let written = self.dir.append(&payload)?;
             self.deferred.clear();
-            self.deferred_slots = 0;
+            self.deferred_bytes = 0;
             self.stats.appends += 1;
             self.stats.appended_bytes += written;
         }
@@ -293,11 +298,6 @@ impl<F: Fs> Journal<F> {
     pub fn persist(&mut self, core: &mut Core) -> Result<(), DiskError> {
         let step = self.take(core);
         self.write(step, core)
-    }
-
-    /// Bytes of the dir's files.
-    pub fn disk_bytes(&self) -> u64 {
-        self.dir.disk_bytes()
     }
 
     /// Writes an image of `core` before returning.
@@ -363,5 +363,84 @@ impl<F: Fs> Journal<F> {
             Err(err) => log::error!("cannot start the image writer: {err}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Decree;
+    use crate::disk::MemFs;
+    use crate::store::Mutation;
+    use crate::types::{Body, NodeId, Path, Rev, RevCheck};
+
+    fn seed() -> Core {
+        let info = NodeInfo {
+            id: NodeId::from_bytes([3; 10]),
+            addr: "127.0.0.1:8046".into(),
+            hostname: "h".into(),
+            cluster_name: "t".into(),
+            register_ns: true,
+        };
+        let config = CoreConfig {
+            history_revs: 100,
+            pulse_ticks: 200,
+            timeout_ticks: 1000,
+            max_value_bytes: 1 << 20,
+            max_pending_writes: 100,
+            max_peer_frame_bytes: 256 << 20,
+            paxos: crate::paxos::Settings::default(),
+            seed: 1,
+        };
+        Core::seed(info, config)
+    }
+
+    fn decided(rev: i64, bytes: usize) -> Step {
+        let decree = Decree::Write {
+            origin: NodeId::from_bytes([3; 10]),
+            seq: rev as u64,
+            floor: 0,
+            mutation: Mutation::Set {
+                path: Path::parse("/big").unwrap(),
+                check: RevCheck::Clobber,
+                body: Body::from(vec![b'x'; bytes]),
+            },
+        };
+        Step {
+            records: vec![Durable::Decided {
+                first: Rev(rev),
+                decrees: vec![decree],
+            }],
+            image: false,
+        }
+    }
+
+    #[test]
+    fn decided_only_batches_wait_in_memory_up_to_a_byte_bound() {
+        let dir = DataDir::open_with(MemFs::new(), std::path::Path::new("/d")).unwrap();
+        let mut journal = Journal::new(dir, false);
+        let mut core = seed();
+        journal.begin(&mut core, "t").unwrap();
+        journal.persist(&mut core).unwrap();
+        assert_eq!(journal.stats.images, 1, "the first state is an image");
+        let appends = journal.stats.appends;
+        // Three values of 300 KiB stay in memory (under 1 MiB)...
+        for rev in 100..103 {
+            journal.write(decided(rev, 300 << 10), &core).unwrap();
+            assert_eq!(journal.stats.appends, appends, "rev {rev}");
+        }
+        // ... the fourth passes the bound: one append holds all four.
+        journal.write(decided(103, 300 << 10), &core).unwrap();
+        assert_eq!(journal.stats.appends, appends + 1);
+        assert!(journal.stats.appended_bytes > 4 * (300 << 10));
+        // A small one waits, and the next idle batch writes it.
+        journal.write(decided(104, 10), &core).unwrap();
+        assert_eq!(journal.stats.appends, appends + 1);
+        let idle = Step {
+            records: Vec::new(),
+            image: false,
+        };
+        journal.write(idle, &core).unwrap();
+        assert_eq!(journal.stats.appends, appends + 2);
     }
 }

@@ -77,10 +77,10 @@ struct Node {
     journal: Option<Journal<MemFs>>,
 }
 
-/// A durable node that crashed, with its disk, waiting to restart.
+/// A durable node that crashed, waiting to restart (its disk stays in
+/// `Sim::disks`).
 struct Down {
     info: NodeInfo,
-    disk: MemFs,
     restart_at: u64,
 }
 
@@ -212,15 +212,13 @@ impl Sim {
         let info = node.core.node().clone();
         self.crash(id);
         self.armed.remove(id);
-        let disk = self.disks[id].clone();
-        disk.crash(&mut self.rng);
+        self.disks[id].crash(&mut self.rng);
         self.log
             .push(format!("t{} {id} down for {after} ticks", self.now));
         self.down.insert(
             id.clone(),
             Down {
                 info,
-                disk,
                 restart_at: self.now + after,
             },
         );
@@ -246,7 +244,6 @@ impl Sim {
         let Some(down) = self.down.remove(id) else {
             return;
         };
-        let _ = &down.disk;
         let mut journal = self.journal_for(id);
         let info = down.info.clone();
         let loaded = journal.load("sim", |_| info, config(self.rng.random()));

@@ -146,12 +146,13 @@ pub struct NodeStatus {
     pub peer_in_refused: AtomicU64,
     /// The data dir: whether it failed (the node then answers every
     /// request with an error and takes no part in the cluster), log appends
-    /// (one sync each), bytes appended, images written, and the dir's size.
+    /// (one sync each), bytes appended, images written. The dir itself, for
+    /// whoever reports its size (off the core's thread: listing it is I/O).
     pub disk_failed: AtomicBool,
     pub disk_appends: AtomicU64,
     pub disk_appended_bytes: AtomicU64,
     pub disk_images: AtomicU64,
-    pub disk_bytes: AtomicU64,
+    pub data_dir: std::sync::OnceLock<std::path::PathBuf>,
     /// The cluster as the core saw it at the end of a recent batch
     /// (refreshed a few times a second).
     pub view: std::sync::Mutex<crate::core::ClusterView>,
@@ -425,11 +426,6 @@ impl EventLoop {
             self.view_published = now;
             let tick_ms = self.tick.as_millis() as u64;
             let view = self.core.view(tick_ms);
-            if let Some(journal) = &self.journal {
-                status
-                    .disk_bytes
-                    .store(journal.disk_bytes(), Ordering::Relaxed);
-            }
             *status
                 .view
                 .lock()

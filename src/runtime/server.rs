@@ -279,6 +279,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     let id = core.node().id.clone();
 
     let status = Arc::new(NodeStatus::default());
+    if let Some(dir) = &config.data_dir {
+        let _ = status.data_dir.set(dir.clone());
+    }
     let limits = &config.limits;
     let (inbox_tx, inbox_rx) = Inbox::new(limits.inbox_capacity, limits.inbox_max_bytes);
     let (control_tx, control_rx) = crossbeam_channel::bounded(limits.control_capacity());

@@ -310,6 +310,20 @@ pub async fn cluster(upstream: &Upstream, status: &NodeStatus) -> ApiResult {
         .finish())
 }
 
+/// Bytes of the files in `dir` (a data dir holds no subdirectories); 0 when
+/// it cannot be listed. Read here, on a web request, not on the core's
+/// thread.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.len())
+        .sum()
+}
+
 /// The numbers behind `/api/stats` and `/metrics`.
 pub struct Snapshot {
     pub view: ClusterView,
@@ -360,7 +374,7 @@ impl Snapshot {
                 syncs: status.disk_appends.load(Ordering::Relaxed),
                 written_bytes: status.disk_appended_bytes.load(Ordering::Relaxed),
                 images: status.disk_images.load(Ordering::Relaxed),
-                bytes: status.disk_bytes.load(Ordering::Relaxed),
+                bytes: status.data_dir.get().map_or(0, |dir| dir_bytes(dir)),
             },
         }
     }

@@ -170,6 +170,12 @@ pub struct Config {
     /// `-data-dir`: where this node keeps its identity, write-ahead log and
     /// images (`None`: memory only, as the original).
     pub data_dir: Option<std::path::PathBuf>,
+    /// `-local-reads`: answer reads from this node's copy at once (may be
+    /// stale) instead of after a read index (see `core::reads`).
+    pub local_reads: bool,
+    /// How long a read waits for a confirmed leader before it gets an
+    /// error (a node cut off from a quorum answers no reads).
+    pub read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -191,6 +197,8 @@ impl Default for Config {
             secrets: Secrets::default(),
             peer_secret: String::new(),
             data_dir: None,
+            local_reads: false,
+            read_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -348,6 +356,8 @@ impl Config {
                     .min(self.limits.max_peer_frame_bytes / 4),
                 ..paxos::Settings::default()
             },
+            local_reads: self.local_reads,
+            read_timeout_ticks: self.ticks(self.read_timeout),
             seed,
         }
     }

@@ -164,6 +164,12 @@ pub enum PeerMsg {
     Snapshot(Box<SnapshotData>),
     /// An answer to `Alive` sent to a node that does not lead: who does.
     LeaderIs { leader: NodeId, addr: String },
+    /// Please tell me the read index for the reads this node holds
+    /// (`ask` numbers the request; see `core::reads`).
+    ReadIndex { ask: u64 },
+    /// The leader's answer to `ReadIndex`: the reads of `ask` may be
+    /// answered once the asker applied `index`.
+    ReadIndexIs { ask: u64, index: Rev },
     /// Chunk `index` (from 0) of the state at `data.rev`, for a node too far
     /// behind for the log: files in walk order, each chunk within the
     /// catch-up budget; `membership` and `dedupe` travel in the last one
@@ -329,6 +335,11 @@ pub struct CoreConfig {
     /// fraction of it ([`Core::catch_up_budget`]).
     pub max_peer_frame_bytes: usize,
     pub paxos: paxos::Settings,
+    /// Answer reads from this node's copy at once, without a read index
+    /// (`-local-reads`: faster, may be stale; see `core::reads`).
+    pub local_reads: bool,
+    /// A read that finds no confirmed leader for this long gets an error.
+    pub read_timeout_ticks: u64,
     /// Seeds the election-timeout randomness.
     pub seed: u64,
 }
@@ -339,6 +350,12 @@ struct ParkedRead {
     conn: ConnId,
     tag: Option<i32>,
     command: Command,
+    /// When it arrived (reads waiting for an index give up after
+    /// `read_timeout_ticks`).
+    since_tick: u64,
+    /// Its read index is known and was reached (or it needs none): it is
+    /// answered from the current store.
+    indexed: bool,
 }
 
 /// Key of a registered WAIT or of a request's unfinished work: the
@@ -491,6 +508,8 @@ pub struct Core {
     durable: Option<Vec<durable::Durable>>,
     /// A snapshot was installed since the runtime last asked.
     installed: bool,
+    /// Reads waiting for their read index.
+    reads: reads::ReadIndexState,
 }
 
 /// Ticks between `Alive` messages to the leader, claim attempts and other
@@ -582,6 +601,7 @@ impl Core {
             assembly: None,
             durable: None,
             installed: false,
+            reads: reads::ReadIndexState::default(),
         }
     }
 
@@ -719,6 +739,7 @@ impl Core {
     /// Ends a batch of inputs: sends what was proposed during it as one
     /// message, applies whatever got decided, and streams it to slaves.
     pub fn end_batch(&mut self, out: &mut Vec<Output>) {
+        self.route_reads(out);
         let mut sent = Vec::new();
         self.paxos.flush(&mut sent);
         self.push_peer(sent, out);
@@ -728,6 +749,7 @@ impl Core {
         self.paxos.flush(&mut sent);
         self.push_peer(sent, out);
         self.stream_to_slaves(out);
+        self.settle_reads(out);
         self.continue_jobs(out);
         self.work_budget = BATCH_WORK_BUDGET;
     }
@@ -845,7 +867,6 @@ impl Core {
                 self.submit_write(conn, tag, Mutation::Del { path, check }, out)
             }
             Command::Nop => self.submit_write(conn, tag, Mutation::Nop, out),
-            Command::Rev => reply(Ok(Reply::Rev(self.store.rev())), out),
             Command::Wait { glob, rev } => {
                 let key = (conn, self.next_wait);
                 self.next_wait += 1;
@@ -863,6 +884,8 @@ impl Core {
                     conn,
                     tag,
                     command: read,
+                    since_tick: self.ticks,
+                    indexed: self.config.local_reads,
                 },
                 out,
             ),
@@ -937,8 +960,12 @@ impl Core {
         }
     }
 
-    /// Answers a read now, or parks it until the store reaches its rev.
+    /// Answers a read now, holds it for its read index (see
+    /// `core::reads`), or parks it until the store reaches its rev.
     fn read(&mut self, read: ParkedRead, out: &mut Vec<Output>) {
+        if !read.indexed && reads::needs_index(&read.command) {
+            return self.hold_for_index(read);
+        }
         let rev = match &read.command {
             Command::Get { rev, .. }
             | Command::Walk { rev, .. }
@@ -1012,6 +1039,7 @@ impl Core {
             reads.retain(|read| read.conn != conn);
         }
         self.parked_reads.retain(|_, reads| !reads.is_empty());
+        self.forget_reads_of(conn);
         // Writes not yet handed to a leader are dropped; the others still get
         // decided (they may already be chosen), but nobody is told.
         self.pending_writes
@@ -1334,12 +1362,14 @@ fn answer_read(snapshot: &Snapshot, command: &Command) -> Outcome {
             })
         }
         Command::Snapshot { .. } => Ok(Reply::Tree(snapshot.clone())),
+        Command::Rev => Ok(Reply::Rev(snapshot.rev())),
         other => unreachable!("{other:?} is not a read"),
     }
 }
 
 mod cluster;
 mod durable;
+mod reads;
 
 pub use durable::{Durable, NodeImage, RecoveryError};
 

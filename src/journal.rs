@@ -390,6 +390,8 @@ mod tests {
             max_pending_writes: 100,
             max_peer_frame_bytes: 256 << 20,
             paxos: crate::paxos::Settings::default(),
+            local_reads: false,
+            read_timeout_ticks: 1000,
             seed: 1,
         };
         Core::seed(info, config)

@@ -136,6 +136,8 @@ fn lone_core() -> Core {
         max_pending_writes: 1000,
         max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings::default(),
+        local_reads: false,
+        read_timeout_ticks: 1000,
         seed: 7,
     };
     Core::seed(info, config)

@@ -58,6 +58,10 @@ fn config(seed: u64) -> CoreConfig {
             window: 32,
             ..paxos::Settings::default()
         },
+        // SIM_LOCAL_READS=1 runs with -local-reads: the read checker then
+        // finds stale reads (the proof that it can fail).
+        local_reads: std::env::var("SIM_LOCAL_READS").is_ok_and(|v| v == "1"),
+        read_timeout_ticks: 1000,
         seed,
     }
 }
@@ -118,6 +122,13 @@ struct Sim {
     acked: BTreeMap<Rev, (Path, Body)>,
     /// Requests sent and not answered: (node, conn, tag) → what was asked.
     asked: BTreeMap<(NodeId, ConnId, i32), Command>,
+    /// When each request was sent (for the read checker).
+    invoked: BTreeMap<(NodeId, ConnId, i32), u64>,
+    /// Acknowledged sets in the order of their acknowledgement: (tick,
+    /// rev, path).
+    acks: Vec<(u64, Rev, Path)>,
+    /// Every answer to a read, in order (for tests that look at one).
+    read_answers: Vec<(NodeId, Command, Outcome)>,
     next_tag: i32,
     next_node: u8,
     log: Vec<String>,
@@ -160,6 +171,9 @@ impl Sim {
             digests: BTreeMap::new(),
             acked: BTreeMap::new(),
             asked: BTreeMap::new(),
+            invoked: BTreeMap::new(),
+            acks: Vec::new(),
+            read_answers: Vec::new(),
             next_tag: 0,
             next_node: 1,
             log: Vec::new(),
@@ -429,10 +443,12 @@ impl Sim {
                         continue;
                     }
                     let tag = tag.expect("sim requests carry tags");
-                    let Some(command) = self.asked.remove(&(from.clone(), conn, tag)) else {
+                    let key = (from.clone(), conn, tag);
+                    let Some(command) = self.asked.remove(&key) else {
                         self.fail(format!("{from} answered an unknown request {conn}/{tag}"));
                     };
-                    self.on_reply(from, command, outcome);
+                    let invoked = self.invoked.remove(&key).unwrap_or(0);
+                    self.on_reply(from, command, invoked, outcome);
                 }
                 Output::Peer { to, msg, .. } => {
                     if let Ok(trace) = std::env::var("SIM_TRACE") {
@@ -475,8 +491,10 @@ impl Sim {
         }
     }
 
-    fn on_reply(&mut self, node: &NodeId, command: Command, outcome: Outcome) {
+    fn on_reply(&mut self, node: &NodeId, command: Command, invoked: u64, outcome: Outcome) {
+        self.check_read(node, &command, invoked, &outcome);
         if let (Command::Set { path, body, .. }, Ok(Reply::Rev(rev))) = (&command, &outcome) {
+            self.acks.push((self.now, *rev, path.clone()));
             if let Some((p, b)) = self.acked.get(rev) {
                 if p != path || b != body {
                     self.fail(format!("two writes acknowledged at rev {rev}"));
@@ -486,6 +504,57 @@ impl Sim {
             self.log
                 .push(format!("t{} {node} acked {path} at {rev}", self.now));
         }
+    }
+
+    /// Reads are linearizable: a REV is at least every rev acknowledged
+    /// (anywhere) before it was sent, and a GET sees its file at least at
+    /// the rev of the last set of it acknowledged before it was sent (or
+    /// absent: a delete, whose answer carries no rev, may have followed).
+    fn check_read(&mut self, node: &NodeId, command: &Command, invoked: u64, outcome: &Outcome) {
+        let floor = |path: Option<&Path>| {
+            self.acks
+                .iter()
+                .take_while(|(at, _, _)| *at < invoked)
+                .filter(|(_, _, p)| path.is_none_or(|path| p == path))
+                .map(|(_, rev, _)| *rev)
+                .max()
+        };
+        let stale = match (command, outcome) {
+            (Command::Rev, Ok(Reply::Rev(rev))) => floor(None).filter(|floor| rev < floor),
+            (Command::Get { path, rev: None }, Ok(Reply::Value { rev, .. }))
+                if *rev != Rev::ZERO =>
+            {
+                floor(Some(path)).filter(|floor| rev < floor)
+            }
+            _ => None,
+        };
+        if matches!(command, Command::Rev | Command::Get { .. }) {
+            self.read_answers
+                .push((node.clone(), command.clone(), outcome.clone()));
+        }
+        if let Some(floor) = stale {
+            self.fail(format!(
+                "stale read at {node}: {command:?} sent at t{invoked} answered {outcome:?}, but rev {floor} was acknowledged before"
+            ));
+        }
+    }
+
+    /// A read at a random node (paused ones too: their reads wait, as a
+    /// stopped process's would in its socket).
+    fn random_read(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let at = ids[self.rng.random_range(0..ids.len())].clone();
+        let command = if self.rng.random_range(0..2) == 0 {
+            Command::Rev
+        } else {
+            let key = self.rng.random_range(0..6);
+            let path = Path::parse(&format!("/k/{key}")).unwrap();
+            Command::Get { path, rev: None }
+        };
+        self.request(&at, command);
     }
 
     /// Queues `input` for `id`'s next turn.
@@ -819,6 +888,7 @@ impl Sim {
         }
         let conn = conns[self.rng.random_range(0..conns.len())];
         self.asked.insert((at.clone(), conn, tag), command.clone());
+        self.invoked.insert((at.clone(), conn, tag), self.now);
         self.feed(
             at,
             Input::Request {
@@ -1051,6 +1121,19 @@ impl Sim {
                     }
                 }
                 self.check_leader_named();
+                // Reads wait out faults shorter than the read time-out:
+                // most are answered, not refused.
+                let ok = self
+                    .read_answers
+                    .iter()
+                    .filter(|(_, _, outcome)| outcome.is_ok())
+                    .count();
+                if self.read_answers.len() >= 20 && ok * 10 < self.read_answers.len() * 9 {
+                    self.fail(format!(
+                        "only {ok} of {} reads were answered",
+                        self.read_answers.len()
+                    ));
+                }
                 return;
             }
         }
@@ -1162,6 +1245,9 @@ fn scenario_with(seed: u64, members: usize, slaves: usize, ticks: u64, rogue: Ro
         }
         if sim.rng.random_range(0..4) == 0 {
             sim.random_write();
+        }
+        if sim.rng.random_range(0..4) == 0 {
+            sim.random_read();
         }
         if sim.rng.random_range(0..60) == 0 {
             sim.disconnect_random();
@@ -1280,6 +1366,9 @@ fn durable_scenario(seed: u64, members: usize, slaves: usize, ticks: u64) {
         }
         if sim.rng.random_range(0..3) == 0 {
             sim.random_write();
+        }
+        if sim.rng.random_range(0..4) == 0 {
+            sim.random_read();
         }
         if sim.rng.random_range(0..60) == 0 {
             sim.disconnect_random();
@@ -1430,11 +1519,23 @@ fn lone_survivor_waits_for_quorum() {
     );
     sim.request(&survivor, Command::Get { path, rev: None });
     sim.run(200);
+    // Its copy may be stale: the read waits for a leader to confirm it...
+    assert_eq!(sim.asked.len(), 2, "the read and the write wait");
+    // ... and gets an error once no leader confirmed it in time.
+    sim.run(1000);
     assert_eq!(sim.asked.len(), 1, "the read answers, the write waits");
     assert!(
         matches!(sim.asked.values().next(), Some(Command::Set { .. })),
         "the waiting request is the write: {:?}",
         sim.asked
+    );
+    let answer = sim
+        .read_answers
+        .last()
+        .map(|(_, _, outcome)| outcome.clone());
+    assert!(
+        matches!(&answer, Some(Err(e)) if e.to_string().contains("no leader confirmed")),
+        "the read was refused, not answered from a possibly stale copy: {answer:?}"
     );
     assert_eq!(
         sim.nodes[&survivor].core.store().rev(),

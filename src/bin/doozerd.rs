@@ -106,6 +106,12 @@ struct Flags {
     #[argh(option, long = "data-dir")]
     data_dir: Option<String>,
 
+    /// answer reads (GET, STAT, GETDIR, WALK, REV without a rev) from this
+    /// node's copy at once: faster, but a read may miss writes another
+    /// node acknowledged (default: every read is linearizable)
+    #[argh(switch, long = "local-reads")]
+    local_reads: bool,
+
     /// print the version and exit
     #[argh(switch, short = 'v', long = "version")]
     version: bool,
@@ -196,6 +202,7 @@ fn config_from(flags: Flags) -> Result<Config, String> {
         },
         peer_secret: std::env::var("DOOZER_PEERSECRET").unwrap_or_default(),
         data_dir: flags.data_dir.map(std::path::PathBuf::from),
+        local_reads: flags.local_reads,
         ..Config::default()
     };
     if let Some(n) = flags.max_value_bytes {

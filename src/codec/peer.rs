@@ -43,8 +43,9 @@ pub const MAGIC: [u8; 4] = *b"DZPR";
 pub const HEADER_BYTES: usize = 4;
 
 /// The version of this protocol, sent in [`Hello`]; a link whose version
-/// differs is refused. Version 2 added the authenticated handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// differs is refused. Version 2 added the authenticated handshake, 3 the
+/// read index (`Confirm`, `Confirmed`, `ReadIndex`, `ReadIndexIs`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest [`Hello`] frame accepted (a node id and a cluster name).
 pub const MAX_HELLO_BYTES: usize = 4096;
@@ -378,6 +379,8 @@ wire_enum!(PeerMsg {
     5 => LeaderIs { leader, addr },
     6 => SnapshotChunk { index, done, data },
     7 => SnapshotNext { rev, index },
+    8 => ReadIndex { ask },
+    9 => ReadIndexIs { ask, index },
 });
 
 wire_enum!(Msg<V> {
@@ -390,6 +393,8 @@ wire_enum!(Msg<V> {
     6 => Reject { promised, commit },
     7 => Commit { ballot, commit },
     8 => Forward { values },
+    9 => Confirm { ballot, probe, commit },
+    10 => Confirmed { ballot, probe },
 });
 
 wire_enum!(Decree {
@@ -591,6 +596,15 @@ mod tests {
             Msg::Forward {
                 values: decrees.clone(),
             },
+            Msg::Confirm {
+                ballot: ballot(4, 1),
+                probe: u64::MAX,
+                commit: 12,
+            },
+            Msg::Confirmed {
+                ballot: ballot(4, 1),
+                probe: 0,
+            },
         ];
         let mut all: Vec<PeerMsg> = paxos.into_iter().map(PeerMsg::Paxos).collect();
         all.extend([
@@ -651,6 +665,11 @@ mod tests {
             PeerMsg::SnapshotNext {
                 rev: Rev(100),
                 index: 7,
+            },
+            PeerMsg::ReadIndex { ask: 9 },
+            PeerMsg::ReadIndexIs {
+                ask: u64::MAX,
+                index: Rev(77),
             },
         ]);
         all

@@ -62,7 +62,10 @@ fn file_bytes(path: &Path, body: &Body) -> usize {
 ///   catch-up or the leader it follows, in range, agreeing with the log;
 /// - `Snapshot`: only from the join target while attaching, else only from
 ///   the node this one asked for catch-up;
-/// - `Forward`: see `check_forward`.
+/// - `Forward`: see `check_forward`;
+/// - `ReadIndex`: only from a registered node or a voter, at most
+///   `MAX_REMOTE_ASKS` held (see `core::reads`); `ReadIndexIs`: only from
+///   the leader this node asked, with that ask's number, in range.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Refused {
     #[error(transparent)]
@@ -81,6 +84,8 @@ pub(super) enum Refused {
     Conflict(String),
     #[error("a snapshot {0}")]
     Snapshot(&'static str),
+    #[error("too many {0} held at once")]
+    TooMany(&'static str),
 }
 
 impl Core {
@@ -114,11 +119,12 @@ impl Core {
             self.housekeeping(out);
         }
         self.catch_up_if_behind(out);
+        self.retry_reads(out);
     }
 
     /// Whether a duty every `period` ticks is due: the latest `Tick` moved
     /// the clock past a multiple of it.
-    fn due(&self, period: u64) -> bool {
+    pub(super) fn due(&self, period: u64) -> bool {
         let period = period.max(1);
         self.ticks_before / period != self.ticks / period
     }
@@ -616,6 +622,8 @@ impl Core {
                 self.on_snapshot_chunk(from.clone(), index, done, *data, out)?;
                 return Ok(self.catch_up.is_none());
             }
+            PeerMsg::ReadIndex { ask } => self.on_read_index(from, ask)?,
+            PeerMsg::ReadIndexIs { ask, index } => self.on_read_index_is(from, ask, index, out)?,
             PeerMsg::SnapshotNext { rev, index } => {
                 let now = self.ticks;
                 let Some(stream) = self.streams.get_mut(from) else {

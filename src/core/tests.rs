@@ -9,6 +9,8 @@ fn config() -> CoreConfig {
         max_pending_writes: 8,
         max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings::default(),
+        local_reads: false,
+        read_timeout_ticks: 1000,
         seed: 7,
     }
 }
@@ -663,7 +665,6 @@ fn a_listing_far_into_a_big_tree_is_split_across_batches() {
                 rev: None,
             },
         ),
-        (1, set(expected.0.as_str(), -1, "changed")),
     ];
     for (conn, command) in requests {
         let input = Input::Request {
@@ -673,7 +674,20 @@ fn a_listing_far_into_a_big_tree_is_split_across_batches() {
         };
         core.handle(input, &mut out);
     }
+    // Reads start at the batch's end, once their read index is confirmed
+    // (at once on a lone node); then a write changes the tree under them.
+    core.end_batch(&mut out);
     assert!(replies(out).is_empty() && core.has_unfinished_work());
+    let mut out = Vec::new();
+    let change = set(expected.0.as_str(), -1, "changed");
+    core.handle(
+        Input::Request {
+            conn: 1,
+            tag: Some(1),
+            command: change,
+        },
+        &mut out,
+    );
     let mut answers = BTreeMap::new();
     let mut batches = 0;
     while core.has_unfinished_work() {
@@ -722,6 +736,7 @@ fn a_listing_far_into_a_big_tree_is_split_across_batches() {
         },
         &mut out,
     );
+    core.end_batch(&mut out);
     assert!(core.has_unfinished_work());
     core.handle(Input::ConnClosed { conn: 5 }, &mut out);
     assert!(!core.has_unfinished_work() && replies(out).is_empty());

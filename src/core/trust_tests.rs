@@ -14,6 +14,8 @@ fn config() -> CoreConfig {
         max_pending_writes: 8,
         max_peer_frame_bytes: 256 << 20,
         paxos: paxos::Settings::default(),
+        local_reads: false,
+        read_timeout_ticks: 1000,
         seed: 7,
     }
 }

@@ -100,6 +100,29 @@ pub enum Msg<V> {
     Commit { ballot: Ballot, commit: Slot },
     /// Values for the leader to order, from a node that does not lead.
     Forward { values: Vec<V> },
+    /// Are you still following me? Probe `probe` of the leader's
+    /// confirmation rounds (see [`Paxos::read_index`]), with its commit
+    /// point. Answered with `Confirmed` by a voter that has not promised a
+    /// higher ballot, with `Reject` otherwise.
+    Confirm {
+        ballot: Ballot,
+        probe: u64,
+        commit: Slot,
+    },
+    /// The answer to `Confirm`: the sender still follows `ballot`, as of
+    /// the time it received probe `probe`.
+    Confirmed { ballot: Ballot, probe: u64 },
+}
+
+/// What a leader hands out for reads that arrived before it was asked
+/// ([`Paxos::read_index`]): once probe `probe` of the term of `ballot` is
+/// confirmed by a quorum ([`Paxos::confirmed_probe`]), every write
+/// acknowledged anywhere before the ask sits at a slot `<= index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadTicket {
+    pub ballot: Ballot,
+    pub probe: u64,
+    pub index: Slot,
 }
 
 /// The highest ballot round a message may carry. Rounds grow by one per
@@ -121,9 +144,11 @@ pub const MAX_SLOT: Slot = i64::MAX / 4;
 /// Who may send what (models: etcd-raft's `ErrStepPeerNotFound`,
 /// TigerBeetle's header checks):
 /// - nobody sends as this node (`FromSelf`);
-/// - `PreVote`, `PreVoteReply`, `Promise`, `Accepted`, `Reject`: only a
-///   voter of some slot of this node's window (`NotVoter`);
-/// - `Prepare`, `Accept`, `Commit`: only the ballot's owner (`NotOwner`),
+/// - `PreVote`, `PreVoteReply`, `Promise`, `Accepted`, `Reject`,
+///   `Confirmed`: only a voter of some slot of this node's window
+///   (`NotVoter`);
+/// - `Prepare`, `Accept`, `Commit`, `Confirm`: only the ballot's owner
+///   (`NotOwner`),
 ///   and only a voter of the window or a node the caller vouches for (the
 ///   leader a voter named, the join target) (`Stranger`);
 /// - `Forward`: only a voter or a vouched-for node (the caller checks the
@@ -211,6 +236,18 @@ struct Lead<V> {
     /// down, so a cut-off leader stops believing it leads.
     heard: BTreeSet<NodeId>,
     check_ticks: u32,
+    /// The highest slot any promiser knew chosen or reported accepted at
+    /// the election: a value chosen under an earlier ballot (and perhaps
+    /// acknowledged to a client) sits at or below it, even before this
+    /// leader learns it is chosen.
+    election_floor: Slot,
+    /// Confirmation rounds of this term: the last probe sent, whether reads
+    /// want another one sent at the next flush, the highest probe each voter
+    /// confirmed, and the highest probe a quorum confirmed.
+    probes_sent: u64,
+    probe_wanted: bool,
+    probe_acks: BTreeMap<NodeId, u64>,
+    probe_confirmed: u64,
 }
 
 #[derive(Debug)]
@@ -473,6 +510,103 @@ impl<V: Value> Paxos<V> {
                 commit: self.commit,
             }),
             _ => None,
+        }
+    }
+
+    /// Leader: a ticket for the reads that arrived up to now. The next
+    /// flush sends a new confirmation probe to the voters (one probe serves
+    /// every read asked for before it goes out); the reads may be answered
+    /// once that probe is confirmed ([`Paxos::confirmed_probe`]) and the
+    /// caller has applied up to the ticket's index. `None` when this node
+    /// does not lead.
+    ///
+    /// Why this is linearizable: a quorum that confirms the probe had not
+    /// promised a higher ballot when it received it, so no later leader had
+    /// chosen anything before the probe left, hence before the reads
+    /// arrived. Every value chosen under this ballot is at or below
+    /// `commit` (only this leader learns those), and every value chosen
+    /// under an earlier one at or below the election floor.
+    pub fn read_index(&mut self) -> Option<ReadTicket> {
+        let commit = self.commit;
+        let Role::Leader(lead) = &mut self.role else {
+            return None;
+        };
+        lead.probe_wanted = true;
+        Some(ReadTicket {
+            ballot: lead.ballot.clone(),
+            probe: lead.probes_sent + 1,
+            index: commit.max(lead.election_floor),
+        })
+    }
+
+    /// Leader under `ballot`: the highest probe of this term a quorum of
+    /// every voter set of the window confirmed. `None` when this node does
+    /// not lead under `ballot` (deposed, or leading a later term): tickets
+    /// of that term are void.
+    pub fn confirmed_probe(&self, ballot: &Ballot) -> Option<u64> {
+        match &self.role {
+            Role::Leader(lead) if lead.ballot == *ballot => Some(lead.probe_confirmed),
+            _ => None,
+        }
+    }
+
+    /// Leader: sends the probe reads asked for, and counts it confirmed at
+    /// once when this node alone is a quorum.
+    fn send_probe(&mut self, out: &mut Out<V>) {
+        let window = self
+            .membership
+            .union_between(self.next_to_deliver, self.window_end());
+        let commit = self.commit;
+        let Role::Leader(lead) = &mut self.role else {
+            return;
+        };
+        if !lead.probe_wanted {
+            return;
+        }
+        lead.probe_wanted = false;
+        lead.probes_sent += 1;
+        let msg = Msg::Confirm {
+            ballot: lead.ballot.clone(),
+            probe: lead.probes_sent,
+            commit,
+        };
+        for to in window.iter().filter(|v| **v != self.me) {
+            out.push((to.clone(), msg.clone()));
+        }
+        self.update_confirmed();
+    }
+
+    /// Leader: raises the confirmed probe to the highest one a quorum of
+    /// every voter set of the window (this node counting for the last probe
+    /// it sent) confirmed.
+    fn update_confirmed(&mut self) {
+        let (first, last) = (self.next_to_deliver, self.window_end());
+        let Role::Leader(lead) = &self.role else {
+            return;
+        };
+        let mut candidates: Vec<u64> = lead.probe_acks.values().copied().collect();
+        candidates.push(lead.probes_sent);
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates.dedup();
+        let mut confirmed = lead.probe_confirmed;
+        for candidate in candidates {
+            if candidate <= confirmed {
+                break;
+            }
+            let mut with: BTreeSet<NodeId> = lead
+                .probe_acks
+                .iter()
+                .filter(|(_, acked)| **acked >= candidate)
+                .map(|(node, _)| node.clone())
+                .collect();
+            with.insert(self.me.clone());
+            if self.membership.quorum_of_all(&with, first, last) {
+                confirmed = candidate;
+                break;
+            }
+        }
+        if let Role::Leader(lead) = &mut self.role {
+            lead.probe_confirmed = confirmed;
         }
     }
 
@@ -827,6 +961,7 @@ impl<V: Value> Paxos<V> {
         }
         if self.is_leader() {
             self.propose_queued(out);
+            self.send_probe(out);
         }
         self.drain_loopback(out);
     }
@@ -1052,6 +1187,19 @@ impl<V: Value> Paxos<V> {
                 slot(*commit)?;
                 owner(b)
             }
+            Msg::Confirm {
+                ballot: b,
+                probe: _,
+                commit,
+            } => {
+                ballot(b)?;
+                slot(*commit)?;
+                owner(b)
+            }
+            Msg::Confirmed { ballot: b, .. } => {
+                ballot(b)?;
+                voter()
+            }
             Msg::Forward { .. } => {
                 if vouched || self.in_window(from) {
                     Ok(())
@@ -1069,7 +1217,8 @@ impl<V: Value> Paxos<V> {
         for (_, msg) in sent {
             if let Msg::Prepare { ballot, .. }
             | Msg::Accept { ballot, .. }
-            | Msg::Commit { ballot, .. } = msg
+            | Msg::Commit { ballot, .. }
+            | Msg::Confirm { ballot, .. } = msg
             {
                 assert!(
                     ballot.leader.as_ref() == Some(&self.me),
@@ -1126,6 +1275,12 @@ impl<V: Value> Paxos<V> {
                 self.on_reject(promised);
             }
             Msg::Commit { ballot, commit } => self.on_commit(from, ballot, commit, out),
+            Msg::Confirm {
+                ballot,
+                probe,
+                commit,
+            } => self.on_confirm(from, ballot, probe, commit, out),
+            Msg::Confirmed { ballot, probe } => self.on_confirmed(from, ballot, probe),
             Msg::Forward { values } => {
                 if self.is_leader() {
                     let room = self.settings.max_queued.saturating_sub(self.queue.len());
@@ -1356,6 +1511,11 @@ impl<V: Value> Paxos<V> {
             sent_commit: self.commit,
             heard: BTreeSet::from([self.me.clone()]),
             check_ticks: 0,
+            election_floor: last.max(highest_commit),
+            probes_sent: 0,
+            probe_wanted: false,
+            probe_acks: BTreeMap::new(),
+            probe_confirmed: 0,
         }));
         self.leader_silent_ticks = 0;
         self.queue.extend(self.forward.drain(..));
@@ -1484,6 +1644,45 @@ impl<V: Value> Paxos<V> {
                 last_slot: commit,
             };
             self.send(from, ack, out);
+        }
+    }
+
+    /// A leader's confirmation probe: answered like a heartbeat, with the
+    /// probe's number, by a voter that still follows `ballot`.
+    fn on_confirm(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        probe: u64,
+        commit: Slot,
+        out: &mut Out<V>,
+    ) {
+        if ballot < self.promised {
+            self.note_commit(&from, commit);
+            return self.reject(from, out);
+        }
+        self.promise(&ballot);
+        self.heard_leader(from.clone());
+        self.learn_commit(&from, &ballot, commit);
+        if from != self.me && self.is_voter() {
+            self.send(from, Msg::Confirmed { ballot, probe }, out);
+        }
+    }
+
+    fn on_confirmed(&mut self, from: NodeId, ballot: Ballot, probe: u64) {
+        let Role::Leader(lead) = &mut self.role else {
+            return;
+        };
+        // A voter can only confirm a probe that was sent (a higher number
+        // is a lie, or from another term of the same ballot: none exists).
+        if lead.ballot != ballot || probe > lead.probes_sent {
+            return;
+        }
+        lead.heard.insert(from.clone());
+        let acked = lead.probe_acks.entry(from).or_insert(0);
+        if probe > *acked {
+            *acked = probe;
+            self.update_confirmed();
         }
     }
 

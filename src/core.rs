@@ -165,8 +165,11 @@ pub enum PeerMsg {
     /// An answer to `Alive` sent to a node that does not lead: who does.
     LeaderIs { leader: NodeId, addr: String },
     /// Please tell me the read index for the reads this node holds
-    /// (`ask` numbers the request; see `core::reads`).
-    ReadIndex { ask: u64 },
+    /// (`ask` numbers the request; see `core::reads`). `ballot` is the
+    /// highest this node has promised: when it is the leader's and the
+    /// asker votes, the ask itself confirms the leader (see
+    /// `Paxos::read_index_confirmed_by`).
+    ReadIndex { ask: u64, ballot: paxos::Ballot },
     /// The leader's answer to `ReadIndex`: the reads of `ask` may be
     /// answered once the asker applied `index`.
     ReadIndexIs { ask: u64, index: Rev },
@@ -1378,3 +1381,6 @@ mod tests;
 
 #[cfg(test)]
 mod trust_tests;
+
+#[cfg(test)]
+mod read_tests;

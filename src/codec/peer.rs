@@ -379,7 +379,7 @@ wire_enum!(PeerMsg {
     5 => LeaderIs { leader, addr },
     6 => SnapshotChunk { index, done, data },
     7 => SnapshotNext { rev, index },
-    8 => ReadIndex { ask },
+    8 => ReadIndex { ask, ballot },
     9 => ReadIndexIs { ask, index },
 });
 
@@ -666,7 +666,10 @@ mod tests {
                 rev: Rev(100),
                 index: 7,
             },
-            PeerMsg::ReadIndex { ask: 9 },
+            PeerMsg::ReadIndex {
+                ask: 9,
+                ballot: ballot(4, 1),
+            },
             PeerMsg::ReadIndexIs {
                 ask: u64::MAX,
                 index: Rev(77),

@@ -622,7 +622,7 @@ impl Core {
                 self.on_snapshot_chunk(from.clone(), index, done, *data, out)?;
                 return Ok(self.catch_up.is_none());
             }
-            PeerMsg::ReadIndex { ask } => self.on_read_index(from, ask)?,
+            PeerMsg::ReadIndex { ask, ballot } => self.on_read_index(from, ask, &ballot, out)?,
             PeerMsg::ReadIndexIs { ask, index } => self.on_read_index_is(from, ask, index, out)?,
             PeerMsg::SnapshotNext { rev, index } => {
                 let now = self.ticks;

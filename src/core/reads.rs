@@ -40,7 +40,7 @@ use crate::types::{NodeId, Rev};
 /// Asks from other nodes a leader holds at once (each honest node has one
 /// or two outstanding: one per batch, answered within a round trip); past
 /// it, further asks are refused and their askers ask again later.
-const MAX_REMOTE_ASKS: usize = 1024;
+pub(super) const MAX_REMOTE_ASKS: usize = 1024;
 
 /// Reads waiting for their read index, by how far they got.
 #[derive(Debug, Default)]
@@ -54,9 +54,9 @@ pub(super) struct ReadIndexState {
     probing: BTreeMap<u64, Probing>,
     probing_ballot: Option<Ballot>,
     /// Asks of remote readers held in `probing` (bounded).
-    remote_asks: usize,
+    pub(super) remote_asks: usize,
     /// Not leading: asks sent to a leader, by ask number.
-    asked: BTreeMap<u64, Asked>,
+    pub(super) asked: BTreeMap<u64, Asked>,
     next_ask: u64,
 }
 
@@ -68,7 +68,7 @@ struct Probing {
 }
 
 #[derive(Debug)]
-struct Asked {
+pub(super) struct Asked {
     leader: NodeId,
     at_tick: u64,
     reads: Vec<ParkedRead>,
@@ -171,7 +171,8 @@ impl Core {
                 reads,
             },
         );
-        self.send_peer(leader, PeerMsg::ReadIndex { ask }, out);
+        let ballot = self.paxos.promised().clone();
+        self.send_peer(leader, PeerMsg::ReadIndex { ask, ballot }, out);
     }
 
     /// A leader deposed (or leading a new term) drops the tickets of its old
@@ -228,13 +229,27 @@ impl Core {
     }
 
     /// Leader: another node asks for the read index of reads it holds.
-    pub(super) fn on_read_index(&mut self, from: &NodeId, ask: u64) -> Result<(), Refused> {
+    /// Answered at once when the ask itself completes a quorum with this
+    /// leader (a voter of a 3-member cluster: one round trip), else with
+    /// the next probe.
+    pub(super) fn on_read_index(
+        &mut self,
+        from: &NodeId,
+        ask: u64,
+        ballot: &Ballot,
+        out: &mut Vec<Output>,
+    ) -> Result<(), Refused> {
         let known = self.nodes.contains_key(from) || self.paxos.in_window(from);
         if !known {
             return Err(Refused::Stranger);
         }
         if !self.paxos.is_leader() {
             // The asker asks the leader it learns of next.
+            return Ok(());
+        }
+        if let Some(index) = self.paxos.read_index_confirmed_by(from, ballot) {
+            let index = Rev(index);
+            self.send_peer(from.clone(), PeerMsg::ReadIndexIs { ask, index }, out);
             return Ok(());
         }
         if self.reads.remote_asks >= MAX_REMOTE_ASKS {

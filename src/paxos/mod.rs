@@ -539,6 +539,31 @@ impl<V: Value> Paxos<V> {
         })
     }
 
+    /// Leader: the read index for reads a voter asks for, when its ask
+    /// confirms this leadership on its own: the voter had promised nothing
+    /// above this leader's `ballot` when it sent the ask (after its reads
+    /// arrived), this leader has promised nothing above it now, and the two
+    /// make a quorum of every voter set of the window. The reasoning of
+    /// [`Paxos::read_index`] then holds without a probe. `None` otherwise
+    /// (the asker waits for a probe).
+    pub fn read_index_confirmed_by(&self, voter: &NodeId, ballot: &Ballot) -> Option<Slot> {
+        let Role::Leader(lead) = &self.role else {
+            return None;
+        };
+        if lead.ballot != *ballot || *voter == self.me {
+            return None;
+        }
+        let pair = BTreeSet::from([self.me.clone(), voter.clone()]);
+        self.membership
+            .quorum_of_all(&pair, self.next_to_deliver, self.window_end())
+            .then(|| self.commit.max(lead.election_floor))
+    }
+
+    /// The highest ballot this node promised.
+    pub fn promised(&self) -> &Ballot {
+        &self.promised
+    }
+
     /// Leader under `ballot`: the highest probe of this term a quorum of
     /// every voter set of the window confirmed. `None` when this node does
     /// not lead under `ballot` (deposed, or leading a later term): tickets

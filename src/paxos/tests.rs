@@ -514,3 +514,115 @@ fn a_node_never_sends_under_another_nodes_ballot() {
     };
     net.nodes[1].assert_own_ballots(&[(id(3), forged)]);
 }
+
+/// Read index: a probe counts only once a quorum confirmed it; a lie about
+/// an unsent probe is ignored; a deposed leader's tickets are void, and the
+/// election floor covers a value chosen under an earlier ballot that the
+/// new leader has not yet learned is chosen.
+#[test]
+fn read_probes_need_a_quorum_and_die_with_the_term() {
+    let mut net = Net::new(5);
+    let mut out = Vec::new();
+    net.nodes[0].start_election(&mut out);
+    net.sent(0, out);
+    net.settle();
+    net.propose(0, Val::Put(1));
+    let ticket = net.nodes[0]
+        .read_index()
+        .expect("the leader hands out tickets");
+    assert_eq!((ticket.probe, ticket.index), (1, 1));
+    assert_eq!(net.nodes[0].confirmed_probe(&ticket.ballot), Some(0));
+    // A voter claiming a probe never sent changes nothing.
+    let mut ignored = Vec::new();
+    let lie = Msg::Confirmed {
+        ballot: ticket.ballot.clone(),
+        probe: 7,
+    };
+    net.nodes[0]
+        .handle(id(2), lie, false, &mut ignored)
+        .unwrap();
+    assert_eq!(net.nodes[0].confirmed_probe(&ticket.ballot), Some(0));
+    // Two of five cut off: the other two and the leader confirm.
+    net.cut.insert(id(4));
+    net.cut.insert(id(5));
+    let mut out = Vec::new();
+    net.nodes[0].flush(&mut out);
+    let probes = out
+        .iter()
+        .filter(|(_, m)| matches!(m, Msg::Confirm { probe: 1, .. }))
+        .count();
+    assert_eq!(probes, 4, "one probe to each other voter");
+    // Only one follower answers: no quorum yet.
+    let (to_two, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|(to, _)| *to == id(2));
+    net.sent(0, to_two);
+    net.settle();
+    assert_eq!(net.nodes[0].confirmed_probe(&ticket.ballot), Some(0));
+    net.sent(0, rest);
+    net.settle();
+    assert_eq!(net.nodes[0].confirmed_probe(&ticket.ballot), Some(1));
+    // A voter of a 5-member cluster cannot confirm alone; in 3 it could.
+    assert_eq!(
+        net.nodes[0].read_index_confirmed_by(&id(2), &ticket.ballot),
+        None
+    );
+    // Deposed: another node wins an election; the old ballot is void.
+    net.cut.clear();
+    net.cut.insert(id(1));
+    net.tick_all(300);
+    let leader = net.leader().filter(|l| *l != 0).expect("a new leader");
+    assert_eq!(net.nodes[leader].confirmed_probe(&ticket.ballot), None);
+    net.cut.clear();
+    net.tick_all(50);
+    assert_eq!(net.nodes[0].confirmed_probe(&ticket.ballot), None);
+}
+
+#[test]
+fn the_election_floor_covers_values_chosen_under_an_earlier_ballot() {
+    let mut net = Net::new(3);
+    let mut out = Vec::new();
+    net.nodes[0].start_election(&mut out);
+    net.sent(0, out);
+    net.settle();
+    // Slot 1 is accepted by nodes 1 and 2 (chosen), but only node 1 learns
+    // it: the commit point never reaches node 2 before node 1 dies.
+    net.nodes[0].propose(Val::Put(7)).unwrap();
+    let mut out = Vec::new();
+    net.nodes[0].flush(&mut out);
+    for (to, msg) in out {
+        if to == id(2) {
+            let mut answers = Vec::new();
+            net.nodes[1]
+                .handle(id(1), msg, false, &mut answers)
+                .unwrap();
+            for (_, answer) in answers {
+                let mut ignored = Vec::new();
+                net.nodes[0]
+                    .handle(id(2), answer, false, &mut ignored)
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(net.nodes[0].commit(), 1, "chosen, known by node 1 only");
+    assert!(net.nodes[1].commit() < 1);
+    net.down.insert(id(1));
+    // Node 2 or 3 takes over; right after its election, before it commits
+    // anything, its read index already covers slot 1.
+    for _ in 0..300 {
+        if net.leader().is_some_and(|l| l != 0) {
+            break;
+        }
+        for i in 1..3 {
+            let mut out = Vec::new();
+            net.nodes[i].tick(&mut out);
+            // Hold back phase 2 so nothing commits under the new ballot.
+            out.retain(|(_, m)| !matches!(m, Msg::Accept { .. } | Msg::Accepted { .. }));
+            net.sent(i, out);
+        }
+        net.queue
+            .retain(|(_, _, m)| !matches!(m, Msg::Accept { .. } | Msg::Accepted { .. }));
+        net.settle();
+    }
+    let leader = net.leader().filter(|l| *l != 0).expect("a new leader");
+    let ticket = net.nodes[leader].read_index().unwrap();
+    assert!(ticket.index >= 1, "{ticket:?}");
+}

@@ -69,10 +69,17 @@ struct Probing {
 
 #[derive(Debug)]
 pub(super) struct Asked {
-    leader: NodeId,
+    /// The nodes this ask went to, the latest last (at most
+    /// [`MAX_ASKED_LEADERS`]): an answer from any of them is good, since a
+    /// node answers only once its leadership was confirmed after the ask.
+    leaders: Vec<NodeId>,
     at_tick: u64,
     reads: Vec<ParkedRead>,
 }
+
+/// Leaders one ask is remembered as sent to (it is sent again on a leader
+/// change or a time-out).
+const MAX_ASKED_LEADERS: usize = 4;
 
 impl ReadIndexState {
     /// Reads waiting for an index (not yet answered or parked on a rev).
@@ -166,7 +173,7 @@ impl Core {
         self.reads.asked.insert(
             ask,
             Asked {
-                leader: leader.clone(),
+                leaders: vec![leader.clone()],
                 at_tick: self.ticks,
                 reads,
             },
@@ -272,7 +279,7 @@ impl Core {
             return Err(Refused::Range);
         }
         match self.reads.asked.get(&ask) {
-            Some(asked) if asked.leader == *from => {}
+            Some(asked) if asked.leaders.contains(from) => {}
             _ => return Err(Refused::NotAsked),
         }
         let asked = self.reads.asked.remove(&ask).expect("just found");
@@ -283,8 +290,9 @@ impl Core {
     }
 
     /// Every tick: asks whose leader changed or that went unanswered for
-    /// an election timeout are asked again; reads that found no confirmed
-    /// leader for `read_timeout_ticks` get an error.
+    /// an election timeout are sent again (to the leader known now); reads
+    /// that found no confirmed leader for `read_timeout_ticks` get an
+    /// error.
     pub(super) fn retry_reads(&mut self, out: &mut Vec<Output>) {
         // A probe may be lost (a link that dropped): ask for another now
         // and then while reads wait on one; any later probe confirmed
@@ -296,26 +304,55 @@ impl Core {
         if self.reads.asked.is_empty() && self.reads.unrouted.is_empty() {
             return;
         }
-        let leader = self.paxos.leader().cloned();
+        let leader = self.paxos.leader().filter(|l| **l != self.node.id).cloned();
         let retry_ticks = u64::from(self.config.paxos.election_ticks.1);
         let now = self.ticks;
-        let stale: Vec<u64> = self
-            .reads
-            .asked
-            .iter()
-            .filter(|(_, a)| Some(&a.leader) != leader.as_ref() || now - a.at_tick > retry_ticks)
-            .map(|(ask, _)| *ask)
-            .collect();
-        for ask in stale {
-            if let Some(asked) = self.reads.asked.remove(&ask) {
-                self.reads.unrouted.extend(asked.reads);
+        let limit = self.config.read_timeout_ticks;
+        let expired_at = |r: &ParkedRead| now.saturating_sub(r.since_tick) > limit;
+        let mut expired: Vec<ParkedRead> = Vec::new();
+        let mut resend = Vec::new();
+        for (ask, asked) in self.reads.asked.iter_mut() {
+            let (gone, kept) = std::mem::take(&mut asked.reads)
+                .into_iter()
+                .partition(expired_at);
+            expired.extend::<Vec<ParkedRead>>(gone);
+            asked.reads = kept;
+            let latest = asked.leaders.last();
+            let stale = latest != leader.as_ref() || now - asked.at_tick > retry_ticks;
+            if let (true, Some(leader)) = (stale, &leader) {
+                if !asked.leaders.contains(leader) {
+                    if asked.leaders.len() >= MAX_ASKED_LEADERS {
+                        asked.leaders.remove(0);
+                    }
+                    asked.leaders.push(leader.clone());
+                }
+                asked.at_tick = now;
+                resend.push((*ask, leader.clone()));
             }
         }
-        let limit = self.config.read_timeout_ticks;
-        let (expired, kept): (Vec<ParkedRead>, Vec<ParkedRead>) =
+        self.reads.asked.retain(|_, asked| !asked.reads.is_empty());
+        let ballot = self.paxos.promised().clone();
+        for (ask, leader) in resend {
+            if self.reads.asked.contains_key(&ask) {
+                let msg = PeerMsg::ReadIndex {
+                    ask,
+                    ballot: ballot.clone(),
+                };
+                self.send_peer(leader, msg, out);
+            }
+        }
+        if self.paxos.is_leader() {
+            // Leading now: what was asked elsewhere is routed here.
+            let asked = std::mem::take(&mut self.reads.asked);
+            for (_, a) in asked {
+                self.reads.unrouted.extend(a.reads);
+            }
+        }
+        let (gone, kept): (Vec<ParkedRead>, Vec<ParkedRead>) =
             std::mem::take(&mut self.reads.unrouted)
                 .into_iter()
-                .partition(|r| now.saturating_sub(r.since_tick) > limit);
+                .partition(expired_at);
+        expired.extend(gone);
         self.reads.unrouted = kept;
         for read in expired {
             let outcome = Err(ReplyError::other(

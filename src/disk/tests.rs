@@ -38,6 +38,25 @@ impl Poke for MemFs {
     }
 }
 
+/// Opens a real data dir, waiting out a lock held only by a forked child:
+/// while another test spawns a process (`another_process_cannot_take_the_
+/// lock`), the child holds copies of every open file of this process until
+/// it execs, the LOCK of a data dir just dropped here included (flock locks
+/// belong to the open file, which the copy keeps alive). doozerd spawns no
+/// processes, so this is the tests' own race.
+fn open_real(dir: &Path) -> Result<DataDir<RealFs>, DiskError> {
+    let mut tries = 0;
+    loop {
+        match DataDir::open(dir) {
+            Err(DiskError::Locked { .. }) if tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn mem() -> (MemFs, PathBuf) {
     (MemFs::new(), PathBuf::from("/data/node"))
 }
@@ -75,7 +94,7 @@ impl Case {
     fn open(&self) -> Result<Dd, DiskError> {
         Ok(match self {
             Case::Mem(fs, dir) => Dd::Mem(small(DataDir::open_with(fs.clone(), dir)?)),
-            Case::Real(dir) => Dd::Real(small(DataDir::open(dir)?)),
+            Case::Real(dir) => Dd::Real(small(open_real(dir)?)),
         })
     }
     fn dir(&self) -> PathBuf {

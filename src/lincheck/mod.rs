@@ -1,0 +1,342 @@
+//! A linearizability checker for doozer's model, for the fault suite (issue
+//! 11): it reads a history of client operations (invocation and completion
+//! times, what each returned), the WAIT streams watchers saw and the final
+//! contents of every node, and names every anomaly.
+//!
+//! (Work in progress: the API below is stable; the checks are being built.)
+
+use std::fmt;
+
+/// When something happened: nanoseconds since the run began, one clock for
+/// all clients (so times of different clients compare).
+pub type Time = u64;
+
+/// One client operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Names the op in messages; unique in the history.
+    pub id: usize,
+    /// Which client issued it (one op at a time per client).
+    pub client: usize,
+    pub invoked: Time,
+    /// `None`: no answer came (time-out, cut connection).
+    pub completed: Option<Time>,
+    pub kind: OpKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// SET with the wire rev check `check` (-1 clobber, else NotOlderThan(check)).
+    Set {
+        key: String,
+        body: Vec<u8>,
+        check: i64,
+        outcome: Outcome,
+    },
+    /// DEL with the wire rev check.
+    Del {
+        key: String,
+        check: i64,
+        outcome: Outcome,
+    },
+    /// A GET that answered: body and file rev (0: absent).
+    Get {
+        key: String,
+        body: Vec<u8>,
+        rev: i64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged. SET: Some(rev); DEL: None (its reply has no rev).
+    Ok(Option<i64>),
+    /// An error that means "not applied" (REV_MISMATCH, READONLY, busy): no
+    /// effect. Nothing has to explain it (READONLY or busy can refuse any
+    /// write); record REV_MISMATCH as [`Outcome::Mismatch`] to have it
+    /// checked.
+    Refused,
+    /// No answer or an error that does not say (time-out, cut connection):
+    /// may or may not have taken effect, at any time after `invoked`.
+    Unknown,
+    /// REV_MISMATCH: refused by its rev check, so no effect, and at some
+    /// instant of its interval the key's rev must have been above the check
+    /// (else: [`Anomaly::UnexplainedRefusal`]).
+    Mismatch,
+}
+
+/// One client's WAIT chain on one node over the keys under `prefix` (glob
+/// `prefix**`): WAIT from `from`, then from each event's rev + 1. A segment
+/// is gap-free: it saw every matching event in [from, last event's rev]. A
+/// watcher that lost its place (TOO_LATE after a reconnect) starts a new
+/// segment.
+///
+/// The checker takes every stream to cover every key of the history (the
+/// suite watches the one prefix all its keys live under).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchStream {
+    pub node: String,
+    pub segments: Vec<WatchSegment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchSegment {
+    pub from: i64,
+    pub events: Vec<WatchEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub rev: i64,
+    pub key: String,
+    /// `None`: a DEL.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A node's data keys (key, file rev, body) read at one rev after the faults
+/// healed. A key of the history that is not listed was absent at `rev`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Final {
+    pub node: String,
+    pub rev: i64,
+    pub files: Vec<(String, i64, Vec<u8>)>,
+}
+
+/// Where a fact about one rev came from, for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Witness {
+    /// A client operation (its id): a SET's acknowledgement or a GET's answer.
+    Op(usize),
+    /// Event `event` of segment `segment` of watch stream `stream` (indexes
+    /// into the slices given to [`check`]).
+    Watch {
+        stream: usize,
+        segment: usize,
+        event: usize,
+    },
+    /// The final state `index` (into the slice given to [`check`]).
+    Final { index: usize },
+}
+
+/// Something no linearizable execution of doozer's model explains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Anomaly {
+    /// Two client operations claim different writes at one rev (two SETs
+    /// acknowledged at one rev, or a GET naming a rev another write has).
+    SharedRev { rev: i64, a: Witness, b: Witness },
+    /// Watch streams, finals or operations disagree about the write at one
+    /// rev (key, body, or SET against DEL); at least one is a stream or a
+    /// final.
+    Divergence { rev: i64, a: Witness, b: Witness },
+    /// The same write (key and body; every body in the suite is unique) at
+    /// two different revs.
+    AppliedTwice {
+        key: String,
+        revs: (i64, i64),
+        a: Witness,
+        b: Witness,
+    },
+    /// `later` was invoked after `earlier` was acknowledged, yet has the
+    /// lower rev.
+    WritesOutOfOrder { earlier: usize, later: usize },
+    /// A read saw rev `rev` of its key (0: absent), but a newer write to it
+    /// (at `newer_rev`, by op `newer` when a client op is known) was
+    /// acknowledged, or ordered below a write acknowledged, before the read
+    /// began.
+    StaleRead {
+        read: usize,
+        rev: i64,
+        newer: Option<usize>,
+        newer_rev: i64,
+    },
+    /// A read saw a write that was invoked only after the read ended.
+    FutureRead { read: usize, write: usize },
+    /// A read saw a rev at which no write of that key and body is known.
+    PhantomRead { read: usize, rev: i64 },
+    /// An acknowledged write (op `op`, at `rev` when known) that a gap-free
+    /// watch segment or a final covering it does not reflect (`evidence`).
+    LostWrite {
+        op: usize,
+        rev: Option<i64>,
+        evidence: Witness,
+    },
+    /// A final state contradicts a write known at a rev at or below its own:
+    /// `key` should read as `expected` (rev, body; `None`: absent).
+    FinalMismatch {
+        index: usize,
+        key: String,
+        expected: Option<(i64, Vec<u8>)>,
+        known: Witness,
+    },
+    /// Within one segment, an event at a rev not above the previous one.
+    WatchReordered {
+        stream: usize,
+        segment: usize,
+        event: usize,
+        rev: i64,
+        previous: i64,
+    },
+    /// A write known at `rev` (by `known`) inside the range a gap-free
+    /// segment covers, missing from it.
+    WatchSkipped {
+        stream: usize,
+        segment: usize,
+        rev: i64,
+        known: Witness,
+    },
+    /// A REV_MISMATCH ([`Outcome::Mismatch`]) at no instant of which the
+    /// key's rev could have been above the check (or a clobber, which never
+    /// mismatches).
+    UnexplainedRefusal { op: usize },
+    /// An acknowledged conditional write whose check must have failed at
+    /// every instant it could have taken effect.
+    CheckShouldHaveFailed { op: usize },
+    /// The search found no linearization of the ops of `key` between times
+    /// `from` and `to` (a chunk cut at quiescent points): `ops` are the
+    /// chunk's ops, `stuck` the ops none of which could come next after
+    /// the longest linearizable prefix (`longest` ops long).
+    NotLinearizable {
+        key: String,
+        from: Time,
+        to: Time,
+        ops: Vec<usize>,
+        stuck: Vec<usize>,
+        longest: usize,
+    },
+    /// The search of `key` ran out of its state budget on a chunk of `ops`
+    /// operations: neither a pass nor a proof of an anomaly.
+    Inconclusive {
+        key: String,
+        from: Time,
+        ops: usize,
+        explored: u64,
+    },
+}
+
+/// What was checked, for the summary line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sets: usize,
+    pub dels: usize,
+    pub gets: usize,
+    /// Writes by outcome.
+    pub ok: usize,
+    pub refused: usize,
+    pub mismatch: usize,
+    pub unknown: usize,
+    pub streams: usize,
+    pub segments: usize,
+    pub events: usize,
+    pub finals: usize,
+    pub keys: usize,
+    /// Independent chunks searched, and the largest (in ops).
+    pub chunks: usize,
+    pub largest_chunk: usize,
+    /// Search states explored, summed over every chunk.
+    pub states: u64,
+    /// Whether any chunk's search ran out of its budget (then there is an
+    /// [`Anomaly::Inconclusive`]).
+    pub budget_hit: bool,
+}
+
+/// The checker's verdict: every anomaly, in a stable order, with a rendered
+/// description of each naming the ops involved.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub anomalies: Vec<Anomaly>,
+    pub stats: Stats,
+    /// One line per anomaly (same order), naming ops with their clients and
+    /// times.
+    pub details: Vec<String>,
+}
+
+impl Report {
+    /// True when no anomaly was found and no search ran out of budget.
+    pub fn passed(&self) -> bool {
+        self.anomalies.is_empty()
+    }
+
+    /// A multi-line rendering: the summary, then every anomaly.
+    pub fn detailed(&self) -> Detailed<'_> {
+        Detailed(self)
+    }
+}
+
+/// The one-line summary.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        write!(
+            f,
+            "verdict={} anomalies={} sets={} dels={} gets={} ok={} refused={} mismatch={} \
+             unknown={} events={} finals={} keys={} chunks={} largest_chunk={} states={}{}",
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.anomalies.len(),
+            s.sets,
+            s.dels,
+            s.gets,
+            s.ok,
+            s.refused,
+            s.mismatch,
+            s.unknown,
+            s.events,
+            s.finals,
+            s.keys,
+            s.chunks,
+            s.largest_chunk,
+            s.states,
+            if s.budget_hit { " budget_hit" } else { "" }
+        )
+    }
+}
+
+/// See [`Report::detailed`].
+pub struct Detailed<'a>(&'a Report);
+
+impl fmt::Display for Detailed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.0)?;
+        for line in &self.0.details {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every anomaly in the history `ops`, the watch streams and the finals.
+pub fn check(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Report {
+    let mut stats = Stats::default();
+    for op in ops {
+        let outcome = match &op.kind {
+            OpKind::Set { outcome, .. } => {
+                stats.sets += 1;
+                outcome
+            }
+            OpKind::Del { outcome, .. } => {
+                stats.dels += 1;
+                outcome
+            }
+            OpKind::Get { .. } => {
+                stats.gets += 1;
+                continue;
+            }
+        };
+        match outcome {
+            Outcome::Ok(_) => stats.ok += 1,
+            Outcome::Refused => stats.refused += 1,
+            Outcome::Mismatch => stats.mismatch += 1,
+            Outcome::Unknown => stats.unknown += 1,
+        }
+    }
+    stats.streams = watches.len();
+    for w in watches {
+        stats.segments += w.segments.len();
+        stats.events += w.segments.iter().map(|s| s.events.len()).sum::<usize>();
+    }
+    stats.finals = finals.len();
+    Report {
+        anomalies: Vec::new(),
+        stats,
+        details: Vec::new(),
+    }
+}

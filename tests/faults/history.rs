@@ -10,83 +10,20 @@ use std::fmt::Write as _;
 
 use doozer::lincheck;
 
-/// Nanoseconds since the run began (one monotonic clock for every client).
-pub type Time = u64;
+use crate::precheck;
 
-/// How a write ended, as far as its client knows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Acknowledged: SET gives its rev, DEL none.
-    Ok(Option<i64>),
-    /// A clear refusal (REV_MISMATCH, READONLY, busy, NOENT): not applied.
-    Refused,
-    /// A time-out, a cut connection or an unclear error: maybe applied.
-    Unknown,
-}
+pub use doozer::lincheck::{
+    Final, Op, OpKind, Outcome, Time, WatchEvent, WatchSegment, WatchStream,
+};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    Set {
-        key: String,
-        body: Vec<u8>,
-        check: i64,
-        outcome: Outcome,
-    },
-    Del {
-        key: String,
-        check: i64,
-        outcome: Outcome,
-    },
-    /// A GET that answered (rev 0: no such file).
-    Get {
-        key: String,
-        body: Vec<u8>,
-        rev: i64,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Op {
-    pub id: usize,
-    pub client: usize,
-    pub invoked: Time,
-    pub completed: Option<Time>,
-    pub kind: OpKind,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WatchEvent {
-    pub rev: i64,
-    pub key: String,
-    /// `None`: a DEL.
-    pub body: Option<Vec<u8>>,
-}
-
-/// Events from `from` on, with nothing skipped in between (a new segment
-/// starts when the node answered TOO_LATE).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WatchSegment {
-    pub from: i64,
-    pub events: Vec<WatchEvent>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WatchStream {
-    pub node: String,
-    pub segments: Vec<WatchSegment>,
-}
-
-/// Every `/jepsen` file of one node at one rev, read after the faults.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Final {
-    pub node: String,
-    pub rev: i64,
-    pub files: Vec<(String, i64, Vec<u8>)>,
-}
-
-/// What the checker said: one line per anomaly, and its statistics.
+/// What the checkers said: one line per anomaly, and the report.
 pub struct Judgement {
+    /// `doozer::lincheck`'s anomalies, then the cross-check's.
     pub anomalies: Vec<String>,
+    pub lincheck: usize,
+    pub precheck: usize,
+    /// A search ran out of budget (neither pass nor proof).
+    pub inconclusive: bool,
     pub report: String,
 }
 
@@ -94,8 +31,49 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Converts the record into the checker's history and runs it.
+/// Runs `doozer::lincheck` and the cross-check on the record.
 pub fn judge(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Judgement {
+    let report = lincheck::check(ops, watches, finals);
+    let inconclusive = report
+        .anomalies
+        .iter()
+        .any(|a| matches!(a, lincheck::Anomaly::Inconclusive { .. }));
+    let mut lines: Vec<String> = if report.details.len() == report.anomalies.len() {
+        report.details.clone()
+    } else {
+        report.anomalies.iter().map(|a| format!("{a:?}")).collect()
+    };
+    let pre = precheck(ops, watches, finals);
+    let (lincheck_n, precheck_n) = (lines.len(), pre.len());
+    lines.extend(pre.into_iter().map(|a| format!("precheck: {a}")));
+    let mut text = format!("lincheck: {}\n", report.detailed());
+    let _ = writeln!(
+        text,
+        "precheck: {precheck_n} anomalies (op ids {} and up: DELs known only from the watch streams, by rev)",
+        ops.len()
+    );
+    let by_id: HashMap<usize, &Op> = ops.iter().map(|o| (o.id, o)).collect();
+    for a in &lines[lincheck_n..] {
+        let _ = writeln!(text, "{a}");
+        for id in referenced_ops(a) {
+            if let Some(op) = by_id.get(&id) {
+                let _ = write!(text, "    {}", format_ops(std::slice::from_ref(op)));
+            }
+        }
+    }
+    Judgement {
+        anomalies: lines,
+        lincheck: lincheck_n,
+        precheck: precheck_n,
+        inconclusive,
+        report: text,
+    }
+}
+
+/// The cross-check: `precheck::check` on the ops (with the revs the watch
+/// streams give DELs and writes of unknown outcome), plus divergence of the
+/// finals and order and gaps of the watch streams.
+fn precheck(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Vec<String> {
     // What the WAIT streams saw: the rev of every SET body, every DEL.
     let mut set_seen: HashMap<(&str, &[u8]), i64> = HashMap::new();
     let mut del_seen: BTreeMap<i64, &str> = BTreeMap::new();
@@ -110,7 +88,7 @@ pub fn judge(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Judgement
         }
     }
     let mut anomalies: Vec<String> = Vec::new();
-    let mut history: Vec<lincheck::Op> = Vec::with_capacity(ops.len() + del_seen.len());
+    let mut history: Vec<precheck::Op> = Vec::with_capacity(ops.len() + del_seen.len());
     for op in ops {
         let mut converted = to_checker(op);
         if let OpKind::Set {
@@ -121,11 +99,11 @@ pub fn judge(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Judgement
             match (outcome, seen) {
                 // A write of unknown outcome that a watcher saw: its rev.
                 (Outcome::Unknown, Some(rev)) => {
-                    if let lincheck::OpKind::Write { rev: r, .. } = &mut converted.kind {
+                    if let precheck::OpKind::Write { rev: r, .. } = &mut converted.kind {
                         *r = Some(*rev);
                     }
                 }
-                (Outcome::Refused, Some(rev)) => anomalies.push(format!(
+                (Outcome::Refused | Outcome::Mismatch, Some(rev)) => anomalies.push(format!(
                     "RefusedButApplied: op {} (SET {key} refused) seen by a watcher at rev {rev}",
                     op.id
                 )),
@@ -142,11 +120,11 @@ pub fn judge(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Judgement
     // write known only by its rev (no real-time bound), numbered after the
     // history's ops.
     for (n, (rev, key)) in del_seen.iter().enumerate() {
-        history.push(lincheck::Op {
+        history.push(precheck::Op {
             id: ops.len() + n,
             invoked: 0,
             completed: None,
-            kind: lincheck::OpKind::Write {
+            kind: precheck::OpKind::Write {
                 key: key.to_string(),
                 body: None,
                 rev: Some(*rev),
@@ -171,7 +149,7 @@ pub fn judge(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Judgement
         }
     }
     anomalies.extend(
-        lincheck::check(&history)
+        precheck::check(&history)
             .iter()
             .map(|a| format!("{a:?}")),
     );
@@ -179,63 +157,35 @@ pub fn judge(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Judgement
     // two simplest checks on them run here: no divergence, no reordering.
     anomalies.extend(check_finals(finals));
     anomalies.extend(check_watches(ops, watches));
-    let mut report = String::new();
-    let _ = writeln!(
-        report,
-        "ops={} watch_streams={} events={} finals={} anomalies={}",
-        ops.len(),
-        watches.len(),
-        watches
-            .iter()
-            .flat_map(|w| &w.segments)
-            .map(|s| s.events.len())
-            .sum::<usize>(),
-        finals.len(),
-        anomalies.len()
-    );
-    let _ = writeln!(
-        report,
-        "(op ids {} and up: DELs known only from the watch streams, by rev)",
-        ops.len()
-    );
-    let by_id: HashMap<usize, &Op> = ops.iter().map(|o| (o.id, o)).collect();
-    for a in &anomalies {
-        let _ = writeln!(report, "{a}");
-        for id in referenced_ops(a) {
-            if let Some(op) = by_id.get(&id) {
-                let _ = write!(report, "    {}", format_ops(std::slice::from_ref(op)));
-            }
-        }
-    }
-    Judgement { anomalies, report }
+    anomalies
 }
 
-fn to_checker(op: &Op) -> lincheck::Op {
+fn to_checker(op: &Op) -> precheck::Op {
     let kind = match &op.kind {
         OpKind::Set {
             key, body, outcome, ..
-        } => lincheck::OpKind::Write {
+        } => precheck::OpKind::Write {
             key: key.clone(),
             body: Some(body.clone()),
             rev: match outcome {
                 Outcome::Ok(rev) => *rev,
                 _ => None,
             },
-            refused: *outcome == Outcome::Refused,
+            refused: matches!(outcome, Outcome::Refused | Outcome::Mismatch),
         },
-        OpKind::Del { key, outcome, .. } => lincheck::OpKind::Write {
+        OpKind::Del { key, outcome, .. } => precheck::OpKind::Write {
             key: key.clone(),
             body: None,
             rev: None,
-            refused: *outcome == Outcome::Refused,
+            refused: matches!(outcome, Outcome::Refused | Outcome::Mismatch),
         },
-        OpKind::Get { key, body, rev } => lincheck::OpKind::Read {
+        OpKind::Get { key, body, rev } => precheck::OpKind::Read {
             key: key.clone(),
             body: body.clone(),
             rev: *rev,
         },
     };
-    lincheck::Op {
+    precheck::Op {
         id: op.id,
         invoked: op.invoked,
         completed: op.completed,

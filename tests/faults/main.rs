@@ -17,6 +17,7 @@
 mod cluster;
 mod history;
 mod nemesis;
+mod precheck;
 mod rng;
 mod run;
 mod workload;

@@ -172,7 +172,7 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
         OpKind::Get { .. } => None,
     };
     let ok = count(&|o| matches!(outcome_of(o), Some(O::Ok(_))));
-    let refused = count(&|o| outcome_of(o) == Some(O::Refused));
+    let refused = count(&|o| matches!(outcome_of(o), Some(O::Refused | O::Mismatch)));
     let unknown = count(&|o| outcome_of(o) == Some(O::Unknown));
     let reads = count(&|o| matches!(o.kind, OpKind::Get { .. }));
     let events: usize = record
@@ -184,17 +184,20 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
     let (verdict, why) = match &final_phase {
         Err(e) if e.starts_with("HARNESS") => ("HARNESS", e.clone()),
         Err(e) => ("UNHEALED", e.clone()),
+        Ok(_) if judgement.inconclusive => ("INCONCLUSIVE", String::new()),
         Ok(_) if !judgement.anomalies.is_empty() => ("FAIL", String::new()),
         Ok(_) => ("PASS", String::new()),
     };
     let mut line = format!(
-        "faults nemesis={} seed={} secs={} ops={} ok={ok} refused={refused} unknown={unknown} reads={reads} events={events} ops/s={:.0} anomalies={} verdict={verdict} ({check_secs:.2} s check)",
+        "faults nemesis={} seed={} secs={} ops={} ok={ok} refused={refused} unknown={unknown} reads={reads} events={events} ops/s={:.0} anomalies={} (lincheck={} precheck={}) verdict={verdict} ({check_secs:.2} s check)",
         spec.nemesis,
         spec.seed,
         spec.secs,
         record.ops.len(),
         record.ops.len() as f64 / ops_secs.max(0.001),
         judgement.anomalies.len(),
+        judgement.lincheck,
+        judgement.precheck,
     );
     if !why.is_empty() {
         line.push_str(&format!(" [{why}]"));

@@ -57,11 +57,13 @@ impl Shared {
     }
 }
 
-/// A refusal means "not applied"; anything else unclear is `Unknown`.
+/// A refusal means "not applied" (REV_MISMATCH: refused by its check);
+/// anything else unclear is `Unknown`.
 fn classify(e: &Error) -> Outcome {
     match e {
         Error::Reply(r) => match r.code {
-            ErrCode::RevMismatch | ErrCode::Readonly | ErrCode::NoEnt => Outcome::Refused,
+            ErrCode::RevMismatch => Outcome::Mismatch,
+            ErrCode::Readonly | ErrCode::NoEnt => Outcome::Refused,
             ErrCode::Other => {
                 let d = r.detail.as_deref().unwrap_or("");
                 if d == "busy" || d.starts_with("too many") {
@@ -145,7 +147,7 @@ pub async fn worker(shared: Arc<Shared>, client: usize, slot: usize, seed: u64) 
                 Ok(Err(e)) => {
                     cut = e.is_connection_error();
                     let o = classify(&e);
-                    (o.clone(), (o == Outcome::Refused).then(|| shared.now()))
+                    (o.clone(), (o != Outcome::Unknown).then(|| shared.now()))
                 }
                 Err(_) => {
                     cut = true;
@@ -180,7 +182,7 @@ pub async fn worker(shared: Arc<Shared>, client: usize, slot: usize, seed: u64) 
                 Ok(Err(e)) => {
                     cut = e.is_connection_error();
                     let o = classify(&e);
-                    (o.clone(), (o == Outcome::Refused).then(|| shared.now()))
+                    (o.clone(), (o != Outcome::Unknown).then(|| shared.now()))
                 }
                 Err(_) => {
                     cut = true;

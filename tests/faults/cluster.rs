@@ -254,7 +254,11 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .map_err(|e| format!("{}: {e}", node.log.display()))?;
-        let _ = writeln!(log, "===== fault suite: start {} {:?}", node.name, node.args);
+        let _ = writeln!(
+            log,
+            "===== fault suite: start {} {:?}",
+            node.name, node.args
+        );
         let mut cmd = Command::new(ip_bin());
         cmd.args(["netns", "exec", &node.ns, env!("CARGO_BIN_EXE_doozerd")])
             .args(&node.args);
@@ -267,7 +271,9 @@ impl Cluster {
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
         // `ip netns exec` execs doozerd in place: the child's PID is the node's.
-        let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", node.name))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", node.name))?;
         node.child = Some(child);
         node.paused = false;
         Ok(())

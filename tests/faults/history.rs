@@ -77,7 +77,11 @@ fn precheck(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Vec<String
     // What the WAIT streams saw: the rev of every SET body, every DEL.
     let mut set_seen: HashMap<(&str, &[u8]), i64> = HashMap::new();
     let mut del_seen: BTreeMap<i64, &str> = BTreeMap::new();
-    for ev in watches.iter().flat_map(|w| &w.segments).flat_map(|s| &s.events) {
+    for ev in watches
+        .iter()
+        .flat_map(|w| &w.segments)
+        .flat_map(|s| &s.events)
+    {
         match &ev.body {
             Some(b) => {
                 set_seen.insert((ev.key.as_str(), b.as_slice()), ev.rev);
@@ -148,11 +152,7 @@ fn precheck(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Vec<String
             ));
         }
     }
-    anomalies.extend(
-        precheck::check(&history)
-            .iter()
-            .map(|a| format!("{a:?}")),
-    );
+    anomalies.extend(precheck::check(&history).iter().map(|a| format!("{a:?}")));
     // Until the checker reads the watch streams and the finals itself, the
     // two simplest checks on them run here: no divergence, no reordering.
     anomalies.extend(check_finals(finals));
@@ -339,7 +339,15 @@ pub fn format_finals(finals: &[Final]) -> String {
 /// The op ids an anomaly's text names (`read: 12`, `newer: 7`, `op 3`, …).
 fn referenced_ops(anomaly: &str) -> Vec<usize> {
     let mut ids = Vec::new();
-    for label in ["read: ", "newer: ", "write: ", "earlier: ", "later: ", "ops: (", "op "] {
+    for label in [
+        "read: ",
+        "newer: ",
+        "write: ",
+        "earlier: ",
+        "later: ",
+        "ops: (",
+        "op ",
+    ] {
         for (at, _) in anomaly.match_indices(label) {
             let rest = &anomaly[at + label.len()..];
             let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();

@@ -153,6 +153,91 @@ fn schedules_are_seeded() {
         let a = format!("{:?}", nemesis::schedule(n, 7, 60));
         assert_eq!(a, format!("{:?}", nemesis::schedule(n, 7, 60)));
         assert_ne!(a, format!("{:?}", nemesis::schedule(n, 8, 60)), "{n}");
-        assert!(!nemesis::schedule(n, 7, 30).is_empty(), "{n}: no fault in 30 s");
+        assert!(
+            !nemesis::schedule(n, 7, 30).is_empty(),
+            "{n}: no fault in 30 s"
+        );
     }
+}
+
+/// The judging path on a planted history, no processes: a read that missed
+/// a write acknowledged before it began is caught; a read of "absent" after
+/// a DEL the watchers saw at its rev is not (a DEL's reply has no rev).
+#[test]
+fn judge_catches_a_planted_stale_read_and_places_dels_by_the_watch() {
+    use history::{Op, OpKind, Outcome, WatchEvent, WatchSegment, WatchStream};
+    let set = |id, t: (u64, u64), body: &str, rev| Op {
+        id,
+        client: id,
+        invoked: t.0,
+        completed: Some(t.1),
+        kind: OpKind::Set {
+            key: "/jepsen/k0".into(),
+            body: body.as_bytes().to_vec(),
+            check: -1,
+            outcome: Outcome::Ok(Some(rev)),
+        },
+    };
+    let get = |id, t: (u64, u64), body: &str, rev| Op {
+        id,
+        client: id,
+        invoked: t.0,
+        completed: Some(t.1),
+        kind: OpKind::Get {
+            key: "/jepsen/k0".into(),
+            body: body.as_bytes().to_vec(),
+            rev,
+        },
+    };
+    let del = Op {
+        id: 2,
+        client: 2,
+        invoked: 25,
+        completed: Some(30),
+        kind: OpKind::Del {
+            key: "/jepsen/k0".into(),
+            check: -1,
+            outcome: Outcome::Ok(None),
+        },
+    };
+    let event = |rev, body: Option<&str>| WatchEvent {
+        rev,
+        key: "/jepsen/k0".into(),
+        body: body.map(|b| b.as_bytes().to_vec()),
+    };
+    let watch = vec![WatchStream {
+        node: "n1".into(),
+        segments: vec![WatchSegment {
+            from: 1,
+            events: vec![event(5, Some("a")), event(6, Some("b")), event(7, None)],
+        }],
+    }];
+    let good = vec![
+        set(0, (0, 10), "a", 5),
+        set(1, (11, 20), "b", 6),
+        del.clone(),
+        get(3, (31, 40), "", 0),
+    ];
+    let j = history::judge(&good, &watch, &[]);
+    assert_eq!(j.precheck, 0, "{}", j.report);
+    // Planted: after "b" was acknowledged, a read still sees "a".
+    let stale = vec![
+        set(0, (0, 10), "a", 5),
+        set(1, (11, 20), "b", 6),
+        del,
+        get(3, (21, 24), "a", 5),
+    ];
+    let j = history::judge(&stale, &watch, &[]);
+    assert_eq!(j.precheck, 1, "{}", j.report);
+    assert!(j.report.contains("StaleRead"), "{}", j.report);
+    // A watcher that skipped the acknowledged write at rev 6.
+    let skipping = vec![WatchStream {
+        node: "n2".into(),
+        segments: vec![WatchSegment {
+            from: 1,
+            events: vec![event(5, Some("a")), event(7, None)],
+        }],
+    }];
+    let j = history::judge(&good, &skipping, &[]);
+    assert!(j.report.contains("WatchSkipped"), "{}", j.report);
 }

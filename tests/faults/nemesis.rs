@@ -33,13 +33,26 @@ pub enum Partition {
 
 #[derive(Clone, Debug)]
 pub enum Fault {
-    Kill { target: Target, down_ms: u64 },
-    Pause { target: Target, ms: u64 },
-    Partition { kind: Partition, ms: u64 },
+    Kill {
+        target: Target,
+        down_ms: u64,
+    },
+    Pause {
+        target: Target,
+        ms: u64,
+    },
+    Partition {
+        kind: Partition,
+        ms: u64,
+    },
     /// A member killed for good; once the slave took its slot, a new node
     /// attaches (fresh data dir) and becomes the slave.
-    Churn { target: Target },
-    RestartAll { down_ms: u64 },
+    Churn {
+        target: Target,
+    },
+    RestartAll {
+        down_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -224,7 +237,11 @@ fn run_fault(cluster: &mut Cluster, shared: &Arc<Shared>, fault: &Fault) -> Resu
                     let (a, b) = split_of(&live, *seed, *minority);
                     cluster.split(&a, &b)?;
                     std::thread::sleep(Duration::from_millis(*ms));
-                    format!("split {} | {} for {ms} ms", names(cluster, &a), names(cluster, &b))
+                    format!(
+                        "split {} | {} for {ms} ms",
+                        names(cluster, &a),
+                        names(cluster, &b)
+                    )
                 }
                 Partition::OneWay { from, to } => {
                     let f = live[from % live.len()];
@@ -329,7 +346,10 @@ fn churn(cluster: &mut Cluster, shared: &Arc<Shared>, target: &Target) -> Result
     cluster.kill9(v);
     cluster.nodes[v].retired = true;
     let t0 = Instant::now();
-    let probe = cluster.live().into_iter().find(|&i| cluster.nodes[i].is_up());
+    let probe = cluster
+        .live()
+        .into_iter()
+        .find(|&i| cluster.nodes[i].is_up());
     let Some(p) = probe else {
         return Err("churn: no node left up".into());
     };
@@ -358,7 +378,11 @@ fn churn(cluster: &mut Cluster, shared: &Arc<Shared>, target: &Target) -> Result
     Ok(format!(
         "churn: {} killed for good ({}), slot refilled: {}; {} attached: {}",
         cluster.nodes[v].name,
-        if matches!(target, Target::Leader) { "leader" } else { "member" },
+        if matches!(target, Target::Leader) {
+            "leader"
+        } else {
+            "member"
+        },
         match &removed {
             Ok(()) => format!("yes after {:.1} s", t0.elapsed().as_secs_f64()),
             Err(e) => format!("NO ({e})"),

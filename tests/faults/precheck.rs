@@ -285,4 +285,3 @@ pub fn check(history: &[Op]) -> Vec<Anomaly> {
     }
     anomalies
 }
-

@@ -12,7 +12,8 @@ impl Rng {
 
     /// A generator for a sub-purpose (a worker, the nemesis) of one seed.
     pub fn fork(seed: u64, stream: u64) -> Rng {
-        let mut r = Rng::new(seed.wrapping_mul(0x1000_0000_01b3) ^ stream.wrapping_mul(0xff51_afd7));
+        let mut r =
+            Rng::new(seed.wrapping_mul(0x1000_0000_01b3) ^ stream.wrapping_mul(0xff51_afd7));
         r.next_u64();
         r
     }

@@ -215,13 +215,20 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
 /// After healing: a final write every live node must reach; then GET every
 /// key on every live node (recorded) and each node's `/jepsen` files at the
 /// final write's rev. `Err` means the cluster did not heal.
-fn final_phase(cluster: &Cluster, shared: &Arc<Shared>, ops: &mut Vec<Op>) -> Result<Vec<Final>, String> {
+fn final_phase(
+    cluster: &Cluster,
+    shared: &Arc<Shared>,
+    ops: &mut Vec<Op>,
+) -> Result<Vec<Final>, String> {
     let live: Vec<usize> = cluster.live();
     let mut turn = 0usize;
     let rev = wait_until("a final write", HEAL_LIMIT, || {
         turn += 1;
         let addr = &cluster.nodes[live[turn % live.len()]].addr;
-        call(addr, |c| async move { c.set("/fault-final", -1, b"done").await })
+        call(
+            addr,
+            |c| async move { c.set("/fault-final", -1, b"done").await },
+        )
     })?;
     for &i in &live {
         let addr = cluster.nodes[i].addr.clone();

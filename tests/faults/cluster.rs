@@ -30,6 +30,9 @@ const PEER_SECRET: &str = "fault-suite-peer-key";
 /// Most nodes one run creates (3 members, a slave, and churn's newcomers):
 /// bounds addresses and processes.
 pub const MAX_NODES: usize = 40;
+/// Times a node that failed to attach while the cluster forms is started
+/// again (a loaded machine can leave the seed silent past doozerd's 3 s).
+const ATTACH_RETRIES: usize = 3;
 
 /// The `ip` binary (root's PATH may lack /usr/sbin in a test runner).
 pub fn ip_bin() -> &'static str {
@@ -361,10 +364,19 @@ impl Cluster {
         }
         for i in 0..4 {
             let addr = self.nodes[i].addr.clone();
+            let mut restarts = 0;
             wait_until(
                 &format!("{} to register", self.nodes[i].name),
-                Duration::from_secs(20),
+                Duration::from_secs(30),
                 || {
+                    // An attach that found the seed silent (a busy machine:
+                    // it gives up after 3 s) exits; start it again.
+                    if self.exited(i) && restarts < ATTACH_RETRIES {
+                        restarts += 1;
+                        self.nodes[i].child = None;
+                        self.start(i)?;
+                        return Err("restarted after a failed attach".into());
+                    }
                     let id = call(&addr, |c| async move { c.self_id().await })?;
                     let id = String::from_utf8_lossy(&id).into_owned();
                     let (body, _) = call(&seed_addr, |c| {
@@ -388,6 +400,15 @@ impl Cluster {
                 .ok_or_else(|| format!("/ctl/cal {cal:?}"))
         })?;
         Ok(())
+    }
+
+    /// Whether node `i`'s process has ended (reaped if so).
+    pub fn exited(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => true,
+            Some(Ok(None)) => false,
+            Some(Err(_)) | None => false,
+        }
     }
 
     /// The leader's node index, asked of the first node that answers.

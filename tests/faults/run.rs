@@ -122,10 +122,17 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
     let ops_secs = start.elapsed().as_secs_f64();
 
     // Heal: SIGCONT, flush rules, restart the dead (not the retired).
+    // A node whose process ended on its own (not by the nemesis) is noted
+    // and started again.
+    let mut exits = Vec::new();
     let heal = (|| -> Result<(), String> {
         for i in cluster.live() {
             if cluster.nodes[i].paused {
                 cluster.signal(i, false);
+            }
+            if cluster.exited(i) {
+                exits.push(cluster.nodes[i].name.clone());
+                cluster.nodes[i].child = None;
             }
             if !cluster.nodes[i].is_up() {
                 cluster.start(i)?;
@@ -133,6 +140,15 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
         }
         cluster.heal()
     })();
+    if !exits.is_empty() {
+        nemesis_log.push(format!("exited on their own: {exits:?}"));
+    }
+    let panicked: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| std::fs::read_to_string(&n.log).is_ok_and(|l| l.contains("panicked at")))
+        .map(|n| n.name.clone())
+        .collect();
     let final_phase = nemesis_result
         .and(heal)
         .map_err(|e| format!("HARNESS: {e}"))
@@ -184,6 +200,7 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
     let (verdict, why) = match &final_phase {
         Err(e) if e.starts_with("HARNESS") => ("HARNESS", e.clone()),
         Err(e) => ("UNHEALED", e.clone()),
+        Ok(_) if !panicked.is_empty() => ("FAIL", format!("doozerd panicked: {panicked:?}")),
         Ok(_) if judgement.inconclusive => ("INCONCLUSIVE", String::new()),
         Ok(_) if !judgement.anomalies.is_empty() => ("FAIL", String::new()),
         Ok(_) => ("PASS", String::new()),
@@ -199,6 +216,9 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
         judgement.lincheck,
         judgement.precheck,
     );
+    if !exits.is_empty() {
+        line.push_str(&format!(" exited={}", exits.join(",")));
+    }
     if !why.is_empty() {
         line.push_str(&format!(" [{why}]"));
     }

@@ -263,13 +263,25 @@ pub async fn watcher(shared: Arc<Shared>, slot: usize) -> Vec<WatchStream> {
             Err(e) if e.code() == Some(ErrCode::TooLate) => {
                 // History this old is gone on this node: a new segment
                 // from its current rev.
+                // (A node that joined by snapshot keeps no history before
+                // it, not even of its current rev: start just after.)
                 match timeout(OP_TIMEOUT, c.rev()).await {
                     Ok(Ok(rev)) => {
-                        next = rev;
-                        stream.segments.push(WatchSegment {
-                            from: rev,
-                            events: Vec::new(),
-                        });
+                        let seg = stream.segments.last_mut().unwrap();
+                        if seg.events.is_empty() {
+                            // Nothing seen yet: move the start, don't pile
+                            // up empty segments while the node catches up.
+                            if seg.from == rev + 1 {
+                                async_std::task::sleep(RETRY).await;
+                            }
+                            seg.from = rev + 1;
+                        } else {
+                            stream.segments.push(WatchSegment {
+                                from: rev + 1,
+                                events: Vec::new(),
+                            });
+                        }
+                        next = rev + 1;
                     }
                     _ => {
                         c.close();

@@ -5,7 +5,16 @@
 //!
 //! (Work in progress: the API below is stable; the checks are being built.)
 
+use std::collections::HashMap;
 use std::fmt;
+
+mod analysis;
+mod search;
+#[cfg(test)]
+mod tests;
+
+pub use analysis::MAX_RELAXATIONS;
+pub use search::{MAX_END_STATES, MAX_FLOATING, SEARCH_BUDGET_BYTES};
 
 /// When something happened: nanoseconds since the run began, one clock for
 /// all clients (so times of different clients compare).
@@ -188,6 +197,13 @@ pub enum Anomaly {
     /// key's rev could have been above the check (or a clobber, which never
     /// mismatches).
     UnexplainedRefusal { op: usize },
+    /// A write answered as refused (REV_MISMATCH, READONLY, busy) whose body
+    /// was seen at `rev` (by `witness`): it took effect after all.
+    RefusedButApplied {
+        op: usize,
+        rev: i64,
+        witness: Witness,
+    },
     /// An acknowledged conditional write whose check must have failed at
     /// every instant it could have taken effect.
     CheckShouldHaveFailed { op: usize },
@@ -305,6 +321,26 @@ impl fmt::Display for Detailed<'_> {
 
 /// Every anomaly in the history `ops`, the watch streams and the finals.
 pub fn check(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Report {
+    check_with(ops, watches, finals, Limits::default())
+}
+
+/// The checker's bounds (see [`SEARCH_BUDGET_BYTES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The per-key search budget in bytes.
+    pub search_budget_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            search_budget_bytes: SEARCH_BUDGET_BYTES,
+        }
+    }
+}
+
+/// [`check`] with other bounds.
+pub fn check_with(ops: &[Op], watches: &[WatchStream], finals: &[Final], limits: Limits) -> Report {
     let mut stats = Stats::default();
     for op in ops {
         let outcome = match &op.kind {
@@ -334,9 +370,262 @@ pub fn check(ops: &[Op], watches: &[WatchStream], finals: &[Final]) -> Report {
         stats.events += w.segments.iter().map(|s| s.events.len()).sum::<usize>();
     }
     stats.finals = finals.len();
+    let anomalies = analysis::run(ops, watches, finals, &mut stats, limits.search_budget_bytes);
+    let render = Render {
+        by_id: ops.iter().map(|op| (op.id, op)).collect(),
+        watches,
+        finals,
+    };
+    let details = anomalies.iter().map(|a| render.anomaly(a)).collect();
     Report {
-        anomalies: Vec::new(),
+        anomalies,
         stats,
-        details: Vec::new(),
+        details,
+    }
+}
+
+/// Renders anomalies with the ops, events and finals they name.
+struct Render<'a> {
+    by_id: HashMap<usize, &'a Op>,
+    watches: &'a [WatchStream],
+    finals: &'a [Final],
+}
+
+/// At most this many bytes of a body or key are shown in a message.
+const SHOWN_BYTES: usize = 48;
+
+fn shown(bytes: &[u8]) -> String {
+    let cut = &bytes[..bytes.len().min(SHOWN_BYTES)];
+    let text = String::from_utf8_lossy(cut);
+    if bytes.len() > SHOWN_BYTES {
+        format!("{text:?}...")
+    } else {
+        format!("{text:?}")
+    }
+}
+
+fn secs(t: Time) -> String {
+    format!("{:.3}s", t as f64 / 1e9)
+}
+
+impl Render<'_> {
+    fn op(&self, id: usize) -> String {
+        let Some(op) = self.by_id.get(&id) else {
+            return format!("op {id} (not in the history)");
+        };
+        let done = op.completed.map_or("no answer".to_string(), secs);
+        let what = match &op.kind {
+            OpKind::Set {
+                key,
+                body,
+                check,
+                outcome,
+            } => format!(
+                "SET {} {} check {check} -> {}",
+                shown(key.as_bytes()),
+                shown(body),
+                outcome_text(outcome)
+            ),
+            OpKind::Del {
+                key,
+                check,
+                outcome,
+            } => format!(
+                "DEL {} check {check} -> {}",
+                shown(key.as_bytes()),
+                outcome_text(outcome)
+            ),
+            OpKind::Get { key, body, rev } => {
+                format!("GET {} -> {} rev {rev}", shown(key.as_bytes()), shown(body))
+            }
+        };
+        format!(
+            "op {id} [client {}, {} .. {}] {what}",
+            op.client,
+            secs(op.invoked),
+            done
+        )
+    }
+
+    fn witness(&self, w: Witness) -> String {
+        match w {
+            Witness::Op(id) => self.op(id),
+            Witness::Watch {
+                stream,
+                segment,
+                event,
+            } => {
+                let node = self.watches.get(stream).map_or("?", |s| s.node.as_str());
+                let ev = self
+                    .watches
+                    .get(stream)
+                    .and_then(|s| s.segments.get(segment))
+                    .and_then(|g| g.events.get(event));
+                match ev {
+                    Some(e) => format!(
+                        "watch stream {stream} (node {node}) segment {segment} event {event}: \
+                         rev {} {} {}",
+                        e.rev,
+                        shown(e.key.as_bytes()),
+                        e.body.as_deref().map_or("DEL".to_string(), shown)
+                    ),
+                    None => format!(
+                        "watch stream {stream} (node {node}) segment {segment} (past its end)"
+                    ),
+                }
+            }
+            Witness::Final { index } => match self.finals.get(index) {
+                Some(f) => format!("final {index} (node {}, at rev {})", f.node, f.rev),
+                None => format!("final {index}"),
+            },
+        }
+    }
+
+    fn anomaly(&self, a: &Anomaly) -> String {
+        match a {
+            Anomaly::SharedRev { rev, a, b } => format!(
+                "shared rev {rev}: {} and {}",
+                self.witness(*a),
+                self.witness(*b)
+            ),
+            Anomaly::Divergence { rev, a, b } => format!(
+                "divergence at rev {rev}: {} against {}",
+                self.witness(*a),
+                self.witness(*b)
+            ),
+            Anomaly::AppliedTwice { key, revs, a, b } => format!(
+                "applied twice: {} at rev {} ({}) and at rev {} ({})",
+                shown(key.as_bytes()),
+                revs.0,
+                self.witness(*a),
+                revs.1,
+                self.witness(*b)
+            ),
+            Anomaly::WritesOutOfOrder { earlier, later } => format!(
+                "writes out of order: {} was acknowledged before {} began, yet has the higher rev",
+                self.op(*earlier),
+                self.op(*later)
+            ),
+            Anomaly::StaleRead {
+                read,
+                rev,
+                newer,
+                newer_rev,
+            } => format!(
+                "stale read: {} saw rev {rev}, but rev {newer_rev} ({}) wrote the key before it began",
+                self.op(*read),
+                newer.map_or("known from a stream or a final".to_string(), |n| self.op(n))
+            ),
+            Anomaly::FutureRead { read, write } => format!(
+                "future read: {} saw {}, invoked after the read ended",
+                self.op(*read),
+                self.op(*write)
+            ),
+            Anomaly::PhantomRead { read, rev } => format!(
+                "phantom read: {} saw rev {rev}, which no write of that key and body has",
+                self.op(*read)
+            ),
+            Anomaly::LostWrite { op, rev, evidence } => format!(
+                "lost write: {}{} is missing from {}",
+                self.op(*op),
+                rev.map_or(String::new(), |r| format!(" (rev {r})")),
+                self.witness(*evidence)
+            ),
+            Anomaly::FinalMismatch {
+                index,
+                key,
+                expected,
+                known,
+            } => format!(
+                "final mismatch: {} should show {} as {} ({})",
+                self.witness(Witness::Final { index: *index }),
+                shown(key.as_bytes()),
+                expected.as_ref().map_or("absent".to_string(), |(r, b)| format!(
+                    "{} at rev {r}",
+                    shown(b)
+                )),
+                self.witness(*known)
+            ),
+            Anomaly::WatchReordered {
+                stream,
+                segment,
+                event,
+                rev,
+                previous,
+            } => format!(
+                "watch reordered: rev {rev} comes after rev {previous}: {}",
+                self.witness(Witness::Watch {
+                    stream: *stream,
+                    segment: *segment,
+                    event: *event
+                })
+            ),
+            Anomaly::WatchSkipped {
+                stream,
+                segment,
+                rev,
+                known,
+            } => format!(
+                "watch skipped: stream {stream} (node {}) segment {segment} covers rev {rev} but \
+                 lacks {}",
+                self.watches.get(*stream).map_or("?", |s| s.node.as_str()),
+                self.witness(*known)
+            ),
+            Anomaly::RefusedButApplied { op, rev, witness } => format!(
+                "refused but applied: {} shows at rev {rev} in {}",
+                self.op(*op),
+                self.witness(*witness)
+            ),
+            Anomaly::UnexplainedRefusal { op } => format!(
+                "unexplained refusal: {} could not have failed its check at any point",
+                self.op(*op)
+            ),
+            Anomaly::CheckShouldHaveFailed { op } => format!(
+                "check should have failed: {} succeeded, though its check fails wherever it \
+                 could take effect",
+                self.op(*op)
+            ),
+            Anomaly::NotLinearizable {
+                key,
+                from,
+                to,
+                ops,
+                stuck,
+                longest,
+            } => {
+                let stuck: Vec<String> = stuck.iter().map(|&id| self.op(id)).collect();
+                format!(
+                    "not linearizable: key {} from {} to {} ({} ops: {:?}); the longest \
+                     linearizable prefix places {longest}, then none of these fits: {}",
+                    shown(key.as_bytes()),
+                    secs(*from),
+                    secs(*to),
+                    ops.len(),
+                    ops,
+                    stuck.join("; ")
+                )
+            }
+            Anomaly::Inconclusive {
+                key,
+                from,
+                ops,
+                explored,
+            } => format!(
+                "inconclusive: key {} from {}: the search ran out of budget on a chunk of {ops} \
+                 ops after {explored} states",
+                shown(key.as_bytes()),
+                secs(*from)
+            ),
+        }
+    }
+}
+
+fn outcome_text(o: &Outcome) -> String {
+    match o {
+        Outcome::Ok(Some(rev)) => format!("ok rev {rev}"),
+        Outcome::Ok(None) => "ok".to_string(),
+        Outcome::Refused => "refused".to_string(),
+        Outcome::Unknown => "unknown".to_string(),
+        Outcome::Mismatch => "REV_MISMATCH".to_string(),
     }
 }

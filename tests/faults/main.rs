@@ -10,9 +10,14 @@
 //! runs at once); `faults_long` (ignored) reads `FAULT_SEEDS` (`3` = seeds
 //! 1..=3, or a list `4,9`), `FAULT_SECS`, `FAULT_NEMESES` (comma list),
 //! `FAULT_PARALLEL` (runs at once) and `FAULT_DOOZERD_ARGS` (extra flags for
-//! every node); `scripts/fault-suite.sh` runs it. Each run prints one line;
-//! a failing one saves its history, watch streams, report and node logs under
-//! `target/faults/<nemesis>-seed<S>/`.
+//! every node); `scripts/fault-suite.sh` runs it. Each run prints one line
+//! (`anomalies=` lincheck's count, `precheck=` the cross-check's, see
+//! `precheck.rs`; either non-zero fails the run); a failing one saves its
+//! history, watch streams, report and node logs under
+//! `target/faults/<nemesis>-seed<S>/`. Verdicts: PASS, FAIL (an anomaly,
+//! or a doozerd panic), INCONCLUSIVE (the checker's search ran out of
+//! budget), UNHEALED (the cluster did not come back within 60 s of the
+//! faults' end), HARNESS (the suite itself failed: no judgement on doozer).
 
 mod cluster;
 mod history;

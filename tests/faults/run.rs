@@ -206,13 +206,12 @@ fn run_in(spec: &Spec, work: &Path) -> Outcome {
         Ok(_) => ("PASS", String::new()),
     };
     let mut line = format!(
-        "faults nemesis={} seed={} secs={} ops={} ok={ok} refused={refused} unknown={unknown} reads={reads} events={events} ops/s={:.0} anomalies={} (lincheck={} precheck={}) verdict={verdict} ({check_secs:.2} s check)",
+        "faults nemesis={} seed={} secs={} ops={} ok={ok} refused={refused} unknown={unknown} reads={reads} events={events} ops/s={:.0} anomalies={} precheck={} verdict={verdict} ({check_secs:.2} s check)",
         spec.nemesis,
         spec.seed,
         spec.secs,
         record.ops.len(),
         record.ops.len() as f64 / ops_secs.max(0.001),
-        judgement.anomalies.len(),
         judgement.lincheck,
         judgement.precheck,
     );

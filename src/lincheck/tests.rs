@@ -861,12 +861,15 @@ fn generate(seed: u64, clients: usize, keys: usize, per_client: usize, lose: u32
 
 use std::collections::BTreeMap;
 
+/// An acknowledged SET: (rev, body, completion).
+type AckedSet<'a> = (i64, &'a [u8], Time);
+
 /// Turns one GET into a stale read: one that began after a newer write to
 /// its key than the one it saw was acknowledged. Returns its id.
 fn make_stale(g: &mut Generated, rng: &mut ChaCha8Rng) -> Option<usize> {
     let ops = &g.ops;
     // Acknowledged SETs per key by rev: (rev, body, completed).
-    let mut sets: BTreeMap<&str, Vec<(i64, &[u8], Time)>> = BTreeMap::new();
+    let mut sets: BTreeMap<&str, Vec<AckedSet<'_>>> = BTreeMap::new();
     for op in ops {
         if let OpKind::Set {
             key,
@@ -966,4 +969,61 @@ fn twenty_thousand_ops_check_in_bounded_time() {
     );
     assert!(report.passed(), "{}", report.detailed());
     assert!(report.stats.chunks > 100);
+}
+
+#[test]
+fn unknown_writes_seen_later_are_placed_by_their_rev() {
+    // Op 0's reply was lost; a stream saw it at rev 6. Rev 7 was
+    // acknowledged at 30, so op 0 took effect before 30: a read beginning
+    // after that must not see the older value.
+    let ops = vec![
+        set(1, (0, 5), "a", "old", -1, 5),
+        set_outcome(0, (10, 0), "a", "new", -1, Outcome::Unknown),
+        set(2, (20, 30), "b", "x", -1, 7),
+        get(3, (31, 40), "a", "old", 5),
+        get(4, (41, 50), "a", "new", 6),
+    ];
+    let watches = vec![stream(
+        "n1",
+        vec![(
+            1,
+            vec![
+                ev(5, "a", Some("old")),
+                ev(6, "a", Some("new")),
+                ev(7, "b", Some("x")),
+            ],
+        )],
+    )];
+    assert_eq!(
+        run(&ops, &watches, &[]).anomalies,
+        vec![Anomaly::StaleRead {
+            read: 3,
+            rev: 5,
+            newer: Some(0),
+            newer_rev: 6
+        }]
+    );
+    // Without the stale read: fine, and the read of rev 6 names it.
+    assert_eq!(
+        run(&[&ops[..3], &ops[4..]].concat(), &watches, &[]).anomalies,
+        vec![]
+    );
+    // Seen only by the later read (no stream): the search places it.
+    let ops = vec![
+        set(1, (0, 5), "a", "old", -1, 5),
+        set_outcome(0, (10, 0), "a", "new", -1, Outcome::Unknown),
+        get(3, (31, 40), "a", "old", 5),
+        get(4, (41, 50), "a", "new", 6),
+        get(5, (51, 60), "a", "old", 5),
+    ];
+    let found = run(&ops, &[], &[]).anomalies;
+    assert_eq!(
+        found,
+        vec![Anomaly::StaleRead {
+            read: 5,
+            rev: 5,
+            newer: Some(0),
+            newer_rev: 6
+        }]
+    );
 }

@@ -585,7 +585,8 @@ fn streams(cx: &mut Ctx<'_>) {
                 }
                 last = last.max(ev.rev);
             }
-            if seg.events.is_empty() {
+            if seg.events.is_empty() || seg.from > last {
+                // Nothing covered (events below `from` were reported).
                 continue;
             }
             let revs: HashSet<i64> = seg.events.iter().map(|e| e.rev).collect();

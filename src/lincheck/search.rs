@@ -144,7 +144,7 @@ impl State {
         match self.present {
             Present::Absent => (check < 0).then_some(self),
             _ => (self.hi > check).then_some(State {
-                lo: self.lo.max(check + 1),
+                lo: self.lo.max(check.saturating_add(1)),
                 ..self
             }),
         }

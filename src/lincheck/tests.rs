@@ -1027,3 +1027,103 @@ fn unknown_writes_seen_later_are_placed_by_their_rev() {
         }]
     );
 }
+
+#[test]
+fn garbage_input_gives_anomalies_not_panics() {
+    // Nonsense from a broken client or node: revs at the extremes, answers
+    // before questions, bodies at the wrong keys, checks at i64::MAX.
+    for seed in 0..200u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let extreme = [i64::MIN, -2, -1, 0, 1, 2, 3, i64::MAX - 1, i64::MAX];
+        let pick = |rng: &mut ChaCha8Rng| {
+            if rng.random_bool(0.3) {
+                extreme[rng.random_range(0..extreme.len())]
+            } else {
+                rng.random_range(0..12)
+            }
+        };
+        let mut ops = Vec::new();
+        for id in 0..40 {
+            let key = format!("k{}", rng.random_range(0..2));
+            let body = format!("b{}", rng.random_range(0..6)).into_bytes();
+            let invoked = rng.random_range(0..100);
+            let completed = match rng.random_range(0..4) {
+                0 => None,
+                1 => Some(rng.random_range(0..100)),
+                _ => Some(invoked + rng.random_range(0..20)),
+            };
+            let outcome = match rng.random_range(0..5) {
+                0 => Outcome::Ok(Some(pick(&mut rng))),
+                1 => Outcome::Ok(None),
+                2 => Outcome::Refused,
+                3 => Outcome::Unknown,
+                _ => Outcome::Mismatch,
+            };
+            let check = pick(&mut rng);
+            let kind = match rng.random_range(0..3) {
+                0 => OpKind::Set {
+                    key,
+                    body,
+                    check,
+                    outcome,
+                },
+                1 => OpKind::Del {
+                    key,
+                    check,
+                    outcome,
+                },
+                _ => OpKind::Get {
+                    key,
+                    body,
+                    rev: pick(&mut rng),
+                },
+            };
+            ops.push(Op {
+                id: id % 37,
+                client: rng.random_range(0..4),
+                invoked,
+                completed,
+                kind,
+            });
+        }
+        let events: Vec<WatchEvent> = (0..10)
+            .map(|_| WatchEvent {
+                rev: pick(&mut rng),
+                key: format!("k{}", rng.random_range(0..2)),
+                body: rng
+                    .random_bool(0.7)
+                    .then(|| format!("b{}", rng.random_range(0..6)).into_bytes()),
+            })
+            .collect();
+        let watches = vec![stream("n", vec![(pick(&mut rng), events)])];
+        let finals = vec![
+            fin("n1", pick(&mut rng), &[("k0", pick(&mut rng), "b1")]),
+            fin("n2", pick(&mut rng), &[("k1", pick(&mut rng), "b2")]),
+        ];
+        let report = check_with(
+            &ops,
+            &watches,
+            &finals,
+            Limits {
+                search_budget_bytes: 4 << 20,
+            },
+        );
+        assert_eq!(report.details.len(), report.anomalies.len());
+        let _ = report.detailed().to_string();
+    }
+}
+
+/// For measuring: `cargo test --release --lib lincheck::tests::fifty -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fifty_thousand_ops_for_the_record() {
+    let g = generate(11, 8, 5, 6250, 50);
+    let began = std::time::Instant::now();
+    let report = check(&g.ops, &g.watches, &g.finals);
+    println!(
+        "50k ops: {} in {:.2} s",
+        report,
+        began.elapsed().as_secs_f64()
+    );
+    assert!(report.passed(), "{}", report.detailed());
+}

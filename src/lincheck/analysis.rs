@@ -65,6 +65,9 @@ struct Ctx<'a> {
     /// (invocation, min rev among known writes invoked at or after it),
     /// sorted by invocation.
     ceil_list: Vec<(Time, i64)>,
+    /// Per key, its DELs that may have taken effect: (history index, rev
+    /// window lo, hi, acknowledged).
+    dels: HashMap<&'a str, Vec<(usize, i64, i64, bool)>>,
 }
 
 fn key_of(op: &Op) -> &str {
@@ -73,8 +76,10 @@ fn key_of(op: &Op) -> &str {
     }
 }
 
+/// When `op` ended (`Time::MAX`: never answered). A completion recorded
+/// before the invocation (a broken clock) counts as the invocation.
 fn done(op: &Op) -> Time {
-    op.completed.unwrap_or(Time::MAX)
+    op.completed.map_or(Time::MAX, |t| t.max(op.invoked))
 }
 
 impl<'a> Ctx<'a> {
@@ -123,29 +128,29 @@ impl<'a> Ctx<'a> {
     }
 
     /// The DELs of `key` that may have taken effect (acknowledged or of
-    /// unknown outcome), with their rev windows.
-    fn del_windows(&self, key: &str) -> Vec<(usize, i64, i64, bool)> {
-        self.ops
-            .iter()
-            .enumerate()
-            .filter_map(|(i, op)| match &op.kind {
-                OpKind::Del {
-                    key: k, outcome, ..
-                } if k == key => match outcome {
-                    Outcome::Ok(_) => {
-                        let (lo, hi) = self.window(op, true);
-                        Some((i, lo, hi, true))
-                    }
-                    Outcome::Unknown => {
-                        let (lo, hi) = self.window(op, false);
-                        Some((i, lo, hi, false))
-                    }
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
+    /// unknown outcome), with their rev windows and whether acknowledged.
+    fn del_windows(&self, key: &str) -> &[(usize, i64, i64, bool)] {
+        self.dels.get(key).map_or(&[], |v| v.as_slice())
     }
+}
+
+/// Fills [`Ctx::dels`] (after [`bounds`]).
+fn del_windows(cx: &mut Ctx<'_>) {
+    let mut dels: HashMap<&str, Vec<(usize, i64, i64, bool)>> = HashMap::new();
+    for (i, op) in cx.ops.iter().enumerate() {
+        if let OpKind::Del { key, outcome, .. } = &op.kind {
+            let acked = match outcome {
+                Outcome::Ok(_) => true,
+                Outcome::Unknown => false,
+                Outcome::Refused | Outcome::Mismatch => continue,
+            };
+            let (lo, hi) = cx.window(op, acked);
+            dels.entry(key.as_str())
+                .or_default()
+                .push((i, lo, hi, acked));
+        }
+    }
+    cx.dels = dels;
 }
 
 pub(super) fn run(
@@ -168,6 +173,7 @@ pub(super) fn run(
         floor_list: Vec::new(),
         eff_end_list: Vec::new(),
         ceil_list: Vec::new(),
+        dels: HashMap::new(),
     };
     for (i, op) in ops.iter().enumerate() {
         if let OpKind::Set { key, body, .. } = &op.kind {
@@ -178,6 +184,7 @@ pub(super) fn run(
     }
     facts(&mut cx);
     bounds(&mut cx);
+    del_windows(&mut cx);
     writes_in_order(&mut cx);
     reads(&mut cx);
     streams(&mut cx);
@@ -525,7 +532,13 @@ fn reads(cx: &mut Ctx<'_>) {
             }
         };
         if let Some(newer_rev) = stale {
-            let newer = cx.facts[&newer_rev].op.map(|w| ops[w].id);
+            // The write named by the fact's body (the fact may come from a
+            // read, a stream or a final).
+            let fact = cx.facts[&newer_rev];
+            let newer = fact
+                .body
+                .and_then(|b| cx.writer.get(&(fact.key, b)))
+                .map(|&w| ops[w].id);
             cx.anomalies.push(Anomaly::StaleRead {
                 read: op.id,
                 rev,
@@ -546,22 +559,16 @@ fn streams(cx: &mut Ctx<'_>) {
         .flat_map(|g| g.events.iter().map(|e| e.rev))
         .collect();
     let mut lost: HashSet<usize> = HashSet::new();
-    let acked_dels: Vec<(usize, &str, i64, i64)> = cx
-        .ops
+    let mut acked_dels: Vec<(usize, &str, i64, i64)> = cx
+        .dels
         .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match &op.kind {
-            OpKind::Del {
-                key,
-                outcome: Outcome::Ok(_),
-                ..
-            } => {
-                let (lo, hi) = cx.window(op, true);
-                Some((i, key.as_str(), lo, hi))
-            }
-            _ => None,
+        .flat_map(|(key, v)| {
+            v.iter()
+                .filter(|d| d.3)
+                .map(move |&(i, lo, hi, _)| (i, *key, lo, hi))
         })
         .collect();
+    acked_dels.sort_unstable();
     let mut found = Vec::new();
     for (s, stream) in cx.watches.iter().enumerate() {
         for (g, seg) in stream.segments.iter().enumerate() {
@@ -578,10 +585,18 @@ fn streams(cx: &mut Ctx<'_>) {
                 }
                 last = last.max(ev.rev);
             }
-            if seg.events.is_empty() {
+            if seg.events.is_empty() || seg.from > last {
+                // Nothing covered (events below `from` were reported).
                 continue;
             }
             let revs: HashSet<i64> = seg.events.iter().map(|e| e.rev).collect();
+            let mut del_events: HashMap<&str, Vec<i64>> = HashMap::new();
+            for e in seg.events.iter().filter(|e| e.body.is_none()) {
+                del_events.entry(e.key.as_str()).or_default().push(e.rev);
+            }
+            for v in del_events.values_mut() {
+                v.sort_unstable();
+            }
             for (&rev, fact) in cx.facts.range(seg.from..=last) {
                 if revs.contains(&rev) {
                     continue;
@@ -615,10 +630,10 @@ fn streams(cx: &mut Ctx<'_>) {
                 if seg.from > lo || last < hi || lost.contains(&d) {
                     continue;
                 }
-                let seen = seg
-                    .events
-                    .iter()
-                    .any(|e| e.key == key && e.body.is_none() && lo <= e.rev && e.rev <= hi);
+                let seen = del_events.get(key).is_some_and(|revs| {
+                    let n = revs.partition_point(|r| *r < lo);
+                    revs.get(n).is_some_and(|r| *r <= hi)
+                });
                 if !seen {
                     lost.insert(d);
                     let event = seg.events.partition_point(|e| e.rev < lo);

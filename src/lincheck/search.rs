@@ -144,7 +144,7 @@ impl State {
         match self.present {
             Present::Absent => (check < 0).then_some(self),
             _ => (self.hi > check).then_some(State {
-                lo: self.lo.max(check + 1),
+                lo: self.lo.max(check.saturating_add(1)),
                 ..self
             }),
         }
@@ -271,7 +271,12 @@ pub fn search(
     let placed = |mask: &[u64], i: usize| mask[i / 64] & (1 << (i % 64)) != 0;
     // The steps that may come next from `mask` (real-time order).
     let steps_from = |mask: &[u64], state: &State| -> Vec<Step> {
-        let first = (0..ops.len()).find(|&i| !placed(mask, i));
+        // The first unplaced op: skip whole words of placed ones.
+        let first = mask
+            .iter()
+            .position(|w| *w != u64::MAX)
+            .map(|w| w * 64 + mask[w].trailing_ones() as usize)
+            .filter(|&i| i < ops.len());
         let mut steps = Vec::new();
         if let Some(first) = first {
             // The earliest deadline among unplaced required ops: ops are

@@ -861,12 +861,15 @@ fn generate(seed: u64, clients: usize, keys: usize, per_client: usize, lose: u32
 
 use std::collections::BTreeMap;
 
+/// An acknowledged SET: (rev, body, completion).
+type AckedSet<'a> = (i64, &'a [u8], Time);
+
 /// Turns one GET into a stale read: one that began after a newer write to
 /// its key than the one it saw was acknowledged. Returns its id.
 fn make_stale(g: &mut Generated, rng: &mut ChaCha8Rng) -> Option<usize> {
     let ops = &g.ops;
     // Acknowledged SETs per key by rev: (rev, body, completed).
-    let mut sets: BTreeMap<&str, Vec<(i64, &[u8], Time)>> = BTreeMap::new();
+    let mut sets: BTreeMap<&str, Vec<AckedSet<'_>>> = BTreeMap::new();
     for op in ops {
         if let OpKind::Set {
             key,
@@ -966,4 +969,161 @@ fn twenty_thousand_ops_check_in_bounded_time() {
     );
     assert!(report.passed(), "{}", report.detailed());
     assert!(report.stats.chunks > 100);
+}
+
+#[test]
+fn unknown_writes_seen_later_are_placed_by_their_rev() {
+    // Op 0's reply was lost; a stream saw it at rev 6. Rev 7 was
+    // acknowledged at 30, so op 0 took effect before 30: a read beginning
+    // after that must not see the older value.
+    let ops = vec![
+        set(1, (0, 5), "a", "old", -1, 5),
+        set_outcome(0, (10, 0), "a", "new", -1, Outcome::Unknown),
+        set(2, (20, 30), "b", "x", -1, 7),
+        get(3, (31, 40), "a", "old", 5),
+        get(4, (41, 50), "a", "new", 6),
+    ];
+    let watches = vec![stream(
+        "n1",
+        vec![(
+            1,
+            vec![
+                ev(5, "a", Some("old")),
+                ev(6, "a", Some("new")),
+                ev(7, "b", Some("x")),
+            ],
+        )],
+    )];
+    assert_eq!(
+        run(&ops, &watches, &[]).anomalies,
+        vec![Anomaly::StaleRead {
+            read: 3,
+            rev: 5,
+            newer: Some(0),
+            newer_rev: 6
+        }]
+    );
+    // Without the stale read: fine, and the read of rev 6 names it.
+    assert_eq!(
+        run(&[&ops[..3], &ops[4..]].concat(), &watches, &[]).anomalies,
+        vec![]
+    );
+    // Seen only by the later read (no stream): the search places it.
+    let ops = vec![
+        set(1, (0, 5), "a", "old", -1, 5),
+        set_outcome(0, (10, 0), "a", "new", -1, Outcome::Unknown),
+        get(3, (31, 40), "a", "old", 5),
+        get(4, (41, 50), "a", "new", 6),
+        get(5, (51, 60), "a", "old", 5),
+    ];
+    let found = run(&ops, &[], &[]).anomalies;
+    assert_eq!(
+        found,
+        vec![Anomaly::StaleRead {
+            read: 5,
+            rev: 5,
+            newer: Some(0),
+            newer_rev: 6
+        }]
+    );
+}
+
+#[test]
+fn garbage_input_gives_anomalies_not_panics() {
+    // Nonsense from a broken client or node: revs at the extremes, answers
+    // before questions, bodies at the wrong keys, checks at i64::MAX.
+    for seed in 0..200u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let extreme = [i64::MIN, -2, -1, 0, 1, 2, 3, i64::MAX - 1, i64::MAX];
+        let pick = |rng: &mut ChaCha8Rng| {
+            if rng.random_bool(0.3) {
+                extreme[rng.random_range(0..extreme.len())]
+            } else {
+                rng.random_range(0..12)
+            }
+        };
+        let mut ops = Vec::new();
+        for id in 0..40 {
+            let key = format!("k{}", rng.random_range(0..2));
+            let body = format!("b{}", rng.random_range(0..6)).into_bytes();
+            let invoked = rng.random_range(0..100);
+            let completed = match rng.random_range(0..4) {
+                0 => None,
+                1 => Some(rng.random_range(0..100)),
+                _ => Some(invoked + rng.random_range(0..20)),
+            };
+            let outcome = match rng.random_range(0..5) {
+                0 => Outcome::Ok(Some(pick(&mut rng))),
+                1 => Outcome::Ok(None),
+                2 => Outcome::Refused,
+                3 => Outcome::Unknown,
+                _ => Outcome::Mismatch,
+            };
+            let check = pick(&mut rng);
+            let kind = match rng.random_range(0..3) {
+                0 => OpKind::Set {
+                    key,
+                    body,
+                    check,
+                    outcome,
+                },
+                1 => OpKind::Del {
+                    key,
+                    check,
+                    outcome,
+                },
+                _ => OpKind::Get {
+                    key,
+                    body,
+                    rev: pick(&mut rng),
+                },
+            };
+            ops.push(Op {
+                id: id % 37,
+                client: rng.random_range(0..4),
+                invoked,
+                completed,
+                kind,
+            });
+        }
+        let events: Vec<WatchEvent> = (0..10)
+            .map(|_| WatchEvent {
+                rev: pick(&mut rng),
+                key: format!("k{}", rng.random_range(0..2)),
+                body: rng
+                    .random_bool(0.7)
+                    .then(|| format!("b{}", rng.random_range(0..6)).into_bytes()),
+            })
+            .collect();
+        let watches = vec![stream("n", vec![(pick(&mut rng), events)])];
+        let finals = vec![
+            fin("n1", pick(&mut rng), &[("k0", pick(&mut rng), "b1")]),
+            fin("n2", pick(&mut rng), &[("k1", pick(&mut rng), "b2")]),
+        ];
+        let report = check_with(
+            &ops,
+            &watches,
+            &finals,
+            Limits {
+                search_budget_bytes: 4 << 20,
+            },
+        );
+        assert_eq!(report.details.len(), report.anomalies.len());
+        let _ = report.detailed().to_string();
+    }
+}
+
+/// For measuring: `cargo test --release --lib lincheck::tests::fifty -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fifty_thousand_ops_for_the_record() {
+    let g = generate(11, 8, 5, 6250, 50);
+    let began = std::time::Instant::now();
+    let report = check(&g.ops, &g.watches, &g.finals);
+    println!(
+        "50k ops: {} in {:.2} s",
+        report,
+        began.elapsed().as_secs_f64()
+    );
+    assert!(report.passed(), "{}", report.detailed());
 }

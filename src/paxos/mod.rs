@@ -1565,14 +1565,9 @@ impl<V: Value> Paxos<V> {
         commit: Slot,
         out: &mut Out<V>,
     ) {
-        if ballot < self.promised {
-            // As in `on_commit`: the commit point still tells how far the
-            // log is decided.
-            self.note_commit(&from, commit);
-            return self.reject(from, out);
+        if !self.follow(&from, &ballot, commit, out) {
+            return;
         }
-        self.promise(&ballot);
-        self.heard_leader(from.clone());
         let count = values.len() as Slot;
         let mut kept = Vec::new();
         for (i, value) in values.into_iter().enumerate() {
@@ -1647,18 +1642,28 @@ impl<V: Value> Paxos<V> {
         }
     }
 
-    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot, out: &mut Out<V>) {
-        if ballot < self.promised {
-            // The commit point is a fact whatever the ballot: a node whose
-            // own stale promise outranks the leader (one removed after it
-            // campaigned, whose rejections no voter hears) still learns it
-            // is behind and catches up. And a deposed leader that has not
-            // heard yet is told.
-            self.note_commit(&from, commit);
-            return self.reject(from, out);
+    /// A message of the leader of `ballot` that carries its commit point
+    /// (`Accept`, `Commit`, `Confirm`): followed (true), or, when this node
+    /// promised a higher ballot, rejected (false) — the leader may be
+    /// deposed and not know it yet. The commit point is a fact whatever the
+    /// ballot: a node whose own stale promise outranks the leader (one
+    /// removed after it campaigned, whose rejections no voter hears) still
+    /// learns it is behind and catches up.
+    fn follow(&mut self, from: &NodeId, ballot: &Ballot, commit: Slot, out: &mut Out<V>) -> bool {
+        if *ballot < self.promised {
+            self.note_commit(from, commit);
+            self.reject(from.clone(), out);
+            return false;
         }
-        self.promise(&ballot);
+        self.promise(ballot);
         self.heard_leader(from.clone());
+        true
+    }
+
+    fn on_commit(&mut self, from: NodeId, ballot: Ballot, commit: Slot, out: &mut Out<V>) {
+        if !self.follow(&from, &ballot, commit, out) {
+            return;
+        }
         self.learn_commit(&from, &ballot, commit);
         if from != self.me && self.is_voter() {
             // An empty acknowledgement: the leader counts who it still hears
@@ -1682,12 +1687,9 @@ impl<V: Value> Paxos<V> {
         commit: Slot,
         out: &mut Out<V>,
     ) {
-        if ballot < self.promised {
-            self.note_commit(&from, commit);
-            return self.reject(from, out);
+        if !self.follow(&from, &ballot, commit, out) {
+            return;
         }
-        self.promise(&ballot);
-        self.heard_leader(from.clone());
         self.learn_commit(&from, &ballot, commit);
         if from != self.me && self.is_voter() {
             self.send(from, Msg::Confirmed { ballot, probe }, out);

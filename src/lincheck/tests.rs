@@ -527,6 +527,20 @@ fn divergence_between_streams_and_between_finals_is_caught() {
             }
         }]
     );
+    // A stream contradicting an acknowledged write: a DEL where the SET is.
+    let watches = vec![stream("n1", vec![(1, vec![ev(5, "a", None)])])];
+    assert_eq!(
+        run(&ops[..1], &watches, &[]).anomalies,
+        vec![Anomaly::Divergence {
+            rev: 5,
+            a: Witness::Op(0),
+            b: Witness::Watch {
+                stream: 0,
+                segment: 0,
+                event: 0
+            }
+        }]
+    );
     // Two finals at one rev that differ.
     let finals = vec![
         fin("n1", 8, &[("a", 6, "2")]),
@@ -954,6 +968,54 @@ fn random_linearizable_histories_pass_and_a_stale_read_in_them_is_caught() {
         caught += 1;
     }
     assert!(caught > 100, "only {caught} mutations planted");
+}
+
+#[test]
+fn random_histories_with_a_lost_write_are_caught() {
+    let mut caught = 0;
+    for seed in 0..100u64 {
+        let mut g = generate(seed, 3 + (seed % 4) as usize, 2, 30, 10);
+        // Lose one acknowledged SET: every stream forgets it, and so do the
+        // GETs that saw it (dropped). One inside the streams' range, and
+        // overwritten before the final (else the final shows it).
+        let top = g.watches[0].segments[0].events.last().map_or(0, |e| e.rev);
+        let in_final: Vec<i64> = g.finals[0].files.iter().map(|f| f.1).collect();
+        let acked: Vec<(usize, i64, String)> = g
+            .ops
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::Set {
+                    key,
+                    outcome: Outcome::Ok(Some(rev)),
+                    ..
+                } if *rev < top && !in_final.contains(rev) => Some((op.id, *rev, key.clone())),
+                _ => None,
+            })
+            .collect();
+        if acked.is_empty() {
+            continue;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (id, rev, key) = acked[rng.random_range(0..acked.len())].clone();
+        for w in &mut g.watches {
+            for seg in &mut w.segments {
+                seg.events.retain(|e| e.rev != rev);
+            }
+        }
+        g.ops
+            .retain(|op| !matches!(&op.kind, OpKind::Get { rev: r, .. } if *r == rev));
+        let report = check(&g.ops, &g.watches, &g.finals);
+        assert!(
+            report
+                .anomalies
+                .iter()
+                .any(|a| matches!(a, Anomaly::LostWrite { op, .. } if *op == id)),
+            "seed {seed}: lost write {id} (rev {rev}, key {key}) not named: {}",
+            report.detailed()
+        );
+        caught += 1;
+    }
+    assert!(caught > 50, "only {caught} planted");
 }
 
 #[test]

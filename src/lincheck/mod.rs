@@ -332,9 +332,13 @@ impl Report {
     }
 }
 
-/// The one-line summary.
+/// The one-line summary; with `{:#}`, the summary then every anomaly (as
+/// [`Report::detailed`]).
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            return write!(f, "{}", self.detailed());
+        }
         let s = &self.stats;
         write!(
             f,

@@ -183,6 +183,9 @@ fn a_planted_stale_read_is_caught() {
         }]
     );
     assert!(report.details[0].contains("op 2 [client 2"));
+    let text = format!("{report:#}");
+    assert!(text.starts_with("verdict=FAIL anomalies=1 "), "{text}");
+    assert!(text.contains("\n  stale read: op 2 [client 2, "), "{text}");
     // A write to another key acknowledged before the read bounds it too.
     let ops = vec![
         set(0, (0, 10), "a", "1", -1, 5),
@@ -1179,7 +1182,12 @@ fn garbage_input_gives_anomalies_not_panics() {
 #[test]
 #[ignore]
 fn fifty_thousand_ops_for_the_record() {
-    let g = generate(11, 8, 5, 6250, 50);
+    // LINCHECK_LOSE=n: one write in n loses its reply (default 50).
+    let lose = std::env::var("LINCHECK_LOSE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let g = generate(11, 8, 5, 6250, lose);
     let began = std::time::Instant::now();
     let report = check(&g.ops, &g.watches, &g.finals);
     println!(

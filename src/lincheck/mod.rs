@@ -68,7 +68,9 @@ mod search;
 mod tests;
 
 pub use analysis::MAX_RELAXATIONS;
-pub use search::{MAX_END_STATES, MAX_FLOATING, SEARCH_BUDGET_BYTES};
+pub use search::{
+    MAX_END_STATES, MAX_EXACT_OPTIONAL, MAX_FLOATING, MAX_POOLED, SEARCH_BUDGET_BYTES,
+};
 
 /// When something happened: nanoseconds since the run began, one clock for
 /// all clients (so times of different clients compare).

@@ -684,7 +684,15 @@ struct Generated {
 /// of its interval, in that order; one write in `gap` also takes an extra
 /// rev (doozer's internal writes). One write in `lose` loses its reply
 /// (unknown outcome; half of those never took effect).
-fn generate(seed: u64, clients: usize, keys: usize, per_client: usize, lose: u32) -> Generated {
+/// One op in `long` (0: none) takes 20-100 times longer (a paused node).
+fn generate(
+    seed: u64,
+    clients: usize,
+    keys: usize,
+    per_client: usize,
+    lose: u32,
+    long: u32,
+) -> Generated {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // (invocation, effect point, completion, client, what)
     struct Plan {
@@ -703,7 +711,11 @@ fn generate(seed: u64, clients: usize, keys: usize, per_client: usize, lose: u32
         let mut t: Time = rng.random_range(0..50);
         for _ in 0..per_client {
             let invoked = t;
-            let len = rng.random_range(1..60);
+            let len = if long > 0 && rng.random_range(0..long) == 0 {
+                rng.random_range(1200..6000)
+            } else {
+                rng.random_range(1..60)
+            };
             let done = invoked + len;
             let point = rng.random_range(invoked..=done);
             let lost = lose > 0 && rng.random_range(0..lose) == 0;
@@ -950,6 +962,7 @@ fn random_linearizable_histories_pass_and_a_stale_read_in_them_is_caught() {
             1 + (seed % 3) as usize,
             30,
             lose,
+            if seed % 4 == 0 { 10 } else { 0 },
         );
         let report = check(&g.ops, &g.watches, &g.finals);
         assert!(report.passed(), "seed {seed}: {}", report.detailed());
@@ -977,7 +990,7 @@ fn random_linearizable_histories_pass_and_a_stale_read_in_them_is_caught() {
 fn random_histories_with_a_lost_write_are_caught() {
     let mut caught = 0;
     for seed in 0..100u64 {
-        let mut g = generate(seed, 3 + (seed % 4) as usize, 2, 30, 10);
+        let mut g = generate(seed, 3 + (seed % 4) as usize, 2, 30, 10, 0);
         // Lose one acknowledged SET: every stream forgets it, and so do the
         // GETs that saw it (dropped). One inside the streams' range, and
         // overwritten before the final (else the final shows it).
@@ -1023,7 +1036,7 @@ fn random_histories_with_a_lost_write_are_caught() {
 
 #[test]
 fn twenty_thousand_ops_check_in_bounded_time() {
-    let g = generate(7, 8, 5, 2500, 50);
+    let g = generate(7, 8, 5, 2500, 50, 200);
     assert_eq!(g.ops.len(), 20_000);
     let began = std::time::Instant::now();
     let report = check(&g.ops, &g.watches, &g.finals);
@@ -1187,7 +1200,12 @@ fn fifty_thousand_ops_for_the_record() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    let g = generate(11, 8, 5, 6250, lose);
+    // LINCHECK_LONG=n: one op in n takes 20-100 times longer (default 0).
+    let long = std::env::var("LINCHECK_LONG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let g = generate(11, 8, 5, 6250, lose, long);
     let began = std::time::Instant::now();
     let report = check(&g.ops, &g.watches, &g.finals);
     println!(

@@ -1215,3 +1215,37 @@ fn fifty_thousand_ops_for_the_record() {
     );
     assert!(report.passed(), "{}", report.detailed());
 }
+
+#[test]
+fn many_unknown_writes_in_one_chunk_are_pooled_soundly() {
+    // Eight DELs and eight SETs of unknown outcome, all open: more than
+    // MAX_EXACT_OPTIONAL, so pooled. An absence and a refusal that only
+    // they explain still pass...
+    let mut ops = vec![set(0, (0, 10), "a", "1", -1, 5)];
+    for i in 1..=8 {
+        ops.push(del(i, (11, 0), "a", -1, Outcome::Unknown));
+        ops.push(set_outcome(
+            10 + i,
+            (11, 0),
+            "a",
+            &format!("u{i}"),
+            -1,
+            Outcome::Unknown,
+        ));
+    }
+    ops.push(get(30, (20, 25), "a", "", 0));
+    ops.push(set_outcome(31, (26, 27), "a", "m", 0, Outcome::Mismatch));
+    ops.push(set(32, (28, 29), "a", "2", -1, 9));
+    ops.push(get(33, (30, 31), "a", "2", 9));
+    assert_eq!(run(&ops, &[], &[]).anomalies, vec![]);
+    // ... and a read that missed an acknowledged write is still caught, by
+    // the search alone (a DEL of unknown rev keeps the intervals quiet).
+    ops.push(del(34, (32, 40), "a", -1, Outcome::Ok(None)));
+    ops.push(get(35, (33, 34), "a", "", 0));
+    ops.push(get(36, (35, 36), "a", "2", 9));
+    let found = run(&ops, &[], &[]).anomalies;
+    assert!(
+        matches!(&found[..], [Anomaly::NotLinearizable { stuck, .. }] if stuck.contains(&36)),
+        "{found:?}"
+    );
+}

@@ -54,9 +54,11 @@ use super::Time;
 /// each explored (mask, state) counts its mask's bytes plus
 /// [`ENTRY_OVERHEAD_BYTES`]. Exceeding it ends that key's search with
 /// [`super::Anomaly::Inconclusive`] (the key's later chunks are not
-/// searched). 256 MiB is about 2.5 M states of a small chunk: a healthy
-/// 60 s run needs a few hundred thousand over all keys; a pathological
-/// history (many long-open ops of one key) is what hits it.
+/// searched). The memo is freed after each chunk, so memory stays below
+/// the largest chunk's share; the sum bounds the time. 256 MiB is about
+/// 2.5 M states of a small chunk: generated 50k-op histories (8 clients,
+/// 5 keys, up to 1 write in 5 of unknown outcome, 2% of ops 20-100x
+/// longer) need 0.2-0.8 M per key.
 pub const SEARCH_BUDGET_BYTES: u64 = 256 << 20;
 
 /// What one memo entry costs beyond its mask: the state, the hash table's

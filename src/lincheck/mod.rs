@@ -68,7 +68,9 @@ mod search;
 mod tests;
 
 pub use analysis::MAX_RELAXATIONS;
-pub use search::{MAX_END_STATES, MAX_FLOATING, SEARCH_BUDGET_BYTES};
+pub use search::{
+    MAX_END_STATES, MAX_EXACT_OPTIONAL, MAX_FLOATING, MAX_POOLED, SEARCH_BUDGET_BYTES,
+};
 
 /// When something happened: nanoseconds since the run began, one clock for
 /// all clients (so times of different clients compare).
@@ -332,9 +334,13 @@ impl Report {
     }
 }
 
-/// The one-line summary.
+/// The one-line summary; with `{:#}`, the summary then every anomaly (as
+/// [`Report::detailed`]).
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            return write!(f, "{}", self.detailed());
+        }
         let s = &self.stats;
         write!(
             f,

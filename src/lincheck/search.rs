@@ -31,7 +31,10 @@
 //! proposal delayed by a pause): the caller passes how many such SETs and
 //! DELs float; each may be placed at most once per chunk, with no check and
 //! an unbounded rev. That over-approximates (one may be used in two chunks),
-//! so it can hide an anomaly needing that, never invent one.
+//! so it can hide an anomaly needing that, never invent one. A chunk with
+//! more than [`MAX_EXACT_OPTIONAL`] optional ops of its own pools them the
+//! same way (counts, not mask bits), so a burst of time-outs costs a
+//! constant factor instead of doubling the search per op.
 //!
 //! # Why it is bounded
 //!
@@ -51,9 +54,11 @@ use super::Time;
 /// each explored (mask, state) counts its mask's bytes plus
 /// [`ENTRY_OVERHEAD_BYTES`]. Exceeding it ends that key's search with
 /// [`super::Anomaly::Inconclusive`] (the key's later chunks are not
-/// searched). 256 MiB is about 2.5 M states of a small chunk: a healthy
-/// 60 s run needs a few hundred thousand over all keys; a pathological
-/// history (many long-open ops of one key) is what hits it.
+/// searched). The memo is freed after each chunk, so memory stays below
+/// the largest chunk's share; the sum bounds the time. 256 MiB is about
+/// 2.5 M states of a small chunk: generated 50k-op histories (8 clients,
+/// 5 keys, up to 1 write in 5 of unknown outcome, 2% of ops 20-100x
+/// longer) need 0.2-0.8 M per key.
 pub const SEARCH_BUDGET_BYTES: u64 = 256 << 20;
 
 /// What one memo entry costs beyond its mask: the state, the hash table's
@@ -68,6 +73,19 @@ pub const MAX_END_STATES: usize = 4096;
 /// The most floating ops of each kind (SET, DEL) offered to a chunk: two in
 /// a row act as one, so a few suffice between any two ops of the chunk.
 pub const MAX_FLOATING: u8 = 2;
+
+/// The most optional ops (unknown outcome) a chunk tracks one by one; each
+/// doubles the placed sets the search may meet. Beyond it they are pooled:
+/// each kind (SET, DEL) becomes a count of anonymous writes usable once
+/// their invocation is reached, with no check and an unbounded rev, like
+/// the floating ones (more permissive: it can hide an anomaly that needs an
+/// unknown write's check or identity, never invent one).
+pub const MAX_EXACT_OPTIONAL: usize = 6;
+
+/// The most pooled ops of each kind one chunk may place (on top of the
+/// floating ones): a few absences or refusals to explain between two
+/// acknowledged writes is already more than a real run shows.
+pub const MAX_POOLED: u8 = 4;
 
 /// What a key holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -250,16 +268,44 @@ struct Frame {
 /// `floating`: how many ops of unknown outcome from earlier chunks (SETs,
 /// DELs) may land here. Charges `budget` (bytes left) and counts `explored`.
 pub fn search(
-    ops: &[SOp],
+    chunk: &[SOp],
     starts: &[State],
     floating: (u8, u8),
     budget: &mut u64,
     explored: &mut u64,
 ) -> Outcome {
     assert!(
-        ops.windows(2).all(|w| w[0].invoked <= w[1].invoked),
+        chunk.windows(2).all(|w| w[0].invoked <= w[1].invoked),
         "chunk ops sorted by invocation"
     );
+    // Many optional ops: pool them (see MAX_EXACT_OPTIONAL).
+    let optional = chunk.iter().filter(|o| o.end.is_none()).count();
+    let pooled_ops: Vec<SOp>;
+    let mut pooled_sets: Vec<Time> = Vec::new();
+    let mut pooled_dels: Vec<Time> = Vec::new();
+    let ops: &[SOp] = if optional > MAX_EXACT_OPTIONAL {
+        for op in chunk.iter().filter(|o| o.end.is_none()) {
+            match op.kind {
+                SKind::Write {
+                    present: Present::Absent,
+                    ..
+                } => pooled_dels.push(op.invoked),
+                SKind::Write { .. } => pooled_sets.push(op.invoked),
+                // Only writes are optional.
+                SKind::Mismatch { .. } | SKind::Read { .. } => {}
+            }
+        }
+        pooled_ops = chunk.iter().filter(|o| o.end.is_some()).cloned().collect();
+        &pooled_ops
+    } else {
+        chunk
+    };
+    // Floating or pooled ops of one kind usable by the time `min_end`.
+    let usable = |carried: u8, pool: &[Time], min_end: Time| -> u8 {
+        let pooled = pool.partition_point(|t| *t <= min_end);
+        let n = usize::from(carried.min(MAX_FLOATING)) + pooled.min(usize::from(MAX_POOLED));
+        u8::try_from(n).unwrap_or(u8::MAX)
+    };
     let words = ops.len().div_ceil(64).max(1);
     let entry_cost = words as u64 * 8 + ENTRY_OVERHEAD_BYTES;
     let required = ops.iter().filter(|o| o.end.is_some()).count();
@@ -278,11 +324,11 @@ pub fn search(
             .map(|w| w * 64 + mask[w].trailing_ones() as usize)
             .filter(|&i| i < ops.len());
         let mut steps = Vec::new();
+        // The earliest deadline among unplaced required ops: ops are
+        // sorted by invocation and an op's deadline is not before its
+        // invocation, so scanning can stop once invocations pass it.
+        let mut min_end = Time::MAX;
         if let Some(first) = first {
-            // The earliest deadline among unplaced required ops: ops are
-            // sorted by invocation and an op's deadline is not before its
-            // invocation, so scanning can stop once invocations pass it.
-            let mut min_end = Time::MAX;
             for (i, op) in ops.iter().enumerate().skip(first) {
                 if op.invoked > min_end {
                     break;
@@ -302,10 +348,10 @@ pub fn search(
                 }
             }
         }
-        if state.fset < floating.0.min(MAX_FLOATING) {
+        if state.fset < usable(floating.0, &pooled_sets, min_end) {
             steps.push(Step::FloatSet);
         }
-        if state.fdel < floating.1.min(MAX_FLOATING) {
+        if state.fdel < usable(floating.1, &pooled_dels, min_end) {
             steps.push(Step::FloatDel);
         }
         steps

@@ -183,6 +183,9 @@ fn a_planted_stale_read_is_caught() {
         }]
     );
     assert!(report.details[0].contains("op 2 [client 2"));
+    let text = format!("{report:#}");
+    assert!(text.starts_with("verdict=FAIL anomalies=1 "), "{text}");
+    assert!(text.contains("\n  stale read: op 2 [client 2, "), "{text}");
     // A write to another key acknowledged before the read bounds it too.
     let ops = vec![
         set(0, (0, 10), "a", "1", -1, 5),
@@ -527,6 +530,20 @@ fn divergence_between_streams_and_between_finals_is_caught() {
             }
         }]
     );
+    // A stream contradicting an acknowledged write: a DEL where the SET is.
+    let watches = vec![stream("n1", vec![(1, vec![ev(5, "a", None)])])];
+    assert_eq!(
+        run(&ops[..1], &watches, &[]).anomalies,
+        vec![Anomaly::Divergence {
+            rev: 5,
+            a: Witness::Op(0),
+            b: Witness::Watch {
+                stream: 0,
+                segment: 0,
+                event: 0
+            }
+        }]
+    );
     // Two finals at one rev that differ.
     let finals = vec![
         fin("n1", 8, &[("a", 6, "2")]),
@@ -667,7 +684,15 @@ struct Generated {
 /// of its interval, in that order; one write in `gap` also takes an extra
 /// rev (doozer's internal writes). One write in `lose` loses its reply
 /// (unknown outcome; half of those never took effect).
-fn generate(seed: u64, clients: usize, keys: usize, per_client: usize, lose: u32) -> Generated {
+/// One op in `long` (0: none) takes 20-100 times longer (a paused node).
+fn generate(
+    seed: u64,
+    clients: usize,
+    keys: usize,
+    per_client: usize,
+    lose: u32,
+    long: u32,
+) -> Generated {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // (invocation, effect point, completion, client, what)
     struct Plan {
@@ -686,7 +711,11 @@ fn generate(seed: u64, clients: usize, keys: usize, per_client: usize, lose: u32
         let mut t: Time = rng.random_range(0..50);
         for _ in 0..per_client {
             let invoked = t;
-            let len = rng.random_range(1..60);
+            let len = if long > 0 && rng.random_range(0..long) == 0 {
+                rng.random_range(1200..6000)
+            } else {
+                rng.random_range(1..60)
+            };
             let done = invoked + len;
             let point = rng.random_range(invoked..=done);
             let lost = lose > 0 && rng.random_range(0..lose) == 0;
@@ -933,6 +962,7 @@ fn random_linearizable_histories_pass_and_a_stale_read_in_them_is_caught() {
             1 + (seed % 3) as usize,
             30,
             lose,
+            if seed % 4 == 0 { 10 } else { 0 },
         );
         let report = check(&g.ops, &g.watches, &g.finals);
         assert!(report.passed(), "seed {seed}: {}", report.detailed());
@@ -957,8 +987,56 @@ fn random_linearizable_histories_pass_and_a_stale_read_in_them_is_caught() {
 }
 
 #[test]
+fn random_histories_with_a_lost_write_are_caught() {
+    let mut caught = 0;
+    for seed in 0..100u64 {
+        let mut g = generate(seed, 3 + (seed % 4) as usize, 2, 30, 10, 0);
+        // Lose one acknowledged SET: every stream forgets it, and so do the
+        // GETs that saw it (dropped). One inside the streams' range, and
+        // overwritten before the final (else the final shows it).
+        let top = g.watches[0].segments[0].events.last().map_or(0, |e| e.rev);
+        let in_final: Vec<i64> = g.finals[0].files.iter().map(|f| f.1).collect();
+        let acked: Vec<(usize, i64, String)> = g
+            .ops
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::Set {
+                    key,
+                    outcome: Outcome::Ok(Some(rev)),
+                    ..
+                } if *rev < top && !in_final.contains(rev) => Some((op.id, *rev, key.clone())),
+                _ => None,
+            })
+            .collect();
+        if acked.is_empty() {
+            continue;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (id, rev, key) = acked[rng.random_range(0..acked.len())].clone();
+        for w in &mut g.watches {
+            for seg in &mut w.segments {
+                seg.events.retain(|e| e.rev != rev);
+            }
+        }
+        g.ops
+            .retain(|op| !matches!(&op.kind, OpKind::Get { rev: r, .. } if *r == rev));
+        let report = check(&g.ops, &g.watches, &g.finals);
+        assert!(
+            report
+                .anomalies
+                .iter()
+                .any(|a| matches!(a, Anomaly::LostWrite { op, .. } if *op == id)),
+            "seed {seed}: lost write {id} (rev {rev}, key {key}) not named: {}",
+            report.detailed()
+        );
+        caught += 1;
+    }
+    assert!(caught > 50, "only {caught} planted");
+}
+
+#[test]
 fn twenty_thousand_ops_check_in_bounded_time() {
-    let g = generate(7, 8, 5, 2500, 50);
+    let g = generate(7, 8, 5, 2500, 50, 200);
     assert_eq!(g.ops.len(), 20_000);
     let began = std::time::Instant::now();
     let report = check(&g.ops, &g.watches, &g.finals);
@@ -1117,7 +1195,17 @@ fn garbage_input_gives_anomalies_not_panics() {
 #[test]
 #[ignore]
 fn fifty_thousand_ops_for_the_record() {
-    let g = generate(11, 8, 5, 6250, 50);
+    // LINCHECK_LOSE=n: one write in n loses its reply (default 50).
+    let lose = std::env::var("LINCHECK_LOSE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    // LINCHECK_LONG=n: one op in n takes 20-100 times longer (default 0).
+    let long = std::env::var("LINCHECK_LONG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let g = generate(11, 8, 5, 6250, lose, long);
     let began = std::time::Instant::now();
     let report = check(&g.ops, &g.watches, &g.finals);
     println!(
@@ -1126,4 +1214,38 @@ fn fifty_thousand_ops_for_the_record() {
         began.elapsed().as_secs_f64()
     );
     assert!(report.passed(), "{}", report.detailed());
+}
+
+#[test]
+fn many_unknown_writes_in_one_chunk_are_pooled_soundly() {
+    // Eight DELs and eight SETs of unknown outcome, all open: more than
+    // MAX_EXACT_OPTIONAL, so pooled. An absence and a refusal that only
+    // they explain still pass...
+    let mut ops = vec![set(0, (0, 10), "a", "1", -1, 5)];
+    for i in 1..=8 {
+        ops.push(del(i, (11, 0), "a", -1, Outcome::Unknown));
+        ops.push(set_outcome(
+            10 + i,
+            (11, 0),
+            "a",
+            &format!("u{i}"),
+            -1,
+            Outcome::Unknown,
+        ));
+    }
+    ops.push(get(30, (20, 25), "a", "", 0));
+    ops.push(set_outcome(31, (26, 27), "a", "m", 0, Outcome::Mismatch));
+    ops.push(set(32, (28, 29), "a", "2", -1, 9));
+    ops.push(get(33, (30, 31), "a", "2", 9));
+    assert_eq!(run(&ops, &[], &[]).anomalies, vec![]);
+    // ... and a read that missed an acknowledged write is still caught, by
+    // the search alone (a DEL of unknown rev keeps the intervals quiet).
+    ops.push(del(34, (32, 40), "a", -1, Outcome::Ok(None)));
+    ops.push(get(35, (33, 34), "a", "", 0));
+    ops.push(get(36, (35, 36), "a", "2", 9));
+    let found = run(&ops, &[], &[]).anomalies;
+    assert!(
+        matches!(&found[..], [Anomaly::NotLinearizable { stuck, .. }] if stuck.contains(&36)),
+        "{found:?}"
+    );
 }

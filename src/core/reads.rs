@@ -82,13 +82,6 @@ pub(super) struct Asked {
 const MAX_ASKED_LEADERS: usize = 4;
 
 impl ReadIndexState {
-    /// Reads waiting for an index (not yet answered or parked on a rev).
-    pub(super) fn waiting(&self) -> usize {
-        self.unrouted.len()
-            + self.probing.values().map(|p| p.reads.len()).sum::<usize>()
-            + self.asked.values().map(|a| a.reads.len()).sum::<usize>()
-    }
-
     fn forget_conn(&mut self, conn: ConnId) {
         self.unrouted.retain(|r| r.conn != conn);
         for probing in self.probing.values_mut() {
@@ -123,11 +116,6 @@ impl Core {
     /// A closed connection's reads are forgotten.
     pub(super) fn forget_reads_of(&mut self, conn: ConnId) {
         self.reads.forget_conn(conn);
-    }
-
-    /// Reads waiting for a read index, for the node's stats.
-    pub fn reads_waiting(&self) -> usize {
-        self.reads.waiting()
     }
 
     /// At a batch's end, before the engine's flush: the batch's reads (and,

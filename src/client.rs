@@ -28,7 +28,9 @@ use crate::codec::client::{
     encode_frame, flags, read_message, FrameError, Request, Response, Verb,
 };
 use crate::error::{ErrCode, ReplyError};
+use crate::runtime::conn::Conn;
 use crate::runtime::rt::{spawn, timeout, TcpStream};
+use crate::tls::ClientTls;
 use crate::uri::{with_default_port, Uri, UriError};
 
 /// How long [`dial_uri`] waits for one address to accept a connection.
@@ -50,6 +52,11 @@ pub enum Error {
     Reply(ReplyError),
     /// A TCP connection could not be made: `dial tcp <addr>: <reason>`.
     Dial { addr: String, reason: String },
+    /// The TLS handshake with a server failed; the reason says why in
+    /// words (untrusted certificate, wrong name, not TLS, …).
+    Tls { addr: String, reason: String },
+    /// The TLS settings could not be loaded (the CA file).
+    TlsSetup(String),
     /// The connection failed or the server closed it (`EOF`,
     /// `unexpected EOF`, `connection reset by peer`, …).
     Connection(String),
@@ -101,6 +108,8 @@ impl fmt::Display for Error {
         match self {
             Error::Reply(e) => e.fmt(f),
             Error::Dial { addr, reason } => write!(f, "dial tcp {addr}: {reason}"),
+            Error::Tls { addr, reason } => write!(f, "TLS handshake with {addr} failed: {reason}"),
+            Error::TlsSetup(reason) => write!(f, "TLS: {reason}"),
             Error::Connection(text) => f.write_str(text),
             Error::Closed => f.write_str("closed"),
             Error::Uri(e) => e.fmt(f),
@@ -286,7 +295,7 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
-    stream: TcpStream,
+    stream: Conn,
     addr: String,
 }
 
@@ -315,16 +324,40 @@ impl Client {
     /// Connects to one server (`host:port`), with no timeout beyond the
     /// system's.
     pub async fn connect(addr: &str) -> Result<Client, Error> {
+        Client::connect_with(addr, None).await
+    }
+
+    /// Connects to one server, over TLS when `tls` is given (the server's
+    /// certificate checked against `addr` and what `tls` trusts).
+    pub async fn connect_with(addr: &str, tls: Option<&ClientTls>) -> Result<Client, Error> {
         let stream = TcpStream::connect(addr).await.map_err(|e| Error::Dial {
             addr: addr.to_string(),
             reason: io_error_text(&e),
         })?;
-        Ok(Client::from_stream(stream, addr))
+        let conn = match tls {
+            None => Conn::plain(stream),
+            Some(tls) => Conn::connect_tls(stream, addr, tls)
+                .await
+                .map_err(|reason| Error::Tls {
+                    addr: addr.to_string(),
+                    reason,
+                })?,
+        };
+        Ok(Client::from_conn(conn, addr))
     }
 
     /// Connects to one server, giving up after `limit`.
     pub async fn connect_timeout(addr: &str, limit: Duration) -> Result<Client, Error> {
-        match timeout(limit, Client::connect(addr)).await {
+        Client::connect_timeout_with(addr, None, limit).await
+    }
+
+    /// [`Client::connect_with`], giving up after `limit`.
+    pub async fn connect_timeout_with(
+        addr: &str,
+        tls: Option<&ClientTls>,
+        limit: Duration,
+    ) -> Result<Client, Error> {
+        match timeout(limit, Client::connect_with(addr, tls)).await {
             Some(result) => result,
             None => Err(Error::Dial {
                 addr: addr.to_string(),
@@ -335,6 +368,11 @@ impl Client {
 
     /// Starts the reader and writer tasks on a connected stream.
     pub fn from_stream(stream: TcpStream, addr: &str) -> Client {
+        Client::from_conn(Conn::plain(stream), addr)
+    }
+
+    /// Starts the reader and writer tasks on a connection (plain or TLS).
+    pub fn from_conn(stream: Conn, addr: &str) -> Client {
         let _ = stream.set_nodelay(true);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -718,10 +756,11 @@ pub async fn dial_uri_timeout(
         _ => uri.addrs.clone(),
     };
     addrs.shuffle(&mut rand::rng());
+    let tls = client_tls(uri)?;
     let mut last = Error::NoAddrs;
     let mut client = None;
     for addr in &addrs {
-        match Client::connect_timeout(addr, limit).await {
+        match Client::connect_timeout_with(addr, tls.as_ref(), limit).await {
             Ok(c) => {
                 client = Some(c);
                 break;
@@ -737,6 +776,17 @@ pub async fn dial_uri_timeout(
         }
     }
     Ok(client)
+}
+
+/// What a URI's `tlsca` asks to trust, loaded; `None` dials in plain text.
+pub fn client_tls(uri: &Uri) -> Result<Option<ClientTls>, Error> {
+    uri.tls_ca
+        .as_deref()
+        .map(|ca| {
+            ClientTls::from_ca_file(std::path::Path::new(ca))
+                .map_err(|err| Error::TlsSetup(err.to_string()))
+        })
+        .transpose()
 }
 
 /// [`dial_uri`] from texts, as the CLI has them. The boot URI is parsed
@@ -793,7 +843,7 @@ pub async fn ns_entries(dzns: &Client, cluster: &str) -> Result<Vec<NsEntry>, Er
 }
 
 async fn write_loop(
-    mut stream: TcpStream,
+    mut stream: Conn,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
@@ -807,7 +857,11 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = stream.write_all(&buf).await {
+        let written = match stream.write_all(&buf).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             shared.fail(Error::Connection(io_error_text(&e)));
             let _ = stream.shutdown(Shutdown::Both);
             return;
@@ -853,7 +907,7 @@ async fn deliver(shared: &Shared, tag: i32, resp: Response) {
     }
 }
 
-async fn read_loop(stream: TcpStream, shared: Arc<Shared>) {
+async fn read_loop(stream: Conn, shared: Arc<Shared>) {
     // Buffered: pipelined replies come in with one read, not two per frame.
     let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
     loop {
@@ -873,12 +927,27 @@ async fn read_loop(stream: TcpStream, shared: Arc<Shared>) {
             }
             Err(FrameError::Truncated) => Error::Connection("unexpected EOF".into()),
             Err(FrameError::Io(e)) => Error::Connection(io_error_text(&e)),
+            Err(FrameError::TooLong { len, .. }) if !stream.is_tls() && looks_like_tls(len) => {
+                Error::Connection(
+                    "the server answered in TLS: it runs with -tlscert; connect with -tls-ca FILE \
+                     (or DOOZER_TLS_CA, or tlsca= in the URI)"
+                        .into(),
+                )
+            }
             Err(e) => Error::Protocol(e.to_string()),
         };
         shared.fail(err);
         let _ = stream.shutdown(Shutdown::Both);
         return;
     }
+}
+
+/// Whether a frame length read from a plain-text connection is really the
+/// start of a TLS record (content type 20–23, version 3.x): what a TLS
+/// server sends a client that speaks plain text to it (an alert).
+fn looks_like_tls(len: usize) -> bool {
+    let [kind, major, minor, _] = (len as u32).to_be_bytes();
+    (20..=23).contains(&kind) && major == 3 && minor <= 4
 }
 
 fn missing(verb: &str, field: &str) -> Error {

@@ -152,8 +152,15 @@ pub struct Config {
     pub timeout: Duration,
     /// `-hist`: revisions of history kept readable.
     pub history_revs: usize,
+    /// `-tlscert`, `-tlskey`: serve the `-l` port (clients and peers) and
+    /// the web view over TLS with this certificate chain and key (PEM).
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// `--tls-ca`: the cluster's CA (PEM). Peers must show certificates it
+    /// signed, and `-a` / DzNS addresses are dialled over TLS trusting it.
+    pub tls_ca: Option<String>,
+    /// `--web-http`: serve the web view over plain HTTP even with TLS on.
+    pub web_http: bool,
     /// The core's unit of time.
     pub tick: Duration,
     /// Slots a leader may run past its applied point (the original's alpha):
@@ -191,6 +198,8 @@ impl Default for Config {
             history_revs: 2000,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
+            web_http: false,
             tick: Duration::from_millis(5),
             alpha: 64,
             limits: Limits::default(),
@@ -214,8 +223,10 @@ pub enum ConfigError {
     BadDuration(&'static str),
     #[error("need both cert file and key file")]
     HalfTls,
-    #[error("TLS for client connections is not supported yet (-tlscert/-tlskey)")]
-    TlsUnsupported,
+    #[error("--tls-ca needs -tlscert and -tlskey: a node's peers dial it over TLS")]
+    CaWithoutCert,
+    #[error("-a and DzNS boot with -tlscert need --tls-ca: peers must show certificates the cluster CA signed")]
+    PeersNeedCa,
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
     #[error(
@@ -239,6 +250,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::NodeTlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::NodeTlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+                ca: self.tls_ca.as_ref().map(Into::into),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::NoListenAddress);
@@ -257,8 +280,14 @@ impl Config {
             }
         }
         match (&self.tls_cert, &self.tls_key) {
-            (None, None) => {}
-            (Some(_), Some(_)) => return Err(ConfigError::TlsUnsupported),
+            (None, None) if self.tls_ca.is_some() => return Err(ConfigError::CaWithoutCert),
+            (Some(_), Some(_))
+                if self.tls_ca.is_none()
+                    && (!self.attach.is_empty() || self.boot_uri.is_some()) =>
+            {
+                return Err(ConfigError::PeersNeedCa)
+            }
+            (None, None) | (Some(_), Some(_)) => {}
             _ => return Err(ConfigError::HalfTls),
         }
         let l = &self.limits;

@@ -35,6 +35,7 @@ pub mod paxos;
 pub mod runtime;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod types;
 pub mod uri;
 pub mod web;

@@ -1,5 +1,6 @@
 //! Doozer cluster URIs: `doozer:?ca=host:port&ca=…&cn=name&sk=secret`
-//! (reference §7).
+//! (reference §7), plus ours: `tlsca=FILE` dials over TLS, trusting the CA
+//! certificates in FILE.
 //!
 //! The text after the exact prefix `doozer:?` is a standard URL query string
 //! (`&` or `;` between pairs, `%xx` escapes, `+` for a space; the order of the
@@ -27,6 +28,10 @@ pub struct Uri {
     pub cluster_name: Option<String>,
     /// `sk`: the secret to present with ACCESS after connecting, if any.
     pub secret: Option<String>,
+    /// `tlsca`: dial over TLS, trusting the CA certificates in this PEM
+    /// file (and checking each server's certificate against the address
+    /// dialled).
+    pub tls_ca: Option<String>,
 }
 
 /// Why a URI was refused. The texts are the Go client's.
@@ -60,6 +65,7 @@ impl Uri {
                 "ca" => uri.addrs.push(with_default_port(&value)),
                 "cn" if uri.cluster_name.is_none() => uri.cluster_name = Some(value),
                 "sk" if uri.secret.is_none() => uri.secret = Some(value),
+                "tlsca" if uri.tls_ca.is_none() && !value.is_empty() => uri.tls_ca = Some(value),
                 _ => {}
             }
         }
@@ -161,6 +167,16 @@ pub fn query_unescape(s: &str) -> Result<String, UriError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_ca_parameter() {
+        let uri = Uri::parse("doozer:?ca=127.0.0.1&tlsca=%2Fetc%2Fdoozer%2Fca.pem").unwrap();
+        assert_eq!(uri.tls_ca.as_deref(), Some("/etc/doozer/ca.pem"));
+        assert_eq!(
+            Uri::parse("doozer:?ca=127.0.0.1&tlsca=").unwrap().tls_ca,
+            None
+        );
+    }
 
     #[test]
     fn parses_all_parameters() {

@@ -70,11 +70,13 @@ fn edge(control_slots: usize, inbox_bytes: usize) -> Edge {
                 cluster: "c".into(),
                 key: PeerKey::for_secrets("", "", ""),
                 bind_ip: None,
+                tls: None,
             },
             4 << 20,
             64 << 20,
             status.clone(),
         ),
+        tls: None,
     });
     rt::spawn(accept_loop(listener, ctx));
     Edge {

@@ -264,6 +264,7 @@ fn an_outsider_on_the_peer_port_reads_nothing_and_changes_nothing() {
             cluster: "local".into(),
             key,
             bind_ip: None,
+            tls: None,
         };
         let err = rt::block_on(peer_link::dial(&identity, &target_id, &seed)).unwrap_err();
         assert!(err.contains("peer key"), "{err}");
@@ -275,6 +276,7 @@ fn an_outsider_on_the_peer_port_reads_nothing_and_changes_nothing() {
         cluster: "local".into(),
         key: PeerKey::for_secrets("", SECRET, ""),
         bind_ip: None,
+        tls: None,
     };
     rt::block_on(peer_link::dial(&insider, &target_id, &seed)).expect("the key opens the link");
 

@@ -19,6 +19,7 @@ use doozer::core::{Decree, Input, PeerMsg};
 use doozer::error::ErrCode;
 use doozer::paxos::{Ballot, Msg};
 use doozer::runtime::client_conn::{accept_loop, ClientContext};
+use doozer::runtime::conn::Conn;
 use doozer::runtime::event_loop::{Control, Inbox, NodeStatus, Queued};
 use doozer::runtime::peer_link::{
     self as link, PeerIdentity, PeerInbound, PeerLinks, SILENCE_TIMEOUT,
@@ -79,6 +80,7 @@ fn identity(n: u8, cluster: &str, key: PeerKey) -> PeerIdentity {
         cluster: cluster.into(),
         key,
         bind_ip: None,
+        tls: None,
     }
 }
 
@@ -127,6 +129,7 @@ fn node_with(
             frame_budget,
             status.clone(),
         ),
+        tls: None,
     });
     rt::spawn(accept_loop(listener, ctx));
     Node {
@@ -192,7 +195,7 @@ fn big_accept(bytes: usize) -> PeerMsg {
 }
 
 /// Waits until `stream` is closed by the other side (EOF or reset).
-async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+async fn closed_by_peer<S: futures::AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut buf = [0u8; 64];
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
@@ -213,7 +216,7 @@ async fn raw_hello(addr: &str, hello: &Hello) -> TcpStream {
 }
 
 /// An authenticated connection from node `n` to `to`, written by hand.
-async fn authed(n: u8, to: &Node) -> (TcpStream, FrameSealer) {
+async fn authed(n: u8, to: &Node) -> (Conn, FrameSealer) {
     link::dial(&identity(n, "c", key()), &to.id, &to.addr)
         .await
         .unwrap()

@@ -68,13 +68,24 @@ struct Flags {
     #[argh(option, long = "hist", default = "2000")]
     hist: usize,
 
-    /// TLS certificate file for client connections
+    /// TLS certificate chain (PEM): the -l port (clients and peers) and the
+    /// web view are served over TLS; needs -tlskey
     #[argh(option, long = "tlscert")]
     tlscert: Option<String>,
 
-    /// TLS key file for client connections
+    /// TLS private key (PEM) for -tlscert
     #[argh(option, long = "tlskey")]
     tlskey: Option<String>,
+
+    /// the cluster's CA certificate (PEM): peers must show certificates it
+    /// signed, and -a and DzNS addresses are dialled over TLS trusting it;
+    /// without it a TLS node takes no peers
+    #[argh(option, long = "tls-ca")]
+    tls_ca: Option<String>,
+
+    /// serve the web view over plain HTTP even when TLS is on
+    #[argh(switch, long = "web-http")]
+    web_http: bool,
 
     /// largest file body in bytes (default 1048576)
     #[argh(option, long = "max-value-bytes")]
@@ -196,6 +207,8 @@ fn config_from(flags: Flags) -> Result<Config, String> {
         history_revs: flags.hist,
         tls_cert: flags.tlscert,
         tls_key: flags.tlskey,
+        tls_ca: flags.tls_ca,
+        web_http: flags.web_http,
         secrets: Secrets {
             read_write: std::env::var("DOOZER_RWSECRET").unwrap_or_default(),
             read_only: std::env::var("DOOZER_ROSECRET").unwrap_or_default(),
@@ -261,6 +274,11 @@ fn main() -> ExitCode {
         }
     };
     let cluster = config.cluster_name.clone();
+    let web_scheme = if config.tls_cert.is_some() && !config.web_http {
+        "https"
+    } else {
+        "http"
+    };
     let node = match rt::block_on(server::start(config)) {
         Ok(node) => node,
         Err(err) => {
@@ -280,7 +298,7 @@ fn main() -> ExitCode {
             "attaching as a slave"
         },
         match &node.web_addr {
-            Some(addr) => format!("; web view on http://{addr}/"),
+            Some(addr) => format!("; web view on {web_scheme}://{addr}/"),
             None => String::new(),
         }
     );

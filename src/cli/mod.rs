@@ -19,8 +19,8 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::bench;
-use crate::client::{self, dial_uri_str, walk_tree, Client, Event, Visit};
-use crate::uri::DEFAULT_URI;
+use crate::client::{self, walk_tree, Client, Event, Visit};
+use crate::uri::{Uri, UriError, DEFAULT_URI};
 
 use goflag::{FlagError, Kind};
 
@@ -333,6 +333,12 @@ const FLAGS: &[(&str, Kind, &str, &str)] = &[
         "0",
         "how long wait may block (0: no limit)",
     ),
+    (
+        "tls-ca",
+        Kind::Value,
+        "\"\"",
+        "speak TLS, trusting the CA certificate(s) in this PEM file",
+    ),
     ("v", Kind::Bool, "false", "print the version"),
 ];
 
@@ -363,6 +369,8 @@ Global Options:
   DOOZER_URI - the cluster to talk to, unless -a is given.
 
   DOOZER_BOOT_URI - the DzNS, unless -b is given.
+
+  DOOZER_TLS_CA - the CA file for -tls-ca, unless it is given.
 
 Commands:
 ",
@@ -396,6 +404,9 @@ pub struct Globals {
     pub rev: i64,
     /// `-t`, in nanoseconds (0 or less: no timeout).
     pub timeout_ns: i64,
+    /// `-tls-ca` / `DOOZER_TLS_CA`: dial over TLS trusting this CA file
+    /// (every URI that does not name its own `tlsca`).
+    pub tls_ca: String,
     pub help: bool,
     pub version: bool,
 }
@@ -407,6 +418,7 @@ impl Default for Globals {
             boot_uri: String::new(),
             rev: -1,
             timeout_ns: 0,
+            tls_ca: String::new(),
             help: false,
             version: false,
         }
@@ -424,7 +436,27 @@ impl Globals {
         if let Some(boot) = env.boot_uri.as_deref().filter(|u| !u.is_empty()) {
             g.boot_uri = boot.to_string();
         }
+        if let Some(ca) = env.tls_ca.as_deref().filter(|u| !u.is_empty()) {
+            g.tls_ca = ca.to_string();
+        }
         g
+    }
+
+    /// The cluster's URI and, when it names a cluster (`cn`) and a DzNS is
+    /// given, the DzNS's; `-tls-ca` applied to each that names no `tlsca`.
+    pub fn uris(&self) -> Result<(Uri, Option<Uri>), UriError> {
+        let with_ca = |mut uri: Uri| {
+            if uri.tls_ca.is_none() && !self.tls_ca.is_empty() {
+                uri.tls_ca = Some(self.tls_ca.clone());
+            }
+            uri
+        };
+        let uri = with_ca(Uri::parse(&self.uri)?);
+        let boot = match (&uri.cluster_name, self.boot_uri.as_str()) {
+            (Some(_), b) if !b.is_empty() => Some(with_ca(Uri::parse(b)?)),
+            _ => None,
+        };
+        Ok((uri, boot))
     }
 
     pub fn kind_of(name: &str) -> Option<Kind> {
@@ -439,6 +471,7 @@ impl Globals {
             "b" => self.boot_uri = value.to_string(),
             "r" => self.rev = goflag::parse_int(value, 0)?,
             "t" => self.timeout_ns = goflag::parse_duration(value)?,
+            "tls-ca" => self.tls_ca = value.to_string(),
             "h" => self.help = goflag::parse_bool(value)?,
             "v" => self.version = goflag::parse_bool(value)?,
             _ => return Err(format!("unknown flag -{name}")),
@@ -464,6 +497,8 @@ pub struct Env {
     pub uri: Option<String>,
     /// `DOOZER_BOOT_URI`.
     pub boot_uri: Option<String>,
+    /// `DOOZER_TLS_CA`.
+    pub tls_ca: Option<String>,
 }
 
 impl Env {
@@ -472,6 +507,7 @@ impl Env {
         Env {
             uri: var("DOOZER_URI"),
             boot_uri: var("DOOZER_BOOT_URI"),
+            tls_ca: var("DOOZER_TLS_CA"),
         }
     }
 }
@@ -643,7 +679,8 @@ fn write_out(io: &mut Io<'_>, bytes: &[u8]) -> Outcome {
 }
 
 fn dial(g: &Globals) -> Result<Client, Failure> {
-    crate::runtime::rt::block_on(dial_uri_str(&g.uri, &g.boot_uri)).map_err(Failure::from)
+    let (uri, boot) = g.uris().map_err(client::Error::from)?;
+    crate::runtime::rt::block_on(client::dial_uri(&uri, boot.as_ref())).map_err(Failure::from)
 }
 
 fn with_client<T, F, Fut>(g: &Globals, f: F) -> Result<T, Failure>
@@ -867,22 +904,12 @@ fn run_bench(argv0: &str, g: &mut Globals, args: &[String], io: &mut Io<'_>) -> 
         }
     };
 
-    let uri = match crate::uri::Uri::parse(&g.uri) {
-        Ok(uri) => uri,
+    let (uri, boot) = match g.uris() {
+        Ok(uris) => uris,
         Err(e) => {
             let _ = writeln!(io.stderr, "Error: {e}");
             return EXIT_ERROR;
         }
-    };
-    let boot = match (&uri.cluster_name, g.boot_uri.as_str()) {
-        (Some(_), b) if !b.is_empty() => match crate::uri::Uri::parse(b) {
-            Ok(boot) => Some(boot),
-            Err(e) => {
-                let _ = writeln!(io.stderr, "Error: {e}");
-                return EXIT_ERROR;
-            }
-        },
-        _ => None,
     };
     if cfg.fill {
         let _ = writeln!(io.stderr, "bench: writing {} keys", cfg.keys);
@@ -961,6 +988,8 @@ Environment:
   DOOZER_URI - the cluster to talk to, unless -a is given.
 
   DOOZER_BOOT_URI - the DzNS, unless -b is given.
+
+  DOOZER_TLS_CA - the CA file for -tls-ca, unless it is given.
 
 Commands:
   add <path>       - create a file that must not exist yet
@@ -1119,6 +1148,7 @@ Commands:
         let env = Env {
             uri: Some("doozer:?ca=127.0.0.1:1".into()),
             boot_uri: None,
+            tls_ca: None,
         };
         // The rev argument is checked before dialling.
         let (status, _, err) = run_args(&["set", "/x", "abc"], &env, b"");
@@ -1159,6 +1189,7 @@ Commands:
         let env = Env {
             uri: Some("doozer:?ca=env:1".into()),
             boot_uri: Some("doozer:?ca=boot:1".into()),
+            tls_ca: None,
         };
         let mut g = Globals::from_env(&env);
         assert_eq!(
@@ -1183,6 +1214,7 @@ Commands:
         let g = Globals::from_env(&Env {
             uri: Some(String::new()),
             boot_uri: None,
+            tls_ca: None,
         });
         assert_eq!(g.uri, DEFAULT_URI);
     }

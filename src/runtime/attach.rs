@@ -14,6 +14,7 @@ use futures::future::join_all;
 use super::rt;
 use crate::client::{Client, Error as ClientError};
 use crate::config::Config;
+use crate::tls::ClientTls;
 use crate::types::NodeId;
 
 /// How long one address may take to answer the whole check.
@@ -93,7 +94,17 @@ pub async fn check_member(addr: &str, config: &Config) -> Result<NodeId, CheckFa
 }
 
 async fn check_member_untimed(addr: &str, config: &Config) -> Result<NodeId, CheckFailure> {
-    let client = match rt::timeout(CONNECT_TIMEOUT, Client::connect(addr)).await {
+    // With TLS on, members are dialled over TLS trusting the cluster CA
+    // (read afresh each time, so a rotated CA counts at once).
+    let tls = match &config.tls_ca {
+        None => None,
+        Some(ca) => Some(
+            ClientTls::from_ca_file(std::path::Path::new(ca))
+                .map_err(|err| CheckFailure::Unreachable(err.to_string()))?,
+        ),
+    };
+    let connect = Client::connect_with(addr, tls.as_ref());
+    let client = match rt::timeout(CONNECT_TIMEOUT, connect).await {
         Some(Ok(client)) => client,
         Some(Err(e)) => return Err(CheckFailure::Unreachable(e.to_string())),
         None => return Err(CheckFailure::Silent),

@@ -3,7 +3,11 @@
 //!
 //! Peers share the port: a connection whose first 4 bytes are the peer magic
 //! goes to [`peer_link::serve_inbound`]; any other first 4 bytes are the
-//! header of a client's first frame.
+//! header of a client's first frame. With TLS on, every connection first
+//! completes a TLS handshake (within
+//! [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT)), and only one
+//! that showed a client certificate signed by the cluster CA may go on as a
+//! peer; anything else (plain text included) is closed.
 //!
 //! Each connection is two tasks: a reader that owns the session checks and
 //! `try_send`s to the core, and a writer that drains the connection's bounded
@@ -27,6 +31,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
+use super::conn::Conn;
 use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
@@ -37,6 +42,7 @@ use crate::core::{ConnId, Input, Reply};
 use crate::error::ReplyError;
 use crate::session::{Action, Secrets, Session, SessionLimits};
 use crate::store::Snapshot;
+use crate::tls::NodeTls;
 use crate::types::NodeId;
 
 /// What every connection task shares.
@@ -58,6 +64,8 @@ pub struct ClientContext {
     pub client_budget: Arc<ByteBudget>,
     /// Where connections that turn out to be peer links go.
     pub peers: PeerInbound,
+    /// With TLS on (`-tlscert`): every connection is TLS.
+    pub tls: Option<Arc<NodeTls>>,
 }
 
 /// Bytes gathered before a writer flushes to the socket.
@@ -322,24 +330,44 @@ fn refuse(stream: &TcpStream, ctx: &ClientContext) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-/// Reads a connection's first 4 bytes, here in its own task: an idle client
-/// is normal and must not hold up the accept loop. With secrets set, an idle
-/// connection has until its `ACCESS` deadline to say anything.
+/// Reads a connection's first 4 bytes (after its TLS handshake, with TLS
+/// on), here in its own task: an idle client is normal and must not hold up
+/// the accept loop. With secrets set, an idle connection has until its
+/// `ACCESS` deadline to say anything.
 async fn dispatch(
     conn: ConnId,
-    stream: TcpStream,
+    tcp: TcpStream,
     accepted: Instant,
     ctx: &ClientContext,
     guesses: &Guesses,
     snapshots: Arc<SnapshotSlots>,
 ) {
+    let stream = match &ctx.tls {
+        None => Conn::plain(tcp),
+        Some(tls) => {
+            let peer = peer_name(&tcp);
+            match Conn::accept_tls(tcp.clone(), tls.current().listener.clone()).await {
+                Ok(stream) => stream,
+                Err(reason) => {
+                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    TLS_LOG.warn(|| {
+                        format!(
+                            "connection {conn} from {peer} closed: TLS handshake failed: {reason}"
+                        )
+                    });
+                    let _ = tcp.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        }
+    };
     let mut reader = &stream;
     let read = client::read_header(&mut reader);
     let header = if ctx.secrets.any_set() {
         match rt::timeout(ctx.access_timeout, read).await {
             Some(read) => read,
             None => {
-                let peer = peer_name(&stream);
+                let peer = conn_name(&stream);
                 ACCESS_LOG.warn(|| {
                     format!(
                         "client {peer} (connection {conn}) closed: silent for {:?} with secrets set",
@@ -359,16 +387,39 @@ async fn dispatch(
         // Connected and left without a word.
         Ok(None) => return,
         Err(err) => {
-            let peer = peer_name(&stream);
+            let peer = conn_name(&stream);
             log::info!("client {peer} (connection {conn}) disconnected: {err}");
             return;
         }
     };
     if header == MAGIC {
+        if let Some(tls) = &ctx.tls {
+            let refusal = if !tls.takes_peers() {
+                Some("TLS is on without --tls-ca: this node takes no peers")
+            } else if !stream.peer_certified() {
+                Some("it showed no client certificate (with TLS on, a peer must show one the cluster CA signed)")
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                ctx.peers.note_refusal(&conn_name(&stream), reason);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
         peer_link::serve_inbound(stream, &ctx.peers).await;
     } else {
         serve(conn, stream, header, accepted, ctx, guesses, snapshots).await;
     }
+}
+
+/// Failed TLS handshakes: anyone can make them, at wire speed.
+static TLS_LOG: LogLimiter = LogLimiter::new();
+
+fn conn_name(stream: &Conn) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string())
 }
 
 fn peer_name(stream: &TcpStream) -> String {
@@ -397,14 +448,14 @@ enum End {
 /// Serves a client whose first frame header was already read.
 async fn serve(
     conn: ConnId,
-    stream: TcpStream,
+    stream: Conn,
     first_header: [u8; client::HEADER_BYTES],
     accepted: Instant,
     ctx: &ClientContext,
     guesses: &Guesses,
     snapshots: Arc<SnapshotSlots>,
 ) {
-    let peer = peer_name(&stream);
+    let peer = conn_name(&stream);
     let source = stream.peer_addr().ok().map(|a| a.ip());
     let mut failures_seen = 0;
     // A node still fetching its first copy of the store (attaching) has
@@ -435,7 +486,10 @@ async fn serve(
             REFUSED_LOG.warn(|| {
                 format!("refusing client {peer} (connection {conn}): the core is far behind")
             });
-            refuse(&stream, ctx);
+            ctx.status
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
         Err(TrySendError::Disconnected(_)) => return,
@@ -584,7 +638,7 @@ async fn tell_closed(conn: ConnId, ctx: &ClientContext) {
 }
 
 async fn write_replies(
-    mut stream: TcpStream,
+    mut stream: Conn,
     mut replies: mpsc::Receiver<Outgoing>,
     session: Arc<Mutex<Session>>,
     snapshots: Arc<SnapshotSlots>,
@@ -598,7 +652,7 @@ async fn write_replies(
                 Err(_) => break,
             }
         }
-        if !buf.is_empty() && stream.write_all(&buf).await.is_err() {
+        if !buf.is_empty() && write_flushed(&mut stream, &buf).await.is_err() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
@@ -611,7 +665,9 @@ async fn write_replies(
                         "busy: {MAX_SNAPSHOT_STREAMS} snapshots are being sent"
                     ));
                     client::encode_frame_into(&Response::error(tag, &busy), &mut buf);
-                    stream.write_all(&buf).await.map_err(|err| err.to_string())
+                    write_flushed(&mut stream, &buf)
+                        .await
+                        .map_err(|err| err.to_string())
                 }
             };
             buf.clear();
@@ -684,7 +740,7 @@ impl Drop for SnapshotSlot<'_> {
 /// writer, so a slow client holds up only its own connection; `buf` is
 /// empty on entry and holds one chunk at most.
 async fn send_tree(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     tag: Option<i32>,
     tree: Snapshot,
     buf: &mut Vec<u8>,
@@ -719,15 +775,17 @@ async fn send_tree(
             client::encode_frame_into(&done, buf);
         }
         let left = (checkpoint + SNAPSHOT_STALL_LIMIT).saturating_duration_since(Instant::now());
-        let mut write = stream.write_all(buf).fuse();
-        let mut stall = Box::pin(rt::sleep(left).fuse());
-        futures::select! {
-            done = write => done.map_err(|err| err.to_string())?,
-            () = stall => {
-                return Err(format!(
-                    "the client read under {SNAPSHOT_PROGRESS_BYTES} bytes of its snapshot \
-                     in {SNAPSHOT_STALL_LIMIT:?}"
-                ))
+        {
+            let mut write = Box::pin(write_flushed(stream, buf)).fuse();
+            let mut stall = Box::pin(rt::sleep(left).fuse());
+            futures::select! {
+                done = write => done.map_err(|err| err.to_string())?,
+                () = stall => {
+                    return Err(format!(
+                        "the client read under {SNAPSHOT_PROGRESS_BYTES} bytes of its snapshot \
+                         in {SNAPSHOT_STALL_LIMIT:?}"
+                    ))
+                }
             }
         }
         progress += buf.len();
@@ -740,6 +798,13 @@ async fn send_tree(
             return Ok(());
         }
     }
+}
+
+/// Writes all of `buf` and flushes it: a TLS session may keep the tail of
+/// a write until flushed (plain TCP keeps nothing).
+async fn write_flushed(stream: &mut Conn, buf: &[u8]) -> std::io::Result<()> {
+    stream.write_all(buf).await?;
+    stream.flush().await
 }
 
 /// Appends the frame for `outgoing` to `buf`, except a SNAPSHOT's tree,

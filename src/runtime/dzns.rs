@@ -28,6 +28,7 @@ use super::rt;
 use crate::client::{dial_uri_timeout, ns_entries, Client, Error as ClientError, NsEntry};
 use crate::config::Config;
 use crate::error::ErrCode;
+use crate::tls::ClientTls;
 use crate::types::{NodeId, Path};
 use crate::uri::{with_default_port, Uri};
 
@@ -81,6 +82,9 @@ pub struct Dzns {
     /// The node's `DOOZER_RWSECRET`, presented when the URI has no `sk`.
     secret: String,
     client: Option<Client>,
+    /// The node's `--tls-ca`: its own cluster's nodes are probed over TLS
+    /// trusting it.
+    cluster_ca: Option<String>,
 }
 
 impl fmt::Debug for Dzns {
@@ -119,16 +123,23 @@ impl DznsError {
 }
 
 impl Dzns {
-    pub fn new(uri_text: &str, secret: &str) -> Result<Dzns, BootError> {
-        let uri = Uri::parse(uri_text).map_err(|e| BootError::BadUri {
+    /// `tls_ca`: the node's `--tls-ca`; the DzNS is dialled over TLS
+    /// trusting it unless the URI names its own (`tlsca=`).
+    pub fn new(uri_text: &str, secret: &str, tls_ca: Option<&str>) -> Result<Dzns, BootError> {
+        let mut uri = Uri::parse(uri_text).map_err(|e| BootError::BadUri {
             uri: uri_text.to_string(),
             reason: e.to_string(),
         })?;
+        if uri.tls_ca.is_none() {
+            uri.tls_ca = tls_ca.map(str::to_string);
+        }
+        let cluster_ca = tls_ca.map(str::to_string);
         Ok(Dzns {
             uri,
             uri_text: uri_text.to_string(),
             secret: secret.to_string(),
             client: None,
+            cluster_ca,
         })
     }
 
@@ -561,7 +572,9 @@ async fn sync(
         let first = *unknown_seen
             .entry(entry.name.clone())
             .or_insert_with(Instant::now);
-        if first.elapsed() < UNKNOWN_ENTRY_GRACE || answers_as(&entry.addr, &entry.name).await {
+        if first.elapsed() < UNKNOWN_ENTRY_GRACE
+            || answers_as(&entry.addr, &entry.name, dzns.cluster_ca.as_deref()).await
+        {
             continue;
         }
         match dzns.del(&format!("{dir}/{}", entry.name), entry.rev).await {
@@ -580,9 +593,18 @@ async fn sync(
 /// Whether a node answers at `addr` with the id `entry` names. A node that
 /// refuses to say (it has secrets we lack) counts as answering: it is alive
 /// and its entry is not ours to judge.
-async fn answers_as(addr: &str, entry: &str) -> bool {
+async fn answers_as(addr: &str, entry: &str, cluster_ca: Option<&str>) -> bool {
+    let tls = match cluster_ca.map(|ca| ClientTls::from_ca_file(std::path::Path::new(ca))) {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        // The CA cannot be read just now: judge nobody.
+        Some(Err(err)) => {
+            log::warn!("cannot probe {addr} over TLS: {err}");
+            return true;
+        }
+    };
     let probe = async {
-        let client = Client::connect_timeout(addr, DZNS_CONNECT_TIMEOUT)
+        let client = Client::connect_timeout_with(addr, tls.as_ref(), DZNS_CONNECT_TIMEOUT)
             .await
             .ok()?;
         let answer = client.self_id().await;

@@ -153,6 +153,8 @@ pub struct NodeStatus {
     pub disk_appended_bytes: AtomicU64,
     pub disk_images: AtomicU64,
     pub data_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// The node's TLS, when it is on (for the web view and `/metrics`).
+    pub tls: std::sync::OnceLock<Arc<crate::tls::NodeTls>>,
     /// The cluster as the core saw it at the end of a recent batch
     /// (refreshed a few times a second).
     pub view: std::sync::Mutex<crate::core::ClusterView>,

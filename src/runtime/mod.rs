@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod client_conn;
+pub mod conn;
 pub mod dzns;
 pub mod event_loop;
 pub mod peer_link;

@@ -28,6 +28,10 @@
 //!   forgotten after a few seconds (while it dials, the queue holds them).
 //!   A link with nothing to send dials nobody, and one idle for
 //!   [`IDLE_TIMEOUT`] ends (the next message opens it again).
+//! - **TLS** (`-tlscert` with `--tls-ca`): each link is a TLS session in
+//!   which both ends showed a certificate the cluster CA signed; the dialer
+//!   checks the listener's against the address it dialled. The peer key's
+//!   handshake and MACs run inside it unchanged.
 //! - **Inbound**: the listener tells a peer from a client by the first 4
 //!   bytes and hands peers to [`serve_inbound`], which runs the handshake
 //!   under [`HANDSHAKE_TIMEOUT`], then feeds each message to the core's inbox
@@ -49,8 +53,9 @@ use futures::future::{BoxFuture, Fuse};
 use futures::io::BufReader;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
+use super::conn::Conn;
 use super::event_loop::{Inbox, InboxError, NodeStatus};
-use super::rt::{self, TcpStream};
+use super::rt;
 use crate::budget::ByteBudget;
 use crate::codec::peer::{self, Challenge, Hello, PeerFrameError, Proof};
 use crate::codec::peer_auth::{
@@ -107,6 +112,35 @@ pub struct PeerIdentity {
     /// The IP outbound links dial from (this node's `-l` IP), so that
     /// listeners see the node's own address as the source.
     pub bind_ip: Option<IpAddr>,
+    /// With TLS on: links are dialled over TLS, showing this node's
+    /// certificate and trusting the cluster CA.
+    pub tls: Option<Arc<crate::tls::NodeTls>>,
+}
+
+impl PeerIdentity {
+    /// Dials `addr` from this node's IP, over TLS when it is on: a
+    /// connection to shake hands on, or why not. `Err((reason, refused))`:
+    /// `refused` when the other end is not who it must be (its certificate).
+    async fn connect(&self, addr: &str) -> Result<Conn, (String, bool)> {
+        let tcp = match rt::timeout(DIAL_TIMEOUT, rt::connect_from(self.bind_ip, addr)).await {
+            Some(Ok(stream)) => stream,
+            Some(Err(err)) => return Err((format!("cannot connect: {err}"), false)),
+            None => return Err(("cannot connect: timed out".to_string(), false)),
+        };
+        let Some(tls) = &self.tls else {
+            return Ok(Conn::plain(tcp));
+        };
+        let Some(dialer) = tls.current().peer_dialer.clone() else {
+            let _ = tcp.shutdown(std::net::Shutdown::Both);
+            return Err((
+                "TLS is on without --tls-ca: this node links to no peers".to_string(),
+                true,
+            ));
+        };
+        Conn::connect_tls(tcp, addr, &dialer)
+            .await
+            .map_err(|reason| (format!("TLS: {reason}"), true))
+    }
 }
 
 /// Rate-limits one kind of warning to one a second; the rest go to debug.
@@ -338,11 +372,11 @@ impl LinkTask {
                 }
             }
             // Meanwhile the queue holds what arrives (it is bounded too).
-            let dial = rt::connect_from(self.identity.bind_ip, &self.addr);
-            let dialed = rt::timeout(DIAL_TIMEOUT, dial).await;
+            let identity = self.identity.clone();
+            let dialed = identity.connect(&self.addr).await;
             let mut refused = false;
             let failure = match dialed {
-                Some(Ok(stream)) => {
+                Ok(stream) => {
                     let since = Instant::now();
                     let stop = self.pump(&stream, &mut failing).await;
                     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -362,8 +396,10 @@ impl LinkTask {
                         }
                     }
                 }
-                Some(Err(err)) => format!("cannot connect: {err}"),
-                None => "cannot connect: timed out".to_string(),
+                Err((reason, was_refused)) => {
+                    refused = was_refused;
+                    reason
+                }
             };
             if failing {
                 log::debug!("peer {} at {}: {failure}", self.to, self.addr);
@@ -430,7 +466,7 @@ impl LinkTask {
     /// Shakes hands, sends the backlog, then whatever arrives (and
     /// keepalives), until the connection fails or falls silent, the link
     /// idles out or its sender is dropped.
-    async fn pump(&mut self, stream: &TcpStream, failing: &mut bool) -> Stop {
+    async fn pump(&mut self, stream: &Conn, failing: &mut bool) -> Stop {
         let _ = stream.set_nodelay(true);
         let mut writer = stream.clone();
         let mut reader = BufReader::with_capacity(1024, stream.clone());
@@ -522,12 +558,8 @@ pub async fn dial(
     identity: &PeerIdentity,
     to: &NodeId,
     addr: &str,
-) -> Result<(TcpStream, FrameSealer), String> {
-    let stream = match rt::timeout(DIAL_TIMEOUT, rt::connect_from(identity.bind_ip, addr)).await {
-        Some(Ok(stream)) => stream,
-        Some(Err(err)) => return Err(format!("cannot connect: {err}")),
-        None => return Err("cannot connect: timed out".to_string()),
-    };
+) -> Result<(Conn, FrameSealer), String> {
+    let stream = identity.connect(addr).await.map_err(|(reason, _)| reason)?;
     let mut reader = BufReader::with_capacity(1024, stream.clone());
     let mut writer = stream.clone();
     let handshake = dial_handshake(&mut reader, &mut writer, identity, to);
@@ -542,8 +574,8 @@ pub async fn dial(
 /// (checked: the node we meant, holding the key), our proof. The frame keys
 /// of the link on success; why not otherwise.
 async fn dial_handshake(
-    reader: &mut BufReader<TcpStream>,
-    writer: &mut TcpStream,
+    reader: &mut BufReader<Conn>,
+    writer: &mut Conn,
     identity: &PeerIdentity,
     to: &NodeId,
 ) -> Result<(FrameSealer, FrameOpener), HandshakeError> {
@@ -554,11 +586,17 @@ async fn dial_handshake(
         cluster: identity.cluster.clone(),
         nonce: peer_auth::fresh_nonce(),
     });
-    writer
-        .write_all(&hello)
+    write_flushed(writer, &hello)
         .await
         .map_err(|err| Failed(format!("write failed: {err}")))?;
     let challenge: Challenge = peer::read_handshake(reader).await.map_err(|err| {
+        // With TLS, a listener that refuses our certificate says so with an
+        // alert here, after the handshake looked done (TLS 1.3).
+        if let PeerFrameError::Io(io) = &err {
+            if let Some(reason) = crate::tls::tls_reason(io, "the cluster's CA") {
+                return Refused(format!("TLS: {reason}"));
+            }
+        }
         Failed(format!(
             "no challenge (another cluster, or an older doozerd?): {err}"
         ))
@@ -585,23 +623,28 @@ async fn dial_handshake(
     let proof = Proof {
         proof: identity.key.dialer_proof(&transcript).to_vec(),
     };
-    writer
-        .write_all(&peer::encode_handshake(&proof))
+    write_flushed(writer, &peer::encode_handshake(&proof))
         .await
         .map_err(|err| Failed(format!("write failed: {err}")))?;
     Ok(identity.key.link_keys(&transcript))
 }
 
+/// Writes all of `buf` and flushes it (a TLS session may hold the tail of
+/// a write; plain TCP holds nothing).
+async fn write_flushed<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    buf: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(buf).await?;
+    writer.flush().await
+}
+
 /// Writes `buf`, giving up when the peer stops reading for
 /// [`WRITE_TIMEOUT`] or the link is found dead meanwhile.
-async fn write(
-    writer: &mut TcpStream,
-    buf: &[u8],
-    mut listening: &mut Listening,
-) -> Result<(), String> {
+async fn write(writer: &mut Conn, buf: &[u8], mut listening: &mut Listening) -> Result<(), String> {
     // Most writes complete at once: try without a timer first, because
     // arming one costs a wake-up of the reactor on every message.
-    let mut pending = Box::pin(writer.write_all(buf));
+    let mut pending = Box::pin(write_flushed(writer, buf));
     if let Some(done) = (&mut pending).now_or_never() {
         return done.map_err(|err| format!("write failed: {err}"));
     }
@@ -616,10 +659,7 @@ async fn write(
 
 /// Reads what the listener sends on an outbound link — keepalives only — and
 /// completes with the reason when that stops.
-async fn listen_for_keepalives(
-    mut reader: BufReader<TcpStream>,
-    mut opener: FrameOpener,
-) -> String {
+async fn listen_for_keepalives(mut reader: BufReader<Conn>, mut opener: FrameOpener) -> String {
     loop {
         let frame = rt::timeout(
             SILENCE_TIMEOUT,
@@ -693,7 +733,7 @@ impl PeerInbound {
 
     /// Logs a refused or failed inbound link: a warning at most once a
     /// second (anyone can open connections), the rest at debug.
-    fn note_refusal(&self, addr: &str, reason: &str) {
+    pub(crate) fn note_refusal(&self, addr: &str, reason: &str) {
         self.status.peer_in_refused.fetch_add(1, Ordering::Relaxed);
         if self.refusal_warning.due(self.started) {
             log::warn!("peer connection from {addr} closed: {reason}");
@@ -705,7 +745,7 @@ impl PeerInbound {
 
 /// Serves one inbound peer connection whose [`MAGIC`](peer::MAGIC) the
 /// listener has already read.
-pub async fn serve_inbound(stream: TcpStream, ctx: &PeerInbound) {
+pub async fn serve_inbound(stream: Conn, ctx: &PeerInbound) {
     let source = stream.peer_addr().ok();
     let addr = source.map_or_else(|| "?".to_string(), |a| a.to_string());
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
@@ -736,9 +776,9 @@ pub async fn serve_inbound(stream: TcpStream, ctx: &PeerInbound) {
 /// dialer's hello (checked: protocol, cluster), our challenge, its proof
 /// (checked). The dialer's id and the link's frame keys on success; why not
 /// otherwise. Public for tools and tests that act as a node by hand.
-pub async fn listen_handshake<R: futures::AsyncRead + Unpin>(
+pub async fn listen_handshake<R: futures::AsyncRead + Unpin, W: futures::AsyncWrite + Unpin>(
     reader: &mut R,
-    writer: &mut TcpStream,
+    writer: &mut W,
     identity: &PeerIdentity,
 ) -> Result<(NodeId, FrameSealer, FrameOpener), String> {
     let (hello, body) = peer::read_hello(reader)
@@ -768,8 +808,7 @@ pub async fn listen_handshake<R: futures::AsyncRead + Unpin>(
         nonce,
         proof: identity.key.listener_proof(&transcript).to_vec(),
     };
-    writer
-        .write_all(&peer::encode_handshake(&challenge))
+    write_flushed(writer, &peer::encode_handshake(&challenge))
         .await
         .map_err(|err| format!("write failed: {err}"))?;
     let proof: Proof = peer::read_handshake(reader).await.map_err(|err| {
@@ -790,13 +829,13 @@ pub async fn listen_handshake<R: futures::AsyncRead + Unpin>(
 
 /// Sends a keepalive every [`KEEPALIVE_INTERVAL`] until a write fails or
 /// stalls; the reason.
-async fn send_keepalives(mut writer: TcpStream, mut sealer: FrameSealer) -> String {
+async fn send_keepalives(mut writer: Conn, mut sealer: FrameSealer) -> String {
     let mut buf = Vec::with_capacity(4 + TAG_BYTES);
     loop {
         rt::sleep(KEEPALIVE_INTERVAL).await;
         buf.clear();
         sealer.keepalive(&mut buf);
-        match rt::timeout(SILENCE_TIMEOUT, writer.write_all(&buf)).await {
+        match rt::timeout(SILENCE_TIMEOUT, write_flushed(&mut writer, &buf)).await {
             Some(Ok(())) => {}
             Some(Err(err)) => return format!("keepalive failed: {err}"),
             None => return "keepalive stalled (the dialer is not reading)".to_string(),
@@ -807,7 +846,7 @@ async fn send_keepalives(mut writer: TcpStream, mut sealer: FrameSealer) -> Stri
 /// Feeds `from`'s messages to the core until the link ends; the reason it
 /// ended, if it was not a clean close.
 async fn receive(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Conn>,
     mut opener: FrameOpener,
     from: &NodeId,
     source: Option<IpAddr>,

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::core::{Core, NodeInfo};
 use crate::disk::DataDir;
 use crate::journal::{Journal, JournalError, Loaded};
+use crate::tls::NodeTls;
 use crate::types::NodeId;
 
 /// Why a node could not start.
@@ -38,6 +39,10 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error(transparent)]
     DataDir(#[from] JournalError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("TLS: cannot watch the certificate files: {0}")]
+    TlsWatch(std::io::Error),
 }
 
 /// A running node.
@@ -205,14 +210,35 @@ async fn start_fresh(
 /// data dir), and starts serving.
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
-    // Checked before anything else, so a bad boot URI or name fails at once.
+    // Checked before anything else, so a bad boot URI, name or certificate
+    // fails at once.
     let mut dzns = match &config.boot_uri {
         Some(uri) => {
             dzns::check_cluster_name(&config.cluster_name)?;
-            Some(Dzns::new(uri, &config.secrets.read_write)?)
+            Some(Dzns::new(
+                uri,
+                &config.secrets.read_write,
+                config.tls_ca.as_deref(),
+            )?)
         }
         None => None,
     };
+    let tls = config.tls_files().map(NodeTls::load).transpose()?;
+    if let Some(tls) = &tls {
+        let set = tls.current();
+        log::info!(
+            "TLS on: serving the certificate {} from {} (expires at {}){}",
+            set.subject,
+            tls.files().cert.display(),
+            set.not_after,
+            if tls.takes_peers() {
+                ""
+            } else {
+                "; no --tls-ca, so this node takes no peers"
+            }
+        );
+        tls.watch().map_err(StartError::TlsWatch)?;
+    }
     // The data dir's lock first: a second doozerd on the same dir must not
     // even bind.
     let mut journal = match &config.data_dir {
@@ -282,6 +308,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     if let Some(dir) = &config.data_dir {
         let _ = status.data_dir.set(dir.clone());
     }
+    if let Some(tls) = &tls {
+        let _ = status.tls.set(tls.clone());
+    }
     let limits = &config.limits;
     let (inbox_tx, inbox_rx) = Inbox::new(limits.inbox_capacity, limits.inbox_max_bytes);
     let (control_tx, control_rx) = crossbeam_channel::bounded(limits.control_capacity());
@@ -290,6 +319,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         cluster: config.cluster_name.clone(),
         key: config.peer_key(),
         bind_ip: bind_ip(&addr),
+        tls: tls.clone(),
     };
     let peer_links = PeerLinks::new(
         identity(),
@@ -333,15 +363,22 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         access_timeout: config.limits.access_timeout,
         client_budget: Arc::new(ByteBudget::new(config.limits.max_client_bytes_in_flight)),
         peers: peer_inbound,
+        tls: tls.clone(),
     });
     let accept = rt::spawn(accept_loop(listener, ctx));
 
     // ---- web view (src/web): served on -w unless it is off ----
     let web_addr = match config.web_addr() {
         Some(web) => Some(
-            crate::web::start(&web, &addr, config.secrets.clone(), status.clone())
-                .await
-                .map_err(|source| StartError::Bind { addr: web, source })?,
+            crate::web::start(
+                &web,
+                &addr,
+                config.secrets.clone(),
+                status.clone(),
+                tls.is_some() && !config.web_http,
+            )
+            .await
+            .map_err(|source| StartError::Bind { addr: web, source })?,
         ),
         None => None,
     };

@@ -341,6 +341,20 @@ pub struct Snapshot {
     pub subscribers: usize,
     /// The data dir's counters (see [`NodeStatus`]); all 0 without one.
     pub disk: DiskNumbers,
+    /// TLS numbers; `None` with TLS off.
+    pub tls: Option<TlsNumbers>,
+}
+
+/// The served certificate and the TLS counters, for `/metrics`.
+#[derive(Clone, Copy, Debug)]
+pub struct TlsNumbers {
+    /// When the served certificate expires (seconds since the epoch).
+    pub not_after: i64,
+    /// Seconds until then (negative once it has expired).
+    pub seconds_left: i64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub handshake_failures: u64,
 }
 
 /// The data dir's numbers, for `/metrics`.
@@ -376,6 +390,13 @@ impl Snapshot {
                 images: status.disk_images.load(Ordering::Relaxed),
                 bytes: status.data_dir.get().map_or(0, |dir| dir_bytes(dir)),
             },
+            tls: status.tls.get().map(|tls| TlsNumbers {
+                not_after: tls.current().not_after,
+                seconds_left: tls.seconds_left(std::time::SystemTime::now()),
+                reloads: tls.reloads.load(Ordering::Relaxed),
+                reload_failures: tls.reload_failures.load(Ordering::Relaxed),
+                handshake_failures: tls.handshake_failures.load(Ordering::Relaxed),
+            }),
         }
     }
 
@@ -553,6 +574,44 @@ pub fn metrics(s: &Snapshot) -> String {
         "Bytes of the data dir's files.",
         s.disk.bytes.to_string(),
     );
+    metric(
+        "doozer_tls_enabled",
+        "gauge",
+        "1 when the client and peer port (and by default the web view) speak TLS.",
+        flag(s.tls.is_some()),
+    );
+    if let Some(tls) = &s.tls {
+        metric(
+            "doozer_tls_cert_not_after_seconds",
+            "gauge",
+            "When the served certificate expires, in seconds since the Unix epoch.",
+            tls.not_after.to_string(),
+        );
+        metric(
+            "doozer_tls_cert_expires_in_seconds",
+            "gauge",
+            "Seconds until the served certificate expires (negative once it has).",
+            tls.seconds_left.to_string(),
+        );
+        metric(
+            "doozer_tls_reloads_total",
+            "counter",
+            "Certificate reloads that took effect (SIGHUP or a changed file).",
+            tls.reloads.to_string(),
+        );
+        metric(
+            "doozer_tls_reload_failures_total",
+            "counter",
+            "Certificate reloads that failed (the old certificate stayed).",
+            tls.reload_failures.to_string(),
+        );
+        metric(
+            "doozer_tls_handshake_failures_total",
+            "counter",
+            "Inbound TLS handshakes that failed (plain text, untrusted certificates, time-outs).",
+            tls.handshake_failures.to_string(),
+        );
+    }
     metric(
         "doozer_proposals_per_second",
         "gauge",
@@ -732,8 +791,20 @@ mod tests {
             uptime_secs: 1.0,
             subscribers: 0,
             disk: DiskNumbers::default(),
+            tls: Some(TlsNumbers {
+                not_after: 1_900_000_000,
+                seconds_left: 86_400,
+                reloads: 2,
+                reload_failures: 1,
+                handshake_failures: 7,
+            }),
         };
         let text = metrics(&s);
+        assert!(text.contains("doozer_tls_enabled 1\n"));
+        assert!(text.contains("doozer_tls_cert_not_after_seconds 1900000000\n"));
+        assert!(text.contains("doozer_tls_cert_expires_in_seconds 86400\n"));
+        assert!(text.contains("doozer_tls_reloads_total 2\n"));
+        assert!(text.contains("doozer_tls_handshake_failures_total 7\n"));
         assert!(text.contains("# TYPE doozer_rev gauge\ndoozer_rev 42\n"));
         assert!(text.contains("doozer_proposals_per_second 2.500\n"));
         assert!(text.contains("doozer_peer_messages_refused_total 0\n"));

@@ -34,10 +34,12 @@ use futures::StreamExt;
 use tide::{Request, Response, StatusCode};
 
 use crate::client::{Client, Error};
+use crate::runtime::conn::Conn;
 use crate::runtime::event_loop::NodeStatus;
 use crate::runtime::rt::{self, TcpListener};
 use crate::session::Secrets;
 use crate::store::Glob;
+use crate::tls::NodeTls;
 use crate::types::Path;
 use api::{ApiError, ApiResult, RevSamples, Snapshot};
 use events::{Hub, Take};
@@ -69,14 +71,18 @@ pub struct Upstream {
     addr: String,
     secret: Vec<u8>,
     client: Mutex<Option<Client>>,
+    /// The node's TLS, when on: the connection is TLS, trusting the
+    /// certificate the node serves now.
+    tls: Option<Arc<NodeTls>>,
 }
 
 impl Upstream {
-    fn new(addr: String, secret: Vec<u8>) -> Upstream {
+    fn new(addr: String, secret: Vec<u8>, tls: Option<Arc<NodeTls>>) -> Upstream {
         Upstream {
             addr,
             secret,
             client: Mutex::new(None),
+            tls,
         }
     }
 
@@ -85,7 +91,9 @@ impl Upstream {
         if let Some(client) = self.lock().as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let client = Client::connect_timeout(&self.addr, CONNECT_TIMEOUT).await?;
+        let own = self.tls.as_ref().map(|tls| tls.current().own.clone());
+        let client =
+            Client::connect_timeout_with(&self.addr, own.as_ref(), CONNECT_TIMEOUT).await?;
         if !self.secret.is_empty() {
             client.access(&self.secret).await?;
         }
@@ -140,11 +148,16 @@ fn dial_addr(listen: &str) -> String {
 
 /// Binds `web_addr` and serves the web view for the node whose client port
 /// is `node_addr`, until the process ends. Returns the bound address.
+///
+/// With TLS on (`status.tls`), the web view dials its node over TLS
+/// (trusting exactly the certificate the node serves), and with `https` it
+/// serves HTTPS with that certificate too.
 pub async fn start(
     web_addr: &str,
     node_addr: &str,
     secrets: Secrets,
     status: Arc<NodeStatus>,
+    https: bool,
 ) -> io::Result<String> {
     let listener = TcpListener::bind(web_addr).await?;
     let addr = listener
@@ -155,7 +168,11 @@ pub async fn start(
     } else {
         secrets.read_write.clone()
     };
-    let upstream = Arc::new(Upstream::new(dial_addr(node_addr), secret.into_bytes()));
+    let upstream = Arc::new(Upstream::new(
+        dial_addr(node_addr),
+        secret.into_bytes(),
+        status.tls.get().cloned(),
+    ));
     let hub = Arc::new(Hub::new(
         status.rev.load(Ordering::Acquire),
         events::RING_EVENTS,
@@ -179,7 +196,8 @@ pub async fn start(
     let mut app = tide::with_state(web.clone());
     app.at("/").get(route);
     app.at("/*").get(route);
-    rt::spawn(accept_loop(listener, app, web));
+    let https = if https { status_tls(&web) } else { None };
+    rt::spawn(accept_loop(listener, app, web, https));
     Ok(addr)
 }
 
@@ -198,7 +216,12 @@ async fn sample_revs(stats: Arc<Stats>, status: Arc<NodeStatus>) {
 
 /// tide's own listener has no connection limit; this one closes
 /// connections past [`MAX_HTTP_CONNECTIONS`] at once.
-async fn accept_loop(listener: TcpListener, app: tide::Server<State>, web: Arc<Web>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: tide::Server<State>,
+    web: Arc<Web>,
+    https: Option<Arc<NodeTls>>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -216,8 +239,21 @@ async fn accept_loop(listener: TcpListener, app: tide::Server<State>, web: Arc<W
         web.http_connections.fetch_add(1, Ordering::Relaxed);
         let app = app.clone();
         let web = web.clone();
+        let https = https.clone();
         rt::spawn(async move {
             let local = stream.local_addr().ok();
+            let stream = match https {
+                None => Conn::plain(stream),
+                Some(tls) => match Conn::accept_tls(stream, tls.current().web.clone()).await {
+                    Ok(stream) => stream,
+                    Err(reason) => {
+                        tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        log::debug!("web view: TLS handshake from {peer} failed: {reason}");
+                        web.http_connections.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                },
+            };
             let served = async_h1::accept(stream, |mut req| {
                 let app = app.clone();
                 async move {
@@ -233,6 +269,10 @@ async fn accept_loop(listener: TcpListener, app: tide::Server<State>, web: Arc<W
             web.http_connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+fn status_tls(web: &Web) -> Option<Arc<NodeTls>> {
+    web.status.tls.get().cloned()
 }
 
 /// Whether `candidate` is one of the secrets (the web view is never open,

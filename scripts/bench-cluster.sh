@@ -7,9 +7,11 @@
 # (/var/tmp) or in memory (/dev/shm). OP=get|mixed benches reads instead;
 # SLAVE=1 attaches a 4th node, a slave; AT=N benches against node N
 # (1, the seed, leads; 4 is the slave); DOOZERD_ARGS adds flags to every
-# doozerd (e.g. -local-reads).
+# doozerd (e.g. -local-reads). TLS=1 runs every node with TLS (a CA and a
+# certificate per node made with scripts/make-tls-certs.sh; peer links are
+# mutual TLS) and the bench client over TLS.
 # Usage: [CONNS=N] [OP=..] [AT=N] [SLAVE=1] [DATA_ROOT=DIR] [DOOZERD_ARGS=..]
-#        scripts/bench-cluster.sh BIN_DIR [NET] [SECS]
+#        [TLS=1] scripts/bench-cluster.sh BIN_DIR [NET] [SECS]
 set -euo pipefail
 bin=$1; net=${2:-127.0.88.}; secs=${3:-5}
 conns=${CONNS:-64}
@@ -33,20 +35,29 @@ data() {
   echo "-data-dir $DATA_ROOT/n$1"
 }
 uri() { echo "doozer:?ca=${net}$1:8046"; }
+# Node N's TLS flags (none without TLS=1).
+tls() {
+  [ "${TLS:-}" = 1 ] || return 0
+  echo "-tlscert $dir/certs/n$1.pem -tlskey $dir/certs/n$1.key --tls-ca $dir/certs/ca.pem"
+}
+if [ "${TLS:-}" = 1 ]; then
+  "$(dirname "$0")/make-tls-certs.sh" "$dir/certs" n1=${net}1 n2=${net}2 n3=${net}3 n4=${net}4 >/dev/null
+  export DOOZER_TLS_CA=$dir/certs/ca.pem
+fi
 # shellcheck source=scripts/cluster-lib.sh
 . "$(dirname "$0")/cluster-lib.sh"
 # shellcheck disable=SC2046
-"$bin/doozerd" -l "${net}1:8046" -w false $(data 1) "${extra[@]}" >"$dir/n1.log" 2>&1 & pids+=($!)
+"$bin/doozerd" -l "${net}1:8046" -w false $(data 1) $(tls 1) "${extra[@]}" >"$dir/n1.log" 2>&1 & pids+=($!)
 wait_rev 1
 for i in 2 3; do
   # shellcheck disable=SC2046
-  "$bin/doozerd" -l "${net}$i:8046" -a "${net}1:8046" -w false $(data "$i") "${extra[@]}" >"$dir/n$i.log" 2>&1 & pids+=($!)
+  "$bin/doozerd" -l "${net}$i:8046" -a "${net}1:8046" -w false $(data "$i") $(tls "$i") "${extra[@]}" >"$dir/n$i.log" 2>&1 & pids+=($!)
 done
 for i in 2 3; do wait_rev "$i"; done
 open_member_slots
 if [ "${SLAVE:-}" = 1 ]; then
   # shellcheck disable=SC2046
-  "$bin/doozerd" -l "${net}4:8046" -a "${net}1:8046" -w false $(data 4) "${extra[@]}" >"$dir/n4.log" 2>&1 & pids+=($!)
+  "$bin/doozerd" -l "${net}4:8046" -a "${net}1:8046" -w false $(data 4) $(tls 4) "${extra[@]}" >"$dir/n4.log" 2>&1 & pids+=($!)
   wait_rev 4
 fi
 sleep 1

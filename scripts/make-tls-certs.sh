@@ -27,7 +27,7 @@ umask 077
 if [ ! -f "$dir/ca.pem" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
         -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 3650 \
-        -subj "/CN=doozer cluster CA" \
+        -subj "/CN=doozer cluster CA $(date -u +%Y%m%d%H%M%S)-$RANDOM" \
         -addext "basicConstraints=critical,CA:TRUE" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
     echo "made $dir/ca.pem"

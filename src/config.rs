@@ -433,6 +433,41 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings() {
+        let tls = |cert: Option<&str>, key: Option<&str>, ca: Option<&str>, attach: bool| Config {
+            tls_cert: cert.map(Into::into),
+            tls_key: key.map(Into::into),
+            tls_ca: ca.map(Into::into),
+            attach: if attach {
+                vec!["127.0.0.1:8046".into()]
+            } else {
+                Vec::new()
+            },
+            ..Config::default()
+        };
+        assert_eq!(
+            tls(None, None, Some("ca"), false).validate(),
+            Err(ConfigError::CaWithoutCert)
+        );
+        assert_eq!(
+            tls(Some("c"), None, Some("ca"), false).validate(),
+            Err(ConfigError::HalfTls)
+        );
+        // A seed may serve TLS without a CA (as the original); attaching
+        // needs one, peers being checked against it.
+        tls(Some("c"), Some("k"), None, false).validate().unwrap();
+        assert_eq!(
+            tls(Some("c"), Some("k"), None, true).validate(),
+            Err(ConfigError::PeersNeedCa)
+        );
+        let c = tls(Some("c"), Some("k"), Some("ca"), true);
+        c.validate().unwrap();
+        let files = c.tls_files().unwrap();
+        assert_eq!(files.ca.as_deref(), Some(std::path::Path::new("ca")));
+        assert!(Config::default().tls_files().is_none());
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         let c = Config {
             listen: String::new(),

@@ -159,10 +159,16 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, String> {
     Ok(parsed.validity().not_after.timestamp())
 }
 
-/// The subject of a certificate, for log lines.
-fn subject(cert: &CertificateDer<'_>) -> String {
+/// The subject of a certificate and its expiry date, for log lines.
+fn describe(cert: &CertificateDer<'_>) -> String {
     x509_parser::parse_x509_certificate(cert.as_ref())
-        .map(|(_, parsed)| parsed.subject().to_string())
+        .map(|(_, parsed)| {
+            format!(
+                "{} (expires {})",
+                parsed.subject(),
+                parsed.validity().not_after
+            )
+        })
         .unwrap_or_else(|_| "?".to_string())
 }
 
@@ -450,7 +456,7 @@ pub struct NodeTlsSet {
     pub own: ClientTls,
     /// When the served certificate expires (seconds since the epoch).
     pub not_after: i64,
-    /// The served certificate's subject.
+    /// The served certificate's subject and expiry, in words.
     pub subject: String,
 }
 
@@ -533,7 +539,7 @@ impl NodeTlsSet {
             client,
             own: ClientTls::pinned(vec![certs[0].clone()]),
             not_after,
-            subject: subject(&certs[0]),
+            subject: describe(&certs[0]),
         })
     }
 }
@@ -624,10 +630,9 @@ impl NodeTls {
         match NodeTlsSet::load(&self.files) {
             Ok(set) => {
                 log::info!(
-                    "TLS: loaded the certificate {} from {} (expires {})",
+                    "TLS: loaded the certificate {} from {}",
                     set.subject,
                     self.files.cert.display(),
-                    set.not_after
                 );
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
                 self.reloads.fetch_add(1, Ordering::Relaxed);

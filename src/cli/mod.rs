@@ -981,6 +981,7 @@ Global Options:
   -h=false: print this help
   -r=-1: revision for find, wait and watch (-1: the current one)
   -t=0: how long wait may block (0: no limit)
+  -tls-ca="": speak TLS, trusting the CA certificate(s) in this PEM file
   -v=false: print the version
 
 Environment:
@@ -1182,6 +1183,23 @@ Commands:
         );
         let (status, _, err) = run_args(&["nop", "--a=doozer:?cn=x"], &env, b"");
         assert_eq!((status, err.as_str()), (2, "Error: invalid uri\n"));
+    }
+
+    #[test]
+    fn tls_ca_applies_to_uris_without_their_own() {
+        let mut g = Globals::from_env(&Env {
+            uri: Some("doozer:?ca=a:1&cn=x".into()),
+            boot_uri: Some("doozer:?ca=b:1&tlsca=boot.pem".into()),
+            tls_ca: Some("env.pem".into()),
+        });
+        let (uri, boot) = g.uris().unwrap();
+        assert_eq!(uri.tls_ca.as_deref(), Some("env.pem"));
+        assert_eq!(boot.unwrap().tls_ca.as_deref(), Some("boot.pem"));
+        let args: Vec<String> = ["-tls-ca", "flag.pem", "rev"].map(String::from).to_vec();
+        assert_eq!(g.parse(&args).unwrap(), ["rev"]);
+        assert_eq!(g.uris().unwrap().0.tls_ca.as_deref(), Some("flag.pem"));
+        let plain = Globals::from_env(&Env::default());
+        assert_eq!(plain.uris().unwrap().0.tls_ca, None);
     }
 
     #[test]

@@ -227,10 +227,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     if let Some(tls) = &tls {
         let set = tls.current();
         log::info!(
-            "TLS on: serving the certificate {} from {} (expires at {}){}",
+            "TLS on: serving the certificate {} from {}{}",
             set.subject,
             tls.files().cert.display(),
-            set.not_after,
             if tls.takes_peers() {
                 ""
             } else {

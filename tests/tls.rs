@@ -34,3 +34,411 @@ fn generated_certificates_load() {
     .to_string();
     assert!(err.contains("n1.pem") && err.contains("n2.key"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// Clusters over TLS: real nodes, the CLI, and clients of the library.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{
+    doozer_with_env, free_addr_on, print_logs_if_panicking, text, wait_for, Node, DOOZER,
+};
+use doozer::client::{Client, Error as ClientError};
+use doozer::runtime::rt;
+use doozer::tls::ClientTls;
+
+/// A client of one TLS node: each call dials afresh, the whole call bounded
+/// by `limit`.
+struct TlsConn {
+    addr: String,
+    tls: ClientTls,
+    limit: Duration,
+}
+
+impl TlsConn {
+    fn new(addr: &str, ca: &Path) -> TlsConn {
+        TlsConn {
+            addr: addr.to_string(),
+            tls: ClientTls::from_ca_file(ca).expect("the CA loads"),
+            limit: Duration::from_secs(5),
+        }
+    }
+
+    fn run<T>(&self, f: impl AsyncFnOnce(&Client) -> Result<T, ClientError>) -> Result<T, String> {
+        let call = async {
+            let client = Client::connect_with(&self.addr, Some(&self.tls)).await?;
+            let result = f(&client).await;
+            client.close();
+            result
+        };
+        match rt::block_on(rt::timeout(self.limit, call)) {
+            Some(result) => result.map_err(|e| format!("{}: {e}", self.addr)),
+            None => Err(format!("{}: no answer within {:?}", self.addr, self.limit)),
+        }
+    }
+
+    fn rev(&self) -> Result<i64, String> {
+        self.run(async |c| c.rev().await)
+    }
+
+    fn self_id(&self) -> Result<String, String> {
+        self.run(async |c| c.self_id().await)
+            .map(|id| String::from_utf8_lossy(&id).into_owned())
+    }
+
+    fn get(&self, path: &str) -> Result<(Vec<u8>, i64), String> {
+        self.run(async |c| c.get(path, None).await)
+    }
+
+    fn set(&self, path: &str, rev: i64, body: &[u8]) -> Result<i64, String> {
+        self.run(async |c| c.set(path, rev, body).await)
+    }
+
+    /// Every file directly in `dir`: name → body as text.
+    fn dir_bodies(&self, dir: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.run(async |c| {
+            let rev = c.rev().await?;
+            let mut files = std::collections::BTreeMap::new();
+            let names = match c.getdir_all(dir, rev).await {
+                Ok(names) => names,
+                Err(e) if e.code().is_some() => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            for name in names {
+                let (body, _) = c.get(&format!("{dir}/{name}"), Some(rev)).await?;
+                files.insert(name, String::from_utf8_lossy(&body).into_owned());
+            }
+            Ok(files)
+        })
+    }
+}
+
+/// Waits until a TLS node answers a REV (and panics, with its log, when it
+/// exits or never does).
+fn wait_tls_answers(node: &mut Node, ca: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let conn = TlsConn::new(&node.addr, ca);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if !node.is_running() {
+            panic!(
+                "doozerd {} on {} exited\n{}",
+                node.name,
+                node.addr,
+                node.log_tail(30)
+            );
+        }
+        match conn.rev() {
+            Ok(_) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "doozerd {} on {} never answered over TLS ({last})\n{}",
+        node.name,
+        node.addr,
+        node.log_tail(30)
+    );
+}
+
+/// `doozer ARGS` with `env`; asserts success and returns stdout.
+fn cli_ok(env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> String {
+    let out = doozer_with_env(env, args, stdin);
+    assert!(
+        out.status.success(),
+        "doozer {args:?} {env:?}: {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `doozer ARGS` expected to fail: returns (stderr, how long it took).
+fn cli_fails(env: &[(&str, &str)], args: &[&str]) -> (String, Duration) {
+    let start = Instant::now();
+    let out: Output = doozer_with_env(env, args, b"");
+    let took = start.elapsed();
+    assert!(
+        !out.status.success(),
+        "doozer {args:?} {env:?} succeeded: {}",
+        text(&out.stdout)
+    );
+    (text(&out.stderr), took)
+}
+
+/// The nodes of one test and its directory; prints the logs of a failed
+/// test.
+struct Bed {
+    nodes: Vec<Node>,
+    dir: common::TempDir,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        print_logs_if_panicking(&self.nodes, &self.dir);
+    }
+}
+
+fn tls_args(cert: &common::certs::CertFiles, ca: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = cert.args();
+    args.push("--tls-ca".into());
+    args.push(ca.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A child process (`doozer watch`) killed on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `doozer members` lines as (slot, id, addr, role).
+fn members(env: &[(&str, &str)]) -> Vec<(String, String, String, String)> {
+    cli_ok(env, &["members"], b"")
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f.len(), 5, "members line {line:?}");
+            (f[0].into(), f[1].into(), f[2].into(), f[3].into())
+        })
+        .collect()
+}
+
+/// The README's walk-through over TLS: a seed and three nodes attached with
+/// `-a`, each with its own certificate; two slots opened with the CLI; the
+/// CLI with the CA from `DOOZER_TLS_CA`, `-tls-ca` and `tlsca=`; `watch`,
+/// `wait` and `bench`; then the leader killed and writes going on through
+/// the survivors' TLS peer links.
+#[test]
+fn tls_cluster_walkthrough() {
+    let mut bed = Bed {
+        nodes: Vec::new(),
+        dir: common::TempDir::new("tls-walk"),
+    };
+    let ca = TestCa::new("walkthrough CA");
+    let ca_file = ca.write(&bed.dir.path, "ca.pem");
+    let ca_s = ca_file.display().to_string();
+    let addrs: Vec<String> = (1..=4)
+        .map(|i| free_addr_on(&format!("127.0.61.{i}")))
+        .collect();
+    for (i, addr) in addrs.iter().enumerate() {
+        let cert = ca.issue_files(&bed.dir.path, &format!("n{}", i + 1), &[addr]);
+        let mut extra = vec!["-timeout", "3"];
+        if i > 0 {
+            extra.extend(["-a", addrs[0].as_str()]);
+        }
+        let args = tls_args(&cert, &ca_file, &extra);
+        let node = Node::spawn(&format!("node{}", i + 1), addr, &strs(&args), &bed.dir.path);
+        bed.nodes.push(node);
+        if i == 0 {
+            wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
+        }
+    }
+    for node in &mut bed.nodes {
+        wait_tls_answers(node, &ca_file, Duration::from_secs(10));
+    }
+    let conn = |i: usize| TlsConn::new(&addrs[i], &ca_file);
+    let ids: Vec<String> = (0..4)
+        .map(|i| wait_for("SELF", Duration::from_secs(5), || conn(i).self_id()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        wait_for(
+            &format!("node{} to register", i + 1),
+            Duration::from_secs(10),
+            || {
+                let (body, _) = conn(0).get(&format!("/ctl/node/{id}/addr"))?;
+                (text(&body) == addrs[i])
+                    .then_some(())
+                    .ok_or(format!("addr {:?}", text(&body)))
+            },
+        );
+    }
+
+    // Open two slots as an operator does, the CA from the environment.
+    let seed_uri = format!("doozer:?ca={}", addrs[0]);
+    let env_seed = [
+        ("DOOZER_URI", seed_uri.as_str()),
+        ("DOOZER_TLS_CA", ca_s.as_str()),
+    ];
+    cli_ok(&env_seed, &["set", "/ctl/cal/1", "0"], b"");
+    cli_ok(&env_seed, &["set", "/ctl/cal/2", "0"], b"");
+    let cal = wait_for("3 members", Duration::from_secs(15), || {
+        let cal = conn(0).dir_bodies("/ctl/cal")?;
+        let full = cal.len() == 3 && cal.values().all(|id| ids.contains(id));
+        full.then_some(cal.clone()).ok_or(format!("/ctl/cal {cal:?}"))
+    });
+    let member_ids: Vec<&String> = cal.values().collect();
+    let slaves: Vec<usize> = (0..4).filter(|i| !member_ids.contains(&&ids[*i])).collect();
+    assert_eq!(slaves.len(), 1, "one slave: {cal:?} {ids:?}");
+    let slave = slaves[0];
+    let member = (1..4).find(|i| *i != slave).unwrap();
+
+    // Set through a member (CA from DOOZER_TLS_CA), get on the slave
+    // (-tls-ca) and on the seed (tlsca= in the URI).
+    let member_uri = format!("doozer:?ca={}", addrs[member]);
+    let env_member = [
+        ("DOOZER_URI", member_uri.as_str()),
+        ("DOOZER_TLS_CA", ca_s.as_str()),
+    ];
+    let rev: i64 = cli_ok(&env_member, &["set", "/tls/greeting", "0"], b"over TLS")
+        .trim()
+        .parse()
+        .unwrap();
+    let slave_uri = format!("doozer:?ca={}", addrs[slave]);
+    let got = cli_ok(
+        &[],
+        &["-a", &slave_uri, "-tls-ca", &ca_s, "get", "/tls/greeting"],
+        b"",
+    );
+    assert_eq!(got, "over TLS");
+    let seed_tls_uri = format!("doozer:?ca={}&tlsca={ca_s}", addrs[0]);
+    let slave_tls_uri = format!("doozer:?ca={}&tlsca={ca_s}", addrs[slave]);
+    assert_eq!(
+        cli_ok(&[], &["-a", &seed_tls_uri, "get", "/tls/greeting"], b""),
+        "over TLS"
+    );
+    let found = cli_ok(&[], &["-a", &slave_tls_uri, "find", "/tls"], b"");
+    assert!(found.lines().any(|l| l == "/tls/greeting"), "{found:?}");
+    let stat = cli_ok(
+        &[("DOOZER_URI", &slave_tls_uri)],
+        &["stat", "/tls/greeting"],
+        b"",
+    );
+    assert_eq!(stat.trim(), format!("{rev} 8"), "stat");
+    let now: i64 = cli_ok(&[("DOOZER_URI", &slave_tls_uri)], &["rev"], b"")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(now >= rev, "rev {now} < {rev}");
+
+    // `watch` on the slave sees a set made through the seed; `wait` from the
+    // set's rev returns it.
+    let child = Command::new(DOOZER)
+        .args(["-a", &slave_tls_uri, "-r", &(now + 1).to_string()])
+        .args(["watch", "/tls/**"])
+        .env_remove("DOOZER_URI")
+        .env_remove("DOOZER_BOOT_URI")
+        .env_remove("DOOZER_TLS_CA")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("doozer watch starts");
+    let mut watch = ChildGuard(child);
+    let mut stdout = watch.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let watched: i64 = cli_ok(&env_seed, &["set", "/tls/watched", "0"], b"seen")
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let want = format!("/tls/watched {watched} set 4\nseen\n");
+    while !text(&seen).contains(&want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => seen.extend(bytes),
+            Err(_) => panic!("the watch on the slave printed {:?}", text(&seen)),
+        }
+    }
+    drop(watch);
+    let waited = cli_ok(
+        &[],
+        &[
+            "-a",
+            &slave_tls_uri,
+            "-r",
+            &watched.to_string(),
+            "wait",
+            "/tls/**",
+        ],
+        b"",
+    );
+    assert_eq!(waited, want, "wait");
+
+    // A short set load over TLS.
+    let out = cli_ok(
+        &[],
+        &[
+            "-a", &member_uri, "-tls-ca", &ca_s, "bench", "-d", "1", "-keys", "20", "-c", "2",
+        ],
+        b"",
+    );
+    let ops: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ops: "))
+        .unwrap_or_else(|| panic!("no ops line in {out:?}"))
+        .parse()
+        .unwrap();
+    assert!(ops > 0, "bench over TLS: {out}");
+    assert!(out.contains("errors: 0\n"), "bench over TLS: {out}");
+
+    // Kill the leader; writes go on through the survivors.
+    let leader = members(&env_seed)
+        .into_iter()
+        .find(|m| m.3 == "leader")
+        .expect("a leader");
+    let dead = addrs.iter().position(|a| *a == leader.2).unwrap();
+    bed.nodes[dead].kill9();
+    let alive: Vec<usize> = (0..4).filter(|i| *i != dead).collect();
+    let writer = alive[0];
+    let writer_uri = format!("doozer:?ca={}&tlsca={ca_s}", addrs[writer]);
+    let start = Instant::now();
+    let after = wait_for(
+        "a write after the leader's death",
+        Duration::from_secs(15),
+        || {
+            let out = doozer_with_env(&[], &["-a", &writer_uri, "set", "/tls/after", "-1"], b"on");
+            if out.status.success() {
+                Ok(text(&out.stdout).trim().parse::<i64>().unwrap())
+            } else {
+                Err(text(&out.stderr))
+            }
+        },
+    );
+    eprintln!("a write succeeded {:?} after the leader died", start.elapsed());
+    for &i in &alive {
+        wait_for(
+            &format!("node{} to read /tls/after", i + 1),
+            Duration::from_secs(10),
+            || {
+                let (body, got) = conn(i).get("/tls/after")?;
+                (got == after && body == b"on")
+                    .then_some(())
+                    .ok_or(format!("rev {got}"))
+            },
+        );
+    }
+    // The dead leader is removed after -timeout 3 and the slave takes its
+    // slot: three members again, all alive.
+    let new_leader = (0..4).find(|i| *i != dead).unwrap();
+    wait_for("three live members", Duration::from_secs(20), || {
+        let cal = conn(new_leader).dir_bodies("/ctl/cal")?;
+        let live = cal.len() == 3 && cal.values().all(|id| *id != ids[dead] && ids.contains(id));
+        live.then_some(()).ok_or(format!("/ctl/cal {cal:?}"))
+    });
+}

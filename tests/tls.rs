@@ -40,7 +40,7 @@ fn generated_certificates_load() {
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -441,4 +441,316 @@ fn tls_cluster_walkthrough() {
         let live = cal.len() == 3 && cal.values().all(|id| *id != ids[dead] && ids.contains(id));
         live.then_some(()).ok_or(format!("/ctl/cal {cal:?}"))
     });
+}
+
+/// Reads from `conn` until the server closes it (EOF or reset) or `limit`
+/// passes; whether it closed, and how long that took.
+fn closed_within(conn: &mut TcpStream, limit: Duration) -> (bool, Duration) {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return (false, start.elapsed());
+        }
+        conn.set_read_timeout(Some(left)).unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => return (true, start.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return (false, start.elapsed())
+            }
+            Err(_) => return (true, start.elapsed()),
+        }
+    }
+}
+
+/// One `GET path` over plain HTTP; the body.
+fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let mut conn = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    let out = text(&out);
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("reply {out:?}")),
+    }
+}
+
+/// A metric's value in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (n, v) = line.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Everything that goes wrong between a client and a TLS node fails fast,
+/// with words saying what: no CA, plain text (a request or nothing at all),
+/// another CA, a certificate for another address, TLS to a plain node; and
+/// the node counts the failed handshakes in /metrics.
+#[test]
+fn tls_refusals_are_clean_and_clear() {
+    let mut bed = Bed {
+        nodes: Vec::new(),
+        dir: common::TempDir::new("tls-refusals"),
+    };
+    let ca = TestCa::new("refusals CA");
+    let other = TestCa::new("another CA");
+    let ca_file = ca.write(&bed.dir.path, "ca.pem");
+    let other_file = other.write(&bed.dir.path, "other.pem");
+    let (ca_s, other_s) = (
+        ca_file.display().to_string(),
+        other_file.display().to_string(),
+    );
+
+    // a: a TLS node (web view in plain HTTP, for /metrics); b: a TLS node
+    // whose certificate names 127.0.62.9; c: a plain node.
+    let a = free_addr_on("127.0.62.1");
+    let web = free_addr_on("127.0.62.1");
+    let cert_a = ca.issue_files(&bed.dir.path, "a", &[&a]);
+    let args = tls_args(&cert_a, &ca_file, &["--web-http"]);
+    bed.nodes
+        .push(Node::spawn_web("a", &a, &web, &strs(&args), &bed.dir.path));
+    let b = free_addr_on("127.0.62.2");
+    let cert_b = ca.issue_files(&bed.dir.path, "b", &["127.0.62.9"]);
+    let args = tls_args(&cert_b, &ca_file, &[]);
+    bed.nodes
+        .push(Node::spawn("b", &b, &strs(&args), &bed.dir.path));
+    let c = free_addr_on("127.0.62.3");
+    bed.nodes.push(Node::spawn("c", &c, &[], &bed.dir.path));
+    wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
+    bed.nodes[2].wait_answers(Duration::from_secs(10));
+    wait_for("b to listen", Duration::from_secs(10), || {
+        TcpStream::connect(&b)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+
+    // A client that connects and says nothing is closed at the handshake
+    // deadline (watched on a thread while the rest runs).
+    let mut silent = TcpStream::connect(&a).unwrap();
+    let silent = std::thread::spawn(move || closed_within(&mut silent, Duration::from_secs(15)));
+
+    let uri = |addr: &str| format!("doozer:?ca={addr}");
+    // The right CA works.
+    assert_eq!(
+        cli_ok(&[], &["-a", &uri(&a), "-tls-ca", &ca_s, "get", "/nothing"], b""),
+        ""
+    );
+
+    // (a) No CA: the CLI says the server answered in TLS.
+    let (err, took) = cli_fails(&[], &["-a", &uri(&a), "get", "/x"]);
+    assert!(err.contains("TLS"), "no CA: {err}");
+    assert!(took < Duration::from_secs(5), "no CA: took {took:?}");
+    eprintln!("no CA: {}", err.trim());
+
+    // (b) A plain request frame: the connection is closed, no reply frame.
+    let mut plain = TcpStream::connect(&a).unwrap();
+    plain
+        .write_all(&doozer::codec::client::encode_frame(
+            &doozer::codec::client::Request {
+                tag: Some(1),
+                verb: Some(doozer::codec::client::Verb::Rev as i32),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let (closed, took) = closed_within(&mut plain, Duration::from_secs(5));
+    assert!(closed, "a plain request on the TLS port was not closed in {took:?}");
+
+    // (c) Another CA: the certificate is not signed by it.
+    let (err, took) = cli_fails(&[], &["-a", &uri(&a), "-tls-ca", &other_s, "get", "/x"]);
+    assert!(
+        err.contains("not signed by") || err.contains("unknown issuer"),
+        "another CA: {err}"
+    );
+    assert!(err.contains(&other_s), "names the CA file: {err}");
+    assert!(took < Duration::from_secs(5), "another CA: took {took:?}");
+    eprintln!("another CA: {}", err.trim());
+
+    // (d) A certificate for 127.0.62.9 served on 127.0.62.2.
+    let (err, took) = cli_fails(&[], &["-a", &uri(&b), "-tls-ca", &ca_s, "get", "/x"]);
+    assert!(
+        err.contains("not valid for") && err.contains("127.0.62.2") && err.contains("127.0.62.9"),
+        "wrong address: {err}"
+    );
+    assert!(took < Duration::from_secs(5), "wrong address: took {took:?}");
+    eprintln!("wrong address: {}", err.trim());
+
+    // (e) TLS to a plain node.
+    let (err, took) = cli_fails(&[], &["-a", &uri(&c), "-tls-ca", &ca_s, "get", "/x"]);
+    assert!(
+        err.contains("TLS") && err.contains("-tlscert"),
+        "TLS to a plain node: {err}"
+    );
+    assert!(took < Duration::from_secs(5), "TLS to plain: took {took:?}");
+    eprintln!("TLS to a plain node: {}", err.trim());
+
+    // The silent client was closed at the handshake deadline.
+    let (closed, took) = silent.join().unwrap();
+    assert!(closed, "a silent client was still connected after {took:?}");
+    assert!(
+        took >= doozer::tls::HANDSHAKE_TIMEOUT - Duration::from_secs(1),
+        "closed early: {took:?}"
+    );
+    eprintln!("a silent client was closed after {took:?}");
+
+    // (f) Every failure above counted (no CA, plain frame, other CA, silent).
+    let failures = wait_for("the handshake failures in /metrics", Duration::from_secs(5), || {
+        let page = http_get(&web, "/metrics")?;
+        match metric(&page, "doozer_tls_handshake_failures_total") {
+            Some(n) if n >= 4.0 => Ok(n),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    eprintln!("doozer_tls_handshake_failures_total {failures}");
+    // The node is healthy after all this.
+    cli_ok(&[], &["-a", &uri(&a), "-tls-ca", &ca_s, "rev"], b"");
+}
+
+/// A node whose certificate another CA signed cannot join, though it trusts
+/// the cluster's CA: it never registers nor gets a copy, and both logs say
+/// why. A node without `--tls-ca` cannot attach at all; a TLS client with
+/// no certificate that speaks the peer protocol is hung up on.
+#[test]
+fn node_with_foreign_certificate_cannot_join() {
+    use doozer::codec::peer::{encode_hello, Hello, PROTOCOL_VERSION};
+    use doozer::runtime::conn::Conn;
+    use doozer::types::NodeId;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    let mut bed = Bed {
+        nodes: Vec::new(),
+        dir: common::TempDir::new("tls-foreign"),
+    };
+    let ca = TestCa::new("cluster CA");
+    let other = TestCa::new("foreign CA");
+    let ca_file = ca.write(&bed.dir.path, "ca.pem");
+    let ca_s = ca_file.display().to_string();
+    let other_file = other.write(&bed.dir.path, "foreign-ca.pem");
+
+    let seed = free_addr_on("127.0.63.1");
+    let cert = ca.issue_files(&bed.dir.path, "seed", &[&seed]);
+    let args = tls_args(&cert, &ca_file, &["-timeout", "3"]);
+    bed.nodes
+        .push(Node::spawn("seed", &seed, &strs(&args), &bed.dir.path));
+    wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
+    let seed_conn = TlsConn::new(&seed, &ca_file);
+    let seed_id = seed_conn.self_id().unwrap();
+    let rev = seed_conn.set("/secret", 0, b"members only").unwrap();
+
+    // The foreign node: its certificate from another CA, the cluster's CA
+    // trusted, attaching to the seed.
+    let foreign = free_addr_on("127.0.63.2");
+    let cert = other.issue_files(&bed.dir.path, "foreign", &[&foreign]);
+    let args = tls_args(&cert, &ca_file, &["-a", &seed]);
+    bed.nodes
+        .push(Node::spawn("foreign", &foreign, &strs(&args), &bed.dir.path));
+    let seed_env = [("DOOZER_URI", &format!("doozer:?ca={seed}&tlsca={ca_s}")[..])];
+    let foreign_conn = TlsConn::new(&foreign, &other_file);
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let nodes = cli_ok(&seed_env, &["find", "/ctl/node"], b"");
+        for line in nodes.lines() {
+            assert!(
+                line == "/ctl/node" || line.starts_with(&format!("/ctl/node/{seed_id}")),
+                "a node other than the seed registered: {nodes}"
+            );
+        }
+        if let Ok((body, got)) = foreign_conn.get("/secret") {
+            assert!(
+                body.is_empty() && got == 0,
+                "the foreign node has a copy: {:?} at {got}",
+                text(&body)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let foreign_log = bed.nodes[1].log_tail(200);
+    assert!(
+        foreign_log.contains("refused our certificate"),
+        "the foreign node's log says why:\n{foreign_log}"
+    );
+    let seed_log = bed.nodes[0].log_tail(400);
+    assert!(
+        seed_log.contains("TLS") && seed_log.contains("handshake"),
+        "the seed's log says a TLS handshake failed:\n{seed_log}"
+    );
+    eprintln!(
+        "foreign: {}",
+        foreign_log
+            .lines()
+            .find(|l| l.contains("refused our certificate"))
+            .unwrap()
+    );
+    eprintln!(
+        "seed: {}",
+        seed_log.lines().find(|l| l.contains("handshake")).unwrap()
+    );
+
+    // A node with a certificate but no --tls-ca cannot attach: doozerd
+    // exits with the configuration error.
+    let lone = free_addr_on("127.0.63.3");
+    let cert = ca.issue_files(&bed.dir.path, "lone", &[&lone]);
+    let mut args = cert.args();
+    args.extend(["-a".to_string(), seed.clone()]);
+    bed.nodes
+        .push(Node::spawn("lone", &lone, &strs(&args), &bed.dir.path));
+    let status = bed.nodes[2]
+        .wait_exit(Duration::from_secs(10))
+        .expect("doozerd -a without --tls-ca exits");
+    assert!(!status.success(), "{status:?}");
+    let log = bed.nodes[2].log_tail(20);
+    assert!(log.contains("--tls-ca"), "the error names --tls-ca:\n{log}");
+    eprintln!("no --tls-ca: {}", log.trim());
+
+    // A TLS client without a certificate that speaks the peer protocol.
+    let tls = ClientTls::from_ca_file(&ca_file).unwrap();
+    let hello = encode_hello(&Hello {
+        version: PROTOCOL_VERSION,
+        from: NodeId::from_bytes([9; 10]),
+        cluster: "local".into(),
+        nonce: vec![7; 32],
+    });
+    let outcome = rt::block_on(rt::timeout(Duration::from_secs(8), async {
+        let tcp = rt::TcpStream::connect(&seed[..]).await.map_err(|e| e.to_string())?;
+        let conn = Conn::connect_tls(tcp, &seed, &tls).await?;
+        (&conn).write_all(&hello).await.map_err(|e| e.to_string())?;
+        (&conn).flush().await.map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match (&conn).read(&mut buf).await {
+                Ok(0) | Err(_) => return Ok::<_, String>(got),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    }));
+    let got = outcome
+        .expect("the peer hello without a client certificate was not closed in 8 s")
+        .expect("the TLS handshake itself works");
+    assert!(got.is_empty(), "the node answered {} bytes", got.len());
+    wait_for("the refusal in the seed's log", Duration::from_secs(5), || {
+        let log = bed.nodes[0].log_tail(400);
+        log.contains("showed no client certificate")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    // The node stays healthy.
+    assert_eq!(
+        cli_ok(&seed_env, &["get", "/secret"], b""),
+        "members only"
+    );
+    let (_, got) = seed_conn.get("/secret").unwrap();
+    assert_eq!(got, rev);
 }

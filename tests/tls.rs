@@ -99,6 +99,17 @@ impl TlsConn {
         self.run(async |c| c.set(path, rev, body).await)
     }
 
+    /// The names in directory `dir` (none when it is absent).
+    fn names(&self, dir: &str) -> Result<Vec<String>, String> {
+        self.run(async |c| {
+            let rev = c.rev().await?;
+            match c.getdir_all(dir, rev).await {
+                Err(e) if e.code().is_some() => Ok(Vec::new()),
+                other => other,
+            }
+        })
+    }
+
     /// Every file directly in `dir`: name → body as text.
     fn dir_bodies(&self, dir: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
         self.run(async |c| {
@@ -753,4 +764,168 @@ fn node_with_foreign_certificate_cannot_join() {
     );
     let (_, got) = seed_conn.get("/secret").unwrap();
     assert_eq!(got, rev);
+}
+
+/// A TLS cluster boots through a TLS DzNS: three nodes started at once with
+/// `-c NAME -b 'doozer:?ca=DZNS'` dial the DzNS over TLS trusting their
+/// `--tls-ca`, elect one seed, the others attach over TLS; the CLI finds
+/// the cluster by name through the DzNS.
+#[test]
+fn tls_cluster_boots_through_a_tls_dzns() {
+    let mut bed = Bed {
+        nodes: Vec::new(),
+        dir: common::TempDir::new("tls-dzns"),
+    };
+    let ca = TestCa::new("dzns CA");
+    let ca_file = ca.write(&bed.dir.path, "ca.pem");
+    let ca_s = ca_file.display().to_string();
+    let dz = free_addr_on("127.0.63.20");
+    let cert = ca.issue_files(&bed.dir.path, "dzns", &[&dz]);
+    let args = tls_args(&cert, &ca_file, &["-c", "dzns"]);
+    bed.nodes
+        .push(Node::spawn("dzns", &dz, &strs(&args), &bed.dir.path));
+    wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
+
+    let boot = format!("doozer:?ca={dz}");
+    let addrs: Vec<String> = (21..=23)
+        .map(|h| free_addr_on(&format!("127.0.63.{h}")))
+        .collect();
+    for (k, addr) in addrs.iter().enumerate() {
+        let cert = ca.issue_files(&bed.dir.path, &format!("ex{k}"), &[addr]);
+        let args = tls_args(&cert, &ca_file, &["-c", "tlsex", "-b", &boot]);
+        bed.nodes.push(Node::spawn(
+            &format!("ex{k}"),
+            addr,
+            &strs(&args),
+            &bed.dir.path,
+        ));
+    }
+    for i in 1..=3 {
+        wait_tls_answers(&mut bed.nodes[i], &ca_file, Duration::from_secs(20));
+    }
+    let conn = |k: usize| TlsConn::new(&addrs[k], &ca_file);
+    let ids: Vec<String> = (0..3)
+        .map(|k| wait_for("SELF", Duration::from_secs(5), || conn(k).self_id()))
+        .collect();
+    // One cluster: every node sees the three registered, one seed in slot 0.
+    let seed_id = wait_for("one cluster of three", Duration::from_secs(20), || {
+        let mut seeds = Vec::new();
+        for k in 0..3 {
+            let cal = conn(k).dir_bodies("/ctl/cal")?;
+            let nodes = conn(k).names("/ctl/node")?.len();
+            if nodes != 3 {
+                return Err(format!("{} sees {nodes} nodes", addrs[k]));
+            }
+            seeds.push(cal.get("0").cloned().unwrap_or_default());
+        }
+        (seeds.iter().all(|s| *s == seeds[0] && ids.contains(s)))
+            .then(|| seeds[0].clone())
+            .ok_or(format!("slot 0 per node: {seeds:?}"))
+    });
+
+    // The CLI by cluster name through the DzNS, -tls-ca for both.
+    let by_name = ["-a", "doozer:?cn=tlsex", "-b", &boot, "-tls-ca", &ca_s];
+    let mut args = by_name.to_vec();
+    args.extend(["set", "/ctl/cal/1", "0"]);
+    cli_ok(&[], &args, b"");
+    wait_for("two members", Duration::from_secs(15), || {
+        let cal = conn(0).dir_bodies("/ctl/cal")?;
+        (cal.len() == 2 && cal.values().all(|id| ids.contains(id)))
+            .then_some(())
+            .ok_or(format!("/ctl/cal {cal:?}"))
+    });
+    let dzns = TlsConn::new(&dz, &ca_file);
+    wait_for("the DzNS to list both members", Duration::from_secs(15), || {
+        let ns = dzns.dir_bodies("/ctl/ns/tlsex")?;
+        (ns.len() == 2 && ns.contains_key(&seed_id) && ns.values().all(|a| addrs.contains(a)))
+            .then_some(())
+            .ok_or(format!("/ctl/ns/tlsex {ns:?}"))
+    });
+    let mut args = by_name.to_vec();
+    args.extend(["set", "/by-name", "0"]);
+    let rev: i64 = cli_ok(&[], &args, b"found").trim().parse().unwrap();
+    for k in 0..3 {
+        wait_for("the write everywhere", Duration::from_secs(10), || {
+            let (body, got) = conn(k).get("/by-name")?;
+            (got == rev && body == b"found")
+                .then_some(())
+                .ok_or(format!("rev {got}"))
+        });
+    }
+}
+
+/// Certificates made by `scripts/make-tls-certs.sh` (openssl) are what
+/// doozerd takes: a seed and an attached node, the CLI trusting the
+/// script's CA.
+#[test]
+fn openssl_certificates_from_the_script_work() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("NOTE: openssl is not installed; skipping the make-tls-certs.sh test");
+        return;
+    }
+    let mut bed = Bed {
+        nodes: Vec::new(),
+        dir: common::TempDir::new("tls-openssl"),
+    };
+    let certs = bed.dir.path.join("certs");
+    let a = free_addr_on("127.0.62.30");
+    let b = free_addr_on("127.0.62.31");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/make-tls-certs.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(&certs)
+        .args(["n1=127.0.62.30", "n2=127.0.62.31"])
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "make-tls-certs.sh: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let ca_file = certs.join("ca.pem");
+    let ca_s = ca_file.display().to_string();
+    let node_args = |name: &str, extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "-tlscert".to_string(),
+            certs.join(format!("{name}.pem")).display().to_string(),
+            "-tlskey".to_string(),
+            certs.join(format!("{name}.key")).display().to_string(),
+            "--tls-ca".to_string(),
+            ca_s.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let args = node_args("n1", &[]);
+    bed.nodes
+        .push(Node::spawn("n1", &a, &strs(&args), &bed.dir.path));
+    wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
+    let args = node_args("n2", &["-a", &a]);
+    bed.nodes
+        .push(Node::spawn("n2", &b, &strs(&args), &bed.dir.path));
+    wait_tls_answers(&mut bed.nodes[1], &ca_file, Duration::from_secs(10));
+    let id = TlsConn::new(&b, &ca_file).self_id().unwrap();
+    wait_for("n2 to register", Duration::from_secs(10), || {
+        let (body, _) = TlsConn::new(&a, &ca_file).get(&format!("/ctl/node/{id}/addr"))?;
+        (text(&body) == b)
+            .then_some(())
+            .ok_or(format!("{:?}", text(&body)))
+    });
+    let b_uri = format!("doozer:?ca={b}");
+    let rev: i64 = cli_ok(
+        &[("DOOZER_TLS_CA", &ca_s)],
+        &["-a", &b_uri, "set", "/openssl", "0"],
+        b"made by openssl",
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let a_uri = format!("doozer:?ca={a}&tlsca={ca_s}");
+    let (_, got) = TlsConn::new(&a, &ca_file).get("/openssl").unwrap();
+    assert_eq!(got, rev);
+    assert_eq!(
+        cli_ok(&[], &["-a", &a_uri, "get", "/openssl"], b""),
+        "made by openssl"
+    );
 }

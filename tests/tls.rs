@@ -292,7 +292,8 @@ fn tls_cluster_walkthrough() {
     let cal = wait_for("3 members", Duration::from_secs(15), || {
         let cal = conn(0).dir_bodies("/ctl/cal")?;
         let full = cal.len() == 3 && cal.values().all(|id| ids.contains(id));
-        full.then_some(cal.clone()).ok_or(format!("/ctl/cal {cal:?}"))
+        full.then_some(cal.clone())
+            .ok_or(format!("/ctl/cal {cal:?}"))
     });
     let member_ids: Vec<&String> = cal.values().collect();
     let slaves: Vec<usize> = (0..4).filter(|i| !member_ids.contains(&&ids[*i])).collect();
@@ -395,7 +396,17 @@ fn tls_cluster_walkthrough() {
     let out = cli_ok(
         &[],
         &[
-            "-a", &member_uri, "-tls-ca", &ca_s, "bench", "-d", "1", "-keys", "20", "-c", "2",
+            "-a",
+            &member_uri,
+            "-tls-ca",
+            &ca_s,
+            "bench",
+            "-d",
+            "1",
+            "-keys",
+            "20",
+            "-c",
+            "2",
         ],
         b"",
     );
@@ -431,7 +442,10 @@ fn tls_cluster_walkthrough() {
             }
         },
     );
-    eprintln!("a write succeeded {:?} after the leader died", start.elapsed());
+    eprintln!(
+        "a write succeeded {:?} after the leader died",
+        start.elapsed()
+    );
     for &i in &alive {
         wait_for(
             &format!("node{} to read /tls/after", i + 1),
@@ -542,9 +556,7 @@ fn tls_refusals_are_clean_and_clear() {
     wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
     bed.nodes[2].wait_answers(Duration::from_secs(10));
     wait_for("b to listen", Duration::from_secs(10), || {
-        TcpStream::connect(&b)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        TcpStream::connect(&b).map(drop).map_err(|e| e.to_string())
     });
 
     // A client that connects and says nothing is closed at the handshake
@@ -555,7 +567,11 @@ fn tls_refusals_are_clean_and_clear() {
     let uri = |addr: &str| format!("doozer:?ca={addr}");
     // The right CA works.
     assert_eq!(
-        cli_ok(&[], &["-a", &uri(&a), "-tls-ca", &ca_s, "get", "/nothing"], b""),
+        cli_ok(
+            &[],
+            &["-a", &uri(&a), "-tls-ca", &ca_s, "get", "/nothing"],
+            b""
+        ),
         ""
     );
 
@@ -577,7 +593,10 @@ fn tls_refusals_are_clean_and_clear() {
         ))
         .unwrap();
     let (closed, took) = closed_within(&mut plain, Duration::from_secs(5));
-    assert!(closed, "a plain request on the TLS port was not closed in {took:?}");
+    assert!(
+        closed,
+        "a plain request on the TLS port was not closed in {took:?}"
+    );
 
     // (c) Another CA: the certificate is not signed by it.
     let (err, took) = cli_fails(&[], &["-a", &uri(&a), "-tls-ca", &other_s, "get", "/x"]);
@@ -592,10 +611,14 @@ fn tls_refusals_are_clean_and_clear() {
     // (d) A certificate for 127.0.62.9 served on 127.0.62.2.
     let (err, took) = cli_fails(&[], &["-a", &uri(&b), "-tls-ca", &ca_s, "get", "/x"]);
     assert!(
-        err.contains("not valid for 127.0.62.2,") && err.contains("names the IP address 127.0.62.9"),
+        err.contains("not valid for 127.0.62.2,")
+            && err.contains("names the IP address 127.0.62.9"),
         "wrong address: {err}"
     );
-    assert!(took < Duration::from_secs(5), "wrong address: took {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "wrong address: took {took:?}"
+    );
     eprintln!("wrong address: {}", err.trim());
 
     // (e) TLS to a plain node.
@@ -617,13 +640,17 @@ fn tls_refusals_are_clean_and_clear() {
     eprintln!("a silent client was closed after {took:?}");
 
     // (f) Every failure above counted (no CA, plain frame, other CA, silent).
-    let failures = wait_for("the handshake failures in /metrics", Duration::from_secs(5), || {
-        let page = http_get(&web, "/metrics")?;
-        match metric(&page, "doozer_tls_handshake_failures_total") {
-            Some(n) if n >= 4.0 => Ok(n),
-            other => Err(format!("{other:?}")),
-        }
-    });
+    let failures = wait_for(
+        "the handshake failures in /metrics",
+        Duration::from_secs(5),
+        || {
+            let page = http_get(&web, "/metrics")?;
+            match metric(&page, "doozer_tls_handshake_failures_total") {
+                Some(n) if n >= 4.0 => Ok(n),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
     eprintln!("doozer_tls_handshake_failures_total {failures}");
     // The node is healthy after all this.
     cli_ok(&[], &["-a", &uri(&a), "-tls-ca", &ca_s, "rev"], b"");
@@ -665,8 +692,12 @@ fn node_with_foreign_certificate_cannot_join() {
     let foreign = free_addr_on("127.0.63.2");
     let cert = other.issue_files(&bed.dir.path, "foreign", &[&foreign]);
     let args = tls_args(&cert, &ca_file, &["-a", &seed]);
-    bed.nodes
-        .push(Node::spawn("foreign", &foreign, &strs(&args), &bed.dir.path));
+    bed.nodes.push(Node::spawn(
+        "foreign",
+        &foreign,
+        &strs(&args),
+        &bed.dir.path,
+    ));
     let seed_env = [("DOOZER_URI", &format!("doozer:?ca={seed}&tlsca={ca_s}")[..])];
     let foreign_conn = TlsConn::new(&foreign, &other_file);
     let until = Instant::now() + Duration::from_secs(8);
@@ -734,7 +765,9 @@ fn node_with_foreign_certificate_cannot_join() {
         nonce: vec![7; 32],
     });
     let outcome = rt::block_on(rt::timeout(Duration::from_secs(8), async {
-        let tcp = rt::TcpStream::connect(&seed[..]).await.map_err(|e| e.to_string())?;
+        let tcp = rt::TcpStream::connect(&seed[..])
+            .await
+            .map_err(|e| e.to_string())?;
         let conn = Conn::connect_tls(tcp, &seed, &tls).await?;
         (&conn).write_all(&hello).await.map_err(|e| e.to_string())?;
         (&conn).flush().await.map_err(|e| e.to_string())?;
@@ -751,17 +784,18 @@ fn node_with_foreign_certificate_cannot_join() {
         .expect("the peer hello without a client certificate was not closed in 8 s")
         .expect("the TLS handshake itself works");
     assert!(got.is_empty(), "the node answered {} bytes", got.len());
-    wait_for("the refusal in the seed's log", Duration::from_secs(5), || {
-        let log = bed.nodes[0].log_tail(400);
-        log.contains("showed no client certificate")
-            .then_some(())
-            .ok_or_else(|| "not yet".to_string())
-    });
-    // The node stays healthy.
-    assert_eq!(
-        cli_ok(&seed_env, &["get", "/secret"], b""),
-        "members only"
+    wait_for(
+        "the refusal in the seed's log",
+        Duration::from_secs(5),
+        || {
+            let log = bed.nodes[0].log_tail(400);
+            log.contains("showed no client certificate")
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
     );
+    // The node stays healthy.
+    assert_eq!(cli_ok(&seed_env, &["get", "/secret"], b""), "members only");
     let (_, got) = seed_conn.get("/secret").unwrap();
     assert_eq!(got, rev);
 }
@@ -810,11 +844,12 @@ fn tls_cluster_boots_through_a_tls_dzns() {
     // One cluster: every node sees the three registered, one seed in slot 0.
     let seed_id = wait_for("one cluster of three", Duration::from_secs(20), || {
         let mut seeds = Vec::new();
-        for k in 0..3 {
-            let cal = conn(k).dir_bodies("/ctl/cal")?;
-            let nodes = conn(k).names("/ctl/node")?.len();
+        for addr in &addrs {
+            let conn = TlsConn::new(addr, &ca_file);
+            let cal = conn.dir_bodies("/ctl/cal")?;
+            let nodes = conn.names("/ctl/node")?.len();
             if nodes != 3 {
-                return Err(format!("{} sees {nodes} nodes", addrs[k]));
+                return Err(format!("{addr} sees {nodes} nodes"));
             }
             seeds.push(cal.get("0").cloned().unwrap_or_default());
         }
@@ -835,12 +870,16 @@ fn tls_cluster_boots_through_a_tls_dzns() {
             .ok_or(format!("/ctl/cal {cal:?}"))
     });
     let dzns = TlsConn::new(&dz, &ca_file);
-    wait_for("the DzNS to list both members", Duration::from_secs(15), || {
-        let ns = dzns.dir_bodies("/ctl/ns/tlsex")?;
-        (ns.len() == 2 && ns.contains_key(&seed_id) && ns.values().all(|a| addrs.contains(a)))
-            .then_some(())
-            .ok_or(format!("/ctl/ns/tlsex {ns:?}"))
-    });
+    wait_for(
+        "the DzNS to list both members",
+        Duration::from_secs(15),
+        || {
+            let ns = dzns.dir_bodies("/ctl/ns/tlsex")?;
+            (ns.len() == 2 && ns.contains_key(&seed_id) && ns.values().all(|a| addrs.contains(a)))
+                .then_some(())
+                .ok_or(format!("/ctl/ns/tlsex {ns:?}"))
+        },
+    );
     let mut args = by_name.to_vec();
     args.extend(["set", "/by-name", "0"]);
     let rev: i64 = cli_ok(&[], &args, b"found").trim().parse().unwrap();

@@ -564,6 +564,15 @@ fn tls_refusals_are_clean_and_clear() {
     let mut silent = TcpStream::connect(&a).unwrap();
     let silent = std::thread::spawn(move || closed_within(&mut silent, Duration::from_secs(15)));
 
+    // A server that takes the connection and never answers: the CLI with
+    // TLS gives up on its own (watched on a thread too).
+    let mute = std::net::TcpListener::bind("127.0.62.4:0").unwrap();
+    let mute_uri = format!("doozer:?ca={}", mute.local_addr().unwrap());
+    let mute_ca = ca_s.clone();
+    let mute_cli = std::thread::spawn(move || {
+        cli_fails(&[], &["-a", &mute_uri, "-tls-ca", &mute_ca, "get", "/x"])
+    });
+
     let uri = |addr: &str| format!("doozer:?ca={addr}");
     // The right CA works.
     assert_eq!(
@@ -638,6 +647,19 @@ fn tls_refusals_are_clean_and_clear() {
         "closed early: {took:?}"
     );
     eprintln!("a silent client was closed after {took:?}");
+
+    // The CLI against a server that never answers the handshake.
+    let (err, took) = mute_cli.join().unwrap();
+    assert!(
+        took < Duration::from_secs(15),
+        "a mute server: took {took:?}"
+    );
+    assert!(
+        err.contains("TLS handshake") && err.contains("did not answer the handshake"),
+        "a mute server: {err}"
+    );
+    eprintln!("a mute server, after {took:?}: {}", err.trim());
+    drop(mute);
 
     // (f) Every failure above counted (no CA, plain frame, other CA, silent).
     let failures = wait_for(

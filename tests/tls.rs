@@ -990,3 +990,101 @@ fn openssl_certificates_from_the_script_work() {
         "made by openssl"
     );
 }
+
+/// One `GET path` over HTTPS trusting `ca`; the status line and body.
+fn https_get(addr: &str, ca: &Path, path: &str) -> Result<(String, String), String> {
+    use doozer::runtime::conn::Conn;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let tls = ClientTls::from_ca_file(ca).map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let fetch = async {
+        let tcp = rt::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = Conn::connect_tls(tcp, addr, &tls).await?;
+        (&conn)
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        (&conn).flush().await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16384];
+        loop {
+            match (&conn).read(&mut buf).await {
+                Ok(0) => return Ok::<_, String>(out),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                // A server may close without a TLS close_notify.
+                Err(_) if !out.is_empty() => return Ok(out),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let out = rt::block_on(rt::timeout(Duration::from_secs(5), fetch))
+        .ok_or_else(|| format!("no answer from https://{addr}{path} in 5 s"))??;
+    let out = text(&out);
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("reply {out:?}"))?;
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// With TLS on and no `--web-http`, the web view speaks HTTPS with the
+/// node's certificate: /metrics and the tree API answer over it (the view
+/// reads its node over TLS too), and plain HTTP on that port is closed
+/// fast and counted as a failed handshake.
+#[test]
+fn https_web_view_serves_metrics_and_refuses_plain_http() {
+    let mut bed = Bed {
+        nodes: Vec::new(),
+        dir: common::TempDir::new("tls-https"),
+    };
+    let ca = TestCa::new("web CA");
+    let ca_file = ca.write(&bed.dir.path, "ca.pem");
+    let addr = free_addr_on("127.0.62.40");
+    let web = free_addr_on("127.0.62.40");
+    let cert = ca.issue_files(&bed.dir.path, "w", &[&addr]);
+    let args = tls_args(&cert, &ca_file, &[]);
+    bed.nodes.push(Node::spawn_web(
+        "w",
+        &addr,
+        &web,
+        &strs(&args),
+        &bed.dir.path,
+    ));
+    wait_tls_answers(&mut bed.nodes[0], &ca_file, Duration::from_secs(10));
+    TlsConn::new(&addr, &ca_file)
+        .set("/web/seen", 0, b"over https")
+        .unwrap();
+
+    let (status, page) = wait_for("/metrics over HTTPS", Duration::from_secs(10), || {
+        https_get(&web, &ca_file, "/metrics")
+    });
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(metric(&page, "doozer_tls_enabled"), Some(1.0), "{page}");
+    let (status, tree) = https_get(&web, &ca_file, "/api/tree?path=/web").unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}: {tree}");
+    assert!(tree.contains("over https"), "{tree}");
+
+    // Plain HTTP on the HTTPS port: closed at once, counted.
+    let mut plain = TcpStream::connect(&web).unwrap();
+    write!(plain, "GET /metrics HTTP/1.1\r\nHost: {web}\r\n\r\n").unwrap();
+    let (closed, took) = closed_within(&mut plain, Duration::from_secs(5));
+    assert!(
+        closed,
+        "plain HTTP on the HTTPS port was not closed in {took:?}"
+    );
+    wait_for(
+        "the failed handshake counted",
+        Duration::from_secs(5),
+        || {
+            let (_, page) = https_get(&web, &ca_file, "/metrics")?;
+            match metric(&page, "doozer_tls_handshake_failures_total") {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+}

@@ -1,5 +1,15 @@
 //! TLS end to end: certificates made at run time (see `common::certs`),
 //! real `doozerd` processes and the `doozer` CLI.
+//!
+//! The README walk-through over TLS (attach, slots, the CLI's three ways of
+//! naming the CA, watch, wait, bench, failover); every way a client can get
+//! TLS wrong failing fast and in words (and counted in /metrics); a node
+//! with a certificate from another CA kept out; a TLS cluster booted
+//! through a TLS DzNS; openssl-made certificates; the HTTPS web view.
+//!
+//! Addresses: 127.0.61.x, 127.0.62.x and 127.0.63.x (free ports), so these
+//! tests do not collide with other suites. Every wait is bounded; nodes are
+//! killed when a test ends, and their logs printed when it fails.
 
 mod common;
 

@@ -351,19 +351,56 @@ impl Client {
         Client::connect_timeout_with(addr, None, limit).await
     }
 
-    /// [`Client::connect_with`], giving up after `limit`.
+    /// [`Client::connect_with`], giving up after `limit` (the TCP connect
+    /// and the TLS handshake together). A server that takes the connection
+    /// but never answers the handshake is told apart from one that cannot
+    /// be reached.
     pub async fn connect_timeout_with(
         addr: &str,
         tls: Option<&ClientTls>,
         limit: Duration,
     ) -> Result<Client, Error> {
-        match timeout(limit, Client::connect_with(addr, tls)).await {
-            Some(result) => result,
-            None => Err(Error::Dial {
-                addr: addr.to_string(),
-                reason: "i/o timeout".into(),
-            }),
-        }
+        let started = std::time::Instant::now();
+        let stream = match timeout(limit, TcpStream::connect(addr)).await {
+            Some(Ok(stream)) => stream,
+            Some(Err(e)) => {
+                return Err(Error::Dial {
+                    addr: addr.to_string(),
+                    reason: io_error_text(&e),
+                })
+            }
+            None => {
+                return Err(Error::Dial {
+                    addr: addr.to_string(),
+                    reason: "i/o timeout".into(),
+                })
+            }
+        };
+        let conn = match tls {
+            None => Conn::plain(stream),
+            Some(tls) => {
+                let left = limit.saturating_sub(started.elapsed());
+                match timeout(left, Conn::connect_tls(stream, addr, tls)).await {
+                    Some(Ok(conn)) => conn,
+                    Some(Err(reason)) => {
+                        return Err(Error::Tls {
+                            addr: addr.to_string(),
+                            reason,
+                        })
+                    }
+                    None => {
+                        return Err(Error::Tls {
+                            addr: addr.to_string(),
+                            reason: format!(
+                                "the server took the connection but did not answer the \
+                                 handshake within {limit:?} (stalled, or not a doozer server?)"
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        Ok(Client::from_conn(conn, addr))
     }
 
     /// Starts the reader and writer tasks on a connected stream.

@@ -406,11 +406,17 @@ fn explain_certificate(err: &CertificateError, trust: &str, whose: &str) -> Stri
             expected,
             presented,
         } => format!(
-            "the {whose}'s certificate is not valid for {expected:?}: it names {}",
+            "the {whose}'s certificate is not valid for {}, the address or host dialled: it names {} \
+             (a node's certificate must name the address clients and peers dial)",
+            name_text(expected),
             if presented.is_empty() {
                 "nothing".to_string()
             } else {
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|name| presented_text(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         ),
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -422,6 +428,33 @@ fn explain_certificate(err: &CertificateError, trust: &str, whose: &str) -> Stri
         CertificateError::Revoked => format!("the {whose}'s certificate is revoked"),
         other => format!("the {whose}'s certificate was refused: {other:?}"),
     }
+}
+
+/// A server name as an operator writes it (`127.0.0.1`, `db.example`).
+fn name_text(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::DnsName(dns) => dns.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A name a certificate presents, as the verifier writes it
+/// (`IpAddress(192.0.2.1)`, `DnsName("db.example")`), in words.
+fn presented_text(name: &str) -> String {
+    if let Some(ip) = name
+        .strip_prefix("IpAddress(")
+        .and_then(|rest| rest.strip_suffix(')'))
+    {
+        return format!("the IP address {ip}");
+    }
+    if let Some(dns) = name
+        .strip_prefix("DnsName(\"")
+        .and_then(|rest| rest.strip_suffix("\")"))
+    {
+        return format!("the DNS name {dns}");
+    }
+    name.to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -702,6 +735,25 @@ mod tests {
             ServerName::try_from("db.example").unwrap()
         );
         assert!(server_name("bad host:1").is_err());
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_is_explained_in_plain_words() {
+        let err = CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("127.0.62.2").unwrap(),
+            presented: vec![
+                "IpAddress(127.0.62.9)".to_string(),
+                "DnsName(\"db.example\")".to_string(),
+            ],
+        };
+        let text = explain_certificate(&err, "the CA in ca.pem", "server");
+        assert!(
+            text.starts_with(
+                "the server's certificate is not valid for 127.0.62.2, the address or host \
+                 dialled: it names the IP address 127.0.62.9, the DNS name db.example"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ impl Conn {
         let connect = TlsConnector::from(tls.config()).connect(name, tcp.clone());
         match rt::timeout(HANDSHAKE_TIMEOUT, connect).await {
             None => Err(format!(
-                "no TLS handshake within {HANDSHAKE_TIMEOUT:?} (is the server running without -tlscert?)"
+                "the server took the connection but did not answer the handshake within \
+                 {HANDSHAKE_TIMEOUT:?} (stalled, or not a doozer server?)"
             )),
             Some(Err(err)) => Err(tls::explain_dial_failure(&err, tls.trust())),
             Some(Ok(stream)) => Ok(Conn {

@@ -183,6 +183,7 @@ pub fn doozer_with_env(env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> Out
     cmd.args(args)
         .env_remove("DOOZER_URI")
         .env_remove("DOOZER_BOOT_URI")
+        .env_remove("DOOZER_TLS_CA")
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -582,6 +583,24 @@ impl Node {
         dir: &std::path::Path,
     ) -> Node {
         let (child, log) = spawn_doozerd(name, addr, "false", args, env, dir);
+        Node {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            log,
+            child,
+            killed: false,
+        }
+    }
+
+    /// Like `spawn_env`, with the web view on `web` (`-w web`).
+    pub fn spawn_web(
+        name: &str,
+        addr: &str,
+        web: &str,
+        args: &[&str],
+        dir: &std::path::Path,
+    ) -> Node {
+        let (child, log) = spawn_doozerd(name, addr, web, args, &[], dir);
         Node {
             name: name.to_string(),
             addr: addr.to_string(),

@@ -678,6 +678,80 @@ impl NodeTls {
     }
 }
 
+/// Certificates for unit tests, made at run time (rcgen, a dev-dependency):
+/// no key material is checked in.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    use super::NodeTlsFiles;
+
+    /// A certificate authority.
+    pub struct Ca {
+        pub pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, name);
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).unwrap();
+            Ca {
+                pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A server-and-client certificate for the IP addresses `ips`:
+        /// (certificate PEM, key PEM).
+        pub fn issue(&self, ips: &[&str]) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, ips.first().copied().unwrap_or("node"));
+            params.distinguished_name = dn;
+            params.subject_alt_names = ips
+                .iter()
+                .map(|ip| SanType::IpAddress(ip.parse().unwrap()))
+                .collect();
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+
+        /// Writes this CA (`<file>-ca.pem`) and a certificate for `ips`
+        /// (`<file>.pem`, `<file>.key`) to `dir`: a node's files.
+        pub fn node_files(&self, dir: &Path, file: &str, ips: &[&str]) -> NodeTlsFiles {
+            let (cert, key) = self.issue(ips);
+            let files = NodeTlsFiles {
+                cert: dir.join(format!("{file}.pem")),
+                key: dir.join(format!("{file}.key")),
+                ca: Some(dir.join(format!("{file}-ca.pem"))),
+            };
+            std::fs::write(&files.cert, cert).unwrap();
+            std::fs::write(&files.key, key).unwrap();
+            std::fs::write(files.ca.as_ref().unwrap(), &self.pem).unwrap();
+            files
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

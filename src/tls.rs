@@ -400,11 +400,16 @@ fn explain_certificate(err: &CertificateError, trust: &str, whose: &str) -> Stri
             expected,
             presented,
         } => format!(
-            "the {whose}'s certificate is not valid for {expected:?}: it names {}",
+            "the {whose}'s certificate is not valid for {}: it names {}",
+            expected.to_str(),
             if presented.is_empty() {
                 "nothing".to_string()
             } else {
-                presented.join(", ")
+                presented
+                    .iter()
+                    .map(|name| bare_name(name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         ),
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -416,6 +421,19 @@ fn explain_certificate(err: &CertificateError, trust: &str, whose: &str) -> Stri
         CertificateError::Revoked => format!("the {whose}'s certificate is revoked"),
         other => format!("the {whose}'s certificate was refused: {other:?}"),
     }
+}
+
+/// A name a certificate presents, as the verifier words it
+/// (`IpAddress(10.0.0.1)`, `DnsName("db.example")`), bare (`10.0.0.1`,
+/// `db.example`); anything else as it is.
+fn bare_name(name: &str) -> &str {
+    name.strip_prefix("IpAddress(")
+        .and_then(|n| n.strip_suffix(')'))
+        .or_else(|| {
+            name.strip_prefix("DnsName(\"")
+                .and_then(|n| n.strip_suffix("\")"))
+        })
+        .unwrap_or(name)
 }
 
 // ---------------------------------------------------------------------------
@@ -774,6 +792,13 @@ mod tests {
     }
 
     #[test]
+    fn presented_names_are_bare() {
+        assert_eq!(bare_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(bare_name("DnsName(\"db.example\")"), "db.example");
+        assert_eq!(bare_name("URI(x)"), "URI(x)");
+    }
+
+    #[test]
     fn hostile_files_are_refused_with_their_names() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.pem");
@@ -794,5 +819,113 @@ mod tests {
         assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
         let missing = dir.path().join("missing.pem");
         assert!(matches!(load_roots(&missing), Err(TlsError::Read { .. })));
+    }
+
+    /// Handshakes over loopback that fail, and what each side says.
+    mod explained {
+        use std::sync::Arc;
+
+        use futures::{AsyncReadExt, AsyncWriteExt};
+
+        use super::super::testing::Ca;
+        use super::super::{ClientTls, NodeTlsSet};
+        use crate::runtime::conn::Conn;
+        use crate::runtime::rt::{self, TcpListener, TcpStream};
+
+        /// Dials a TLS server (its certificate from `set`) at `ip` trusting
+        /// `tls`: (the dialler's error, the server's error).
+        fn dial(ip: &str, set: &NodeTlsSet, tls: &ClientTls) -> (String, String) {
+            rt::block_on(async {
+                let listener = TcpListener::bind((ip, 0)).await.unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                let config = set.listener.clone();
+                let accept = rt::spawn(async move {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    Conn::accept_tls(tcp, config).await
+                });
+                let tcp = TcpStream::connect(&addr).await.unwrap();
+                let dialed = Conn::connect_tls(tcp, &addr, tls).await;
+                let accepted = accept.await;
+                (dialed.unwrap_err(), accepted.unwrap_err())
+            })
+        }
+
+        fn node(ip: &str, name: &str) -> (tempfile::TempDir, NodeTlsSet) {
+            let dir = tempfile::tempdir().unwrap();
+            let files = Ca::new(name).node_files(dir.path(), "n", &[ip]);
+            (dir, NodeTlsSet::load(&files).unwrap())
+        }
+
+        #[test]
+        fn an_unknown_issuer() {
+            let ip = "127.0.64.210";
+            let (_dir, set) = node(ip, "the server's CA");
+            let (other_dir, _) = node(ip, "another CA");
+            let tls = ClientTls::from_ca_file(&other_dir.path().join("n-ca.pem")).unwrap();
+            let (dialer, server) = dial(ip, &set, &tls);
+            assert!(
+                dialer.contains("server's certificate is not signed by the CA in")
+                    && dialer.contains("n-ca.pem")
+                    && dialer.contains("unknown issuer"),
+                "{dialer}"
+            );
+            assert!(server.contains("TLS alert"), "{server}");
+        }
+
+        #[test]
+        fn a_wrong_name() {
+            let ip = "127.0.64.211";
+            // The certificate names another address than the one dialled.
+            let (dir, set) = node("127.0.64.99", "name CA");
+            let tls = ClientTls::from_ca_file(&dir.path().join("n-ca.pem")).unwrap();
+            let (dialer, _) = dial(ip, &set, &tls);
+            assert_eq!(
+                dialer,
+                "the server's certificate is not valid for 127.0.64.211: it names 127.0.64.99"
+            );
+        }
+
+        /// A plain-text server: one that answers with text, and one that
+        /// hangs up; and a plain-text client on a TLS port.
+        #[test]
+        fn plain_text_on_the_other_end() {
+            let ip = "127.0.64.212";
+            let (dir, set) = node(ip, "plain CA");
+            let tls = ClientTls::from_ca_file(&dir.path().join("n-ca.pem")).unwrap();
+            rt::block_on(async {
+                for answer in [&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..], b""] {
+                    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+                    let addr = listener.local_addr().unwrap().to_string();
+                    let server = rt::spawn(async move {
+                        let (mut tcp, _) = listener.accept().await.unwrap();
+                        let mut buf = [0u8; 512];
+                        let _ = tcp.read(&mut buf).await;
+                        let _ = tcp.write_all(answer).await;
+                    });
+                    let tcp = TcpStream::connect(&addr).await.unwrap();
+                    let err = Conn::connect_tls(tcp, &addr, &tls).await.unwrap_err();
+                    server.await;
+                    if answer.is_empty() {
+                        assert!(err.contains("closed the connection"), "{err}");
+                    } else {
+                        assert!(err.contains("does not speak TLS"), "{err}");
+                    }
+                }
+
+                let listener = TcpListener::bind((ip, 0)).await.unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                let config: Arc<rustls::ServerConfig> = set.listener.clone();
+                let accept = rt::spawn(async move {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    Conn::accept_tls(tcp, config).await
+                });
+                let mut tcp = TcpStream::connect(&addr).await.unwrap();
+                tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let err = accept.await.unwrap_err();
+                assert!(err.contains("not a TLS client"), "{err}");
+            });
+        }
     }
 }

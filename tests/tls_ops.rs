@@ -308,8 +308,7 @@ fn web_view_serves_https_with_the_node_certificate() {
     let ca = TestCa::new("tls-ops web CA");
     let ca_file = ca.write(&dir.path, "ca.pem");
     let trust = ClientTls::from_ca_file(&ca_file).unwrap();
-    let https_cert =
-        ca.issue_files_until(&dir.path, "https", &["127.0.64.1"], Some((2031, 6, 15)));
+    let https_cert = ca.issue_files_until(&dir.path, "https", &["127.0.64.1"], Some((2031, 6, 15)));
     let http_cert = ca.issue_files(&dir.path, "http", &["127.0.64.2"]);
     let https = TlsNode::spawn("127.0.64.1", &https_cert, &[], &dir.path);
     let http = TlsNode::spawn("127.0.64.2", &http_cert, &["--web-http"], &dir.path);
@@ -336,7 +335,10 @@ fn web_view_serves_https_with_the_node_certificate() {
     assert_eq!(metric(&body, "doozer_tls_reloads_total"), Some(0));
     let page = https_get(&https.web, &trust, "/").unwrap();
     assert_eq!(page.status, 200, "{page:?}");
-    assert!(page.body.contains("<html") || page.body.contains("<!"), "{page:?}");
+    assert!(
+        page.body.contains("<html") || page.body.contains("<!"),
+        "{page:?}"
+    );
     let file = wait_for("/api/file over HTTPS", Duration::from_secs(10), || {
         let res = https_get(&https.web, &trust, "/api/file?path=/t/a")?;
         if res.status == 200 {
@@ -434,9 +436,13 @@ fn certificates_rotate_without_a_restart() {
     let node = TlsNode::start(ip, &files, &trust, &[], &dir.path);
     let kept = rt::block_on(Client::connect_with(&node.addr, Some(&trust))).unwrap();
     let r0 = rt::block_on(kept.set("/kept", -1, b"0")).unwrap();
-    let body = wait_metrics("metrics", &node.web, Some(&trust), Duration::from_secs(10), |_| {
-        true
-    });
+    let body = wait_metrics(
+        "metrics",
+        &node.web,
+        Some(&trust),
+        Duration::from_secs(10),
+        |_| true,
+    );
     assert_eq!(
         metric(&body, "doozer_tls_cert_not_after_seconds"),
         Some(epoch_of(2031, 1, 1))
@@ -458,7 +464,10 @@ fn certificates_rotate_without_a_restart() {
     // New connections get the new certificate, on both ports.
     let only_a = pinned(&cert_a);
     tls_rev(&node.addr, &only_a).unwrap();
-    assert_eq!(https_get(&node.web, &only_a, "/healthz").unwrap().status, 200);
+    assert_eq!(
+        https_get(&node.web, &only_a, "/healthz").unwrap().status,
+        200
+    );
     tls_rev(&node.addr, &trust).unwrap();
     // The open connection still works.
     let r1 = rt::block_on(kept.set("/kept", -1, b"1")).unwrap();
@@ -550,7 +559,10 @@ fn certificates_rotate_without_a_restart() {
         "{body}"
     );
     tls_rev(&node.addr, &only_b).unwrap();
-    assert_eq!(https_get(&node.web, &only_b, "/healthz").unwrap().status, 200);
+    assert_eq!(
+        https_get(&node.web, &only_b, "/healthz").unwrap().status,
+        200
+    );
     let text = node.log_text();
     assert!(text.contains("reload failed"), "{text}");
     assert!(text.contains("do not belong together"), "{text}");
@@ -732,9 +744,13 @@ fn hostile_bytes_on_tls_ports() {
     let ip = "127.0.66.1";
     let files = ca.issue_files(&dir.path, "node", &[ip]);
     let node = TlsNode::start(ip, &files, &trust, &[], &dir.path);
-    wait_metrics("metrics", &node.web, Some(&trust), Duration::from_secs(10), |_| {
-        true
-    });
+    wait_metrics(
+        "metrics",
+        &node.web,
+        Some(&trust),
+        Duration::from_secs(10),
+        |_| true,
+    );
     let rss0 = node.rss_kib();
     let log_lines0 = node.log_text().lines().count();
     let hello = client_hello(&node.addr, &trust);
@@ -795,7 +811,10 @@ fn hostile_bytes_on_tls_ports() {
     for handle in quick {
         let (what, closed) = handle.join().unwrap();
         let took = closed.unwrap_or_else(|| panic!("{what}: never closed"));
-        assert!(took < Duration::from_secs(5), "{what}: closed after {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{what}: closed after {took:?}"
+        );
     }
     let mut latest = Duration::ZERO;
     for handle in slow {

@@ -253,10 +253,7 @@ mod tests {
             let (server, client) =
                 tls_pair("127.0.64.200", set.listener.clone(), &client_tls).await;
             assert!(server.is_tls() && client.is_tls());
-            assert_eq!(
-                server.local_addr().unwrap(),
-                client.peer_addr().unwrap()
-            );
+            assert_eq!(server.local_addr().unwrap(), client.peer_addr().unwrap());
             rt::spawn(echo(server));
             (&client).write_all(b"hello over tls").await.unwrap();
             (&client).flush().await.unwrap();

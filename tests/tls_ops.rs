@@ -353,7 +353,8 @@ fn web_view_serves_https_with_the_node_certificate() {
     assert_eq!(tree.status, 200, "{tree:?}");
     assert!(tree.body.contains("/t/a"), "{tree:?}");
 
-    // Plain HTTP to the HTTPS port: closed, promptly, with no HTTP answer.
+    // Plain HTTP to the HTTPS port: a plain 400 that says to use https,
+    // then closed, promptly.
     let start = Instant::now();
     let mut plain = StdTcp::connect(&https.web).unwrap();
     plain
@@ -367,6 +368,17 @@ fn web_view_serves_https_with_the_node_certificate() {
         "took {:?}",
         start.elapsed()
     );
+    let answer = parse_http(&got).unwrap();
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(answer.body.contains("use https://"), "{answer:?}");
+    // Garbage that is neither: closed without an answer.
+    let mut junk = StdTcp::connect(&https.web).unwrap();
+    junk.set_read_timeout(Some(Duration::from_secs(12)))
+        .unwrap();
+    junk.write_all(&[0x01, 0x02, 0x03, 0x04, 0x05, 0x06])
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = junk.read_to_end(&mut got);
     assert!(!got.starts_with(b"HTTP/"), "{:?}", common::text(&got));
     // The node is fine after that.
     assert_eq!(

@@ -804,7 +804,7 @@ fn hostile_bytes_on_tls_ports() {
             slow.push(std::thread::spawn(move || {
                 (
                     format!("{port} stall {i}"),
-                    closed_after(&port, &bytes, Duration::from_secs(15)),
+                    closed_after(&port, &bytes, Duration::from_secs(16)),
                 )
             }));
         }
@@ -815,7 +815,7 @@ fn hostile_bytes_on_tls_ports() {
     tls_rev(&node.addr, &trust).unwrap();
     let body = metrics(&node.web, Some(&trust)).unwrap();
     assert!(
-        asked.elapsed() < Duration::from_secs(3),
+        asked.elapsed() < Duration::from_secs(5),
         "answered in {:?}",
         asked.elapsed()
     );
@@ -833,12 +833,12 @@ fn hostile_bytes_on_tls_ports() {
         let (what, closed) = handle.join().unwrap();
         let took = closed.unwrap_or_else(|| panic!("{what}: never closed"));
         assert!(
-            took >= Duration::from_secs(9) && took < Duration::from_secs(14),
+            took >= Duration::from_secs(9) && took < Duration::from_secs(15),
             "{what}: closed after {took:?}"
         );
         latest = latest.max(took);
     }
-    assert!(started.elapsed() < Duration::from_secs(16));
+    assert!(started.elapsed() < Duration::from_secs(17));
     tls_rev(&node.addr, &trust).unwrap();
     let after = metrics(&node.web, Some(&trust)).unwrap();
     let failures = metric(&after, "doozer_tls_handshake_failures_total").unwrap();

@@ -794,10 +794,11 @@ fn hostile_bytes_on_tls_ports() {
         // Closed at the handshake timeout: a header announcing a full
         // record, a truncated ClientHello, one byte; then silence.
         let stalls = if port == node.addr { STALLS } else { 50 };
-        for i in 0..stalls + 2 {
+        for i in 0..stalls + 3 {
             let bytes = match i {
                 0 => vec![0x16, 0x03, 0x01, 0x40, 0x00],
                 1 => hello[..hello.len() / 2].to_vec(),
+                2 => Vec::new(),
                 _ => vec![0x16],
             };
             let port = port.clone();
@@ -842,7 +843,7 @@ fn hostile_bytes_on_tls_ports() {
     tls_rev(&node.addr, &trust).unwrap();
     let after = metrics(&node.web, Some(&trust)).unwrap();
     let failures = metric(&after, "doozer_tls_handshake_failures_total").unwrap();
-    let hostile = 2 * 4 + STALLS + 2 + 50 + 2;
+    let hostile = 2 * 4 + STALLS + 3 + 50 + 3;
     assert!(
         failures >= hostile as i64,
         "{failures} handshake failures counted, {hostile} hostile connections; before: {body}"
@@ -851,7 +852,7 @@ fn hostile_bytes_on_tls_ports() {
     eprintln!(
         "RSS {rss0} KiB before, {rss_held} KiB with {} stalls held, {rss} KiB after; \
          last stall closed after {latest:?}",
-        STALLS + 52
+        STALLS + 56
     );
     assert!(rss_held < rss0 + 100 * 1024, "{rss0} -> {rss_held} KiB");
     assert!(rss < rss0 + 100 * 1024, "{rss0} -> {rss} KiB");

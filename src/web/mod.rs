@@ -244,22 +244,29 @@ async fn accept_loop(
             let local = stream.local_addr().ok();
             let stream = match https {
                 None => Conn::plain(stream),
-                Some(tls) if !starts_tls(&stream).await => {
-                    tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("web view: {peer} sent no TLS handshake on the HTTPS port");
-                    answer_plain_on_https(stream).await;
-                    web.http_connections.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
-                Some(tls) => match Conn::accept_tls(stream, tls.current().web.clone()).await {
-                    Ok(stream) => stream,
-                    Err(reason) => {
+                Some(tls) => {
+                    let first = first_byte(&stream).await;
+                    if !matches!(first, First::Tls) {
                         tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                        log::debug!("web view: TLS handshake from {peer} failed: {reason}");
+                        log::debug!("web view: {peer} sent no TLS handshake on the HTTPS port");
+                        if let First::Http = first {
+                            answer_plain_on_https(stream).await;
+                        } else {
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                        }
                         web.http_connections.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
-                },
+                    match Conn::accept_tls(stream, tls.current().web.clone()).await {
+                        Ok(stream) => stream,
+                        Err(reason) => {
+                            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            log::debug!("web view: TLS handshake from {peer} failed: {reason}");
+                            web.http_connections.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
             };
             let served = async_h1::accept(stream, |mut req| {
                 let app = app.clone();
@@ -286,15 +293,27 @@ const PLAIN_DRAIN_BYTES: usize = 16 * 1024;
 /// How long the drain of [`PLAIN_DRAIN_BYTES`] may take.
 const PLAIN_DRAIN_TIME: Duration = Duration::from_secs(1);
 
-/// Whether a connection to the HTTPS port starts as TLS does (a handshake
-/// record, 0x16), or may (anything but an ASCII letter, which starts a
-/// plain-HTTP request and gets [`answer_plain_on_https`]). A connection
-/// that sends nothing is left to the handshake's own timeout.
-async fn starts_tls(stream: &rt::TcpStream) -> bool {
+/// How a connection to the HTTPS port starts.
+enum First {
+    /// As TLS may (anything but a letter: rustls judges the rest).
+    Tls,
+    /// With a letter: a plain-HTTP request, answered by
+    /// [`answer_plain_on_https`].
+    Http,
+    /// With nothing within [`crate::tls::HANDSHAKE_TIMEOUT`], or a hang-up.
+    Silent,
+}
+
+/// Looks at (without taking) the first byte of a connection, waiting at
+/// most the handshake timeout: a silent connection is held no longer than
+/// one that starts a handshake and stalls. (One that sends its first byte
+/// late and then stalls is held at most twice the handshake timeout.)
+async fn first_byte(stream: &rt::TcpStream) -> First {
     let mut first = [0u8; 1];
     match rt::timeout(crate::tls::HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-        Some(Ok(1)) => !first[0].is_ascii_alphabetic(),
-        _ => true,
+        Some(Ok(1)) if first[0].is_ascii_alphabetic() => First::Http,
+        Some(Ok(1)) => First::Tls,
+        _ => First::Silent,
     }
 }
 

@@ -716,6 +716,80 @@ impl NodeTls {
     }
 }
 
+/// Certificates for unit tests, made at run time (rcgen, a dev-dependency):
+/// no key material is checked in.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    use super::NodeTlsFiles;
+
+    /// A certificate authority.
+    pub struct Ca {
+        pub pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        pub fn new(name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, name);
+            params.distinguished_name = dn;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).unwrap();
+            Ca {
+                pem: cert.pem(),
+                issuer: Issuer::new(params, key),
+            }
+        }
+
+        /// A server-and-client certificate for the IP addresses `ips`:
+        /// (certificate PEM, key PEM).
+        pub fn issue(&self, ips: &[&str]) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, ips.first().copied().unwrap_or("node"));
+            params.distinguished_name = dn;
+            params.subject_alt_names = ips
+                .iter()
+                .map(|ip| SanType::IpAddress(ip.parse().unwrap()))
+                .collect();
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+
+        /// Writes this CA (`<file>-ca.pem`) and a certificate for `ips`
+        /// (`<file>.pem`, `<file>.key`) to `dir`: a node's files.
+        pub fn node_files(&self, dir: &Path, file: &str, ips: &[&str]) -> NodeTlsFiles {
+            let (cert, key) = self.issue(ips);
+            let files = NodeTlsFiles {
+                cert: dir.join(format!("{file}.pem")),
+                key: dir.join(format!("{file}.key")),
+                ca: Some(dir.join(format!("{file}-ca.pem"))),
+            };
+            std::fs::write(&files.cert, cert).unwrap();
+            std::fs::write(&files.key, key).unwrap();
+            std::fs::write(files.ca.as_ref().unwrap(), &self.pem).unwrap();
+            files
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,5 +851,116 @@ mod tests {
         assert!(matches!(err, TlsError::BadCertificate { .. }), "{err}");
         let missing = dir.path().join("missing.pem");
         assert!(matches!(load_roots(&missing), Err(TlsError::Read { .. })));
+    }
+
+    /// Handshakes over loopback that fail, and what each side says.
+    mod explained {
+        use std::sync::Arc;
+
+        use futures::{AsyncReadExt, AsyncWriteExt};
+
+        use super::super::testing::Ca;
+        use super::super::{ClientTls, NodeTlsSet};
+        use crate::runtime::conn::Conn;
+        use crate::runtime::rt::{self, TcpListener, TcpStream};
+
+        /// Dials a TLS server (its certificate from `set`) at `ip` trusting
+        /// `tls`: (the dialler's error, the server's error).
+        fn dial(ip: &str, set: &NodeTlsSet, tls: &ClientTls) -> (String, String) {
+            rt::block_on(async {
+                let listener = TcpListener::bind((ip, 0)).await.unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                let config = set.listener.clone();
+                let accept = rt::spawn(async move {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    Conn::accept_tls(tcp, config).await
+                });
+                let tcp = TcpStream::connect(&addr).await.unwrap();
+                let dialed = Conn::connect_tls(tcp, &addr, tls).await;
+                let accepted = accept.await;
+                (dialed.unwrap_err(), accepted.unwrap_err())
+            })
+        }
+
+        fn node(ip: &str, name: &str) -> (tempfile::TempDir, NodeTlsSet) {
+            let dir = tempfile::tempdir().unwrap();
+            let files = Ca::new(name).node_files(dir.path(), "n", &[ip]);
+            (dir, NodeTlsSet::load(&files).unwrap())
+        }
+
+        #[test]
+        fn an_unknown_issuer() {
+            let ip = "127.0.64.210";
+            let (_dir, set) = node(ip, "the server's CA");
+            let (other_dir, _) = node(ip, "another CA");
+            let tls = ClientTls::from_ca_file(&other_dir.path().join("n-ca.pem")).unwrap();
+            let (dialer, server) = dial(ip, &set, &tls);
+            assert!(
+                dialer.contains("server's certificate is not signed by the CA in")
+                    && dialer.contains("n-ca.pem")
+                    && dialer.contains("unknown issuer"),
+                "{dialer}"
+            );
+            assert!(server.contains("TLS alert"), "{server}");
+        }
+
+        #[test]
+        fn a_wrong_name() {
+            let ip = "127.0.64.211";
+            // The certificate names another address than the one dialled.
+            let (dir, set) = node("127.0.64.99", "name CA");
+            let tls = ClientTls::from_ca_file(&dir.path().join("n-ca.pem")).unwrap();
+            let (dialer, _) = dial(ip, &set, &tls);
+            assert!(
+                dialer.starts_with(
+                    "the server's certificate is not valid for 127.0.64.211, the address or host \
+                     dialled: it names the IP address 127.0.64.99"
+                ),
+                "{dialer}"
+            );
+        }
+
+        /// A plain-text server: one that answers with text, and one that
+        /// hangs up; and a plain-text client on a TLS port.
+        #[test]
+        fn plain_text_on_the_other_end() {
+            let ip = "127.0.64.212";
+            let (dir, set) = node(ip, "plain CA");
+            let tls = ClientTls::from_ca_file(&dir.path().join("n-ca.pem")).unwrap();
+            rt::block_on(async {
+                for answer in [&b"HTTP/1.1 400 Bad Request\r\n\r\n"[..], b""] {
+                    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+                    let addr = listener.local_addr().unwrap().to_string();
+                    let server = rt::spawn(async move {
+                        let (mut tcp, _) = listener.accept().await.unwrap();
+                        let mut buf = [0u8; 512];
+                        let _ = tcp.read(&mut buf).await;
+                        let _ = tcp.write_all(answer).await;
+                    });
+                    let tcp = TcpStream::connect(&addr).await.unwrap();
+                    let err = Conn::connect_tls(tcp, &addr, &tls).await.unwrap_err();
+                    server.await;
+                    if answer.is_empty() {
+                        assert!(err.contains("closed the connection"), "{err}");
+                    } else {
+                        assert!(err.contains("does not speak TLS"), "{err}");
+                    }
+                }
+
+                let listener = TcpListener::bind((ip, 0)).await.unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                let config: Arc<rustls::ServerConfig> = set.listener.clone();
+                let accept = rt::spawn(async move {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    Conn::accept_tls(tcp, config).await
+                });
+                let mut tcp = TcpStream::connect(&addr).await.unwrap();
+                tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let err = accept.await.unwrap_err();
+                assert!(err.contains("not a TLS client"), "{err}");
+            });
+        }
     }
 }

@@ -202,3 +202,158 @@ impl AsyncWrite for Conn {
         Pin::new(&mut &*self).poll_close(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::tls::testing::Ca;
+    use crate::tls::NodeTlsSet;
+
+    /// A TLS connection over loopback: (server side, client side).
+    async fn tls_pair(ip: &str, server: Arc<ServerConfig>, client: &ClientTls) -> (Conn, Conn) {
+        let listener = rt::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accept = rt::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            Conn::accept_tls(tcp, server).await
+        });
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let client = Conn::connect_tls(tcp, &addr, client).await.unwrap();
+        (accept.await.unwrap(), client)
+    }
+
+    fn node(ip: &str) -> (tempfile::TempDir, NodeTlsSet) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Ca::new("conn test CA").node_files(dir.path(), "n", &[ip]);
+        let set = NodeTlsSet::load(&files).unwrap();
+        (dir, set)
+    }
+
+    /// Echoes what it reads until the other end closes.
+    async fn echo(conn: Conn) {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = (&conn).read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            (&conn).write_all(&buf[..n]).await.unwrap();
+            (&conn).flush().await.unwrap();
+        }
+    }
+
+    #[test]
+    fn bytes_echo_over_tls() {
+        let (_dir, set) = node("127.0.64.200");
+        rt::block_on(async {
+            let client_tls = set.client.clone().unwrap();
+            let (server, client) =
+                tls_pair("127.0.64.200", set.listener.clone(), &client_tls).await;
+            assert!(server.is_tls() && client.is_tls());
+            assert_eq!(server.local_addr().unwrap(), client.peer_addr().unwrap());
+            rt::spawn(echo(server));
+            (&client).write_all(b"hello over tls").await.unwrap();
+            (&client).flush().await.unwrap();
+            let mut got = [0u8; 14];
+            (&client).read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hello over tls");
+            // A hang-up cuts the TLS stream as it does a plain one: the
+            // echo ends and the client reads the end.
+            client.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            let mut reader = &client;
+            let read = rt::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
+            assert!(read.is_some(), "no end of stream");
+        });
+    }
+
+    /// One clone writes 4 MiB while another reads the echo back, from two
+    /// tasks at once: the shared session neither loses a wake-up nor mixes
+    /// bytes up.
+    #[test]
+    fn clones_read_and_write_at_once() {
+        const LEN: usize = 4 << 20;
+        let (_dir, set) = node("127.0.64.201");
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let done = rt::block_on(rt::timeout(Duration::from_secs(30), async {
+            let client_tls = set.client.clone().unwrap();
+            let (server, client) =
+                tls_pair("127.0.64.201", set.listener.clone(), &client_tls).await;
+            rt::spawn(echo(server));
+            let writer = client.clone();
+            let sent = data.clone();
+            let write = rt::spawn(async move {
+                for chunk in sent.chunks(16 * 1024 + 7) {
+                    (&writer).write_all(chunk).await.unwrap();
+                }
+                (&writer).flush().await.unwrap();
+            });
+            let mut got = vec![0u8; LEN];
+            (&client).read_exact(&mut got).await.unwrap();
+            write.await;
+            got
+        }));
+        let got = done.expect("the echo finished within 30 s");
+        assert!(got == data, "the echo differs");
+    }
+
+    /// The server side sees a verified client certificate only when the
+    /// client showed one (the peer dialer does, a client does not); a
+    /// plain connection has none.
+    #[test]
+    fn peer_certified_only_with_a_client_certificate() {
+        let (_dir, set) = node("127.0.64.202");
+        rt::block_on(async {
+            let ip = "127.0.64.202";
+            let (server, _client) =
+                tls_pair(ip, set.listener.clone(), set.client.as_ref().unwrap()).await;
+            assert!(!server.peer_certified());
+            let (server, _peer) =
+                tls_pair(ip, set.listener.clone(), set.peer_dialer.as_ref().unwrap()).await;
+            assert!(server.peer_certified());
+            let listener = rt::TcpListener::bind((ip, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let plain = Conn::plain(TcpStream::connect(addr).await.unwrap());
+            assert!(!plain.is_tls() && !plain.peer_certified());
+        });
+    }
+
+    /// A client certificate from another CA is refused by the handshake,
+    /// so it never counts as certified.
+    #[test]
+    fn a_client_certificate_from_another_ca_is_refused() {
+        let ip = "127.0.64.203";
+        let (dir, set) = node(ip);
+        let (other_dir, _) = node(ip);
+        // Trusts the server's CA, shows a certificate another CA signed.
+        let mixed = NodeTlsSet::load(&crate::tls::NodeTlsFiles {
+            cert: other_dir.path().join("n.pem"),
+            key: other_dir.path().join("n.key"),
+            ca: Some(dir.path().join("n-ca.pem")),
+        })
+        .unwrap();
+        rt::block_on(async {
+            let listener = rt::TcpListener::bind((ip, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let config = set.listener.clone();
+            let accept = rt::spawn(async move {
+                let (tcp, _) = listener.accept().await.unwrap();
+                Conn::accept_tls(tcp, config).await
+            });
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            let dialed = Conn::connect_tls(tcp, &addr, mixed.peer_dialer.as_ref().unwrap()).await;
+            // In TLS 1.3 the client may finish before the server refuses.
+            if let Ok(conn) = dialed {
+                let mut buf = [0u8; 1];
+                let read = rt::timeout(Duration::from_secs(5), (&conn).read(&mut buf)).await;
+                assert!(!matches!(read, Some(Ok(1))));
+            }
+            let err = accept.await.unwrap_err();
+            assert!(err.contains("client's certificate"), "{err}");
+        });
+    }
+}

@@ -244,15 +244,29 @@ async fn accept_loop(
             let local = stream.local_addr().ok();
             let stream = match https {
                 None => Conn::plain(stream),
-                Some(tls) => match Conn::accept_tls(stream, tls.current().web.clone()).await {
-                    Ok(stream) => stream,
-                    Err(reason) => {
+                Some(tls) => {
+                    let first = first_byte(&stream).await;
+                    if !matches!(first, First::Tls) {
                         tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                        log::debug!("web view: TLS handshake from {peer} failed: {reason}");
+                        log::debug!("web view: {peer} sent no TLS handshake on the HTTPS port");
+                        if let First::Http = first {
+                            answer_plain_on_https(stream).await;
+                        } else {
+                            let _ = stream.shutdown(std::net::Shutdown::Both);
+                        }
                         web.http_connections.fetch_sub(1, Ordering::Relaxed);
                         return;
                     }
-                },
+                    match Conn::accept_tls(stream, tls.current().web.clone()).await {
+                        Ok(stream) => stream,
+                        Err(reason) => {
+                            tls.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            log::debug!("web view: TLS handshake from {peer} failed: {reason}");
+                            web.http_connections.fetch_sub(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
             };
             let served = async_h1::accept(stream, |mut req| {
                 let app = app.clone();
@@ -269,6 +283,68 @@ async fn accept_loop(
             web.http_connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// Bytes of a plain-HTTP request read (and dropped) after answering it on
+/// the HTTPS port, so the close does not reset the connection before the
+/// browser reads the answer; past this, or [`PLAIN_DRAIN_TIME`], the
+/// connection is closed anyway.
+const PLAIN_DRAIN_BYTES: usize = 16 * 1024;
+/// How long the drain of [`PLAIN_DRAIN_BYTES`] may take.
+const PLAIN_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// How a connection to the HTTPS port starts.
+enum First {
+    /// As TLS may (anything but a letter: rustls judges the rest).
+    Tls,
+    /// With a letter: a plain-HTTP request, answered by
+    /// [`answer_plain_on_https`].
+    Http,
+    /// With nothing within [`crate::tls::HANDSHAKE_TIMEOUT`], or a hang-up.
+    Silent,
+}
+
+/// Looks at (without taking) the first byte of a connection, waiting at
+/// most the handshake timeout: a silent connection is held no longer than
+/// one that starts a handshake and stalls. (One that sends its first byte
+/// late and then stalls is held at most twice the handshake timeout.)
+async fn first_byte(stream: &rt::TcpStream) -> First {
+    let mut first = [0u8; 1];
+    match rt::timeout(crate::tls::HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Some(Ok(1)) if first[0].is_ascii_alphabetic() => First::Http,
+        Some(Ok(1)) => First::Tls,
+        _ => First::Silent,
+    }
+}
+
+/// A short plain-HTTP 400 for a browser sent to `http://` on the HTTPS
+/// port, then a bounded drain and close.
+async fn answer_plain_on_https(stream: rt::TcpStream) {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "This port serves the doozer web view over HTTPS: use https://.\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let mut writer = &stream;
+    let wrote = rt::timeout(PLAIN_DRAIN_TIME, writer.write_all(answer.as_bytes())).await;
+    if matches!(wrote, Some(Ok(()))) {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let drain = async {
+            let mut reader = &stream;
+            let mut buf = [0u8; 4096];
+            let mut drained = 0;
+            while drained < PLAIN_DRAIN_BYTES {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = rt::timeout(PLAIN_DRAIN_TIME, drain).await;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn status_tls(web: &Web) -> Option<Arc<NodeTls>> {

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -32,7 +33,8 @@ use futures::channel::mpsc;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
-use super::event_loop::{Control, Inbox, InboxError, NodeStatus, Outgoing};
+use super::direct::DirectWriter;
+use super::event_loop::{Control, DirectReplies, Inbox, InboxError, NodeStatus, Outgoing};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
 use crate::budget::ByteBudget;
@@ -428,6 +430,11 @@ fn peer_name(stream: &TcpStream) -> String {
         .map_or_else(|_| "?".to_string(), |a| a.to_string())
 }
 
+/// Bytes of answers queued for a plain-TCP client that is not reading them
+/// (its socket full) before it is disconnected; a single larger answer is
+/// queued alone.
+pub const DIRECT_QUEUE_BYTES: usize = 16 << 20;
+
 /// Bytes read from a client socket at once.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -472,12 +479,23 @@ async fn serve(
             .with_shared_budget(ctx.client_budget.clone()),
     ));
     let (mut outbox, replies) = mpsc::channel(ctx.outbox_capacity);
+    let writer = stream
+        .plain_tcp()
+        .map(|tcp| Arc::new(DirectWriter::new(tcp.clone(), DIRECT_QUEUE_BYTES)));
     let cut = stream.clone();
+    let cut_writer = writer.clone();
     let opened = Control::Opened {
         conn,
         outbox: outbox.clone(),
         hang_up: Box::new(move || {
+            if let Some(writer) = cut_writer {
+                writer.close();
+            }
             let _ = cut.shutdown(std::net::Shutdown::Both);
+        }),
+        direct: writer.clone().map(|writer| DirectReplies {
+            writer,
+            session: session.clone(),
         }),
     };
     match ctx.control.try_send(opened) {
@@ -499,6 +517,7 @@ async fn serve(
         replies,
         session.clone(),
         snapshots,
+        writer,
     ));
 
     // With secrets set, the connection must hold a right by this time
@@ -637,7 +656,114 @@ async fn tell_closed(conn: ConnId, ctx: &ClientContext) {
     }
 }
 
+/// What the writer task is woken for.
+enum WriterEvent {
+    /// Bytes the core's thread queued are in the buffer (`false`: the
+    /// direct writer closed).
+    Taken(bool),
+    Outgoing(Option<Outgoing>),
+}
+
+/// The writer task of a plain-TCP connection, whose answers the core's
+/// thread mostly writes itself: it writes what the socket did not take at
+/// once, the answers the reader produced, and SNAPSHOT streams (owning the
+/// socket meanwhile, so nothing interleaves).
+async fn write_replies_direct(
+    mut stream: Conn,
+    mut replies: mpsc::Receiver<Outgoing>,
+    session: Arc<Mutex<Session>>,
+    snapshots: Arc<SnapshotSlots>,
+    direct: Arc<DirectWriter>,
+) {
+    let mut taken = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        taken.clear();
+        let event = futures::future::poll_fn(|cx| {
+            if let Poll::Ready(more) = direct.poll_take(cx, &mut taken) {
+                return Poll::Ready(WriterEvent::Taken(more));
+            }
+            replies.poll_next_unpin(cx).map(WriterEvent::Outgoing)
+        })
+        .await;
+        match event {
+            WriterEvent::Taken(false) => break,
+            WriterEvent::Taken(true) => {
+                if direct.write_out(&taken).await.is_err() {
+                    break;
+                }
+                if taken.capacity() > WRITE_BATCH_BYTES * 16 {
+                    taken = Vec::new();
+                }
+            }
+            WriterEvent::Outgoing(None) => {
+                // The connection is over: what is queued still goes out.
+                direct.own(&mut taken).await;
+                break;
+            }
+            WriterEvent::Outgoing(Some(outgoing)) => {
+                buf.clear();
+                let tree = encode(outgoing, &mut buf, &session);
+                if direct.send(&buf).is_err() {
+                    break;
+                }
+                let Some((tag, tree)) = tree else { continue };
+                if !direct.own(&mut taken).await {
+                    break;
+                }
+                buf.clear();
+                let sent = send_snapshot(&mut stream, tag, tree, &mut buf, &snapshots).await;
+                buf = Vec::new();
+                lock(&session).completed(tag);
+                if let Err(reason) = sent {
+                    log::info!("snapshot stream ended: {reason}; disconnecting");
+                    break;
+                }
+            }
+        }
+    }
+    direct.close();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Streams a SNAPSHOT's tree, or answers busy when [`MAX_SNAPSHOT_STREAMS`]
+/// are being sent.
+async fn send_snapshot(
+    stream: &mut Conn,
+    tag: Option<i32>,
+    tree: Snapshot,
+    buf: &mut Vec<u8>,
+    snapshots: &SnapshotSlots,
+) -> Result<(), String> {
+    match snapshots.take() {
+        Some(_slot) => send_tree(stream, tag, tree, buf).await,
+        None => {
+            let busy = ReplyError::other(format!(
+                "busy: {MAX_SNAPSHOT_STREAMS} snapshots are being sent"
+            ));
+            client::encode_frame_into(&Response::error(tag, &busy), buf);
+            write_flushed(stream, buf)
+                .await
+                .map_err(|err| err.to_string())
+        }
+    }
+}
+
 async fn write_replies(
+    stream: Conn,
+    replies: mpsc::Receiver<Outgoing>,
+    session: Arc<Mutex<Session>>,
+    snapshots: Arc<SnapshotSlots>,
+    direct: Option<Arc<DirectWriter>>,
+) {
+    match direct {
+        Some(direct) => write_replies_direct(stream, replies, session, snapshots, direct).await,
+        None => write_replies_tls(stream, replies, session, snapshots).await,
+    }
+}
+
+/// The writer task of a TLS connection: every answer goes through it.
+async fn write_replies_tls(
     mut stream: Conn,
     mut replies: mpsc::Receiver<Outgoing>,
     session: Arc<Mutex<Session>>,
@@ -658,18 +784,7 @@ async fn write_replies(
         }
         buf.clear();
         if let Some((tag, tree)) = tree {
-            let sent = match snapshots.take() {
-                Some(_slot) => send_tree(&mut stream, tag, tree, &mut buf).await,
-                None => {
-                    let busy = ReplyError::other(format!(
-                        "busy: {MAX_SNAPSHOT_STREAMS} snapshots are being sent"
-                    ));
-                    client::encode_frame_into(&Response::error(tag, &busy), &mut buf);
-                    write_flushed(&mut stream, &buf)
-                        .await
-                        .map_err(|err| err.to_string())
-                }
-            };
+            let sent = send_snapshot(&mut stream, tag, tree, &mut buf, &snapshots).await;
             buf.clear();
             buf.shrink_to(WRITE_BATCH_BYTES);
             lock(&session).completed(tag);

@@ -87,6 +87,12 @@ impl Conn {
         }
     }
 
+    /// The socket, when no TLS runs over it (its bytes may then be written
+    /// to it directly; see [`super::direct`]).
+    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+        self.tls.is_none().then_some(&self.tcp)
+    }
+
     /// Whether TLS runs over this connection.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()

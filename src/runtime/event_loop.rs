@@ -13,11 +13,14 @@ use std::time::Duration;
 use crossbeam_channel::{select, Receiver, Sender, TryRecvError, TrySendError};
 use futures::channel::mpsc;
 
+use super::direct::DirectWriter;
+use super::direct::SendError;
 use super::peer_link::PeerLinks;
 use crate::budget::{ByteBudget, Charge};
-use crate::codec::client::Response;
-use crate::core::{ConnId, Core, Input, Outcome, Output};
+use crate::codec::client::{self, Response};
+use crate::core::{ConnId, Core, Input, Outcome, Output, Reply};
 use crate::journal::Journal;
+use crate::session::Session;
 
 /// An input on its way to the core, with the bytes it holds in the inbox's
 /// budget; they are given back when the event loop takes it.
@@ -103,6 +106,14 @@ pub enum Outgoing {
 
 pub type Outbox = mpsc::Sender<Outgoing>;
 
+/// What the core's thread needs to answer a plain-TCP connection itself:
+/// the socket's shared writer, and the session whose in-flight count each
+/// answer gives back. Every answer but a SNAPSHOT's tree goes this way.
+pub struct DirectReplies {
+    pub writer: Arc<DirectWriter>,
+    pub session: Arc<std::sync::Mutex<Session>>,
+}
+
 /// Connection life-cycle messages. They travel apart from requests so they
 /// are never refused for a full inbox. Their channel is bounded
 /// ([`Limits::control_capacity`](crate::config::Limits::control_capacity)):
@@ -114,6 +125,8 @@ pub enum Control {
         outbox: Outbox,
         /// Called to cut the connection when its outbox overflows.
         hang_up: Box<dyn FnOnce() + Send>,
+        /// Plain TCP: the core's thread writes replies to the socket itself.
+        direct: Option<DirectReplies>,
     },
     Closed {
         conn: ConnId,
@@ -181,12 +194,16 @@ const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// make a node that wakes up judge its peers dead before reading what they
 /// sent meanwhile.
 const MAX_TICK_GAP: Duration = Duration::from_secs(1);
+/// Reply buffers kept for reuse, and the largest kept.
+const SPARE_BUFFERS: usize = 256;
+const SPARE_BUFFER_BYTES: usize = 64 * 1024;
 /// How often the cluster view is published for the web view.
 const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Link {
     outbox: Outbox,
     hang_up: Box<dyn FnOnce() + Send>,
+    direct: Option<DirectReplies>,
 }
 
 pub struct EventLoop {
@@ -206,6 +223,11 @@ pub struct EventLoop {
     /// Why the data dir failed: from then on the node answers every request
     /// with this and sends nothing to its peers.
     disk_failed: Option<String>,
+    /// Encoded answers of the batch being routed, per connection answered
+    /// directly: each connection gets one `send` per batch.
+    direct_replies: HashMap<ConnId, Vec<u8>>,
+    /// Emptied buffers of `direct_replies`, reused.
+    spare_buffers: Vec<Vec<u8>>,
 }
 
 impl EventLoop {
@@ -229,6 +251,8 @@ impl EventLoop {
             peers,
             journal: None,
             disk_failed: None,
+            direct_replies: HashMap::new(),
+            spare_buffers: Vec::new(),
         }
     }
 
@@ -379,8 +403,16 @@ impl EventLoop {
                 conn,
                 outbox,
                 hang_up,
+                direct,
             } => {
-                self.links.insert(conn, Link { outbox, hang_up });
+                self.links.insert(
+                    conn,
+                    Link {
+                        outbox,
+                        hang_up,
+                        direct,
+                    },
+                );
             }
             Control::Closed { conn } => {
                 if self.links.remove(&conn).is_some() {
@@ -398,16 +430,31 @@ impl EventLoop {
                     let Some(link) = self.links.get_mut(&conn) else {
                         continue;
                     };
-                    if let Err(err) = link.outbox.try_send(Outgoing::Completed { tag, outcome }) {
-                        if err.is_full() {
-                            log::warn!("connection {conn}: client is not reading its replies; disconnecting");
+                    match &link.direct {
+                        Some(direct) if !matches!(outcome, Ok(Reply::Tree(_))) => {
+                            lock_session(&direct.session).completed(tag);
+                            let buf = self
+                                .direct_replies
+                                .entry(conn)
+                                .or_insert_with(|| self.spare_buffers.pop().unwrap_or_default());
+                            client::encode_frame_into(&client::response(tag, &outcome), buf);
                         }
-                        cut.push(conn);
+                        _ => {
+                            let completed = Outgoing::Completed { tag, outcome };
+                            if let Err(err) = link.outbox.try_send(completed) {
+                                if err.is_full() {
+                                    log::warn!("connection {conn}: client is not reading its replies; disconnecting");
+                                }
+                                cut.push(conn);
+                            }
+                        }
                     }
                 }
-                Output::Peer { to, addr, msg } => self.peers.send(to, &addr, msg),
+                Output::Peer { to, addr, msg } => self.peers.push(to, &addr, msg),
             }
         }
+        self.peers.flush();
+        self.send_direct_replies(&mut cut);
         for conn in cut {
             if let Some(link) = self.links.remove(&conn) {
                 (link.hang_up)();
@@ -418,6 +465,29 @@ impl EventLoop {
         }
         if !out.is_empty() {
             self.route(out);
+        }
+    }
+
+    /// Sends each directly answered connection its batch of answers in one
+    /// write; a connection whose writer refuses (closed, or not reading) is
+    /// added to `cut`.
+    fn send_direct_replies(&mut self, cut: &mut Vec<ConnId>) {
+        for (conn, mut buf) in self.direct_replies.drain() {
+            if let Some(direct) = self.links.get(&conn).and_then(|link| link.direct.as_ref()) {
+                match direct.writer.send(&buf) {
+                    Ok(()) => {}
+                    Err(err) => {
+                        if matches!(err, SendError::Overflow(_)) {
+                            log::warn!("connection {conn}: client is not reading its replies; disconnecting");
+                        }
+                        cut.push(conn);
+                    }
+                }
+            }
+            buf.clear();
+            if buf.capacity() <= SPARE_BUFFER_BYTES && self.spare_buffers.len() < SPARE_BUFFERS {
+                self.spare_buffers.push(buf);
+            }
         }
     }
 
@@ -455,6 +525,12 @@ impl EventLoop {
             status.disk_images.store(stats.images, Ordering::Relaxed);
         }
     }
+}
+
+fn lock_session(session: &std::sync::Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
+    session
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

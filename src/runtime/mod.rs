@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod client_conn;
 pub mod conn;
+pub mod direct;
 pub mod dzns;
 pub mod event_loop;
 pub mod peer_link;

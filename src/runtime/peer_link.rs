@@ -45,7 +45,8 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -54,6 +55,7 @@ use futures::io::BufReader;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
+use super::direct::DirectWriter;
 use super::event_loop::{Inbox, InboxError, NodeStatus};
 use super::rt;
 use crate::budget::ByteBudget;
@@ -167,7 +169,36 @@ impl WarnLimiter {
 struct Link {
     addr: String,
     queue: mpsc::Sender<PeerMsg>,
+    /// The connection's sending half while a plain-TCP connection is up.
+    wire: SharedWire,
+    /// Messages of the batch being routed, sent together by
+    /// [`PeerLinks::flush`].
+    batch: Vec<PeerMsg>,
 }
+
+/// The sending half of a connected plain-TCP link: the event loop's thread
+/// seals each batch of messages and writes it to the socket itself (one
+/// `send`, no task woken; see [`super::direct`]); the link's task sends
+/// keepalives through it and writes what the socket did not take at once.
+/// Sealing and sending happen under one lock, so MAC sequence numbers follow
+/// the order of the bytes on the wire.
+struct Wire {
+    sealer: FrameSealer,
+    writer: Arc<DirectWriter>,
+    last_write: Instant,
+    /// The last message (not keepalive) sent, for the idle check.
+    last_msg: Instant,
+}
+
+type SharedWire = Arc<Mutex<Option<Wire>>>;
+
+fn lock_wire(wire: &SharedWire) -> MutexGuard<'_, Option<Wire>> {
+    wire.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Bytes a plain-TCP link queues for a peer that is not reading before it
+/// drops the connection (and redials); a larger single batch goes alone.
+const DIRECT_QUEUE_BYTES: usize = 64 << 20;
 
 /// The outbound links of one node, keyed by peer id. Owned by the event loop
 /// thread; no method blocks or awaits.
@@ -176,6 +207,10 @@ pub struct PeerLinks {
     max_frame_bytes: usize,
     queue_capacity: usize,
     links: HashMap<NodeId, Link>,
+    /// Peers with a batch to flush.
+    touched: Vec<NodeId>,
+    /// Where a batch is sealed before it is written.
+    scratch: Vec<u8>,
     dropped: u64,
     /// Messages a link refused to encode (larger than the frame cap): each
     /// one is a bug in whoever sized the message.
@@ -192,26 +227,104 @@ impl PeerLinks {
             max_frame_bytes,
             queue_capacity: queue_capacity.max(1),
             links: HashMap::new(),
+            touched: Vec::new(),
+            scratch: Vec::new(),
             dropped: 0,
             refused: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Queues `msg` for `to`, reached at `addr`, opening the link (or
-    /// replacing it, when `addr` changed) as needed. Drops the message when
-    /// the link's queue is full.
+    /// Sends `msg` to `to`, reached at `addr`, at once (a batch of one).
     pub fn send(&mut self, to: NodeId, addr: &str, msg: PeerMsg) {
+        self.push(to, addr, msg);
+        self.flush();
+    }
+
+    /// Adds `msg` for `to`, reached at `addr`, to the batch [`Self::flush`]
+    /// sends, opening the link (or replacing it, when `addr` changed) as
+    /// needed.
+    pub fn push(&mut self, to: NodeId, addr: &str, msg: PeerMsg) {
         let reusable = self
             .links
             .get(&to)
             .is_some_and(|link| link.addr == addr && !link.queue.is_closed());
         if !reusable {
-            // Forget links whose task ended (idle) while we are at it.
+            // Forget links whose task ended (idle) while we are at it; their
+            // batches were flushed at the end of the last batch.
             self.links.retain(|_, link| !link.queue.is_closed());
             let link = self.open(&to, addr);
             self.links.insert(to.clone(), link);
         }
         let link = self.links.get_mut(&to).expect("inserted above");
+        if link.batch.len() >= self.queue_capacity {
+            self.dropped += 1;
+            log::debug!("peer {to} at {addr}: batch full; message dropped");
+            return;
+        }
+        link.batch.push(msg);
+        if !self.touched.contains(&to) {
+            self.touched.push(to);
+        }
+    }
+
+    /// Sends every batch gathered since the last flush: sealed and written
+    /// at once on a connected plain-TCP link, else queued for the link's
+    /// task (which dials, and keeps what arrives meanwhile).
+    pub fn flush(&mut self) {
+        let now = Instant::now();
+        let max_body_bytes = self.max_body_bytes();
+        for to in std::mem::take(&mut self.touched) {
+            let Some(link) = self.links.get_mut(&to) else {
+                continue;
+            };
+            let batch = std::mem::take(&mut link.batch);
+            let mut wire = lock_wire(&link.wire);
+            let Some(connected) = wire.as_mut() else {
+                drop(wire);
+                let addr = link.addr.clone();
+                for msg in batch {
+                    self.enqueue(to.clone(), &addr, msg);
+                }
+                continue;
+            };
+            self.scratch.clear();
+            for msg in &batch {
+                let start = self.scratch.len();
+                match peer::encode_peer_frame_into(msg, &mut self.scratch, max_body_bytes) {
+                    Ok(_) => connected.sealer.seal(&mut self.scratch, start),
+                    Err(err) => {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        log::error!("peer {to}: message not sent: {err}");
+                    }
+                }
+            }
+            connected.last_msg = now;
+            connected.last_write = now;
+            if connected.writer.send(&self.scratch).is_err() {
+                // The task sees the writer closed and redials; what was in
+                // this batch is lost, as on any broken connection.
+                self.dropped += batch.len() as u64;
+            }
+            if self.scratch.capacity() > 4 * WRITE_BATCH_BYTES {
+                self.scratch = Vec::new();
+            }
+        }
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.max_frame_bytes.saturating_sub(TAG_BYTES)
+    }
+
+    /// Queues `msg` for the task of the link to `to`, reopening it if its
+    /// task ended. Drops the message when the link's queue is full.
+    fn enqueue(&mut self, to: NodeId, addr: &str, msg: PeerMsg) {
+        let link = match self.links.get_mut(&to) {
+            Some(link) => link,
+            None => {
+                let link = self.open(&to, addr);
+                self.links.entry(to.clone()).or_insert(link)
+            }
+        };
         match link.queue.try_send(msg) {
             Ok(()) => {}
             Err(err) if err.is_full() => {
@@ -232,7 +345,9 @@ impl PeerLinks {
 
     fn open(&self, to: &NodeId, addr: &str) -> Link {
         let (queue, rx) = mpsc::channel(self.queue_capacity);
+        let wire = SharedWire::default();
         let task = LinkTask {
+            wire: wire.clone(),
             identity: self.identity.clone(),
             to: to.clone(),
             addr: addr.to_string(),
@@ -245,6 +360,8 @@ impl PeerLinks {
         Link {
             addr: addr.to_string(),
             queue,
+            wire,
+            batch: Vec::new(),
         }
     }
 
@@ -343,6 +460,7 @@ enum Event {
 type Listening = Fuse<BoxFuture<'static, String>>;
 
 struct LinkTask {
+    wire: SharedWire,
     identity: Arc<PeerIdentity>,
     to: NodeId,
     addr: String,
@@ -482,6 +600,10 @@ impl LinkTask {
             *failing = false;
         }
         let mut listening: Listening = listen_for_keepalives(reader, opener).boxed().fuse();
+        if let Some(tcp) = stream.plain_tcp() {
+            let writer = Arc::new(DirectWriter::new(tcp.clone(), DIRECT_QUEUE_BYTES));
+            return self.pump_direct(sealer, writer, listening).await;
+        }
         let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
         self.backlog.drain_into(&mut buf, &mut sealer);
         if !buf.is_empty() {
@@ -540,6 +662,131 @@ impl LinkTask {
             last_write = Instant::now();
         }
     }
+}
+
+impl LinkTask {
+    /// [`Self::pump`] on plain TCP: hands the sending half to the event
+    /// loop's thread (see [`Wire`]) and, until the connection fails or
+    /// idles out, writes what the socket did not take at once, messages
+    /// that still come through the queue, and keepalives.
+    async fn pump_direct(
+        &mut self,
+        mut sealer: FrameSealer,
+        writer: Arc<DirectWriter>,
+        mut listening: Listening,
+    ) -> Stop {
+        let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
+        self.backlog.drain_into(&mut buf, &mut sealer);
+        if writer.send(&buf).is_err() {
+            return Stop::Failed("write failed".to_string());
+        }
+        let now = Instant::now();
+        *lock_wire(&self.wire) = Some(Wire {
+            sealer,
+            writer: writer.clone(),
+            last_write: now,
+            last_msg: now,
+        });
+        let stop = self.pump_wire(&writer, &mut listening).await;
+        *lock_wire(&self.wire) = None;
+        writer.close();
+        stop
+    }
+
+    async fn pump_wire(&mut self, writer: &DirectWriter, mut listening: &mut Listening) -> Stop {
+        let mut taken = Vec::new();
+        let mut buf = Vec::new();
+        let mut timer = Box::pin(rt::sleep(KEEPALIVE_INTERVAL).fuse());
+        loop {
+            taken.clear();
+            let event = futures::future::poll_fn(|cx| {
+                if let Poll::Ready(more) = writer.poll_take(cx, &mut taken) {
+                    return Poll::Ready(WireEvent::Taken(more));
+                }
+                if let Poll::Ready(reason) = listening.poll_unpin(cx) {
+                    return Poll::Ready(WireEvent::Closed(reason));
+                }
+                if let Poll::Ready(msg) = self.rx.poll_next_unpin(cx) {
+                    return Poll::Ready(WireEvent::Msg(msg));
+                }
+                timer.poll_unpin(cx).map(|()| WireEvent::Timer)
+            })
+            .await;
+            match event {
+                WireEvent::Taken(false) => {
+                    return Stop::Failed(format!(
+                        "the peer is not reading (over {DIRECT_QUEUE_BYTES} bytes queued)"
+                    ))
+                }
+                WireEvent::Taken(true) => {
+                    let failed = {
+                        let write = writer.write_out(&taken).fuse();
+                        let mut deadline = Box::pin(rt::sleep(WRITE_TIMEOUT).fuse());
+                        futures::pin_mut!(write);
+                        futures::select! {
+                            done = write => done.err().map(|err| format!("write failed: {err}")),
+                            reason = listening => Some(reason),
+                            () = deadline => Some("write timed out (the peer is not reading)".to_string()),
+                        }
+                    };
+                    if let Some(reason) = failed {
+                        return Stop::Failed(reason);
+                    }
+                    if taken.capacity() > 4 * WRITE_BATCH_BYTES {
+                        taken = Vec::new();
+                    }
+                }
+                WireEvent::Closed(reason) => return Stop::Failed(reason),
+                WireEvent::Msg(None) => return Stop::SenderGone,
+                WireEvent::Msg(Some(msg)) => {
+                    // Queued before the link came up (or in the moment it did).
+                    let mut wire = lock_wire(&self.wire);
+                    let Some(connected) = wire.as_mut() else {
+                        return Stop::Failed("link closed".to_string());
+                    };
+                    buf.clear();
+                    self.encode_sealed(&msg, &mut buf, &mut connected.sealer);
+                    connected.last_msg = Instant::now();
+                    connected.last_write = connected.last_msg;
+                    if connected.writer.send(&buf).is_err() {
+                        return Stop::Failed("write failed".to_string());
+                    }
+                }
+                WireEvent::Timer => {
+                    let mut wire = lock_wire(&self.wire);
+                    let Some(connected) = wire.as_mut() else {
+                        return Stop::Failed("link closed".to_string());
+                    };
+                    if connected.last_msg.elapsed() >= IDLE_TIMEOUT {
+                        return Stop::Idle;
+                    }
+                    let quiet = connected.last_write.elapsed();
+                    let next = if quiet >= KEEPALIVE_INTERVAL {
+                        buf.clear();
+                        connected.sealer.keepalive(&mut buf);
+                        connected.last_write = Instant::now();
+                        if connected.writer.send(&buf).is_err() {
+                            return Stop::Failed("keepalive failed".to_string());
+                        }
+                        KEEPALIVE_INTERVAL
+                    } else {
+                        KEEPALIVE_INTERVAL - quiet
+                    };
+                    timer = Box::pin(rt::sleep(next).fuse());
+                }
+            }
+        }
+    }
+}
+
+/// What a plain-TCP link's task is woken for.
+enum WireEvent {
+    /// Bytes the socket did not take are in the buffer (`false`: the
+    /// writer closed: a write failed, or the peer stopped reading).
+    Taken(bool),
+    Closed(String),
+    Msg(Option<PeerMsg>),
+    Timer,
 }
 
 /// Why a dialer's handshake did not complete.

@@ -639,3 +639,72 @@ fn clients_share_the_port() {
         }
     }
 }
+
+/// A peer that shakes hands, keeps sending keepalives (so the link never
+/// falls silent) but stops reading: the bytes the socket cannot take are
+/// queued up to the link's byte bound, then the link gives the connection
+/// up and redials.
+#[test]
+fn a_peer_that_stops_reading_is_dropped_past_the_byte_bound_and_redialed() {
+    rt::block_on(async {
+        let listener = bind().await;
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut links = links(1, "c");
+        links.send(id(2), &addr, alive(1));
+        let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let (_, mut opener, mut sealer) = accept_as(&mut conn, 2).await;
+        assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(1));
+        // The link hands its socket to the sender just after that first
+        // write; give it the moment.
+        rt::sleep(Duration::from_millis(500)).await;
+        let mut keepalive_conn = conn.clone();
+        let keepalives = rt::spawn(async move {
+            let mut buf = Vec::new();
+            for _ in 0..100 {
+                buf.clear();
+                sealer.keepalive(&mut buf);
+                if keepalive_conn.write_all(&buf).await.is_err() {
+                    return;
+                }
+                rt::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        // 1 MiB messages until one is refused: the socket buffers hold up to
+        // ~36 MiB here (32 MiB of receive buffer, 4 MiB of send buffer), the
+        // link's queue 64 MiB more; 200 MiB is far past both.
+        let message = big_accept(1 << 20);
+        for _ in 0..200 {
+            links.send(id(2), &addr, message.clone());
+            if links.dropped() > 0 {
+                break;
+            }
+        }
+        assert!(links.dropped() > 0, "200 MiB queued for a peer not reading");
+        // The link dials again for its next message: cut by the byte bound,
+        // not by the write time-out (10 s) later.
+        let give_up = Instant::now() + link::WRITE_TIMEOUT / 2;
+        let mut again = loop {
+            assert!(
+                Instant::now() < give_up,
+                "the link did not give the stalled connection up"
+            );
+            links.send(id(2), &addr, alive(2));
+            if let Some(accepted) = rt::timeout(Duration::from_millis(100), listener.accept()).await
+            {
+                break accepted.unwrap().0;
+            }
+        };
+        let (_, mut opener, _) = accept_as(&mut again, 2).await;
+        // Whatever of the backlog comes first, alive(2) arrives on the new
+        // connection.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "alive(2) never came");
+            if read_sealed(&mut again, &mut opener).await == alive(2) {
+                break;
+            }
+        }
+        drop(conn);
+        keepalives.await;
+    });
+}

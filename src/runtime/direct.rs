@@ -12,8 +12,9 @@
 //! queued and the connection's own async task, woken once, finishes it; while
 //! it does, every later send is appended behind it, so bytes never reorder
 //! or interleave. The queue is bounded in bytes: a sender that would pass
-//! the bound gets [`SendError::Overflow`] and cuts the connection (a client
-//! that stopped reading, a peer that stalled).
+//! the bound gets [`SendError::Overflow`] and the connection is cut (a
+//! client that stopped reading, a peer that stalled): the socket is shut
+//! down, which also ends the task's blocked write.
 //!
 //! Only plain TCP goes this way: a TLS session's records are made and
 //! flushed by its own task.
@@ -88,7 +89,7 @@ impl DirectWriter {
             match send_now(&self.tcp, rest) {
                 Ok(sent) => rest = &rest[sent..],
                 Err(_) => {
-                    close(&mut state);
+                    self.cut(&mut state);
                     return Err(SendError::Closed);
                 }
             }
@@ -98,7 +99,7 @@ impl DirectWriter {
         }
         let queued = state.queued.len() + rest.len();
         if queued > self.max_queued_bytes && !state.queued.is_empty() {
-            close(&mut state);
+            self.cut(&mut state);
             return Err(SendError::Overflow(queued));
         }
         state.queued.extend_from_slice(rest);
@@ -108,9 +109,20 @@ impl DirectWriter {
         Ok(())
     }
 
-    /// Stops every later send (the connection is being cut); wakes the task.
+    /// Cuts the connection: every later send fails, the socket is shut
+    /// down (so a task blocked writing to a peer that stopped reading wakes
+    /// with an error at once), and the task is woken.
     pub fn close(&self) {
-        close(&mut self.lock());
+        self.cut(&mut self.lock());
+    }
+
+    fn cut(&self, state: &mut State) {
+        state.closed = true;
+        state.queued = Vec::new();
+        let _ = self.tcp.shutdown(std::net::Shutdown::Both);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
     }
 
     /// For the task: waits until bytes are queued, swaps them into `buf`
@@ -179,14 +191,6 @@ impl DirectWriter {
     }
 }
 
-fn close(state: &mut State) {
-    state.closed = true;
-    state.queued = Vec::new();
-    if let Some(waker) = state.waker.take() {
-        waker.wake();
-    }
-}
-
 /// One non-blocking `send` of as much of `bytes` as the socket takes now
 /// (0 when it is full).
 fn send_now(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
@@ -215,28 +219,28 @@ fn send_now(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Runs the task side for `writer` until it is closed: writes out whatever
-/// the socket did not take at once. Returns when the writer closes or a
-/// write fails.
-pub async fn drain(writer: &DirectWriter) {
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let more = futures::future::poll_fn(|cx| writer.poll_take(cx, &mut buf)).await;
-        if !more || writer.write_out(&buf).await.is_err() {
-            return;
-        }
-        if buf.capacity() > 1 << 20 {
-            buf = Vec::new();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runtime::rt;
     use futures::AsyncReadExt;
+
+    /// The task side, as the connection tasks run it: writes out whatever
+    /// the socket did not take at once, until the writer closes or a write
+    /// fails.
+    async fn drain(writer: &DirectWriter) {
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let more = futures::future::poll_fn(|cx| writer.poll_take(cx, &mut buf)).await;
+            if !more || writer.write_out(&buf).await.is_err() {
+                return;
+            }
+            if buf.capacity() > 1 << 20 {
+                buf = Vec::new();
+            }
+        }
+    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = rt::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -432,7 +432,7 @@ impl EventLoop {
                     };
                     match &link.direct {
                         Some(direct) if !matches!(outcome, Ok(Reply::Tree(_))) => {
-                            lock_session(&direct.session).completed(tag);
+                            super::client_conn::lock(&direct.session).completed(tag);
                             let buf = self
                                 .direct_replies
                                 .entry(conn)
@@ -525,12 +525,6 @@ impl EventLoop {
             status.disk_images.store(stats.images, Ordering::Relaxed);
         }
     }
-}
-
-fn lock_session(session: &std::sync::Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
-    session
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

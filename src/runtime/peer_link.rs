@@ -278,9 +278,12 @@ impl PeerLinks {
                 continue;
             };
             let batch = std::mem::take(&mut link.batch);
-            let mut wire = lock_wire(&link.wire);
+            let shared = link.wire.clone();
+            // Held while queueing too: the task drains the queue and
+            // installs the wire under this lock, so nothing queued can be
+            // overtaken by a later direct send.
+            let mut wire = lock_wire(&shared);
             let Some(connected) = wire.as_mut() else {
-                drop(wire);
                 let addr = link.addr.clone();
                 for msg in batch {
                     self.enqueue(to.clone(), &addr, msg);
@@ -677,16 +680,26 @@ impl LinkTask {
     ) -> Stop {
         let mut buf = Vec::with_capacity(WRITE_BATCH_BYTES);
         self.backlog.drain_into(&mut buf, &mut sealer);
-        if writer.send(&buf).is_err() {
-            return Stop::Failed("write failed".to_string());
+        {
+            // Under the wire's lock, which the event loop holds while it
+            // queues: everything queued so far goes out before the first
+            // direct send, so messages keep their order.
+            let wire = self.wire.clone();
+            let mut wire = lock_wire(&wire);
+            while let Ok(msg) = self.rx.try_recv() {
+                self.encode_sealed(&msg, &mut buf, &mut sealer);
+            }
+            if writer.send(&buf).is_err() {
+                return Stop::Failed("write failed".to_string());
+            }
+            let now = Instant::now();
+            *wire = Some(Wire {
+                sealer,
+                writer: writer.clone(),
+                last_write: now,
+                last_msg: now,
+            });
         }
-        let now = Instant::now();
-        *lock_wire(&self.wire) = Some(Wire {
-            sealer,
-            writer: writer.clone(),
-            last_write: now,
-            last_msg: now,
-        });
         let stop = self.pump_wire(&writer, &mut listening).await;
         *lock_wire(&self.wire) = None;
         writer.close();

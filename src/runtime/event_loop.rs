@@ -197,6 +197,17 @@ const MAX_TICK_GAP: Duration = Duration::from_secs(1);
 /// Reply buffers kept for reuse, and the largest kept.
 const SPARE_BUFFERS: usize = 256;
 const SPARE_BUFFER_BYTES: usize = 64 * 1024;
+/// Replies gathered for one connection before they go to its writer
+/// mid-batch.
+const DIRECT_FLUSH_BYTES: usize = 256 * 1024;
+
+/// Logs why a direct writer refused a connection's replies (a closed one
+/// needs no line: its task logs the end).
+fn note_refused(conn: ConnId, err: &SendError) {
+    if matches!(err, SendError::Overflow(_)) {
+        log::warn!("connection {conn}: client is not reading its replies; disconnecting");
+    }
+}
 /// How often the cluster view is published for the web view.
 const VIEW_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -433,11 +444,26 @@ impl EventLoop {
                     match &link.direct {
                         Some(direct) if !matches!(outcome, Ok(Reply::Tree(_))) => {
                             super::client_conn::lock(&direct.session).completed(tag);
+                            if cut.contains(&conn) {
+                                continue;
+                            }
                             let buf = self
                                 .direct_replies
                                 .entry(conn)
                                 .or_insert_with(|| self.spare_buffers.pop().unwrap_or_default());
                             client::encode_frame_into(&client::response(tag, &outcome), buf);
+                            // A batch may answer thousands of reads of big
+                            // values on one connection: hand them over as they
+                            // pile up, so the writer's byte bound applies
+                            // before, not after, they are all encoded.
+                            if buf.len() >= DIRECT_FLUSH_BYTES {
+                                let sent = direct.writer.send(buf);
+                                buf.clear();
+                                if let Err(err) = sent {
+                                    note_refused(conn, &err);
+                                    cut.push(conn);
+                                }
+                            }
                         }
                         _ => {
                             let completed = Outgoing::Completed { tag, outcome };
@@ -474,14 +500,9 @@ impl EventLoop {
     fn send_direct_replies(&mut self, cut: &mut Vec<ConnId>) {
         for (conn, mut buf) in self.direct_replies.drain() {
             if let Some(direct) = self.links.get(&conn).and_then(|link| link.direct.as_ref()) {
-                match direct.writer.send(&buf) {
-                    Ok(()) => {}
-                    Err(err) => {
-                        if matches!(err, SendError::Overflow(_)) {
-                            log::warn!("connection {conn}: client is not reading its replies; disconnecting");
-                        }
-                        cut.push(conn);
-                    }
+                if let Err(err) = direct.writer.send(&buf) {
+                    note_refused(conn, &err);
+                    cut.push(conn);
                 }
             }
             buf.clear();

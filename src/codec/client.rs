@@ -98,6 +98,19 @@ impl Response {
     }
 }
 
+/// The two fields of a [`Response`] that say which request it answers and
+/// whether it failed, decoded without the rest: prost skips the other
+/// fields (path, value, …) without allocating for them. A load generator
+/// reads every reply this way and decodes the whole [`Response`] only for
+/// the rare error it wants to show.
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct ReplyHead {
+    #[prost(int32, optional, tag = "1")]
+    pub tag: Option<i32>,
+    #[prost(int32, optional, tag = "100")]
+    pub err_code: Option<i32>,
+}
+
 /// The frame for the core's answer to the request tagged `tag`.
 pub fn response(tag: Option<i32>, outcome: &Outcome) -> Response {
     let reply = match outcome {

@@ -449,6 +449,77 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// A fake server on `ip` that, for each of up to `conns` connections,
+    /// reads the first request and answers with `reply` (raw bytes, or
+    /// nothing), then reads until the bench hangs up. Returns its URI.
+    fn fake_server(ip: &str, conns: usize, reply: Vec<u8>) -> Uri {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..conns {
+                let Ok((mut sock, _)) = listener.accept() else {
+                    return;
+                };
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    sock.set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    let mut buf = [0u8; 4096];
+                    if sock.read(&mut buf).unwrap_or(0) > 0 && !reply.is_empty() {
+                        let _ = sock.write_all(&reply);
+                    }
+                    while sock.read(&mut buf).is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        Uri::parse(&format!("doozer:?ca={addr}")).unwrap()
+    }
+
+    fn short(conns: usize) -> BenchConfig {
+        BenchConfig {
+            conns,
+            pipeline: 2,
+            duration: Duration::from_millis(200),
+            ..BenchConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_reply_frame_too_long_is_a_protocol_error() {
+        let uri = fake_server("127.0.131.1", 1, vec![0x7f, 0xff, 0xff, 0xff]);
+        let report = run(&uri, None, &short(1), |_| {}).unwrap();
+        assert_eq!((report.ops, report.errors), (0, 2), "{report:?}");
+        let err = report.first_error.unwrap();
+        assert!(err.starts_with("protocol error: bad reply frame"), "{err}");
+    }
+
+    #[test]
+    fn a_reply_for_a_tag_never_sent_is_a_protocol_error() {
+        use crate::codec::client::{encode_frame, Response};
+        let stray = encode_frame(&Response {
+            tag: Some(99),
+            ..Response::default()
+        });
+        let uri = fake_server("127.0.131.2", 1, stray);
+        let report = run(&uri, None, &short(1), |_| {}).unwrap();
+        assert_eq!(report.ops, 0);
+        let err = report.first_error.unwrap();
+        assert!(err.contains("tag 99"), "{err}");
+    }
+
+    #[test]
+    fn a_silent_server_is_given_up_after_the_grace() {
+        let uri = fake_server("127.0.131.3", 2, Vec::new());
+        let started = Instant::now();
+        let report = run(&uri, None, &short(2), |_| {}).unwrap();
+        assert!(started.elapsed() < GRACE + Duration::from_secs(5));
+        assert_eq!((report.ops, report.errors), (0, 4), "{report:?}");
+        let err = report.first_error.unwrap();
+        assert!(err.starts_with("no reply within"), "{err}");
+    }
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()

@@ -235,6 +235,10 @@ mod tests {
         assert!(closed.contains("\"rate\":null,"), "{closed}");
         assert!(closed.ends_with("\"first_error\":null}\n"), "{closed}");
         assert_eq!(closed.lines().count(), 1);
+        for line in [closed, r.json(&cfg)] {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+            assert_eq!(v.as_object().unwrap().len(), 21, "{line}");
+        }
     }
 
     #[test]

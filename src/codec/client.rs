@@ -323,6 +323,36 @@ mod tests {
     }
 
     #[test]
+    fn reply_head_reads_tag_and_error_only() {
+        let full = Response {
+            tag: Some(7),
+            flags: Some(flags::SET),
+            rev: Some(42),
+            path: Some("/some/path".into()),
+            value: Some(vec![b'v'; 300]),
+            len: Some(3),
+            err_code: Some(ErrCode::RevMismatch as i32),
+            err_detail: Some("detail".into()),
+        };
+        let head = ReplyHead::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(
+            head,
+            ReplyHead {
+                tag: Some(7),
+                err_code: Some(ErrCode::RevMismatch as i32)
+            }
+        );
+        let ok = Response {
+            tag: Some(1),
+            rev: Some(5),
+            ..Response::default()
+        };
+        let head = ReplyHead::decode(ok.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((head.tag, head.err_code), (Some(1), None));
+        assert!(ReplyHead::decode(&[0x0a, 0xff][..]).is_err(), "a cut field");
+    }
+
+    #[test]
     fn frames_round_trip() {
         let req = Request {
             tag: Some(3),

@@ -1,32 +1,48 @@
 #!/usr/bin/env bash
-# One figure of the write path: a 3-member cluster of the doozerd in BIN_DIR
-# on 127.x.y.1-3 (NET, default 127.0.88.), `doozer bench -op set -c 64
-# -size 64 -d SECS` against the leader; prints the ops/s and p50 line, then
-# stops the cluster. CONNS=N sets the connections (default 64); DATA_ROOT=DIR
-# gives each node `-data-dir DIR/nI` (made empty first), e.g. on the disk
-# (/var/tmp) or in memory (/dev/shm). OP=get|mixed benches reads instead;
-# SLAVE=1 attaches a 4th node, a slave; AT=N benches against node N
-# (1, the seed, leads; 4 is the slave); DOOZERD_ARGS adds flags to every
-# doozerd (e.g. -local-reads). TLS=1 runs every node with TLS (a CA and a
-# certificate per node made with scripts/make-tls-certs.sh; peer links are
-# mutual TLS) and the bench client over TLS.
-# Usage: [CONNS=N] [OP=..] [AT=N] [SLAVE=1] [DATA_ROOT=DIR] [DOOZERD_ARGS=..]
-#        [TLS=1] scripts/bench-cluster.sh BIN_DIR [NET] [SECS]
+# One figure of the write path: a cluster of MEMBERS (3 or 5, default 3)
+# doozerd of BIN_DIR on 127.x.y.1.. (NET, default 127.0.88.), then
+# `doozer bench -op set -c 64 -size 64 -d SECS` against the leader; prints
+# the ops/s and p50 line, then stops the cluster.
+#   CONNS=N        connections (default 64)
+#   OP=get|mixed   benches reads instead of sets
+#   BENCH_ARGS=..  more `doozer bench` flags (e.g. "-p 8", "-rate 20000");
+#                  with -json the JSON line is printed as it is instead
+#   CLIENT=FILE    the doozer CLI that runs the bench (default BIN_DIR/doozer)
+#   MEMBERS=5      five voting members instead of three
+#   SLAVE=1        attaches one more node, a slave (node MEMBERS+1)
+#   AT=N           benches against node N (1, the seed, leads; default 1)
+#   DATA_ROOT=DIR  gives each node `-data-dir DIR/nI` (made empty first),
+#                  e.g. on the disk (/var/tmp) or in memory (/dev/shm)
+#   DOOZERD_ARGS   adds flags to every doozerd (e.g. -local-reads)
+#   TLS=1          every node with TLS (a CA and a certificate per node made
+#                  with scripts/make-tls-certs.sh; peer links are mutual
+#                  TLS) and the bench client over TLS
+# Usage: [CONNS=N] [OP=..] [BENCH_ARGS=..] [CLIENT=..] [MEMBERS=3|5] [SLAVE=1]
+#        [AT=N] [DATA_ROOT=DIR] [DOOZERD_ARGS=..] [TLS=1]
+#        scripts/bench-cluster.sh BIN_DIR [NET] [SECS]
 set -euo pipefail
 bin=$1; net=${2:-127.0.88.}; secs=${3:-5}
 conns=${CONNS:-64}
 op=${OP:-set}
 at=${AT:-1}
+members=${MEMBERS:-3}
+case $members in 3|5) ;; *) echo "MEMBERS must be 3 or 5" >&2; exit 2 ;; esac
+nodes=$members
+[ "${SLAVE:-}" = 1 ] && nodes=$((members + 1))
 # shellcheck disable=SC2206
 extra=(${DOOZERD_ARGS:-})
-client=$bin/doozer
+# shellcheck disable=SC2206
+bench_args=(${BENCH_ARGS:-})
+client=${CLIENT:-$bin/doozer}
 dir=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$dir"
-  if [ -n "${DATA_ROOT:-}" ]; then rm -rf "$DATA_ROOT"/n1 "$DATA_ROOT"/n2 "$DATA_ROOT"/n3 "$DATA_ROOT"/n4; fi
+  if [ -n "${DATA_ROOT:-}" ]; then
+    for i in $(seq "$nodes"); do rm -rf "${DATA_ROOT:?}/n$i"; done
+  fi
 }
 trap cleanup EXIT
 data() {
@@ -41,7 +57,9 @@ tls() {
   echo "-tlscert $dir/certs/n$1.pem -tlskey $dir/certs/n$1.key --tls-ca $dir/certs/ca.pem"
 }
 if [ "${TLS:-}" = 1 ]; then
-  "$(dirname "$0")/make-tls-certs.sh" "$dir/certs" n1=${net}1 n2=${net}2 n3=${net}3 n4=${net}4 >/dev/null
+  names=()
+  for i in $(seq "$nodes"); do names+=("n$i=${net}$i"); done
+  "$(dirname "$0")/make-tls-certs.sh" "$dir/certs" "${names[@]}" >/dev/null
   export DOOZER_TLS_CA=$dir/certs/ca.pem
 fi
 # shellcheck source=scripts/cluster-lib.sh
@@ -49,17 +67,24 @@ fi
 # shellcheck disable=SC2046
 "$bin/doozerd" -l "${net}1:8046" -w false $(data 1) $(tls 1) "${extra[@]}" >"$dir/n1.log" 2>&1 & pids+=($!)
 wait_rev 1
-for i in 2 3; do
+# Node N, attached through node 1.
+attach() {
   # shellcheck disable=SC2046
-  "$bin/doozerd" -l "${net}$i:8046" -a "${net}1:8046" -w false $(data "$i") $(tls "$i") "${extra[@]}" >"$dir/n$i.log" 2>&1 & pids+=($!)
-done
-for i in 2 3; do wait_rev "$i"; done
-open_member_slots
-if [ "${SLAVE:-}" = 1 ]; then
-  # shellcheck disable=SC2046
-  "$bin/doozerd" -l "${net}4:8046" -a "${net}1:8046" -w false $(data 4) $(tls 4) "${extra[@]}" >"$dir/n4.log" 2>&1 & pids+=($!)
-  wait_rev 4
+  "$bin/doozerd" -l "${net}$1:8046" -a "${net}1:8046" -w false $(data "$1") $(tls "$1") "${extra[@]}" >"$dir/n$1.log" 2>&1 & pids+=($!)
+}
+for i in $(seq 2 "$members"); do attach "$i"; done
+for i in $(seq 2 "$members"); do wait_rev "$i"; done
+open_member_slots "$members"
+# The slave comes after every slot is taken, so it gets none.
+if [ "$nodes" -gt "$members" ]; then
+  attach "$nodes"
+  wait_rev "$nodes"
 fi
 sleep 1
-"$client" -a "$(uri "$at")" bench -op "$op" -c "$conns" -size 64 -d "$secs" 2>/dev/null | grep -E "ops/s|p50" | tr '\n' ' '
-echo
+out=$("$client" -a "$(uri "$at")" bench -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}" 2>/dev/null)
+if [ "${out:0:1}" = "{" ]; then
+  echo "$out"
+else
+  echo "$out" | grep -E "ops/s|p50" | tr '\n' ' '
+  echo
+fi

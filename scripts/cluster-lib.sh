@@ -4,14 +4,15 @@
 # Waits until node N answers REV (up to 10 s).
 wait_rev() { for _ in $(seq 200); do "$client" -a "$(uri "$1")" rev >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
 
-# Opens /ctl/cal/1 and /ctl/cal/2 through node 1, as an operator does, and
-# waits (up to 10 s) until all three slots hold a member.
+# Opens /ctl/cal/1 .. /ctl/cal/(N-1) through node 1, as an operator does,
+# and waits (up to 10 s) until all N slots hold a member (N defaults to 3).
 open_member_slots() {
-  for slot in 1 2; do printf '' | "$client" -a "$(uri 1)" set "/ctl/cal/$slot" 0 >/dev/null; done
+  local members=${1:-3} slot n
+  for slot in $(seq 1 $((members - 1))); do printf '' | "$client" -a "$(uri 1)" set "/ctl/cal/$slot" 0 >/dev/null; done
   for _ in $(seq 100); do
     n=0
-    for slot in 0 1 2; do [ -n "$("$client" -a "$(uri 1)" get "/ctl/cal/$slot" 2>/dev/null)" ] && n=$((n + 1)); done
-    [ "$n" = 3 ] && return 0
+    for slot in $(seq 0 $((members - 1))); do [ -n "$("$client" -a "$(uri 1)" get "/ctl/cal/$slot" 2>/dev/null)" ] && n=$((n + 1)); done
+    [ "$n" = "$members" ] && return 0
     sleep 0.1
   done
   return 1

@@ -360,46 +360,7 @@ impl Client {
         tls: Option<&ClientTls>,
         limit: Duration,
     ) -> Result<Client, Error> {
-        let started = std::time::Instant::now();
-        let stream = match timeout(limit, TcpStream::connect(addr)).await {
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                return Err(Error::Dial {
-                    addr: addr.to_string(),
-                    reason: io_error_text(&e),
-                })
-            }
-            None => {
-                return Err(Error::Dial {
-                    addr: addr.to_string(),
-                    reason: "i/o timeout".into(),
-                })
-            }
-        };
-        let conn = match tls {
-            None => Conn::plain(stream),
-            Some(tls) => {
-                let left = limit.saturating_sub(started.elapsed());
-                match timeout(left, Conn::connect_tls(stream, addr, tls)).await {
-                    Some(Ok(conn)) => conn,
-                    Some(Err(reason)) => {
-                        return Err(Error::Tls {
-                            addr: addr.to_string(),
-                            reason,
-                        })
-                    }
-                    None => {
-                        return Err(Error::Tls {
-                            addr: addr.to_string(),
-                            reason: format!(
-                                "the server took the connection but did not answer the \
-                                 handshake within {limit:?} (stalled, or not a doozer server?)"
-                            ),
-                        })
-                    }
-                }
-            }
-        };
+        let conn = connect_conn_timeout(addr, tls, limit).await?;
         Ok(Client::from_conn(conn, addr))
     }
 
@@ -681,6 +642,59 @@ impl Client {
     }
 }
 
+/// A bare connection to one server, plain or TLS (the TCP connect and the
+/// TLS handshake together within `limit`), with no client tasks on it: for
+/// callers that speak the protocol themselves, like `doozer bench`. A
+/// server that takes the connection but never answers the handshake is
+/// told apart from one that cannot be reached.
+pub async fn connect_conn_timeout(
+    addr: &str,
+    tls: Option<&ClientTls>,
+    limit: Duration,
+) -> Result<Conn, Error> {
+    let started = std::time::Instant::now();
+    let stream = match timeout(limit, TcpStream::connect(addr)).await {
+        Some(Ok(stream)) => stream,
+        Some(Err(e)) => {
+            return Err(Error::Dial {
+                addr: addr.to_string(),
+                reason: io_error_text(&e),
+            })
+        }
+        None => {
+            return Err(Error::Dial {
+                addr: addr.to_string(),
+                reason: "i/o timeout".into(),
+            })
+        }
+    };
+    let conn = match tls {
+        None => Conn::plain(stream),
+        Some(tls) => {
+            let left = limit.saturating_sub(started.elapsed());
+            match timeout(left, Conn::connect_tls(stream, addr, tls)).await {
+                Some(Ok(conn)) => conn,
+                Some(Err(reason)) => {
+                    return Err(Error::Tls {
+                        addr: addr.to_string(),
+                        reason,
+                    })
+                }
+                None => {
+                    return Err(Error::Tls {
+                        addr: addr.to_string(),
+                        reason: format!(
+                            "the server took the connection but did not answer the \
+                             handshake within {limit:?} (stalled, or not a doozer server?)"
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    Ok(conn)
+}
+
 /// One step of [`walk_tree`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Visit {
@@ -778,21 +792,7 @@ pub async fn dial_uri_timeout(
     boot: Option<&Uri>,
     limit: Duration,
 ) -> Result<Client, Error> {
-    let mut addrs = match (&uri.cluster_name, boot) {
-        (Some(name), Some(boot)) => {
-            let dzns = Box::pin(dial_uri_timeout(boot, None, limit)).await?;
-            let found = lookup(&dzns, name).await;
-            dzns.close();
-            let found = found?;
-            if found.is_empty() {
-                return Err(Error::NoAddrs);
-            }
-            found
-        }
-        _ if uri.addrs.is_empty() => return Err(Error::Uri(UriError::Invalid)),
-        _ => uri.addrs.clone(),
-    };
-    addrs.shuffle(&mut rand::rng());
+    let addrs = uri_addrs(uri, boot, limit).await?;
     let tls = client_tls(uri)?;
     let mut last = Error::NoAddrs;
     let mut client = None;
@@ -813,6 +813,47 @@ pub async fn dial_uri_timeout(
         }
     }
     Ok(client)
+}
+
+/// [`dial_uri_timeout`] without the client tasks or the ACCESS: a bare
+/// connection to the first of the URI's addresses (in random order) that
+/// answers, and that address. The caller sends the URI's secret itself.
+pub async fn dial_uri_conn(
+    uri: &Uri,
+    boot: Option<&Uri>,
+    limit: Duration,
+) -> Result<(Conn, String), Error> {
+    let addrs = uri_addrs(uri, boot, limit).await?;
+    let tls = client_tls(uri)?;
+    let mut last = Error::NoAddrs;
+    for addr in addrs {
+        match connect_conn_timeout(&addr, tls.as_ref(), limit).await {
+            Ok(conn) => return Ok((conn, addr)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The addresses a URI names, in random order: its `ca` list, or what its
+/// boot cluster lists for its `cn`.
+async fn uri_addrs(uri: &Uri, boot: Option<&Uri>, limit: Duration) -> Result<Vec<String>, Error> {
+    let mut addrs = match (&uri.cluster_name, boot) {
+        (Some(name), Some(boot)) => {
+            let dzns = Box::pin(dial_uri_timeout(boot, None, limit)).await?;
+            let found = lookup(&dzns, name).await;
+            dzns.close();
+            let found = found?;
+            if found.is_empty() {
+                return Err(Error::NoAddrs);
+            }
+            found
+        }
+        _ if uri.addrs.is_empty() => return Err(Error::Uri(UriError::Invalid)),
+        _ => uri.addrs.clone(),
+    };
+    addrs.shuffle(&mut rand::rng());
+    Ok(addrs)
 }
 
 /// What a URI's `tlsca` asks to trust, loaded; `None` dials in plain text.

@@ -229,6 +229,24 @@ fn secrets_deny_and_grant() {
         (r.code, r.stderr.trim_end()),
         (2, "Error: OTHER: permission denied")
     );
+    // The bench sends the URI's secret first on each of its connections.
+    let r = run(
+        &server,
+        &["-a", &rw, "bench", "-d", "0.3", "-c", "2", "-json"],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("\"errors\":0,"), "{}", r.stdout);
+    let r = run(&server, &["-a", &wrong, "bench", "-d", "0.3"], "");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
+    let r = run(&server, &["-a", &ro, "bench", "-d", "0.3"], "");
+    assert_eq!(r.code, 2, "a read-only secret: every set refused");
+    assert!(
+        r.stderr.contains("first error: OTHER: permission denied"),
+        "{}",
+        r.stderr
+    );
     let r = run(&server, &["-a", &wrong, "get", "/ctl/name"], "");
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
@@ -284,6 +302,65 @@ fn help_and_bench_against_a_real_server() {
     // The keys it wrote are there.
     let listing = ok(&server, &["find", "/bench"], "");
     assert!(listing.lines().count() > 1, "{listing:?}");
+}
+
+/// The open loop with a JSON summary: `-rate 200 -d 1` sends about 200
+/// requests on schedule, and stdout is one JSON line whose fields say so.
+#[test]
+fn bench_open_loop_json_summary() {
+    let server = Server::start(&[]);
+    let r = run(
+        &server,
+        &["bench", "-rate", "200", "-d", "1", "-c", "2", "-json"],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.lines().count(), 1, "one line: {:?}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim_end()).unwrap();
+    assert_eq!(v["op"], "set");
+    assert_eq!(v["conns"], 2);
+    assert_eq!(v["size"], 64);
+    assert_eq!(v["rate"], 200.0);
+    assert_eq!(v["duration_s"], 1.0);
+    assert_eq!(v["errors"], 0, "{}", r.stdout);
+    assert!(v["first_error"].is_null(), "{}", r.stdout);
+    let ops = v["ops"].as_u64().unwrap();
+    let unsent = v["unsent"].as_u64().unwrap();
+    // Exactly 200 are scheduled in one second; each is either answered or
+    // counted unsent (no errors).
+    assert_eq!(ops + unsent, 200, "{}", r.stdout);
+    assert!(ops > 0);
+    assert!(v["late"].as_u64().unwrap() <= ops);
+    let rate = v["ops_per_sec"].as_f64().unwrap();
+    assert!(
+        rate > 0.0 && rate <= 201.0,
+        "never faster than scheduled: {rate}"
+    );
+    let p: Vec<f64> = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]
+        .iter()
+        .map(|k| {
+            v[k].as_f64()
+                .unwrap_or_else(|| panic!("{k} in {}", r.stdout))
+        })
+        .collect();
+    assert!(
+        p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]),
+        "p50 <= p90 <= p99 <= p99.9 <= max: {p:?}"
+    );
+
+    // -json=false keeps the human report.
+    let r = run(
+        &server,
+        &["bench", "-rate", "50", "-d", "0.2", "-json=false"],
+        "",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("rate target: 50.0 ops/s\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("latency p99.9: "), "{}", r.stdout);
 }
 
 /// `doozer members` on a one-node cluster: one `leader` line for slot 0; an

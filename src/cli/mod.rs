@@ -87,11 +87,25 @@ Options (each may be written with one dash or two):
   -size B       bytes per value (default 64)
   -d SECS       how long to run, in seconds (default 10)
   -keys K       number of distinct keys, under /bench/ (default 1000)
+  -rate N       open loop: N operations per second in all, on a fixed
+                schedule spread over the connections; each latency runs
+                from the request's scheduled start, so a stalled server
+                shows as latency (default: closed loop, each connection
+                keeping -p requests in flight); -p then caps the requests
+                in flight per connection (default 1024)
+  -threads N    threads driving the connections (default 1)
+  -json         print one line of JSON instead of the report
 
 Before a get or mixed run, each key is written once. Progress goes to stderr
 once a second. At the end, prints on stdout the number of operations, the
-errors, the operations per second, and the latency percentiles p50, p90, p99
-and the maximum, in milliseconds.
+errors, the operations per second, and the latency percentiles p50, p90,
+p99, p99.9 and the maximum, in milliseconds (from an HdrHistogram, three
+significant digits). With -rate, also the target rate, the requests sent
+more than 1 ms after their scheduled start (late) and those never sent
+(unsent: in flight at the cap until the end). With -json, stdout is that one
+line instead: op, read_pct, conns, pipeline, size, keys, threads, rate (null
+in the closed loop), duration_s, ops, errors, elapsed_s, ops_per_sec, late,
+unsent, p50_ms, p90_ms, p99_ms, p999_ms, max_ms, first_error.
 ",
     },
     Command {
@@ -888,12 +902,27 @@ fn run_bench(argv0: &str, g: &mut Globals, args: &[String], io: &mut Io<'_>) -> 
             }
             continue;
         }
+        // A Go-style boolean `-json=true` / `-json=false`: argh's switch
+        // takes no value.
+        if name == "json" {
+            match value.as_deref() {
+                None | Some("true") | Some("1") => own.push("--json".into()),
+                Some("false") | Some("0") => {}
+                Some(other) => {
+                    let _ = writeln!(io.stderr, "bench: bad -json value {other:?}");
+                    return EXIT_ERROR;
+                }
+            }
+            continue;
+        }
         own.push(bench::argh_spelling(name));
         own.extend(value);
     }
 
-    let cfg = match bench::BenchArgs::parse(&format!("{argv0} bench"), &own) {
-        Ok(cfg) => cfg,
+    let parsed = bench::BenchArgs::parse_args(&format!("{argv0} bench"), &own)
+        .and_then(|args| Ok((args.config()?, args.json)));
+    let (cfg, json) = match parsed {
+        Ok(parsed) => parsed,
         Err(text) => {
             let _ = io.stderr.write_all(text.as_bytes());
             if !text.ends_with('\n') {
@@ -915,15 +944,20 @@ fn run_bench(argv0: &str, g: &mut Globals, args: &[String], io: &mut Io<'_>) -> 
         let _ = writeln!(io.stderr, "bench: writing {} keys", cfg.keys);
     }
     let stderr = &mut *io.stderr;
-    let report = crate::runtime::rt::block_on(bench::run(&uri, boot.as_ref(), &cfg, |p| {
+    let report = bench::run(&uri, boot.as_ref(), &cfg, |p| {
         let _ = writeln!(stderr, "{}", p.render());
-    }));
+    });
     match report {
         Ok(report) => {
             if let Some(e) = &report.first_error {
                 let _ = writeln!(io.stderr, "bench: first error: {e}");
             }
-            let _ = write_out(io, report.render().as_bytes());
+            let out = if json {
+                report.json(&cfg)
+            } else {
+                report.render(&cfg)
+            };
+            let _ = write_out(io, out.as_bytes());
             if report.ops == 0 && report.errors > 0 {
                 EXIT_ERROR
             } else {

@@ -98,6 +98,19 @@ impl Response {
     }
 }
 
+/// The two fields of a [`Response`] that say which request it answers and
+/// whether it failed, decoded without the rest: prost skips the other
+/// fields (path, value, …) without allocating for them. A load generator
+/// reads every reply this way and decodes the whole [`Response`] only for
+/// the rare error it wants to show.
+#[derive(Clone, Copy, PartialEq, Message)]
+pub struct ReplyHead {
+    #[prost(int32, optional, tag = "1")]
+    pub tag: Option<i32>,
+    #[prost(int32, optional, tag = "100")]
+    pub err_code: Option<i32>,
+}
+
 /// The frame for the core's answer to the request tagged `tag`.
 pub fn response(tag: Option<i32>, outcome: &Outcome) -> Response {
     let reply = match outcome {
@@ -307,6 +320,36 @@ mod tests {
             frame_len([0, 0, 1, 0], 100),
             Err(FrameError::TooLong { len: 256, .. })
         ));
+    }
+
+    #[test]
+    fn reply_head_reads_tag_and_error_only() {
+        let full = Response {
+            tag: Some(7),
+            flags: Some(flags::SET),
+            rev: Some(42),
+            path: Some("/some/path".into()),
+            value: Some(vec![b'v'; 300]),
+            len: Some(3),
+            err_code: Some(ErrCode::RevMismatch as i32),
+            err_detail: Some("detail".into()),
+        };
+        let head = ReplyHead::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(
+            head,
+            ReplyHead {
+                tag: Some(7),
+                err_code: Some(ErrCode::RevMismatch as i32)
+            }
+        );
+        let ok = Response {
+            tag: Some(1),
+            rev: Some(5),
+            ..Response::default()
+        };
+        let head = ReplyHead::decode(ok.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((head.tag, head.err_code), (Some(1), None));
+        assert!(ReplyHead::decode(&[0x0a, 0xff][..]).is_err(), "a cut field");
     }
 
     #[test]

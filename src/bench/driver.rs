@@ -1,0 +1,517 @@
+//! One bench connection, driven by one future with no helper tasks.
+//!
+//! The bench shares its machine with the servers it measures, so every
+//! cycle it spends is taken from them. The general [`crate::client::Client`]
+//! runs a reader and a writer task per connection and hands every reply to
+//! its caller through a oneshot channel and a mutex-guarded map: several
+//! wake-ups and allocations per request. Here one future owns the
+//! connection: it encodes requests straight into one reused buffer
+//! (the path in a reused `String`, the value set once), writes what is
+//! queued with one `write`, reads replies in 64 KiB batches, decodes only
+//! their tag and error code ([`ReplyHead`]), and sends the next requests
+//! in the same wake-up, so a reply and the request it lets out cost no
+//! task switch. Reading and writing are polled side by side, so a full
+//! socket in one direction never stops the other (no deadlock with large
+//! values). [`Pacer`] decides what goes out when.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use futures::{AsyncRead, AsyncWrite};
+use prost::Message;
+
+use super::histogram::LatencyHistogram;
+use super::pacer::Pacer;
+use super::{Op, GRACE};
+use crate::client::io_error_text;
+use crate::codec::client::{
+    encode_frame_into, frame_len, ReplyHead, Request, Response, Verb, HEADER_BYTES,
+};
+use crate::runtime::conn::Conn;
+
+/// Bytes read from the socket at once (the read buffer's size unless one
+/// reply is larger).
+pub const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// A reply may be this much larger than the values the bench sends (a GET
+/// reply carries a value; an error reply a short text). Anything longer is
+/// a protocol error, so a confused server cannot make the bench buffer
+/// more than `size + REPLY_SLACK_BYTES`.
+pub const REPLY_SLACK_BYTES: usize = 64 << 10;
+
+/// Rounds of read-and-send one poll may take before yielding to the other
+/// connections of its thread.
+const POLL_BUDGET: usize = 32;
+
+/// Progress counters shared with the reporting thread (updated once per
+/// wake-up, not per request).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub ops: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Which key each request names.
+pub enum Keys {
+    /// A random key of `count` (the timed part).
+    Random { rng: Rng, count: u64 },
+    /// Every key once, in order, shared by all connections (the fill).
+    Sequential { next: Arc<AtomicU64>, count: u64 },
+}
+
+impl Keys {
+    fn next(&mut self) -> Option<u64> {
+        match self {
+            Keys::Random { rng, count } => Some(rng.below(*count)),
+            Keys::Sequential { next, count } => {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                (n < *count).then_some(n)
+            }
+        }
+    }
+}
+
+/// Encodes the requests of a run, reusing one `Request` per verb.
+pub struct Requests {
+    keys: Keys,
+    op: Op,
+    read_pct: u32,
+    rng: Rng,
+    prefix: String,
+    set: Request,
+    get: Request,
+}
+
+impl Requests {
+    pub fn new(keys: Keys, op: Op, read_pct: u32, prefix: &str, value: &[u8]) -> Requests {
+        Requests {
+            keys,
+            op,
+            read_pct,
+            rng: Rng::new(),
+            prefix: prefix.to_string(),
+            set: Request {
+                verb: Some(Verb::Set as i32),
+                path: Some(String::new()),
+                value: Some(value.to_vec()),
+                rev: Some(-1),
+                ..Request::default()
+            },
+            get: Request {
+                verb: Some(Verb::Get as i32),
+                path: Some(String::new()),
+                ..Request::default()
+            },
+        }
+    }
+
+    /// Appends the next request, tagged `tag`, to `out`; false when there
+    /// are no more keys.
+    fn encode_next(&mut self, tag: u32, out: &mut Vec<u8>) -> bool {
+        let Some(n) = self.keys.next() else {
+            return false;
+        };
+        let read = match self.op {
+            Op::Set => false,
+            Op::Get => true,
+            Op::Mixed => self.rng.below(100) < u64::from(self.read_pct),
+        };
+        let req = if read { &mut self.get } else { &mut self.set };
+        let path = req.path.get_or_insert_with(String::new);
+        path.clear();
+        let _ = write!(path, "{}/{n}", self.prefix);
+        req.tag = Some(tag as i32);
+        encode_frame_into(req, out);
+        true
+    }
+}
+
+/// A small xorshift generator: enough to pick keys and operations.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        Rng(rand::random::<u64>() | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Rng {
+        Rng::new()
+    }
+}
+
+/// What one connection did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConnOutcome {
+    /// Successful replies.
+    pub ops: u64,
+    /// Error replies, requests lost with the connection, and requests
+    /// unanswered [`GRACE`] after the end.
+    pub errors: u64,
+    pub late: u64,
+    pub unsent: u64,
+    pub first_error: Option<String>,
+}
+
+/// The future that runs one connection until its requests are done.
+pub struct Driver {
+    conn: Conn,
+    pacer: Pacer,
+    requests: Requests,
+    /// Times are nanoseconds since `epoch`.
+    epoch: Instant,
+    /// Requests still unanswered at this time are given up.
+    give_up: u64,
+    max_reply: usize,
+    read: Vec<u8>,
+    read_start: usize,
+    read_end: usize,
+    write: Vec<u8>,
+    written: usize,
+    timer: Timer,
+    timer_at: Option<u64>,
+    hist: Rc<RefCell<LatencyHistogram>>,
+    live: Arc<Live>,
+    /// Counts not yet added to `live`.
+    live_ops: u64,
+    live_errors: u64,
+    outcome: ConnOutcome,
+}
+
+/// How the connection ended early.
+enum Failure {
+    Io(String),
+    Protocol(String),
+}
+
+impl Driver {
+    /// `end` is when the pacer stops sending, from `epoch`; replies are
+    /// awaited [`GRACE`] longer. `size` is the value size (to bound replies).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        conn: Conn,
+        pacer: Pacer,
+        requests: Requests,
+        epoch: Instant,
+        end: Duration,
+        size: usize,
+        hist: Rc<RefCell<LatencyHistogram>>,
+        live: Arc<Live>,
+    ) -> Driver {
+        Driver {
+            conn,
+            pacer,
+            requests,
+            epoch,
+            give_up: nanos(end + GRACE),
+            max_reply: size.saturating_add(REPLY_SLACK_BYTES),
+            read: vec![0; READ_CHUNK_BYTES],
+            read_start: 0,
+            read_end: 0,
+            write: Vec::with_capacity(READ_CHUNK_BYTES),
+            written: 0,
+            timer: Timer::never(),
+            timer_at: None,
+            hist,
+            live,
+            live_ops: 0,
+            live_errors: 0,
+            outcome: ConnOutcome::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        nanos(self.epoch.elapsed())
+    }
+
+    fn error(&mut self, text: impl FnOnce() -> String) {
+        self.outcome.errors += 1;
+        self.live_errors += 1;
+        if self.outcome.first_error.is_none() {
+            self.outcome.first_error = Some(text());
+        }
+    }
+
+    /// Handles every complete reply in the read buffer.
+    fn take_replies(&mut self, now: u64) -> Result<(), Failure> {
+        loop {
+            let buffered = &self.read[self.read_start..self.read_end];
+            let Some(header) = buffered.first_chunk::<HEADER_BYTES>() else {
+                return Ok(());
+            };
+            let len = frame_len(*header, self.max_reply)
+                .map_err(|e| Failure::Protocol(format!("bad reply frame: {e}")))?;
+            let Some(body) = buffered.get(HEADER_BYTES..HEADER_BYTES + len) else {
+                return Ok(());
+            };
+            let head = ReplyHead::decode(body)
+                .map_err(|e| Failure::Protocol(format!("undecodable reply: {e}")))?;
+            let tag = head
+                .tag
+                .ok_or_else(|| Failure::Protocol("reply without a tag".into()))?;
+            let Some(latency) = self.pacer.complete(tag, now) else {
+                return Err(Failure::Protocol(format!(
+                    "reply for tag {tag}, which has no request outstanding"
+                )));
+            };
+            if head.err_code.is_some() {
+                let text = match Response::decode(body).ok().and_then(|r| r.reply_error()) {
+                    Some(e) => e.to_string(),
+                    None => "undecodable error reply".to_string(),
+                };
+                self.error(|| text);
+            } else {
+                self.outcome.ops += 1;
+                self.live_ops += 1;
+                self.hist.borrow_mut().record_nanos(latency);
+            }
+            self.read_start += HEADER_BYTES + len;
+        }
+    }
+
+    /// Makes room at the end of the read buffer: moves what is buffered to
+    /// the front, and grows the buffer if one reply is larger than it.
+    fn make_room(&mut self) {
+        if self.read_start == self.read_end {
+            self.read_start = 0;
+            self.read_end = 0;
+            return;
+        }
+        if self.read.len() - self.read_end >= READ_CHUNK_BYTES / 4 {
+            return;
+        }
+        self.read.copy_within(self.read_start..self.read_end, 0);
+        self.read_end -= self.read_start;
+        self.read_start = 0;
+        // The reply at the front may be larger than the buffer: its header
+        // (already checked against `max_reply` by `take_replies`) says how
+        // large.
+        if let Some(header) = self.read[..self.read_end].first_chunk::<HEADER_BYTES>() {
+            let whole = frame_len(*header, self.max_reply).map_or(0, |len| len + HEADER_BYTES);
+            if whole > self.read.len() {
+                self.read.resize(whole, 0);
+            }
+        }
+    }
+
+    /// Encodes every request the pacer lets out now.
+    fn send_due(&mut self, now: u64) {
+        while let Some(tag) = self.pacer.next_send(now) {
+            if !self.requests.encode_next(tag, &mut self.write) {
+                self.pacer.stop();
+                let _ = self.pacer.complete(tag as i32, now);
+                return;
+            }
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), Failure> {
+        while self.written < self.write.len() {
+            match Pin::new(&mut &self.conn).poll_write(cx, &self.write[self.written..]) {
+                Poll::Ready(Ok(0)) => return Err(Failure::Io("connection closed".into())),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Err(Failure::Io(io_error_text(&e))),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        self.write.clear();
+        self.written = 0;
+        if self.conn.is_tls() {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut &self.conn).poll_flush(cx) {
+                return Err(Failure::Io(io_error_text(&e)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads once: whether bytes came (`Ok(false)`: none ready).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, Failure> {
+        self.make_room();
+        let room = &mut self.read[self.read_end..];
+        match Pin::new(&mut &self.conn).poll_read(cx, room) {
+            Poll::Ready(Ok(0)) => Err(Failure::Io(if self.read_start == self.read_end {
+                "EOF".into()
+            } else {
+                "unexpected EOF".into()
+            })),
+            Poll::Ready(Ok(n)) => {
+                self.read_end += n;
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(Failure::Io(io_error_text(&e))),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Whether the timer fired for the next due request or the give-up.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let wake = self
+            .pacer
+            .wake_at()
+            .map_or(self.give_up, |at| at.min(self.give_up));
+        if self.timer_at != Some(wake) {
+            self.timer.set_at(self.epoch + Duration::from_nanos(wake));
+            self.timer_at = Some(wake);
+        }
+        match Pin::new(&mut self.timer).poll(cx) {
+            Poll::Ready(_) => {
+                self.timer_at = None;
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    fn flush_live(&mut self) {
+        if self.live_ops > 0 {
+            self.live.ops.fetch_add(self.live_ops, Ordering::Relaxed);
+            self.live_ops = 0;
+        }
+        if self.live_errors > 0 {
+            self.live
+                .errors
+                .fetch_add(self.live_errors, Ordering::Relaxed);
+            self.live_errors = 0;
+        }
+    }
+
+    /// Ends the run of this connection: what was outstanding is lost. A
+    /// connection that ends with `lost` (it failed, or replies are missing)
+    /// is shut down, so no late reply can be taken for a later phase's; one
+    /// that is done is left open for the next phase.
+    fn finish(&mut self, lost: Option<String>) -> ConnOutcome {
+        let failed = lost.is_some();
+        let outstanding = self.pacer.in_flight() as u64;
+        if outstanding > 0 {
+            let text = lost.unwrap_or_else(|| "lost".into());
+            self.error(|| text);
+            // `error` counted one.
+            self.outcome.errors += outstanding - 1;
+            self.live_errors += outstanding - 1;
+        } else if let Some(text) = lost {
+            if self.outcome.first_error.is_none() && !self.pacer.done_sending(self.now()) {
+                self.outcome.first_error = Some(text);
+            }
+        }
+        if failed {
+            let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        }
+        self.pacer.stop();
+        self.flush_live();
+        self.outcome.late = self.pacer.late();
+        self.outcome.unsent = self.pacer.unsent();
+        std::mem::take(&mut self.outcome)
+    }
+
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<ConnOutcome> {
+        for _ in 0..POLL_BUDGET {
+            let now = self.now();
+            if let Err(f) = self.take_replies(now) {
+                return Poll::Ready(self.fail(f));
+            }
+            if self.pacer.done_sending(now) && self.pacer.in_flight() == 0 {
+                return Poll::Ready(self.finish(None));
+            }
+            if now >= self.give_up {
+                let text = format!("no reply within {GRACE:?} of the end");
+                return Poll::Ready(self.finish(Some(text)));
+            }
+            self.send_due(now);
+            if let Err(f) = self.poll_write(cx) {
+                return Poll::Ready(self.fail(f));
+            }
+            match self.poll_read(cx) {
+                Err(f) => return Poll::Ready(self.fail(f)),
+                Ok(true) => continue,
+                Ok(false) => {}
+            }
+            if !self.poll_timer(cx) {
+                self.flush_live();
+                return Poll::Pending;
+            }
+        }
+        self.flush_live();
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn fail(&mut self, f: Failure) -> ConnOutcome {
+        let text = match f {
+            Failure::Io(text) => text,
+            Failure::Protocol(text) => format!("protocol error: {text}"),
+        };
+        self.finish(Some(text))
+    }
+}
+
+impl Future for Driver {
+    type Output = ConnOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnOutcome> {
+        self.get_mut().step(cx)
+    }
+}
+
+/// A duration in nanoseconds, saturating.
+pub fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+/// Sends ACCESS with `secret` on a fresh connection and waits for the
+/// answer (before the run starts: the bench's requests all need it).
+pub async fn access(conn: &Conn, secret: &[u8]) -> Result<(), crate::client::Error> {
+    use crate::client::Error;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let req = Request {
+        tag: Some(0),
+        verb: Some(Verb::Access as i32),
+        value: Some(secret.to_vec()),
+        ..Request::default()
+    };
+    let mut frame = Vec::new();
+    encode_frame_into(&req, &mut frame);
+    let conn_err = |e: io::Error| Error::Connection(io_error_text(&e));
+    let mut writer = conn;
+    writer.write_all(&frame).await.map_err(conn_err)?;
+    writer.flush().await.map_err(conn_err)?;
+    let mut reader = conn;
+    let mut header = [0u8; HEADER_BYTES];
+    reader.read_exact(&mut header).await.map_err(conn_err)?;
+    let len = frame_len(header, REPLY_SLACK_BYTES).map_err(|e| Error::Protocol(e.to_string()))?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).await.map_err(conn_err)?;
+    let resp = Response::decode(body.as_slice()).map_err(|e| Error::Protocol(e.to_string()))?;
+    match resp.reply_error() {
+        Some(mut e) => {
+            if e.detail.as_deref() == Some("") {
+                e.detail = None;
+            }
+            Err(Error::Reply(e))
+        }
+        None => Ok(()),
+    }
+}

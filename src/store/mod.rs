@@ -513,20 +513,69 @@ pub enum ReadError {
     Future,
 }
 
-/// The store: the current tree plus the events and snapshots of the last
-/// `history_revs` revs.
+/// The store: the current tree plus the events of the last `history_revs`
+/// revs, each with what it replaced (its [`Undo`]).
+///
+/// Why undo records and not a snapshot per rev: a snapshot kept per rev
+/// shares the current tree's nodes, so every write had to copy the nodes on
+/// its path (a B-tree leaf of up to 64 entries per level) and keep the old
+/// copies for the whole window; that was most of the time of a write and,
+/// with the default `-hist`, megabytes of copies. Held alone, the current
+/// tree is changed in place. An old rev is rebuilt on demand (a read at a
+/// rev, rare) from a clone of a newer tree by undoing the revs in between,
+/// newest first: at most `history_revs` undos, each one path walk (see
+/// [`Store::snapshot_at`]).
 pub struct Store {
     history_revs: usize,
     /// The oldest rev still readable (0 while nothing was ever dropped).
     head: Rev,
     current: Snapshot,
-    /// Consecutive revs, oldest first, ending at `current.rev`.
-    history: VecDeque<(Event, Snapshot)>,
+    /// Consecutive revs, oldest first, ending at `current.rev`: each event
+    /// and how to undo it.
+    history: VecDeque<(Event, Undo)>,
     /// The snapshot this store was started from (catch-up), kept readable
     /// while its rev is inside the history window: a node that just
     /// installed one answers reads at the rev it reports. Its event is not
     /// known, so WAIT still starts at `head`.
     base: Option<Snapshot>,
+}
+
+/// What one rev replaced, enough to turn the tree after it back into the
+/// tree before it: the entry at the first `depth` components of `path` was
+/// `old` (`None`: absent). That entry is the highest one the rev changed: a
+/// file or directory it overwrote or removed (with the directories a delete
+/// pruned), or the first directory a set created.
+#[derive(Clone, Debug)]
+struct Undo {
+    path: Path,
+    /// Components of `path` down to the entry changed; 0 when the rev
+    /// changed nothing.
+    depth: usize,
+    old: Option<Node>,
+}
+
+impl Undo {
+    fn nothing() -> Undo {
+        Undo {
+            path: Path::root(),
+            depth: 0,
+            old: None,
+        }
+    }
+
+    /// Puts back, in the tree after the rev, what the rev replaced.
+    fn revert(&self, root: &mut Dir) {
+        if self.depth == 0 {
+            return;
+        }
+        let comps: Vec<&str> = self.path.components().take(self.depth).collect();
+        match &self.old {
+            Some(node) => tree::set(root, &comps, node.clone()),
+            None => {
+                tree::delete(root, &comps);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -575,17 +624,20 @@ impl Store {
         &self.current
     }
 
-    /// Applies `mutation` at `rev() + 1` and returns its event.
+    /// Applies `mutation` at `rev() + 1` and returns its event. The tree is
+    /// changed in place: only nodes some snapshot still shares are copied.
     pub fn apply(&mut self, mutation: &Mutation) -> Event {
         let rev = self.rev().next();
-        let (root, event) = match try_apply(&self.current.root, mutation, rev) {
-            Ok((root, event)) => (root.unwrap_or_else(|| self.current.root.clone()), event),
+        let root = &mut self.current.root;
+        let (event, undo) = match apply_in_place(root, mutation, rev) {
+            Ok(done) => done,
             Err(error) => {
                 let body: Body = Arc::from(error.to_string().into_bytes());
-                let mut root = self.current.root.clone();
+                let path = Path::parse(ERR_PATH).expect("valid path");
                 // Forced like the original's: replaces whatever is in the way.
+                let undo = undo_of_set(root, &path);
                 tree::set(
-                    &mut root,
+                    root,
                     &["ctl", "err"],
                     Node::File {
                         body: body.clone(),
@@ -594,17 +646,16 @@ impl Store {
                 );
                 let event = Event {
                     rev,
-                    path: Path::parse(ERR_PATH).expect("valid path"),
+                    path,
                     body,
                     kind: EventKind::Set,
                     error: Some(error),
                 };
-                (root, event)
+                (event, undo)
             }
         };
-        self.current = Snapshot { rev, root };
-        self.history
-            .push_back((event.clone(), self.current.clone()));
+        self.current.rev = rev;
+        self.history.push_back((event.clone(), undo));
         let keep_from = rev.0 - self.history_revs as i64 + 1;
         while self
             .history
@@ -629,6 +680,12 @@ impl Store {
     }
 
     /// The store as it stood after `rev` (raised to at least 1).
+    ///
+    /// An older rev than the current one is rebuilt: a clone of the current
+    /// tree (O(1)) with the revs after `rev` undone, newest first. That is
+    /// at most `history_revs` undos, each a walk of one path that copies the
+    /// nodes on it (the clone shares them with the current tree), so the
+    /// work is bounded by `-hist` times the path depth.
     pub fn snapshot_at(&self, rev: Rev) -> Result<Snapshot, ReadError> {
         let rev = Rev(rev.0.max(1));
         if rev > self.rev() {
@@ -643,9 +700,13 @@ impl Store {
         if rev < self.head {
             return Err(ReadError::TooLate);
         }
-        Ok(self.history[self.index(rev)].1.clone())
+        let mut root = self.current.root.clone();
+        for (event, undo) in self.history.range(self.index(rev.next())..).rev() {
+            assert!(event.rev > rev, "only revs after the one read are undone");
+            undo.revert(&mut root);
+        }
+        Ok(Snapshot { rev, root })
     }
-
     /// WAIT over the history: the first event at or after `from` (raised to at
     /// least 1) whose path matches `glob`; `None` if there is none yet. Not
     /// bounded: the core uses [`Store::scan`].
@@ -703,16 +764,16 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Reference §3.4 steps 3–7 with the CONTRACT §3 fixes. `Ok((None, _))` means
-/// the tree is unchanged.
-fn try_apply(
-    root: &Dir,
+/// Reference §3.4 steps 3–7 with the CONTRACT §3 fixes, on the tree in
+/// place: the checks come first, so a failed mutation leaves `root` as it
+/// was. Returns the event and how to undo it.
+fn apply_in_place(
+    root: &mut Dir,
     mutation: &Mutation,
     rev: Rev,
-) -> Result<(Option<Dir>, Event), ApplyError> {
+) -> Result<(Event, Undo), ApplyError> {
     match mutation {
         Mutation::Nop => Ok((
-            None,
             Event {
                 rev,
                 path: Path::root(),
@@ -720,6 +781,7 @@ fn try_apply(
                 kind: EventKind::Nop,
                 error: None,
             },
+            Undo::nothing(),
         )),
         Mutation::Set { path, check, body } => {
             let comps: Vec<&str> = path.components().collect();
@@ -729,9 +791,9 @@ fn try_apply(
                 return Err(ApplyError::NotDir);
             }
             check_rev(current_rev(found), *check)?;
-            let mut root = root.clone();
+            let undo = undo_of_set(root, path);
             tree::set(
-                &mut root,
+                root,
                 &comps,
                 Node::File {
                     body: body.clone(),
@@ -745,18 +807,23 @@ fn try_apply(
                 kind: EventKind::Set,
                 error: None,
             };
-            Ok((Some(root), event))
+            Ok((event, undo))
         }
         Mutation::Del { path, check } => {
             let comps: Vec<&str> = path.components().collect();
             // Below a file counts as absent (CONTRACT §3): nothing changes.
             let cur = current_rev(tree::lookup(root, comps.iter().copied()));
             check_rev(cur, *check)?;
-            let new_root = (cur > 0).then(|| {
-                let mut root = root.clone();
-                tree::delete(&mut root, &comps);
-                root
-            });
+            let undo = if cur > 0 {
+                let (depth, old) = tree::delete(root, &comps);
+                Undo {
+                    path: path.clone(),
+                    depth,
+                    old,
+                }
+            } else {
+                Undo::nothing()
+            };
             let event = Event {
                 rev,
                 path: path.clone(),
@@ -764,9 +831,36 @@ fn try_apply(
                 kind: EventKind::Del,
                 error: None,
             };
-            Ok((new_root, event))
+            Ok((event, undo))
         }
     }
+}
+
+/// How to undo a set of `path` (forced: it replaces a file in its way)
+/// about to be done on `root`: the first entry on the path that is absent,
+/// a file above the path's end, or the path's own entry.
+fn undo_of_set(root: &Dir, path: &Path) -> Undo {
+    let comps: Vec<&str> = path.components().collect();
+    let mut dir = root;
+    for (j, name) in comps.iter().enumerate() {
+        let last = j + 1 == comps.len();
+        let (stop, old) = match dir.get(*name) {
+            None => (true, None),
+            Some(Node::Dir(child)) if !last => {
+                dir = child;
+                (false, None)
+            }
+            Some(node) => (true, Some(node.clone())),
+        };
+        if stop {
+            return Undo {
+                path: path.clone(),
+                depth: j + 1,
+                old,
+            };
+        }
+    }
+    Undo::nothing()
 }
 
 /// `cur` of reference §2.5: 0 absent, -2 directory, the file rev otherwise.

@@ -191,7 +191,11 @@ pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) {
 /// Removes the entry at `comps` (at least one component) and prunes every
 /// directory left empty on the way up, except `root` itself.
 /// Does nothing if the path does not exist or passes through a file.
-pub(crate) fn delete(root: &mut Dir, comps: &[&str]) {
+/// Returns what was taken out, for undoing it: the number of components of
+/// `comps` down to the entry actually removed (the path's own, or the
+/// highest directory pruned with it) and that entry; `(0, None)` when
+/// nothing was.
+pub(crate) fn delete(root: &mut Dir, comps: &[&str]) -> (usize, Option<Node>) {
     let n = comps.len();
     assert!(n > 0, "delete below the root");
     // Look first, copying nothing: the path must lead through directories to
@@ -206,10 +210,10 @@ pub(crate) fn delete(root: &mut Dir, comps: &[&str]) {
             keep = j;
         }
         match dir.get(*name) {
-            None => return,
+            None => return (0, None),
             Some(_) if j + 1 == n => {}
             Some(Node::Dir(child)) => dir = child,
-            Some(Node::File { .. }) => return,
+            Some(Node::File { .. }) => return (0, None),
         }
     }
     let mut dir = root;
@@ -219,7 +223,9 @@ pub(crate) fn delete(root: &mut Dir, comps: &[&str]) {
             _ => unreachable!("the path was checked above"),
         };
     }
-    dir.remove(comps[keep]);
+    let removed = dir.remove(comps[keep]);
+    assert!(removed.is_some(), "the path was checked above");
+    (keep + 1, removed)
 }
 
 /// Calls `f` on every file below `root` (whose path is `base`, `""` for the

@@ -14,7 +14,8 @@
 //! runtime's default tick).
 //!
 //! `cargo bench --bench core` runs the timed runs (`CORE_BENCH_SECS`,
-//! default 3, each) and prints one line per figure. Run any other way (as
+//! default 3, each; `CORE_BENCH_CODEC=on` or `off` runs only one) and
+//! prints one line per figure. Run any other way (as
 //! `cargo test --release --all-targets` does, without `--bench`) it is a
 //! smoke test, not timed: a few hundred writes, every one answered with a
 //! rev, and the three stores end identical.
@@ -317,7 +318,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
     let length = Duration::from_secs_f64(secs);
-    for codec in [true, false] {
+    // CORE_BENCH_CODEC=on or off runs only that figure.
+    let runs: &[bool] = match std::env::var("CORE_BENCH_CODEC").as_deref() {
+        Ok("on") => &[true],
+        Ok("off") => &[false],
+        _ => &[true, false],
+    };
+    for &codec in runs {
         let mut cluster = Cluster::form(codec);
         let (answered, took) = run(&mut cluster, |_, start| start.elapsed() >= length);
         check_agreement(&mut cluster);

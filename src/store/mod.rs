@@ -570,7 +570,9 @@ impl Undo {
         }
         let comps: Vec<&str> = self.path.components().take(self.depth).collect();
         match &self.old {
-            Some(node) => tree::set(root, &comps, node.clone()),
+            Some(node) => {
+                tree::set(root, &comps, node.clone());
+            }
             None => {
                 tree::delete(root, &comps);
             }
@@ -635,8 +637,7 @@ impl Store {
                 let body: Body = Arc::from(error.to_string().into_bytes());
                 let path = Path::parse(ERR_PATH).expect("valid path");
                 // Forced like the original's: replaces whatever is in the way.
-                let undo = undo_of_set(root, &path);
-                tree::set(
+                let (depth, old) = tree::set(
                     root,
                     &["ctl", "err"],
                     Node::File {
@@ -644,6 +645,11 @@ impl Store {
                         rev,
                     },
                 );
+                let undo = Undo {
+                    path: path.clone(),
+                    depth,
+                    old,
+                };
                 let event = Event {
                     rev,
                     path,
@@ -791,8 +797,7 @@ fn apply_in_place(
                 return Err(ApplyError::NotDir);
             }
             check_rev(current_rev(found), *check)?;
-            let undo = undo_of_set(root, path);
-            tree::set(
+            let (depth, old) = tree::set(
                 root,
                 &comps,
                 Node::File {
@@ -800,6 +805,11 @@ fn apply_in_place(
                     rev,
                 },
             );
+            let undo = Undo {
+                path: path.clone(),
+                depth,
+                old,
+            };
             let event = Event {
                 rev,
                 path: path.clone(),
@@ -834,33 +844,6 @@ fn apply_in_place(
             Ok((event, undo))
         }
     }
-}
-
-/// How to undo a set of `path` (forced: it replaces a file in its way)
-/// about to be done on `root`: the first entry on the path that is absent,
-/// a file above the path's end, or the path's own entry.
-fn undo_of_set(root: &Dir, path: &Path) -> Undo {
-    let comps: Vec<&str> = path.components().collect();
-    let mut dir = root;
-    for (j, name) in comps.iter().enumerate() {
-        let last = j + 1 == comps.len();
-        let (stop, old) = match dir.get(*name) {
-            None => (true, None),
-            Some(Node::Dir(child)) if !last => {
-                dir = child;
-                (false, None)
-            }
-            Some(node) => (true, Some(node.clone())),
-        };
-        if stop {
-            return Undo {
-                path: path.clone(),
-                depth: j + 1,
-                old,
-            };
-        }
-    }
-    Undo::nothing()
 }
 
 /// `cur` of reference §2.5: 0 absent, -2 directory, the file rev otherwise.

@@ -173,19 +173,27 @@ pub(crate) fn lookup<'a, 'p>(
 /// Puts `leaf` at `comps` (at least one component), creating missing
 /// directories. An ancestor that is a file is replaced by a directory; callers
 /// that must not do that check first (only the forced `/ctl/err` write relies on it).
-pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) {
+///
+/// Returns what it replaced, for undoing it, found on the same walk: the
+/// number of components of `comps` down to the highest entry changed (the
+/// first directory created, a file replaced by a directory, or the leaf)
+/// and what that entry was (`None`: absent).
+pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) -> (usize, Option<Node>) {
     let (last, parents) = comps.split_last().expect("set below the root");
     let mut dir = root;
-    for name in parents {
+    let mut changed: Option<(usize, Option<Node>)> = None;
+    for (j, name) in parents.iter().enumerate() {
         if !matches!(dir.get(*name), Some(Node::Dir(_))) {
-            dir.insert(Name::from(*name), Node::Dir(Dir::new()));
+            let old = dir.insert(Name::from(*name), Node::Dir(Dir::new()));
+            changed.get_or_insert((j + 1, old));
         }
         dir = match dir.get_mut(*name) {
             Some(Node::Dir(child)) => child,
             _ => unreachable!("a directory was just put there"),
         };
     }
-    dir.insert(Name::from(*last), leaf);
+    let old = dir.insert(Name::from(*last), leaf);
+    changed.unwrap_or((comps.len(), old))
 }
 
 /// Removes the entry at `comps` (at least one component) and prunes every

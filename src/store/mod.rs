@@ -7,6 +7,7 @@
 //! No I/O, clock or randomness in here.
 
 mod glob;
+mod name;
 mod tree;
 pub mod watch;
 

@@ -18,14 +18,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::Arc;
 
 use imbl::OrdMap;
 
 use crate::types::{Body, Rev};
 
-/// An entry name inside a directory.
-pub(crate) type Name = Arc<str>;
+pub(crate) use super::name::Name;
 
 /// A directory: its entries by name.
 pub(crate) type Dir = OrdMap<Name, Node>;
@@ -153,7 +151,7 @@ pub(crate) fn lookup<'a, 'p>(
         if let Some(Node::File { .. }) = node {
             return Lookup::UnderFile;
         }
-        match dir.get(name) {
+        match dir.get(name.as_bytes()) {
             None => return Lookup::Absent,
             Some(n) => {
                 if let Node::Dir(d) = n {
@@ -183,11 +181,11 @@ pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) -> (usize, Option<
     let mut dir = root;
     let mut changed: Option<(usize, Option<Node>)> = None;
     for (j, name) in parents.iter().enumerate() {
-        if !matches!(dir.get(*name), Some(Node::Dir(_))) {
+        if !matches!(dir.get(name.as_bytes()), Some(Node::Dir(_))) {
             let old = dir.insert(Name::from(*name), Node::Dir(Dir::new()));
             changed.get_or_insert((j + 1, old));
         }
-        dir = match dir.get_mut(*name) {
+        dir = match dir.get_mut(name.as_bytes()) {
             Some(Node::Dir(child)) => child,
             _ => unreachable!("a directory was just put there"),
         };
@@ -217,7 +215,7 @@ pub(crate) fn delete(root: &mut Dir, comps: &[&str]) -> (usize, Option<Node>) {
         if j == 0 || dir.len() != 1 {
             keep = j;
         }
-        match dir.get(*name) {
+        match dir.get(name.as_bytes()) {
             None => return (0, None),
             Some(_) if j + 1 == n => {}
             Some(Node::Dir(child)) => dir = child,
@@ -226,12 +224,12 @@ pub(crate) fn delete(root: &mut Dir, comps: &[&str]) -> (usize, Option<Node>) {
     }
     let mut dir = root;
     for name in &comps[..keep] {
-        dir = match dir.get_mut(*name) {
+        dir = match dir.get_mut(name.as_bytes()) {
             Some(Node::Dir(child)) => child,
             _ => unreachable!("the path was checked above"),
         };
     }
-    let removed = dir.remove(comps[keep]);
+    let removed = dir.remove(comps[keep].as_bytes());
     assert!(removed.is_some(), "the path was checked above");
     (keep + 1, removed)
 }

@@ -539,6 +539,12 @@ pub struct Store {
     /// installed one answers reads at the rev it reports. Its event is not
     /// known, so WAIT still starts at `head`.
     base: Option<Snapshot>,
+    /// The last old rev rebuilt for a read, kept so that the reads of one
+    /// listing (GETDIR or WALK offset by offset, `doozer find`) at one rev
+    /// rebuild it once; later ones at older revs start from it. Dropped
+    /// when it leaves the history window. One tree version at most: the
+    /// writes after it copy each node they touch once.
+    rebuilt: Option<Snapshot>,
 }
 
 /// What one rev replaced, enough to turn the tree after it back into the
@@ -590,6 +596,7 @@ impl Store {
             current: Snapshot::empty(),
             history: VecDeque::new(),
             base: None,
+            rebuilt: None,
         }
     }
 
@@ -606,6 +613,7 @@ impl Store {
             base: Some(snapshot.clone()),
             current: snapshot,
             history: VecDeque::new(),
+            rebuilt: None,
         }
     }
 
@@ -677,6 +685,9 @@ impl Store {
         if self.base.as_ref().is_some_and(|b| b.rev.0 < keep_from) {
             self.base = None;
         }
+        if self.rebuilt.as_ref().is_some_and(|r| r.rev.0 < keep_from) {
+            self.rebuilt = None;
+        }
         event
     }
 
@@ -689,11 +700,13 @@ impl Store {
     /// The store as it stood after `rev` (raised to at least 1).
     ///
     /// An older rev than the current one is rebuilt: a clone of the current
-    /// tree (O(1)) with the revs after `rev` undone, newest first. That is
-    /// at most `history_revs` undos, each a walk of one path that copies the
-    /// nodes on it (the clone shares them with the current tree), so the
-    /// work is bounded by `-hist` times the path depth.
-    pub fn snapshot_at(&self, rev: Rev) -> Result<Snapshot, ReadError> {
+    /// tree, or of the last rev rebuilt when that is at or after `rev`
+    /// (O(1) either way), with the revs after `rev` undone, newest first.
+    /// That is at most `history_revs` undos, each a walk of one path that
+    /// copies the nodes on it (the clone shares them), so the work is
+    /// bounded by `-hist` times the path depth; repeated reads at one rev
+    /// pay it once.
+    pub fn snapshot_at(&mut self, rev: Rev) -> Result<Snapshot, ReadError> {
         let rev = Rev(rev.0.max(1));
         if rev > self.rev() {
             return Err(ReadError::Future);
@@ -707,12 +720,20 @@ impl Store {
         if rev < self.head {
             return Err(ReadError::TooLate);
         }
-        let mut root = self.current.root.clone();
-        for (event, undo) in self.history.range(self.index(rev.next())..).rev() {
+        let from = match &self.rebuilt {
+            Some(rebuilt) if rebuilt.rev == rev => return Ok(rebuilt.clone()),
+            Some(rebuilt) if rebuilt.rev > rev => rebuilt,
+            _ => &self.current,
+        };
+        let mut root = from.root.clone();
+        let undone = self.index(rev.next())..=self.index(from.rev);
+        for (event, undo) in self.history.range(undone).rev() {
             assert!(event.rev > rev, "only revs after the one read are undone");
             undo.revert(&mut root);
         }
-        Ok(Snapshot { rev, root })
+        let snapshot = Snapshot { rev, root };
+        self.rebuilt = Some(snapshot.clone());
+        Ok(snapshot)
     }
     /// WAIT over the history: the first event at or after `from` (raised to at
     /// least 1) whose path matches `glob`; `None` if there is none yet. Not

@@ -797,6 +797,11 @@ fn old_revs_are_rebuilt_exactly() {
             seen.push(rebuilt);
         }
     }
+    // Newest first: each rebuild starts from the one before it.
+    for snap in seen.iter().rev() {
+        assert_eq!(s.snapshot_at(snap.rev()).unwrap().digest(), snap.digest());
+        assert_eq!(s.snapshot_at(snap.rev()).unwrap().digest(), snap.digest());
+    }
     // Writing on after a rebuild leaves the rebuilt copy as it was.
     let old = s.snapshot_at(Rev(3)).unwrap();
     let before = old.digest();

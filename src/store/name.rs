@@ -24,7 +24,10 @@ pub struct Name(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_BYTES],
+    },
     /// A thin pointer (so the whole name stays 16 bytes).
     Shared(Arc<Box<str>>),
 }

@@ -3,8 +3,9 @@
 //! [`Store::apply`] turns one decided [`Mutation`] into the next rev and an
 //! [`Event`]; every node runs the same function on the same sequence, so replicas
 //! are identical at every rev ([`Snapshot::digest`] compares them). Snapshots
-//! share structure, so each rev of the history window costs only its changed path.
-//! No I/O, clock or randomness in here.
+//! share structure (a clone is O(1)); the history window keeps each rev's
+//! event and what it replaced, and rebuilds an old rev when one is read
+//! (see [`Store`]). No I/O, clock or randomness in here.
 
 mod glob;
 mod name;

@@ -1,8 +1,10 @@
 //! The persistent tree (reference §3.2).
 //!
 //! A directory is an [`imbl::OrdMap`] from name to node, so cloning a tree is O(1)
-//! and an update copies only the nodes on the changed path. Names are ASCII, so
-//! the map's `str` order is the byte-wise order the protocol lists in.
+//! and an update copies only the nodes on the changed path that another clone
+//! still shares (none, when the store's tree is the only one: it is then
+//! changed in place). Names are ASCII, so the map's order (byte-wise, see
+//! [`Name`]) is the order the protocol lists in.
 //!
 //! Directories are implicit: [`set`] creates missing ancestors and [`delete`]
 //! prunes the directories it empties, the root excepted. So no empty directory

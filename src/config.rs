@@ -61,6 +61,10 @@ pub struct Limits {
     /// the client's address). 3: a person mistyping, not a guesser.
     pub max_access_failures: u32,
     /// Inputs queued for the core; when full, clients get `OTHER busy`.
+    /// 16,384: four of the event loop's largest batches (4,096 inputs), a
+    /// few hundred milliseconds of work at full load. The channel holds
+    /// its slots for good (about 140 bytes each once the ring has gone
+    /// round), so 65,536 cost 9 MB of resident memory for nothing.
     pub inbox_capacity: usize,
     /// Bytes of inputs queued for the core (client requests at their
     /// [`request_cost`](crate::session::request_cost), peer messages at
@@ -123,7 +127,7 @@ impl Default for Limits {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             access_timeout: Duration::from_secs(10),
             max_access_failures: 3,
-            inbox_capacity: 65_536,
+            inbox_capacity: 16_384,
             inbox_max_bytes: 128 << 20,
             outbox_capacity: 8192,
             max_pending_writes: 100_000,

@@ -1127,13 +1127,13 @@ impl Core {
             }
         };
         self.record_decided(rev, &decree);
-        self.decided_log.push_back((rev, decree.clone()));
-        while self.decided_log.len() > self.config.history_revs {
-            self.decided_log.pop_front();
-        }
         // Streamed to slaves at the end of the batch.
         if stream_to_slaves {
-            self.newly_applied.push((rev, decree));
+            self.newly_applied.push((rev, decree.clone()));
+        }
+        self.decided_log.push_back((rev, decree));
+        while self.decided_log.len() > self.config.history_revs {
+            self.decided_log.pop_front();
         }
         if let Some(pending) = mine.and_then(|seq| self.pending_writes.remove(&seq)) {
             self.answer_write(pending.proposer, &event, out);

@@ -3,10 +3,12 @@
 //! [`Store::apply`] turns one decided [`Mutation`] into the next rev and an
 //! [`Event`]; every node runs the same function on the same sequence, so replicas
 //! are identical at every rev ([`Snapshot::digest`] compares them). Snapshots
-//! share structure, so each rev of the history window costs only its changed path.
-//! No I/O, clock or randomness in here.
+//! share structure (a clone is O(1)); the history window keeps each rev's
+//! event and what it replaced, and rebuilds an old rev when one is read
+//! (see [`Store`]). No I/O, clock or randomness in here.
 
 mod glob;
+mod name;
 mod tree;
 pub mod watch;
 
@@ -513,20 +515,77 @@ pub enum ReadError {
     Future,
 }
 
-/// The store: the current tree plus the events and snapshots of the last
-/// `history_revs` revs.
+/// The store: the current tree plus the events of the last `history_revs`
+/// revs, each with what it replaced (its [`Undo`]).
+///
+/// Why undo records and not a snapshot per rev: a snapshot kept per rev
+/// shares the current tree's nodes, so every write had to copy the nodes on
+/// its path (a B-tree leaf of up to 64 entries per level) and keep the old
+/// copies for the whole window; that was most of the time of a write and,
+/// with the default `-hist`, megabytes of copies. Held alone, the current
+/// tree is changed in place. An old rev is rebuilt on demand (a read at a
+/// rev, rare) from a clone of a newer tree by undoing the revs in between,
+/// newest first: at most `history_revs` undos, each one path walk (see
+/// [`Store::snapshot_at`]).
 pub struct Store {
     history_revs: usize,
     /// The oldest rev still readable (0 while nothing was ever dropped).
     head: Rev,
     current: Snapshot,
-    /// Consecutive revs, oldest first, ending at `current.rev`.
-    history: VecDeque<(Event, Snapshot)>,
+    /// Consecutive revs, oldest first, ending at `current.rev`: each event
+    /// and how to undo it.
+    history: VecDeque<(Event, Undo)>,
     /// The snapshot this store was started from (catch-up), kept readable
     /// while its rev is inside the history window: a node that just
     /// installed one answers reads at the rev it reports. Its event is not
     /// known, so WAIT still starts at `head`.
     base: Option<Snapshot>,
+    /// The last old rev rebuilt for a read, kept so that the reads of one
+    /// listing (GETDIR or WALK offset by offset, `doozer find`) at one rev
+    /// rebuild it once; later ones at older revs start from it. Dropped
+    /// when it leaves the history window. One tree version at most: the
+    /// writes after it copy each node they touch once.
+    rebuilt: Option<Snapshot>,
+}
+
+/// What one rev replaced, enough to turn the tree after it back into the
+/// tree before it: the entry at the first `depth` components of `path` was
+/// `old` (`None`: absent). That entry is the highest one the rev changed: a
+/// file or directory it overwrote or removed (with the directories a delete
+/// pruned), or the first directory a set created.
+#[derive(Clone, Debug)]
+struct Undo {
+    path: Path,
+    /// Components of `path` down to the entry changed; 0 when the rev
+    /// changed nothing.
+    depth: usize,
+    old: Option<Node>,
+}
+
+impl Undo {
+    fn nothing() -> Undo {
+        Undo {
+            path: Path::root(),
+            depth: 0,
+            old: None,
+        }
+    }
+
+    /// Puts back, in the tree after the rev, what the rev replaced.
+    fn revert(&self, root: &mut Dir) {
+        if self.depth == 0 {
+            return;
+        }
+        let comps: Vec<&str> = self.path.components().take(self.depth).collect();
+        match &self.old {
+            Some(node) => {
+                tree::set(root, &comps, node.clone());
+            }
+            None => {
+                tree::delete(root, &comps);
+            }
+        }
+    }
 }
 
 impl Store {
@@ -538,6 +597,7 @@ impl Store {
             current: Snapshot::empty(),
             history: VecDeque::new(),
             base: None,
+            rebuilt: None,
         }
     }
 
@@ -554,6 +614,7 @@ impl Store {
             base: Some(snapshot.clone()),
             current: snapshot,
             history: VecDeque::new(),
+            rebuilt: None,
         }
     }
 
@@ -575,36 +636,42 @@ impl Store {
         &self.current
     }
 
-    /// Applies `mutation` at `rev() + 1` and returns its event.
+    /// Applies `mutation` at `rev() + 1` and returns its event. The tree is
+    /// changed in place: only nodes some snapshot still shares are copied.
     pub fn apply(&mut self, mutation: &Mutation) -> Event {
         let rev = self.rev().next();
-        let (root, event) = match try_apply(&self.current.root, mutation, rev) {
-            Ok((root, event)) => (root.unwrap_or_else(|| self.current.root.clone()), event),
+        let root = &mut self.current.root;
+        let (event, undo) = match apply_in_place(root, mutation, rev) {
+            Ok(done) => done,
             Err(error) => {
                 let body: Body = Arc::from(error.to_string().into_bytes());
-                let mut root = self.current.root.clone();
+                let path = Path::parse(ERR_PATH).expect("valid path");
                 // Forced like the original's: replaces whatever is in the way.
-                tree::set(
-                    &mut root,
+                let (depth, old) = tree::set(
+                    root,
                     &["ctl", "err"],
                     Node::File {
                         body: body.clone(),
                         rev,
                     },
                 );
+                let undo = Undo {
+                    path: path.clone(),
+                    depth,
+                    old,
+                };
                 let event = Event {
                     rev,
-                    path: Path::parse(ERR_PATH).expect("valid path"),
+                    path,
                     body,
                     kind: EventKind::Set,
                     error: Some(error),
                 };
-                (root, event)
+                (event, undo)
             }
         };
-        self.current = Snapshot { rev, root };
-        self.history
-            .push_back((event.clone(), self.current.clone()));
+        self.current.rev = rev;
+        self.history.push_back((event.clone(), undo));
         let keep_from = rev.0 - self.history_revs as i64 + 1;
         while self
             .history
@@ -619,6 +686,9 @@ impl Store {
         if self.base.as_ref().is_some_and(|b| b.rev.0 < keep_from) {
             self.base = None;
         }
+        if self.rebuilt.as_ref().is_some_and(|r| r.rev.0 < keep_from) {
+            self.rebuilt = None;
+        }
         event
     }
 
@@ -629,7 +699,15 @@ impl Store {
     }
 
     /// The store as it stood after `rev` (raised to at least 1).
-    pub fn snapshot_at(&self, rev: Rev) -> Result<Snapshot, ReadError> {
+    ///
+    /// An older rev than the current one is rebuilt: a clone of the current
+    /// tree, or of the last rev rebuilt when that is at or after `rev`
+    /// (O(1) either way), with the revs after `rev` undone, newest first.
+    /// That is at most `history_revs` undos, each a walk of one path that
+    /// copies the nodes on it (the clone shares them), so the work is
+    /// bounded by `-hist` times the path depth; repeated reads at one rev
+    /// pay it once.
+    pub fn snapshot_at(&mut self, rev: Rev) -> Result<Snapshot, ReadError> {
         let rev = Rev(rev.0.max(1));
         if rev > self.rev() {
             return Err(ReadError::Future);
@@ -643,9 +721,21 @@ impl Store {
         if rev < self.head {
             return Err(ReadError::TooLate);
         }
-        Ok(self.history[self.index(rev)].1.clone())
+        let from = match &self.rebuilt {
+            Some(rebuilt) if rebuilt.rev == rev => return Ok(rebuilt.clone()),
+            Some(rebuilt) if rebuilt.rev > rev => rebuilt,
+            _ => &self.current,
+        };
+        let mut root = from.root.clone();
+        let undone = self.index(rev.next())..=self.index(from.rev);
+        for (event, undo) in self.history.range(undone).rev() {
+            assert!(event.rev > rev, "only revs after the one read are undone");
+            undo.revert(&mut root);
+        }
+        let snapshot = Snapshot { rev, root };
+        self.rebuilt = Some(snapshot.clone());
+        Ok(snapshot)
     }
-
     /// WAIT over the history: the first event at or after `from` (raised to at
     /// least 1) whose path matches `glob`; `None` if there is none yet. Not
     /// bounded: the core uses [`Store::scan`].
@@ -703,16 +793,16 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Reference §3.4 steps 3–7 with the CONTRACT §3 fixes. `Ok((None, _))` means
-/// the tree is unchanged.
-fn try_apply(
-    root: &Dir,
+/// Reference §3.4 steps 3–7 with the CONTRACT §3 fixes, on the tree in
+/// place: the checks come first, so a failed mutation leaves `root` as it
+/// was. Returns the event and how to undo it.
+fn apply_in_place(
+    root: &mut Dir,
     mutation: &Mutation,
     rev: Rev,
-) -> Result<(Option<Dir>, Event), ApplyError> {
+) -> Result<(Event, Undo), ApplyError> {
     match mutation {
         Mutation::Nop => Ok((
-            None,
             Event {
                 rev,
                 path: Path::root(),
@@ -720,6 +810,7 @@ fn try_apply(
                 kind: EventKind::Nop,
                 error: None,
             },
+            Undo::nothing(),
         )),
         Mutation::Set { path, check, body } => {
             let comps: Vec<&str> = path.components().collect();
@@ -729,15 +820,19 @@ fn try_apply(
                 return Err(ApplyError::NotDir);
             }
             check_rev(current_rev(found), *check)?;
-            let mut root = root.clone();
-            tree::set(
-                &mut root,
+            let (depth, old) = tree::set(
+                root,
                 &comps,
                 Node::File {
                     body: body.clone(),
                     rev,
                 },
             );
+            let undo = Undo {
+                path: path.clone(),
+                depth,
+                old,
+            };
             let event = Event {
                 rev,
                 path: path.clone(),
@@ -745,18 +840,23 @@ fn try_apply(
                 kind: EventKind::Set,
                 error: None,
             };
-            Ok((Some(root), event))
+            Ok((event, undo))
         }
         Mutation::Del { path, check } => {
             let comps: Vec<&str> = path.components().collect();
             // Below a file counts as absent (CONTRACT §3): nothing changes.
             let cur = current_rev(tree::lookup(root, comps.iter().copied()));
             check_rev(cur, *check)?;
-            let new_root = (cur > 0).then(|| {
-                let mut root = root.clone();
-                tree::delete(&mut root, &comps);
-                root
-            });
+            let undo = if cur > 0 {
+                let (depth, old) = tree::delete(root, &comps);
+                Undo {
+                    path: path.clone(),
+                    depth,
+                    old,
+                }
+            } else {
+                Undo::nothing()
+            };
             let event = Event {
                 rev,
                 path: path.clone(),
@@ -764,7 +864,7 @@ fn try_apply(
                 kind: EventKind::Del,
                 error: None,
             };
-            Ok((new_root, event))
+            Ok((event, undo))
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The persistent tree (reference §3.2).
 //!
 //! A directory is an [`imbl::OrdMap`] from name to node, so cloning a tree is O(1)
-//! and an update copies only the nodes on the changed path. Names are ASCII, so
-//! the map's `str` order is the byte-wise order the protocol lists in.
+//! and an update copies only the nodes on the changed path that another clone
+//! still shares (none, when the store's tree is the only one: it is then
+//! changed in place). Names are ASCII, so the map's order (byte-wise, see
+//! [`Name`]) is the order the protocol lists in.
 //!
 //! Directories are implicit: [`set`] creates missing ancestors and [`delete`]
 //! prunes the directories it empties, the root excepted. So no empty directory
@@ -18,14 +20,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::sync::Arc;
 
 use imbl::OrdMap;
 
 use crate::types::{Body, Rev};
 
-/// An entry name inside a directory.
-pub(crate) type Name = Arc<str>;
+pub(crate) use super::name::Name;
 
 /// A directory: its entries by name.
 pub(crate) type Dir = OrdMap<Name, Node>;
@@ -153,7 +153,7 @@ pub(crate) fn lookup<'a, 'p>(
         if let Some(Node::File { .. }) = node {
             return Lookup::UnderFile;
         }
-        match dir.get(name) {
+        match dir.get(name.as_bytes()) {
             None => return Lookup::Absent,
             Some(n) => {
                 if let Node::Dir(d) = n {
@@ -173,25 +173,37 @@ pub(crate) fn lookup<'a, 'p>(
 /// Puts `leaf` at `comps` (at least one component), creating missing
 /// directories. An ancestor that is a file is replaced by a directory; callers
 /// that must not do that check first (only the forced `/ctl/err` write relies on it).
-pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) {
+///
+/// Returns what it replaced, for undoing it, found on the same walk: the
+/// number of components of `comps` down to the highest entry changed (the
+/// first directory created, a file replaced by a directory, or the leaf)
+/// and what that entry was (`None`: absent).
+pub(crate) fn set(root: &mut Dir, comps: &[&str], leaf: Node) -> (usize, Option<Node>) {
     let (last, parents) = comps.split_last().expect("set below the root");
     let mut dir = root;
-    for name in parents {
-        if !matches!(dir.get(*name), Some(Node::Dir(_))) {
-            dir.insert(Name::from(*name), Node::Dir(Dir::new()));
+    let mut changed: Option<(usize, Option<Node>)> = None;
+    for (j, name) in parents.iter().enumerate() {
+        if !matches!(dir.get(name.as_bytes()), Some(Node::Dir(_))) {
+            let old = dir.insert(Name::from(*name), Node::Dir(Dir::new()));
+            changed.get_or_insert((j + 1, old));
         }
-        dir = match dir.get_mut(*name) {
+        dir = match dir.get_mut(name.as_bytes()) {
             Some(Node::Dir(child)) => child,
             _ => unreachable!("a directory was just put there"),
         };
     }
-    dir.insert(Name::from(*last), leaf);
+    let old = dir.insert(Name::from(*last), leaf);
+    changed.unwrap_or((comps.len(), old))
 }
 
 /// Removes the entry at `comps` (at least one component) and prunes every
 /// directory left empty on the way up, except `root` itself.
 /// Does nothing if the path does not exist or passes through a file.
-pub(crate) fn delete(root: &mut Dir, comps: &[&str]) {
+/// Returns what was taken out, for undoing it: the number of components of
+/// `comps` down to the entry actually removed (the path's own, or the
+/// highest directory pruned with it) and that entry; `(0, None)` when
+/// nothing was.
+pub(crate) fn delete(root: &mut Dir, comps: &[&str]) -> (usize, Option<Node>) {
     let n = comps.len();
     assert!(n > 0, "delete below the root");
     // Look first, copying nothing: the path must lead through directories to
@@ -205,21 +217,23 @@ pub(crate) fn delete(root: &mut Dir, comps: &[&str]) {
         if j == 0 || dir.len() != 1 {
             keep = j;
         }
-        match dir.get(*name) {
-            None => return,
+        match dir.get(name.as_bytes()) {
+            None => return (0, None),
             Some(_) if j + 1 == n => {}
             Some(Node::Dir(child)) => dir = child,
-            Some(Node::File { .. }) => return,
+            Some(Node::File { .. }) => return (0, None),
         }
     }
     let mut dir = root;
     for name in &comps[..keep] {
-        dir = match dir.get_mut(*name) {
+        dir = match dir.get_mut(name.as_bytes()) {
             Some(Node::Dir(child)) => child,
             _ => unreachable!("the path was checked above"),
         };
     }
-    dir.remove(comps[keep]);
+    let removed = dir.remove(comps[keep].as_bytes());
+    assert!(removed.is_some(), "the path was checked above");
+    (keep + 1, removed)
 }
 
 /// Calls `f` on every file below `root` (whose path is `base`, `""` for the

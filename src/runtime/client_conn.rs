@@ -28,13 +28,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
 use super::direct::DirectWriter;
-use super::event_loop::{Control, DirectReplies, Inbox, InboxError, NodeStatus, Outgoing};
+use super::event_loop::{
+    Control, ControlSender, DirectReplies, Inbox, InboxError, NodeStatus, Outgoing,
+};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
 use crate::budget::ByteBudget;
@@ -50,7 +52,7 @@ use crate::types::NodeId;
 /// What every connection task shares.
 pub struct ClientContext {
     pub inbox: Inbox,
-    pub control: Sender<Control>,
+    pub control: ControlSender,
     pub status: Arc<NodeStatus>,
     pub node_id: NodeId,
     pub secrets: Secrets,

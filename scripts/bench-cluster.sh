@@ -2,7 +2,8 @@
 # One figure of the write path: a cluster of MEMBERS (3 or 5, default 3)
 # doozerd of BIN_DIR on 127.x.y.1.. (NET, default 127.0.88.), then
 # `doozer bench -op set -c 64 -size 64 -d SECS` against the leader; prints
-# the ops/s and p50 line, then stops the cluster.
+# the ops/s and p50 line and the CPU seconds the servers used meanwhile
+# (all nodes together), then stops the cluster.
 #   CONNS=N        connections (default 64)
 #   OP=get|mixed   benches reads instead of sets
 #   BENCH_ARGS=..  more `doozer bench` flags (e.g. "-p 8", "-rate 20000");
@@ -81,10 +82,22 @@ if [ "$nodes" -gt "$members" ]; then
   wait_rev "$nodes"
 fi
 sleep 1
+# CPU seconds (user + system) all the servers have used so far.
+server_cpu() {
+  local p total=0
+  for p in "${pids[@]}"; do
+    # Fields 14 and 15 of /proc/PID/stat, after the ")" that ends the name.
+    total=$((total + $(sed -E 's/.*\) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
+}
+cpu_before=$(server_cpu)
 out=$("$client" -a "$(uri "$at")" bench -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}" 2>/dev/null)
+cpu_used=$(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}')
 if [ "${out:0:1}" = "{" ]; then
-  echo "$out"
+  # The servers' CPU during the run joins the bench's JSON line.
+  echo "${out%\}},\"server_cpu_s\":$cpu_used}"
 else
   echo "$out" | grep -E "ops/s|p50" | tr '\n' ' '
-  echo
+  echo "server CPU ${cpu_used} s"
 fi

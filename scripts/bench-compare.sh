@@ -3,8 +3,9 @@
 # taken: OLD and NEW (each a git commit, or a directory holding doozerd and
 # doozer binaries) are run alternately OLD, NEW, OLD, NEW, ... ROUNDS times
 # for each case, each run a fresh cluster of scripts/bench-cluster.sh, and a
-# markdown table gives the median ops/s, p50 and p99 of each side and the
-# NEW/OLD ratio.
+# markdown table gives the median ops/s, p50, p99 and server CPU per
+# operation (all nodes' user + system time over the run) of each side and
+# the NEW/OLD ratio.
 #
 # A commit is built once (release, in a temporary git worktree) into
 # $BUILD_ROOT/<commit> (default /var/tmp/doozer-bench-build), and the
@@ -88,8 +89,11 @@ for round in $(seq "$rounds"); do
         echo "round $round $c $side: no result" >&2
         continue
       fi
-      echo "round $round $c $side: $(field ops_per_sec "$line") ops/s, p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms" >&2
-      echo "$c $side $(field ops_per_sec "$line") $(field p50_ms "$line") $(field p99_ms "$line")" >>"$results"
+      # Server CPU (all nodes) per operation, in microseconds.
+      cpu=$(awk -v s="$(field server_cpu_s "$line")" -v o="$(field ops_per_sec "$line")" -v d="$secs" \
+        'BEGIN {if (s == "" || o + 0 == 0) print "nan"; else printf "%.1f", s * 1e6 / (o * d)}')
+      echo "round $round $c $side: $(field ops_per_sec "$line") ops/s, p50 $(field p50_ms "$line") ms, p99 $(field p99_ms "$line") ms, server CPU $cpu µs/op" >&2
+      echo "$c $side $(field ops_per_sec "$line") $(field p50_ms "$line") $(field p99_ms "$line") $cpu" >>"$results"
     done
   done
 done
@@ -97,11 +101,11 @@ done
 echo
 echo "OLD = $1, NEW = $2; medians of $rounds alternating runs of ${secs} s; ${MEMBERS:-3} members"
 echo
-echo "| case (op:conns) | OLD ops/s | NEW ops/s | NEW/OLD | OLD p50 ms | NEW p50 ms | NEW/OLD | OLD p99 ms | NEW p99 ms | NEW/OLD |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| case (op:conns) | OLD ops/s | NEW ops/s | NEW/OLD | OLD p50 ms | NEW p50 ms | NEW/OLD | OLD p99 ms | NEW p99 ms | NEW/OLD | OLD CPU µs/op | NEW CPU µs/op | NEW/OLD |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for c in $cases; do
   row="| $c"
-  for col in 3 4 5; do
+  for col in 3 4 5 6; do
     o=$(awk -v c="$c" -v k="$col" '$1 == c && $2 == "old" {print $k}' "$results" | median)
     n=$(awk -v c="$c" -v k="$col" '$1 == c && $2 == "new" {print $k}' "$results" | median)
     row="$row | $o | $n | $(ratio "$o" "$n")"

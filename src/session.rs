@@ -12,8 +12,9 @@
 //! [`ByteBudget`] bounds the bytes of all connections together. Guessing
 //! secrets is bounded too: a few wrong `ACCESS` attempts end the connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::task::Waker;
 
 use crate::budget::ByteBudget;
 use crate::codec::client::{Request, Response, Verb};
@@ -163,6 +164,16 @@ pub struct Session {
     untagged: BTreeMap<usize, usize>,
     in_flight: usize,
     in_flight_bytes: usize,
+    /// Tagged WAITs in flight: they may be held for ever, so no room is
+    /// waited for on their account.
+    held_waits: BTreeSet<i32>,
+    /// Of `in_flight` and `in_flight_bytes`, what WAITs and untagged
+    /// requests hold (untagged: their answers cannot be told apart).
+    held: usize,
+    held_bytes: usize,
+    /// The reader waiting for room ([`Session::must_wait`]), woken by the
+    /// next completion.
+    room_waker: Option<Waker>,
     /// Shared by every connection of the server, if set: the bytes all
     /// clients have in flight together.
     shared: Option<Arc<ByteBudget>>,
@@ -180,6 +191,10 @@ impl Session {
             tags_in_flight: BTreeMap::new(),
             untagged: BTreeMap::new(),
             in_flight: 0,
+            held_waits: BTreeSet::new(),
+            held: 0,
+            held_bytes: 0,
+            room_waker: None,
             in_flight_bytes: 0,
             shared: None,
             access_failures: 0,
@@ -201,6 +216,32 @@ impl Session {
     /// Bytes those requests were charged.
     pub fn in_flight_bytes(&self) -> usize {
         self.in_flight_bytes
+    }
+
+    /// Whether `req` should wait before it is checked: it would go past a
+    /// limit on requests or bytes in flight, and requests in flight that
+    /// are answered on their own (not WAITs) will make room. A pipelining
+    /// client is then slowed down (its connection is not read meanwhile)
+    /// rather than refused; one whose room is all held by WAITs is refused
+    /// at once, as before.
+    pub fn must_wait(&self, req: &Request) -> bool {
+        let answered_here = matches!(
+            req.verb.and_then(|v| Verb::try_from(v).ok()),
+            Some(Verb::Access | Verb::SelfId) | None
+        );
+        if answered_here {
+            return false;
+        }
+        let over_count = self.in_flight >= self.limits.max_in_flight;
+        let over_bytes = self.in_flight_bytes > 0
+            && self.in_flight_bytes.saturating_add(request_cost(req))
+                > self.limits.max_in_flight_bytes;
+        (over_count || over_bytes) && self.in_flight > self.held
+    }
+
+    /// Wakes `waker` at the next completion (replacing any waker before).
+    pub fn wake_on_completion(&mut self, waker: &Waker) {
+        self.room_waker = Some(waker.clone());
     }
 
     /// Wrong `ACCESS` attempts so far.
@@ -231,8 +272,15 @@ impl Session {
             // Nothing of that tag in flight: nothing to give back.
             return;
         };
+        if tag.is_none_or(|tag| self.held_waits.remove(&tag)) {
+            self.held -= 1;
+            self.held_bytes -= bytes;
+        }
         self.in_flight -= 1;
         self.in_flight_bytes -= bytes;
+        if let Some(waker) = self.room_waker.take() {
+            waker.wake();
+        }
         if let Some(shared) = &self.shared {
             shared.release(bytes);
         }
@@ -250,11 +298,20 @@ impl Session {
                         return Action::Reply(Response::error(tag, &ReplyError::busy()));
                     }
                 }
-                match tag {
+                let held = match tag {
                     Some(tag) => {
                         self.tags_in_flight.insert(tag, bytes);
+                        let wait = matches!(command, Command::Wait { .. });
+                        wait && self.held_waits.insert(tag)
                     }
-                    None => *self.untagged.entry(bytes).or_default() += 1,
+                    None => {
+                        *self.untagged.entry(bytes).or_default() += 1;
+                        true
+                    }
+                };
+                if held {
+                    self.held += 1;
+                    self.held_bytes += bytes;
                 }
                 self.in_flight += 1;
                 self.in_flight_bytes += bytes;

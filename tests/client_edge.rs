@@ -18,7 +18,7 @@ use doozer::codec::client::{Request, Verb};
 use doozer::codec::peer_auth::PeerKey;
 use doozer::core::Input;
 use doozer::runtime::client_conn::{accept_loop, ClientContext};
-use doozer::runtime::event_loop::{Control, Inbox, NodeStatus, Queued};
+use doozer::runtime::event_loop::{Control, ControlSender, Inbox, NodeStatus, Queued};
 use doozer::runtime::peer_link::{PeerIdentity, PeerInbound};
 use doozer::runtime::rt::{self, TcpListener};
 use doozer::session::{Secrets, SessionLimits};
@@ -40,7 +40,7 @@ fn edge(control_slots: usize, inbox_bytes: usize) -> Edge {
     let listener = rt::block_on(TcpListener::bind(format!("{ip}:0"))).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (inbox_tx, inbox) = Inbox::new(1024, inbox_bytes);
-    let (control_tx, control) = crossbeam_channel::bounded(control_slots);
+    let (control_tx, control) = ControlSender::standalone(control_slots);
     let status = Arc::new(NodeStatus::default());
     status
         .writable

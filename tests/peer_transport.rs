@@ -20,7 +20,7 @@ use doozer::error::ErrCode;
 use doozer::paxos::{Ballot, Msg};
 use doozer::runtime::client_conn::{accept_loop, ClientContext};
 use doozer::runtime::conn::Conn;
-use doozer::runtime::event_loop::{Control, Inbox, NodeStatus, Queued};
+use doozer::runtime::event_loop::{Control, ControlSender, Inbox, NodeStatus, Queued};
 use doozer::runtime::peer_link::{
     self as link, PeerIdentity, PeerInbound, PeerLinks, SILENCE_TIMEOUT,
 };
@@ -98,7 +98,7 @@ fn node_with(
     let listener = rt::block_on(bind());
     let addr = listener.local_addr().unwrap().to_string();
     let (inbox_tx, inbox) = Inbox::new(inbox_capacity, 64 << 20);
-    let (control_tx, control) = crossbeam_channel::unbounded();
+    let (control_tx, control) = ControlSender::standalone(1 << 16);
     let status = Arc::new(NodeStatus::default());
     // As a node with its copy of the store: clients are served at once.
     status

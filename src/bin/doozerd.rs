@@ -314,7 +314,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    rt::block_on(node.serve_forever());
+    node.serve_forever();
     ExitCode::SUCCESS
 }
 

@@ -28,13 +28,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
 use super::direct::DirectWriter;
-use super::event_loop::{Control, DirectReplies, Inbox, InboxError, NodeStatus, Outgoing};
+use super::event_loop::{
+    Control, ControlSender, DirectReplies, Inbox, InboxError, NodeStatus, Outgoing,
+};
 use super::peer_link::{self, PeerInbound};
 use super::rt::{self, TcpListener, TcpStream};
 use crate::budget::ByteBudget;
@@ -50,7 +52,7 @@ use crate::types::NodeId;
 /// What every connection task shares.
 pub struct ClientContext {
     pub inbox: Inbox,
-    pub control: Sender<Control>,
+    pub control: ControlSender,
     pub status: Arc<NodeStatus>,
     pub node_id: NodeId,
     pub secrets: Secrets,
@@ -437,6 +439,27 @@ pub const DIRECT_QUEUE_BYTES: usize = 16 << 20;
 
 /// Bytes read from a client socket at once.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The longest a reader waits for room in flight before the request is
+/// checked (and refused if there is still none).
+const ROOM_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`ROOM_WAIT`]) until the session has room for `request`
+/// or no request in flight would make some.
+async fn wait_for_room(session: &Mutex<Session>, request: &Request) {
+    let room = futures::future::poll_fn(|cx| {
+        let mut session = lock(session);
+        if session.must_wait(request) {
+            session.wake_on_completion(cx.waker());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    });
+    let _ = rt::timeout(ROOM_WAIT, room).await;
+}
+
+/// Request bytes a reader hands the core before it lets the core run.
+const YIELD_AFTER_BYTES: usize = 256 * 1024;
 
 /// How often a client held while the node fetches its copy looks again.
 const COPY_POLL: Duration = Duration::from_millis(10);
@@ -529,6 +552,7 @@ async fn serve(
     // (header, body) per request.
     let mut reader = futures::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream.clone());
     let mut first_header = Some(first_header);
+    let mut submitted_bytes = 0;
     let end = loop {
         let read = async {
             match first_header.take() {
@@ -570,6 +594,9 @@ async fn serve(
                  {GUESS_WINDOW:?}"
             ));
         }
+        if lock(&session).must_wait(&request) {
+            wait_for_room(&session, &request).await;
+        }
         let writable = ctx.status.writable.load(Ordering::Acquire);
         let (action, failures) = {
             let mut session = lock(&session);
@@ -606,7 +633,19 @@ async fn serve(
                 .inbox
                 .try_send(Input::Request { conn, tag, command }, bytes)
             {
-                Ok(()) => continue,
+                Ok(()) => {
+                    // The core runs on this thread: after a big request let
+                    // it take what came in before reading on, as it would
+                    // meanwhile on a thread of its own, so a client
+                    // pipelining big values is not refused for bytes in
+                    // flight that the core would already have answered.
+                    submitted_bytes += bytes;
+                    if submitted_bytes >= YIELD_AFTER_BYTES {
+                        submitted_bytes = 0;
+                        rt::yield_now().await;
+                    }
+                    continue;
+                }
                 Err(InboxError::Full) => {
                     lock(&session).completed(tag);
                     Response::error(tag, &ReplyError::busy())

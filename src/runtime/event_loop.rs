@@ -10,12 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, Sender, TryRecvError, TrySendError};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use futures::channel::mpsc;
+use futures::task::AtomicWaker;
 
 use super::direct::DirectWriter;
 use super::direct::SendError;
 use super::peer_link::PeerLinks;
+use super::rt;
 use crate::budget::{ByteBudget, Charge};
 use crate::codec::client::{self, Response};
 use crate::core::{ConnId, Core, Input, Outcome, Output, Reply};
@@ -56,6 +62,64 @@ pub enum InboxError {
 pub struct Inbox {
     tx: Sender<Queued>,
     budget: Arc<ByteBudget>,
+    doorbell: Arc<AtomicWaker>,
+}
+
+/// The sending end of the control channel; like [`Inbox`], it wakes the
+/// event loop.
+#[derive(Clone, Debug)]
+pub struct ControlSender {
+    tx: Sender<Control>,
+    doorbell: Arc<AtomicWaker>,
+}
+
+impl ControlSender {
+    /// A control channel of at most `items` messages with a doorbell no
+    /// event loop listens to: for a test that reads the channel itself.
+    pub fn standalone(items: usize) -> (ControlSender, Receiver<Control>) {
+        let (tx, rx) = crossbeam_channel::bounded(items);
+        let doorbell = Arc::new(AtomicWaker::new());
+        (ControlSender { tx, doorbell }, rx)
+    }
+
+    pub fn try_send(&self, msg: Control) -> Result<(), TrySendError<Control>> {
+        self.tx.try_send(msg)?;
+        self.doorbell.wake();
+        Ok(())
+    }
+}
+
+/// The event loop's receiving ends: inputs, control messages, and the
+/// doorbell every sender rings.
+pub struct Receivers {
+    inbox: Receiver<Queued>,
+    control: Receiver<Control>,
+    doorbell: Arc<AtomicWaker>,
+}
+
+/// The channels into the event loop: the inbox (at most `items` inputs and
+/// `max_bytes` bytes, see [`Inbox::new`]), the control channel (at most
+/// `control_items`), and their receiving ends.
+pub fn channels(
+    items: usize,
+    max_bytes: usize,
+    control_items: usize,
+) -> (Inbox, ControlSender, Receivers) {
+    let (inbox, rx) = Inbox::new(items, max_bytes);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(control_items);
+    let doorbell = inbox.doorbell.clone();
+    (
+        inbox,
+        ControlSender {
+            tx: control_tx,
+            doorbell: doorbell.clone(),
+        },
+        Receivers {
+            inbox: rx,
+            control: control_rx,
+            doorbell,
+        },
+    )
 }
 
 impl Inbox {
@@ -65,7 +129,15 @@ impl Inbox {
     pub fn new(items: usize, max_bytes: usize) -> (Inbox, Receiver<Queued>) {
         let (tx, rx) = crossbeam_channel::bounded(items);
         let budget = Arc::new(ByteBudget::new(max_bytes));
-        (Inbox { tx, budget }, rx)
+        let doorbell = Arc::new(AtomicWaker::new());
+        (
+            Inbox {
+                tx,
+                budget,
+                doorbell,
+            },
+            rx,
+        )
     }
 
     /// Queues `input`, charged `bytes` until the event loop takes it: a
@@ -77,7 +149,10 @@ impl Inbox {
             input,
             _charge: charge,
         }) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.doorbell.wake();
+                Ok(())
+            }
             // The charge comes back with the refused input and is dropped.
             Err(TrySendError::Full(_)) => Err(InboxError::Full),
             Err(TrySendError::Disconnected(_)) => Err(InboxError::Closed),
@@ -185,8 +260,6 @@ impl NodeStatus {
 
 /// Inputs handled before outputs are routed; bounds the latency one batch adds.
 const MAX_BATCH: usize = 4096;
-/// The longest the loop sleeps without input (ticks wake it far sooner).
-const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// The most time one tick may report as passed. The loop measures the time
 /// between ticks (so ticks it could not take while busy still count, and
 /// `-timeout 60` means 60 s on a loaded machine); a longer gap means the
@@ -221,6 +294,7 @@ pub struct EventLoop {
     core: Core,
     inbox: Receiver<Queued>,
     control: Receiver<Control>,
+    doorbell: Arc<AtomicWaker>,
     tick: Duration,
     status: Arc<NodeStatus>,
     links: HashMap<ConnId, Link>,
@@ -244,16 +318,16 @@ pub struct EventLoop {
 impl EventLoop {
     pub fn new(
         core: Core,
-        inbox: Receiver<Queued>,
-        control: Receiver<Control>,
+        receivers: Receivers,
         tick: Duration,
         status: Arc<NodeStatus>,
         peers: PeerLinks,
     ) -> EventLoop {
         EventLoop {
             core,
-            inbox,
-            control,
+            inbox: receivers.inbox,
+            control: receivers.control,
+            doorbell: receivers.doorbell,
             tick,
             status,
             links: HashMap::new(),
@@ -273,30 +347,37 @@ impl EventLoop {
         self
     }
 
-    /// Runs until every sender of the inbox is gone.
-    pub fn run(mut self) {
-        let ticker = crossbeam_channel::tick(self.tick);
+    /// Runs until every sender of the inbox is gone, on a node thread (see
+    /// [`rt::spawn_node_thread`](super::rt::spawn_node_thread)): between
+    /// batches it yields, so the connection tasks on the thread read what
+    /// arrived meanwhile, which makes the next batch.
+    pub async fn run(mut self) {
+        let tick = self.tick.max(Duration::from_micros(1));
+        let mut ticker = async_io::Timer::after(tick);
         let mut out = Vec::new();
         self.publish_status();
         loop {
             // An unfinished WAIT scan is continued at the end of every batch:
-            // then only look for input, without sleeping until some comes.
-            let idle_wait = if self.core.has_unfinished_work() && self.disk_failed.is_none() {
-                Duration::ZERO
-            } else {
-                IDLE_WAKE
-            };
-            select! {
-                recv(self.control) -> msg => match msg {
-                    Ok(msg) => self.on_control(msg, &mut out),
-                    Err(_) => return,
-                },
-                recv(self.inbox) -> input => match input {
-                    Ok(input) => self.on_input(input.into_input(), &mut out),
-                    Err(_) => return,
-                },
-                recv(ticker) -> _ => self.on_tick(&mut out),
-                default(idle_wait) => {}
+            // then only look for input, without waiting for some.
+            let unfinished = self.core.has_unfinished_work() && self.disk_failed.is_none();
+            let ticked = futures::future::poll_fn(|cx| {
+                self.doorbell.register(cx.waker());
+                let ticked = Pin::new(&mut ticker).poll(cx).is_ready();
+                if ticked || unfinished || !self.inbox.is_empty() || !self.control.is_empty() {
+                    Poll::Ready(ticked)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            if self.drain_control(&mut out).is_err() {
+                return;
+            }
+            if ticked {
+                // Re-armed from now: ticks missed while busy are not fired
+                // in a burst (`on_tick` measures the time that passed).
+                ticker.set_after(tick);
+                self.on_tick(&mut out);
             }
             for _ in 0..MAX_BATCH {
                 match self.inbox.try_recv() {
@@ -311,6 +392,8 @@ impl EventLoop {
             }
             self.route(&mut out);
             self.publish_status();
+            // Every other task on the thread runs once before the next batch.
+            rt::yield_now().await;
         }
     }
 
@@ -385,7 +468,7 @@ impl EventLoop {
     fn on_input(&mut self, input: Input, out: &mut Vec<Output>) {
         // An Opened message is sent before the connection's first request, so
         // draining control first guarantees the link is known.
-        self.drain_control(out);
+        let _ = self.drain_control(out);
         if let Input::Request { conn, .. } = &input {
             if !self.links.contains_key(conn) {
                 // The connection closed (or was cut) after sending this.
@@ -402,9 +485,15 @@ impl EventLoop {
         self.core.handle(input, out);
     }
 
-    fn drain_control(&mut self, out: &mut Vec<Output>) {
-        while let Ok(msg) = self.control.try_recv() {
-            self.on_control(msg, out);
+    /// Handles every control message waiting; `Err` once every sender is
+    /// gone.
+    fn drain_control(&mut self, out: &mut Vec<Output>) -> Result<(), TryRecvError> {
+        loop {
+            match self.control.try_recv() {
+                Ok(msg) => self.on_control(msg, out),
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(TryRecvError::Disconnected),
+            }
         }
     }
 

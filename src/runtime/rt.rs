@@ -4,26 +4,116 @@
 //! else in the crate reaches it through these re-exports and helpers, so moving
 //! to another runtime (smol, say) touches this file only.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_executor::LocalExecutor;
+
 pub use async_std::net::{TcpListener, TcpStream};
-pub use async_std::task::JoinHandle;
 
 /// Runs a future to completion on the current thread (binaries' `main`, tests).
 pub fn block_on<F: Future>(future: F) -> F::Output {
     async_std::task::block_on(future)
 }
 
-/// Spawns a task on the runtime's executor.
+thread_local! {
+    /// The executor of the node thread this is, if it is one.
+    static NODE_EXECUTOR: RefCell<Option<Rc<LocalExecutor<'static>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Spawns a task: on a node thread ([`spawn_node_thread`]), on that thread's
+/// own executor, so the task never leaves it; elsewhere on async-std's.
 pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    async_std::task::spawn(future)
+    let local = NODE_EXECUTOR.with(|executor| executor.borrow().clone());
+    match local {
+        Some(executor) => JoinHandle(Handle::Local(Some(executor.spawn(future)))),
+        None => JoinHandle(Handle::Global(async_std::task::spawn(future))),
+    }
+}
+
+/// A spawned task: awaiting it gives its output; dropping it lets the task
+/// run on, detached.
+pub struct JoinHandle<T>(Handle<T>);
+
+enum Handle<T> {
+    Global(async_std::task::JoinHandle<T>),
+    /// `None` once dropped (detached).
+    Local(Option<async_executor::Task<T>>),
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match &mut self.0 {
+            Handle::Global(handle) => Pin::new(handle).poll(cx),
+            Handle::Local(Some(task)) => Pin::new(task).poll(cx),
+            Handle::Local(None) => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        if let Handle::Local(task) = &mut self.0 {
+            if let Some(task) = task.take() {
+                task.detach();
+            }
+        }
+    }
+}
+
+/// Starts a node thread named `name`: it runs `main` (made on the thread)
+/// and every task spawned from it on one executor of its own, and waits for
+/// I/O in the reactor itself.
+///
+/// Why: a node's hot path is a chain of tasks (a client's reader, the core,
+/// the writers); on a pool of threads each link of the chain is a wake-up
+/// of another thread — a futex, a context switch and tens of microseconds on
+/// a busy machine. On one thread a wake-up is a push on a queue, a batch of
+/// requests read from many sockets is handled by the core in one go, and
+/// the thread sleeps only in `epoll_wait`. The thread that started the node
+/// should then wait without driving the reactor itself (a plain
+/// `JoinHandle::join`), so that events go to the node thread directly.
+pub fn spawn_node_thread<F, M>(name: &str, main: M) -> io::Result<std::thread::JoinHandle<()>>
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let executor = Rc::new(LocalExecutor::new());
+            NODE_EXECUTOR.with(|slot| *slot.borrow_mut() = Some(executor.clone()));
+            async_io::block_on(executor.run(main()));
+            NODE_EXECUTOR.with(|slot| *slot.borrow_mut() = None);
+        })
+}
+
+/// Lets every other ready task on this thread's executor run once.
+pub async fn yield_now() {
+    let mut yielded = false;
+    futures::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 pub async fn sleep(duration: Duration) {

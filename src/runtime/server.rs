@@ -10,7 +10,7 @@ use futures::future::Either;
 use super::attach::{find_member, Origin};
 use super::client_conn::{accept_loop, ClientContext};
 use super::dzns::{self, BootError, Dzns};
-use super::event_loop::{EventLoop, Inbox, NodeStatus};
+use super::event_loop::{self, EventLoop, NodeStatus};
 use super::peer_link::{PeerIdentity, PeerInbound, PeerLinks};
 use super::rt::{self, TcpListener};
 use crate::budget::ByteBudget;
@@ -58,7 +58,7 @@ pub struct Node {
     pub attached_to: Option<(NodeId, String)>,
     /// Whether it resumed from its data dir.
     pub resumed: bool,
-    accept: rt::JoinHandle<()>,
+    thread: thread::JoinHandle<()>,
 }
 
 impl Node {
@@ -76,9 +76,14 @@ impl Node {
         true
     }
 
-    /// Serves until the process ends.
-    pub async fn serve_forever(self) {
-        self.accept.await
+    /// Serves until the node thread ends (it does not, short of a panic).
+    /// Blocks the calling thread without driving the async reactor, so the
+    /// node thread gets its events first-hand; call it outside any
+    /// `block_on`.
+    pub fn serve_forever(self) {
+        if self.thread.join().is_err() {
+            log::error!("the node thread panicked");
+        }
     }
 }
 
@@ -311,8 +316,11 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         let _ = status.tls.set(tls.clone());
     }
     let limits = &config.limits;
-    let (inbox_tx, inbox_rx) = Inbox::new(limits.inbox_capacity, limits.inbox_max_bytes);
-    let (control_tx, control_rx) = crossbeam_channel::bounded(limits.control_capacity());
+    let (inbox_tx, control_tx, receivers) = event_loop::channels(
+        limits.inbox_capacity,
+        limits.inbox_max_bytes,
+        limits.control_capacity(),
+    );
     let identity = || PeerIdentity {
         me: id.clone(),
         cluster: config.cluster_name.clone(),
@@ -332,22 +340,10 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         limits.peer_frame_budget_bytes,
         status.clone(),
     );
-    let mut event_loop = EventLoop::new(
-        core,
-        inbox_rx,
-        control_rx,
-        config.tick,
-        status.clone(),
-        peer_links,
-    );
+    let mut event_loop = EventLoop::new(core, receivers, config.tick, status.clone(), peer_links);
     if let Some(journal) = journal {
         event_loop = event_loop.with_journal(journal);
     }
-    thread::Builder::new()
-        .name("doozer-core".into())
-        .spawn(move || event_loop.run())
-        .map_err(StartError::Thread)?;
-
     let ctx = Arc::new(ClientContext {
         inbox: inbox_tx,
         control: control_tx,
@@ -364,7 +360,13 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         peers: peer_inbound,
         tls: tls.clone(),
     });
-    let accept = rt::spawn(accept_loop(listener, ctx));
+    // The node thread: the core, the client and peer connections, all on
+    // one executor (see `rt::spawn_node_thread`).
+    let thread = rt::spawn_node_thread("doozer-node", move || async move {
+        rt::spawn(accept_loop(listener, ctx));
+        event_loop.run().await;
+    })
+    .map_err(StartError::Thread)?;
 
     // ---- web view (src/web): served on -w unless it is off ----
     let web_addr = match config.web_addr() {
@@ -398,6 +400,6 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         web_addr,
         attached_to,
         resumed,
-        accept,
+        thread,
     })
 }

@@ -517,3 +517,42 @@ fn wrong_access_attempts_close_the_connection() {
     // Without secrets every connection has rights from the start.
     assert!(open().has_rights());
 }
+
+#[test]
+fn a_request_past_the_bytes_in_flight_waits_only_when_answers_will_make_room() {
+    let glob = "/".to_string() + &"w".repeat(999);
+    let each_wait = REQUEST_OVERHEAD_BYTES + GLOB_BYTES_FACTOR * 1000;
+    let mut s = bytes_session(2 * each_wait);
+    let big_get = Request {
+        path: Some("/".to_string() + &"g".repeat(2 * each_wait)),
+        ..req(3, Verb::Get)
+    };
+    // Nothing in flight: a request alone always goes through, no wait.
+    assert!(!s.must_wait(&big_get));
+    submitted_bytes(s.on_request(wait(Some(1), &glob), true));
+    // Only a WAIT in flight, which may never fire: refused at once.
+    assert!(!s.must_wait(&big_get));
+    submitted_bytes(s.on_request(req(2, Verb::Rev), true));
+    // A REV in flight will be answered: wait for it, and be woken.
+    assert!(s.must_wait(&big_get));
+    let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    s.wake_on_completion(&Waker::from(Arc::new(Flag(woken.clone()))));
+    s.completed(Some(2));
+    assert!(woken.load(std::sync::atomic::Ordering::SeqCst));
+    // Back to the WAIT alone; ACCESS and SELF never wait.
+    assert!(!s.must_wait(&big_get));
+    submitted_bytes(s.on_request(req(4, Verb::Rev), true));
+    assert!(s.must_wait(&big_get));
+    assert!(!s.must_wait(&req(5, Verb::SelfId)));
+    // The WAIT firing gives back its hold; the REV still makes room.
+    s.completed(Some(1));
+    assert_eq!(s.in_flight(), 1);
+    s.completed(Some(4));
+    assert!(!s.must_wait(&big_get));
+}

@@ -5,7 +5,8 @@
 # the ops/s and p50 line and the CPU seconds the servers used meanwhile
 # (all nodes together), then stops the cluster.
 #   CONNS=N        connections (default 64)
-#   OP=get|mixed   benches reads instead of sets
+#   OP=get|mixed   benches reads instead of sets; OP=idle runs no load and
+#                  prints the CPU the idle cluster used over SECS
 #   BENCH_ARGS=..  more `doozer bench` flags (e.g. "-p 8", "-rate 20000");
 #                  with -json the JSON line is printed as it is instead
 #   CLIENT=FILE    the doozer CLI that runs the bench (default BIN_DIR/doozer)
@@ -92,6 +93,12 @@ server_cpu() {
   awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
 cpu_before=$(server_cpu)
+if [ "$op" = idle ]; then
+  # No load: what the cluster burns on its own (ticks, heartbeats, pulses).
+  sleep "$secs"
+  echo "idle for $secs s: server CPU $(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}') s"
+  exit 0
+fi
 out=$("$client" -a "$(uri "$at")" bench -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}" 2>/dev/null)
 cpu_used=$(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}')
 if [ "${out:0:1}" = "{" ]; then

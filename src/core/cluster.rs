@@ -122,6 +122,43 @@ impl Core {
         self.retry_reads(out);
     }
 
+    /// Ticks until a `Tick` could do anything (at least 1, at most a
+    /// heartbeat period): the runtime sleeps that long when no input comes,
+    /// so an idle node wakes a few times a heartbeat period, not every tick.
+    /// While anything waits on time (writes or reads in flight, a catch-up,
+    /// a join, a change of leader not yet acted on) it is 1, as before.
+    pub fn ticks_until_due(&self) -> u64 {
+        let heartbeat = u64::from(self.config.paxos.heartbeat_ticks).max(1);
+        let waiting_on_time = self.phase != Phase::Running
+            || !self.pending_writes.is_empty()
+            || !self.parked_reads.is_empty()
+            || self.reads.waits_on_time()
+            || self.catch_up.is_some()
+            || self.paxos.has_hint()
+            || self.paxos.is_behind()
+            || self.paxos.is_leader() != self.lead_since.is_some()
+            || self.has_unfinished_work();
+        if waiting_on_time {
+            return 1;
+        }
+        // The next multiple of `period` past the clock, as `due` counts.
+        let boundary = |period: u64| {
+            let period = period.max(1);
+            period - self.ticks % period
+        };
+        let mut due = u64::from(self.paxos.ticks_until_due())
+            .min(boundary(HOUSEKEEPING_TICKS))
+            .min(heartbeat);
+        if self.paxos.is_leader() {
+            due = due.min(boundary(heartbeat));
+        }
+        if self.is_writable() {
+            let since_pulse = self.ticks - self.last_pulse_tick;
+            due = due.min(self.config.pulse_ticks.saturating_sub(since_pulse));
+        }
+        due.max(1)
+    }
+
     /// Whether a duty every `period` ticks is due: the latest `Tick` moved
     /// the clock past a multiple of it.
     pub(super) fn due(&self, period: u64) -> bool {

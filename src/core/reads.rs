@@ -82,6 +82,14 @@ pub(super) struct Asked {
 const MAX_ASKED_LEADERS: usize = 4;
 
 impl ReadIndexState {
+    /// Whether reads wait on something ticks retry or time out.
+    pub(super) fn waits_on_time(&self) -> bool {
+        !self.unrouted.is_empty()
+            || !self.asks.is_empty()
+            || !self.probing.is_empty()
+            || !self.asked.is_empty()
+    }
+
     fn forget_conn(&mut self, conn: ConnId) {
         self.unrouted.retain(|r| r.conn != conn);
         for probing in self.probing.values_mut() {

@@ -979,3 +979,32 @@ fn decree_size_bounds_its_encoding() {
         assert!(encoded <= decree.size(), "{encoded} > {}", decree.size());
     }
 }
+
+#[test]
+fn an_idle_core_sleeps_up_to_a_heartbeat_period_and_a_busy_one_ticks() {
+    let mut core = seed();
+    let mut out = Vec::new();
+    for _ in 0..300 {
+        core.handle(Input::Tick(1), &mut out);
+        core.end_batch(&mut out);
+    }
+    let heartbeat = u64::from(core.config.paxos.heartbeat_ticks);
+    let idle = core.ticks_until_due();
+    assert!(idle > 1 && idle <= heartbeat, "idle: {idle}");
+    // A write proposed and not yet applied waits on time: every tick.
+    core.handle(
+        Input::Request {
+            conn: 1,
+            tag: Some(1),
+            command: Command::Set {
+                path: path("/x"),
+                check: RevCheck::Clobber,
+                body: Body::from(b"1".to_vec()),
+            },
+        },
+        &mut out,
+    );
+    assert_eq!(core.ticks_until_due(), 1);
+    core.end_batch(&mut out);
+    assert!(core.ticks_until_due() > 1);
+}

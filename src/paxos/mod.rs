@@ -480,6 +480,14 @@ impl<V: Value> Paxos<V> {
 
     /// Whether slots up to the known commit point are missing here (so the
     /// caller should fetch them).
+    /// Whether a node proved it knows chosen slots this one lacks (what
+    /// [`Self::take_hint`] would give).
+    pub fn has_hint(&self) -> bool {
+        self.hint
+            .as_ref()
+            .is_some_and(|(_, commit)| *commit >= self.next_to_deliver)
+    }
+
     pub fn is_behind(&self) -> bool {
         self.commit >= self.next_to_deliver && !self.chosen.contains_key(&self.next_to_deliver)
     }
@@ -732,6 +740,54 @@ impl<V: Value> Paxos<V> {
         let start = out.len();
         self.tick_inner(elapsed, out);
         self.assert_own_ballots(&out[start..]);
+    }
+
+    /// Ticks until a [`Self::tick_by`] could do anything here (send a
+    /// heartbeat or a resend, time out, check a quorum), at least 1: the
+    /// caller may let that many pass in one `tick_by` when no input comes.
+    /// Waking later than this only delays what ticks drive; it never breaks
+    /// safety, which no timing decides.
+    pub fn ticks_until_due(&self) -> u32 {
+        if !self.forward.is_empty() || !self.queue.is_empty() {
+            return 1;
+        }
+        let left = |limit: u32, spent: u32| limit.saturating_sub(spent);
+        let due = match &self.role {
+            Role::Follower {
+                leader,
+                quiet_ticks,
+                timeout_ticks,
+            } => {
+                let prevote = if self.is_voter() {
+                    left(*timeout_ticks, *quiet_ticks)
+                } else {
+                    u32::MAX
+                };
+                let forget_leader = if leader.is_some() {
+                    left(timeout_ticks.saturating_mul(2), *quiet_ticks)
+                } else {
+                    u32::MAX
+                };
+                prevote.min(forget_leader)
+            }
+            Role::PreCandidate {
+                elapsed_ticks,
+                timeout_ticks,
+                ..
+            }
+            | Role::Candidate {
+                elapsed_ticks,
+                timeout_ticks,
+                ..
+            } => left(*timeout_ticks, *elapsed_ticks),
+            Role::Leader(lead) => {
+                let heartbeat = self.settings.heartbeat_ticks;
+                left(heartbeat, lead.quiet_ticks)
+                    .min(left(heartbeat.saturating_mul(2), lead.resend_ticks))
+                    .min(left(self.settings.election_ticks.1, lead.check_ticks))
+            }
+        };
+        due.max(1)
     }
 
     fn tick_inner(&mut self, elapsed: u32, out: &mut Out<V>) {

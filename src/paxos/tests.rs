@@ -626,3 +626,40 @@ fn the_election_floor_covers_values_chosen_under_an_earlier_ballot() {
     let ticket = net.nodes[leader].read_index().unwrap();
     assert!(ticket.index >= 1, "{ticket:?}");
 }
+
+#[test]
+fn nothing_is_due_before_ticks_until_due_and_an_idle_cluster_stays_led() {
+    let mut net = led_net();
+    let mut longest_step = 0;
+    for _ in 0..300 {
+        let step = net.nodes.iter().map(|n| n.ticks_until_due()).min().unwrap();
+        longest_step = longest_step.max(step);
+        for i in 0..3 {
+            let mut out = Vec::new();
+            // One tick short of the due time: nothing to send yet.
+            net.nodes[i].tick_by(step - 1, &mut out);
+            assert!(out.is_empty(), "node {i} sent {out:?} before its due time");
+            net.nodes[i].tick_by(1, &mut out);
+            net.sent(i, out);
+        }
+        net.settle();
+        assert_eq!(net.leader(), Some(0), "the idle cluster keeps its leader");
+    }
+    let heartbeat = Settings::default().heartbeat_ticks;
+    assert_eq!(
+        longest_step, heartbeat,
+        "idle, a node sleeps a heartbeat period"
+    );
+    // A follower left alone is due when its election timer runs out.
+    let mut lone = Net::new(3);
+    let due = lone.nodes[1].ticks_until_due();
+    let mut out = Vec::new();
+    lone.nodes[1].tick_by(due - 1, &mut out);
+    assert!(out.is_empty());
+    lone.nodes[1].tick_by(1, &mut out);
+    assert!(!out.is_empty(), "the follower asks for votes when due");
+    // Work queued: due at once.
+    let mut net = led_net();
+    net.nodes[0].propose(Val::Put(99)).unwrap();
+    assert_eq!(net.nodes[0].ticks_until_due(), 1);
+}

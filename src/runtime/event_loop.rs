@@ -354,6 +354,7 @@ impl EventLoop {
     pub async fn run(mut self) {
         let tick = self.tick.max(Duration::from_micros(1));
         let mut ticker = async_io::Timer::after(tick);
+        let mut next_tick_at = self.clock + tick;
         let mut out = Vec::new();
         self.publish_status();
         loop {
@@ -374,9 +375,6 @@ impl EventLoop {
                 return;
             }
             if ticked {
-                // Re-armed from now: ticks missed while busy are not fired
-                // in a burst (`on_tick` measures the time that passed).
-                ticker.set_after(tick);
                 self.on_tick(&mut out);
             }
             for _ in 0..MAX_BATCH {
@@ -392,6 +390,16 @@ impl EventLoop {
             }
             self.route(&mut out);
             self.publish_status();
+            // The next tick when the core next has something to do on time
+            // (every tick while anything waits; idle, a few times a
+            // heartbeat period). Ticks missed while busy are not fired in a
+            // burst: `on_tick` measures the time that passed.
+            let due = u32::try_from(self.core.ticks_until_due()).unwrap_or(u32::MAX);
+            let wake_at = self.clock + tick.saturating_mul(due);
+            if ticked || wake_at != next_tick_at {
+                next_tick_at = wake_at;
+                ticker.set_at(wake_at);
+            }
             // Every other task on the thread runs once before the next batch.
             rt::yield_now().await;
         }

@@ -44,14 +44,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::future::{BoxFuture, Fuse};
 use futures::io::BufReader;
+use futures::stream::{FusedStream, Stream};
 use futures::{AsyncWriteExt, FutureExt, StreamExt};
 
 use super::conn::Conn;
@@ -168,12 +170,30 @@ impl WarnLimiter {
 
 struct Link {
     addr: String,
-    queue: mpsc::Sender<PeerMsg>,
+    /// Messages for the task (while the link dials, or on TLS), encoded
+    /// (not sealed); `queued_bytes` counts them until the task takes them.
+    queue: mpsc::Sender<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
     /// The connection's sending half while a plain-TCP connection is up.
     wire: SharedWire,
     /// Messages of the batch being routed, sent together by
     /// [`PeerLinks::flush`].
     batch: Vec<PeerMsg>,
+}
+
+impl Link {
+    /// Queues an encoded message for the task, counted in the bytes queued
+    /// until the task takes it.
+    fn try_queue(&mut self, frame: Vec<u8>) -> Result<(), mpsc::TrySendError<Vec<u8>>> {
+        let bytes = frame.len();
+        // Counted first: the task may take it at once, on another thread.
+        self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let queued = self.queue.try_send(frame);
+        if queued.is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        queued
+    }
 }
 
 /// The sending half of a connected plain-TCP link: the event loop's thread
@@ -199,6 +219,47 @@ fn lock_wire(wire: &SharedWire) -> MutexGuard<'_, Option<Wire>> {
 /// Bytes a plain-TCP link queues for a peer that is not reading before it
 /// drops the connection (and redials); a larger single batch goes alone.
 const DIRECT_QUEUE_BYTES: usize = 64 << 20;
+
+/// Bytes of messages (encoded) a link's queue holds for its task, while it
+/// dials or writes to a slow peer; past it messages are dropped (and sent
+/// again by whoever needs them), as when the queue is full. One message
+/// alone always fits.
+pub const LINK_QUEUE_BYTES: usize = 64 << 20;
+
+/// The link task's end of its queue: each message taken gives its bytes
+/// back to the queue's bound.
+struct QueueRx {
+    rx: mpsc::Receiver<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        Some(frame)
+    }
+}
+
+impl Stream for QueueRx {
+    type Item = Vec<u8>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
+        let this = &mut *self;
+        let queued_bytes = &this.queued_bytes;
+        this.rx.poll_next_unpin(cx).map(|taken| {
+            taken.inspect(|frame| {
+                queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+            })
+        })
+    }
+}
+
+impl FusedStream for QueueRx {
+    fn is_terminated(&self) -> bool {
+        self.rx.is_terminated()
+    }
+}
 
 /// The outbound links of one node, keyed by peer id. Owned by the event loop
 /// thread; no method blocks or awaits.
@@ -321,6 +382,13 @@ impl PeerLinks {
     /// Queues `msg` for the task of the link to `to`, reopening it if its
     /// task ended. Drops the message when the link's queue is full.
     fn enqueue(&mut self, to: NodeId, addr: &str, msg: PeerMsg) {
+        let mut frame = Vec::new();
+        if let Err(err) = peer::encode_peer_frame_into(&msg, &mut frame, self.max_body_bytes()) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            log::error!("peer {to}: message not sent: {err}");
+            return;
+        }
+        let bytes = frame.len();
         let link = match self.links.get_mut(&to) {
             Some(link) => link,
             None => {
@@ -328,7 +396,13 @@ impl PeerLinks {
                 self.links.entry(to.clone()).or_insert(link)
             }
         };
-        match link.queue.try_send(msg) {
+        let queued = link.queued_bytes.load(Ordering::Acquire);
+        if queued > 0 && queued.saturating_add(bytes) > LINK_QUEUE_BYTES {
+            self.dropped += 1;
+            log::debug!("peer {to} at {addr}: {queued} bytes queued; message dropped");
+            return;
+        }
+        match link.try_queue(frame) {
             Ok(()) => {}
             Err(err) if err.is_full() => {
                 self.dropped += 1;
@@ -336,9 +410,9 @@ impl PeerLinks {
             }
             Err(err) => {
                 // The task ended (idle) between the check above and now.
-                let msg = err.into_inner();
+                let frame = err.into_inner();
                 let mut link = self.open(&to, addr);
-                if link.queue.try_send(msg).is_err() {
+                if link.try_queue(frame).is_err() {
                     self.dropped += 1;
                 }
                 self.links.insert(to, link);
@@ -348,21 +422,25 @@ impl PeerLinks {
 
     fn open(&self, to: &NodeId, addr: &str) -> Link {
         let (queue, rx) = mpsc::channel(self.queue_capacity);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let rx = QueueRx {
+            rx,
+            queued_bytes: queued_bytes.clone(),
+        };
         let wire = SharedWire::default();
         let task = LinkTask {
             wire: wire.clone(),
             identity: self.identity.clone(),
             to: to.clone(),
             addr: addr.to_string(),
-            max_body_bytes: self.max_frame_bytes.saturating_sub(TAG_BYTES),
             rx,
             backlog: Backlog::default(),
-            refused: self.refused.clone(),
         };
         rt::spawn(task.run());
         Link {
             addr: addr.to_string(),
             queue,
+            queued_bytes,
             wire,
             batch: Vec::new(),
         }
@@ -453,7 +531,7 @@ enum Stop {
 }
 
 enum Event {
-    Msg(Option<PeerMsg>),
+    Msg(Option<Vec<u8>>),
     Closed(String),
     Timer,
 }
@@ -467,11 +545,8 @@ struct LinkTask {
     identity: Arc<PeerIdentity>,
     to: NodeId,
     addr: String,
-    /// Largest encoded message (the frame cap less the MAC).
-    max_body_bytes: usize,
-    rx: mpsc::Receiver<PeerMsg>,
+    rx: QueueRx,
     backlog: Backlog,
-    refused: Arc<AtomicU64>,
 }
 
 impl LinkTask {
@@ -538,34 +613,16 @@ impl LinkTask {
         }
     }
 
-    /// Encodes `msg` into the backlog (dropping it if it is too large to
-    /// send at all).
-    fn keep(&mut self, msg: PeerMsg) {
-        let mut frame = Vec::new();
-        if self.encode(&msg, &mut frame) {
-            self.backlog.push(frame);
-        }
+    /// Keeps an encoded message in the backlog.
+    fn keep(&mut self, frame: Vec<u8>) {
+        self.backlog.push(frame);
     }
 
-    /// Appends `msg` to `buf` as one frame (not sealed); false when it is
-    /// too large to send (counted: a sender must size its messages).
-    fn encode(&self, msg: &PeerMsg, buf: &mut Vec<u8>) -> bool {
-        match peer::encode_peer_frame_into(msg, buf, self.max_body_bytes) {
-            Ok(_) => true,
-            Err(err) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                log::error!("peer {}: message not sent: {err}", self.to);
-                false
-            }
-        }
-    }
-
-    /// Appends `msg` to `buf` as one sealed frame.
-    fn encode_sealed(&self, msg: &PeerMsg, buf: &mut Vec<u8>, sealer: &mut FrameSealer) {
+    /// Appends an encoded message to `buf`, sealed.
+    fn append_sealed(frame: &[u8], buf: &mut Vec<u8>, sealer: &mut FrameSealer) {
         let start = buf.len();
-        if self.encode(msg, buf) {
-            sealer.seal(buf, start);
-        }
+        buf.extend_from_slice(frame);
+        sealer.seal(buf, start);
     }
 
     /// Awaits `fut` while keeping what arrives on the queue. `None` when the
@@ -632,11 +689,11 @@ impl LinkTask {
             match event {
                 Event::Msg(Some(msg)) => {
                     last_msg = Instant::now();
-                    self.encode_sealed(&msg, &mut buf, &mut sealer);
+                    Self::append_sealed(&msg, &mut buf, &mut sealer);
                     while buf.len() < WRITE_BATCH_BYTES {
                         match self.rx.try_recv() {
-                            Ok(msg) => self.encode_sealed(&msg, &mut buf, &mut sealer),
-                            Err(_) => break,
+                            Some(msg) => Self::append_sealed(&msg, &mut buf, &mut sealer),
+                            None => break,
                         }
                     }
                 }
@@ -686,8 +743,8 @@ impl LinkTask {
             // direct send, so messages keep their order.
             let wire = self.wire.clone();
             let mut wire = lock_wire(&wire);
-            while let Ok(msg) = self.rx.try_recv() {
-                self.encode_sealed(&msg, &mut buf, &mut sealer);
+            while let Some(msg) = self.rx.try_recv() {
+                Self::append_sealed(&msg, &mut buf, &mut sealer);
             }
             if writer.send(&buf).is_err() {
                 return Stop::Failed("write failed".to_string());
@@ -758,7 +815,7 @@ impl LinkTask {
                         return Stop::Failed("link closed".to_string());
                     };
                     buf.clear();
-                    self.encode_sealed(&msg, &mut buf, &mut connected.sealer);
+                    Self::append_sealed(&msg, &mut buf, &mut connected.sealer);
                     connected.last_msg = Instant::now();
                     connected.last_write = connected.last_msg;
                     if connected.writer.send(&buf).is_err() {
@@ -798,7 +855,7 @@ enum WireEvent {
     /// writer closed: a write failed, or the peer stopped reading).
     Taken(bool),
     Closed(String),
-    Msg(Option<PeerMsg>),
+    Msg(Option<Vec<u8>>),
     Timer,
 }
 
@@ -1183,6 +1240,64 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link whose task never takes from its queue (blocked writing to a
+    /// peer that stopped reading, say) holds at most `LINK_QUEUE_BYTES` of
+    /// messages, whatever their count; what its task takes is given back.
+    #[test]
+    fn a_link_queue_is_bounded_in_bytes() {
+        let identity = PeerIdentity {
+            me: NodeId::from_bytes([1; 10]),
+            cluster: "test".into(),
+            key: PeerKey::for_secrets("secret", "", ""),
+            bind_ip: None,
+            tls: None,
+        };
+        let mut links = PeerLinks::new(identity, 256 << 20, 4096);
+        let to = NodeId::from_bytes([2; 10]);
+        let addr = "127.0.0.1:9";
+        let (queue, rx) = mpsc::channel(4096);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let mut rx = QueueRx {
+            rx,
+            queued_bytes: queued_bytes.clone(),
+        };
+        links.links.insert(
+            to.clone(),
+            Link {
+                addr: addr.into(),
+                queue,
+                queued_bytes: queued_bytes.clone(),
+                wire: SharedWire::default(),
+                batch: Vec::new(),
+            },
+        );
+        // 200 messages of 1 MiB: far fewer than the queue's 4096 slots.
+        let big = || PeerMsg::Alive {
+            applied: crate::types::Rev(1),
+            addr: "a".repeat(1 << 20),
+        };
+        for _ in 0..200 {
+            links.enqueue(to.clone(), addr, big());
+        }
+        let held = queued_bytes.load(Ordering::Acquire);
+        assert!(held <= LINK_QUEUE_BYTES, "{held} bytes queued");
+        assert!(
+            held > LINK_QUEUE_BYTES - (2 << 20),
+            "the queue fills up to its bound"
+        );
+        let (mut taken, mut count) = (0, 0);
+        while let Some(frame) = rx.try_recv() {
+            taken += frame.len();
+            count += 1;
+        }
+        assert_eq!(taken, held);
+        assert_eq!(links.dropped(), 200 - count, "the rest was dropped");
+        assert_eq!(queued_bytes.load(Ordering::Acquire), 0);
+        // Room again once the task took what was queued.
+        links.enqueue(to, addr, big());
+        assert!(queued_bytes.load(Ordering::Acquire) > 1 << 20);
+    }
 
     #[test]
     fn backlog_keeps_the_newest_within_bounds() {

@@ -22,7 +22,7 @@
 
 mod api;
 mod events;
-mod json;
+pub(crate) mod json;
 
 use std::collections::HashMap;
 use std::io;

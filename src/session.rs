@@ -167,10 +167,9 @@ pub struct Session {
     /// Tagged WAITs in flight: they may be held for ever, so no room is
     /// waited for on their account.
     held_waits: BTreeSet<i32>,
-    /// Of `in_flight` and `in_flight_bytes`, what WAITs and untagged
-    /// requests hold (untagged: their answers cannot be told apart).
+    /// Of `in_flight`, the WAITs and untagged requests (untagged: their
+    /// answers cannot be told apart, so none is counted on to make room).
     held: usize,
-    held_bytes: usize,
     /// The reader waiting for room ([`Session::must_wait`]), woken by the
     /// next completion.
     room_waker: Option<Waker>,
@@ -193,7 +192,6 @@ impl Session {
             in_flight: 0,
             held_waits: BTreeSet::new(),
             held: 0,
-            held_bytes: 0,
             room_waker: None,
             in_flight_bytes: 0,
             shared: None,
@@ -274,7 +272,6 @@ impl Session {
         };
         if tag.is_none_or(|tag| self.held_waits.remove(&tag)) {
             self.held -= 1;
-            self.held_bytes -= bytes;
         }
         self.in_flight -= 1;
         self.in_flight_bytes -= bytes;
@@ -311,7 +308,6 @@ impl Session {
                 };
                 if held {
                     self.held += 1;
-                    self.held_bytes += bytes;
                 }
                 self.in_flight += 1;
                 self.in_flight_bytes += bytes;

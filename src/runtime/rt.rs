@@ -103,17 +103,7 @@ where
 
 /// Lets every other ready task on this thread's executor run once.
 pub async fn yield_now() {
-    let mut yielded = false;
-    futures::future::poll_fn(|cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
+    async_std::task::yield_now().await
 }
 
 pub async fn sleep(duration: Duration) {

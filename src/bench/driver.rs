@@ -441,6 +441,11 @@ impl Driver {
                 return Poll::Ready(self.finish(Some(text)));
             }
             self.send_due(now);
+            // The keys may have run out just now, with nothing in flight:
+            // no reply will come to wake this connection again.
+            if self.pacer.done_sending(now) && self.pacer.in_flight() == 0 {
+                return Poll::Ready(self.finish(None));
+            }
             if let Err(f) = self.poll_write(cx) {
                 return Poll::Ready(self.fail(f));
             }
@@ -513,5 +518,75 @@ pub async fn access(conn: &Conn, secret: &[u8]) -> Result<(), crate::client::Err
             Err(Error::Reply(e))
         }
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::client::encode_frame_into;
+    use std::io::{Read, Write};
+
+    /// Answers every request on one connection with an empty reply of the
+    /// same tag, until the client hangs up.
+    fn answer_everything(listener: std::net::TcpListener) {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut header = [0u8; 4];
+        while stream.read_exact(&mut header).is_ok() {
+            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+            if stream.read_exact(&mut body).is_err() {
+                return;
+            }
+            let request = Request::decode(body.as_slice()).expect("a request");
+            let reply = Response {
+                tag: request.tag,
+                ..Response::default()
+            };
+            let mut frame = Vec::new();
+            encode_frame_into(&reply, &mut frame);
+            if stream.write_all(&frame).is_err() {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_whose_keys_run_out_finishes_before_its_time_is_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || answer_everything(listener));
+        let outcome = crate::runtime::rt::block_on(async move {
+            let tcp = crate::runtime::rt::TcpStream::connect(addr)
+                .await
+                .expect("connect");
+            let keys = Keys::Sequential {
+                next: Arc::new(AtomicU64::new(0)),
+                count: 5,
+            };
+            let length = Duration::from_secs(600);
+            let driver = Driver::new(
+                Conn::plain(tcp),
+                Pacer::closed(1, nanos(length)),
+                Requests::new(keys, Op::Set, 0, "/t", b"v"),
+                Instant::now(),
+                length,
+                1,
+                Rc::new(RefCell::new(LatencyHistogram::new())),
+                Arc::new(Live::default()),
+            );
+            // Long before the phase's 600 s: the driver ends when its
+            // fifth reply comes, not at the end of the phase. (The timer is
+            // polled first, so its wake-up cannot finish the driver.)
+            let limit = Timer::after(Duration::from_secs(60));
+            match futures::future::select(limit, driver).await {
+                futures::future::Either::Left(_) => None,
+                futures::future::Either::Right((outcome, _)) => Some(outcome),
+            }
+        })
+        .expect("the driver finished once its keys ran out");
+        assert_eq!(outcome.ops, 5);
+        assert_eq!(outcome.errors, 0);
+        drop(outcome);
+        server.join().expect("server");
     }
 }

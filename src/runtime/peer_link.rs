@@ -977,12 +977,12 @@ async fn write(writer: &mut Conn, buf: &[u8], mut listening: &mut Listening) -> 
 /// Reads what the listener sends on an outbound link — keepalives only — and
 /// completes with the reason when that stops.
 async fn listen_for_keepalives(mut reader: BufReader<Conn>, mut opener: FrameOpener) -> String {
+    let mut watchdog = rt::Watchdog::new(Instant::now() + SILENCE_TIMEOUT);
     loop {
-        let frame = rt::timeout(
-            SILENCE_TIMEOUT,
-            peer::read_frame(&mut reader, MAX_KEEPALIVE_FRAME),
-        )
-        .await;
+        watchdog.set(Instant::now() + SILENCE_TIMEOUT);
+        let frame = watchdog
+            .guard(peer::read_frame(&mut reader, MAX_KEEPALIVE_FRAME))
+            .await;
         match frame {
             None => return format!("heard nothing for {SILENCE_TIMEOUT:?}"),
             Some(Ok(None)) => return "the peer closed the connection".to_string(),
@@ -1169,9 +1169,13 @@ async fn receive(
     source: Option<IpAddr>,
     ctx: &PeerInbound,
 ) -> Option<String> {
+    // One deadline moved on by every frame rather than a timer per read:
+    // arming a timer wakes the reactor's thread (see `rt::Watchdog`).
+    let mut watchdog = rt::Watchdog::new(Instant::now() + SILENCE_TIMEOUT);
     loop {
         // The dialer sends something at least every KEEPALIVE_INTERVAL.
-        let header = match rt::timeout(SILENCE_TIMEOUT, peer::read_frame_header(reader)).await {
+        watchdog.set(Instant::now() + SILENCE_TIMEOUT);
+        let header = match watchdog.guard(peer::read_frame_header(reader)).await {
             None => {
                 return Some(format!(
                     "peer {from}: heard nothing for {SILENCE_TIMEOUT:?}"
@@ -1202,7 +1206,8 @@ async fn receive(
             ));
         };
         let deadline = SILENCE_TIMEOUT + Duration::from_secs(len as u64 / MIN_FRAME_BYTES_PER_SEC);
-        let frame = match rt::timeout(deadline, peer::read_frame_body(reader, len)).await {
+        watchdog.set(Instant::now() + deadline);
+        let frame = match watchdog.guard(peer::read_frame_body(reader, len)).await {
             None => {
                 return Some(format!(
                     "peer {from}: a frame of {len} bytes took over {deadline:?}"

@@ -156,3 +156,109 @@ async fn connect_one(from: Option<IpAddr>, target: SocketAddr) -> io::Result<Tcp
     pending.get_ref().peer_addr()?;
     Ok(TcpStream::from(pending.into_inner()?))
 }
+
+/// A deadline that a loop pushes later on every step (a link's silence
+/// limit, moved on by every frame) without touching the reactor each time.
+///
+/// Why: arming a timer queues an operation for the reactor and wakes
+/// whichever thread waits in `epoll`, so a timeout per frame costs a
+/// wake-up of another thread per frame. Here moving the deadline is a plain
+/// store; the one armed timer fires at the old deadline, sees the new one
+/// and re-arms for it, so the reactor is touched about once per period.
+pub struct Watchdog {
+    deadline: std::time::Instant,
+    /// When the armed timer fires (never after `deadline`'s first value,
+    /// and re-armed earlier when the deadline moves earlier than it).
+    armed_at: std::time::Instant,
+    timer: async_io::Timer,
+}
+
+impl Watchdog {
+    pub fn new(deadline: std::time::Instant) -> Watchdog {
+        Watchdog {
+            deadline,
+            armed_at: deadline,
+            timer: async_io::Timer::at(deadline),
+        }
+    }
+
+    /// Moves the deadline; costs a timer operation only when it moves
+    /// earlier than the armed timer.
+    pub fn set(&mut self, deadline: std::time::Instant) {
+        self.deadline = deadline;
+        if deadline < self.armed_at {
+            self.armed_at = deadline;
+            self.timer.set_at(deadline);
+        }
+    }
+
+    pub fn deadline(&self) -> std::time::Instant {
+        self.deadline
+    }
+
+    /// Ready once the deadline has passed.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if Pin::new(&mut self.timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if std::time::Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            self.armed_at = self.deadline;
+            self.timer.set_at(self.deadline);
+        }
+    }
+
+    /// Awaits `future` until the deadline (which `future` may not move,
+    /// as it borrows nothing of this); `None` when the deadline passed first.
+    pub async fn guard<F: Future>(&mut self, future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        futures::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = future.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            self.poll_expired(cx).map(|()| None)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_watchdog_fires_at_its_latest_deadline_not_its_first() {
+        block_on(async {
+            let start = Instant::now();
+            let mut dog = Watchdog::new(start + Duration::from_millis(30));
+            dog.set(start + Duration::from_millis(90));
+            assert_eq!(dog.guard(std::future::pending::<()>()).await, None);
+            assert!(start.elapsed() >= Duration::from_millis(90));
+        });
+    }
+
+    #[test]
+    fn a_watchdog_moved_earlier_fires_early() {
+        block_on(async {
+            let start = Instant::now();
+            let mut dog = Watchdog::new(start + Duration::from_secs(60));
+            dog.set(start + Duration::from_millis(20));
+            assert_eq!(dog.guard(std::future::pending::<()>()).await, None);
+            assert!(start.elapsed() < Duration::from_secs(30));
+        });
+    }
+
+    #[test]
+    fn a_watchdog_lets_a_ready_future_through() {
+        block_on(async {
+            let mut dog = Watchdog::new(Instant::now() + Duration::from_secs(60));
+            assert_eq!(dog.guard(async { 7 }).await, Some(7));
+            // A deadline already past is seen at once.
+            dog.set(Instant::now() - Duration::from_millis(1));
+            assert_eq!(dog.guard(std::future::pending::<()>()).await, None);
+        });
+    }
+}

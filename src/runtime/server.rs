@@ -364,7 +364,12 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     // one executor (see `rt::spawn_node_thread`).
     let thread = rt::spawn_node_thread("doozer-node", move || async move {
         rt::spawn(accept_loop(listener, ctx));
-        event_loop.run().await;
+        // A task of the executor rather than the thread's main future: a
+        // connection that rings the doorbell then schedules it on the
+        // executor, which runs it in the same pass. Woken as the main
+        // future, it woke the thread's parker instead, which costs a spin
+        // of the reactor (five system calls) per batch.
+        rt::spawn(event_loop.run()).await;
     })
     .map_err(StartError::Thread)?;
 

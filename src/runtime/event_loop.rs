@@ -33,8 +33,9 @@ use crate::session::Session;
 #[derive(Debug)]
 pub struct Queued {
     pub input: Input,
-    /// Held only to be dropped with the input.
+    /// Held only to be dropped with the input: its bytes and its place.
     _charge: Charge,
+    _slot: Charge,
 }
 
 impl Queued {
@@ -62,6 +63,11 @@ pub enum InboxError {
 pub struct Inbox {
     tx: Sender<Queued>,
     budget: Arc<ByteBudget>,
+    /// Inputs queued, counted one each: the channel itself is unbounded so
+    /// that its memory follows what is queued (a bounded channel allocates
+    /// and touches every slot up front: 2 MiB of a node's resident size at
+    /// the default 16,384 inputs, all of it idle).
+    slots: Arc<ByteBudget>,
     doorbell: Arc<AtomicWaker>,
 }
 
@@ -127,13 +133,15 @@ impl Inbox {
     /// of any size fits when it is empty), and the receiving end for the
     /// event loop.
     pub fn new(items: usize, max_bytes: usize) -> (Inbox, Receiver<Queued>) {
-        let (tx, rx) = crossbeam_channel::bounded(items);
+        let (tx, rx) = crossbeam_channel::unbounded();
         let budget = Arc::new(ByteBudget::new(max_bytes));
+        let slots = Arc::new(ByteBudget::new(items.max(1)));
         let doorbell = Arc::new(AtomicWaker::new());
         (
             Inbox {
                 tx,
                 budget,
+                slots,
                 doorbell,
             },
             rx,
@@ -144,10 +152,12 @@ impl Inbox {
     /// client request at its [`request_cost`](crate::session::request_cost),
     /// a peer message at its frame's size.
     pub fn try_send(&self, input: Input, bytes: usize) -> Result<(), InboxError> {
+        let slot = self.slots.try_charge(1).ok_or(InboxError::Full)?;
         let charge = self.budget.try_charge(bytes).ok_or(InboxError::Full)?;
         match self.tx.try_send(Queued {
             input,
             _charge: charge,
+            _slot: slot,
         }) {
             Ok(()) => {
                 self.doorbell.wake();

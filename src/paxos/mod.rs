@@ -478,8 +478,6 @@ impl<V: Value> Paxos<V> {
         }
     }
 
-    /// Whether slots up to the known commit point are missing here (so the
-    /// caller should fetch them).
     /// Whether a node proved it knows chosen slots this one lacks (what
     /// [`Self::take_hint`] would give).
     pub fn has_hint(&self) -> bool {
@@ -488,6 +486,8 @@ impl<V: Value> Paxos<V> {
             .is_some_and(|(_, commit)| *commit >= self.next_to_deliver)
     }
 
+    /// Whether slots up to the known commit point are missing here (so the
+    /// caller should fetch them).
     pub fn is_behind(&self) -> bool {
         self.commit >= self.next_to_deliver && !self.chosen.contains_key(&self.next_to_deliver)
     }

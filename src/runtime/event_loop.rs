@@ -154,19 +154,18 @@ impl Inbox {
     pub fn try_send(&self, input: Input, bytes: usize) -> Result<(), InboxError> {
         let slot = self.slots.try_charge(1).ok_or(InboxError::Full)?;
         let charge = self.budget.try_charge(bytes).ok_or(InboxError::Full)?;
-        match self.tx.try_send(Queued {
-            input,
-            _charge: charge,
-            _slot: slot,
-        }) {
-            Ok(()) => {
-                self.doorbell.wake();
-                Ok(())
-            }
-            // The charge comes back with the refused input and is dropped.
-            Err(TrySendError::Full(_)) => Err(InboxError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(InboxError::Closed),
-        }
+        // The channel is unbounded (the charges bound it): it fails only
+        // when the event loop is gone, and the charges come back with the
+        // refused input and are dropped.
+        self.tx
+            .try_send(Queued {
+                input,
+                _charge: charge,
+                _slot: slot,
+            })
+            .map_err(|_| InboxError::Closed)?;
+        self.doorbell.wake();
+        Ok(())
     }
 
     /// Bytes queued now.

@@ -186,7 +186,8 @@ impl Link {
     /// until the task takes it.
     fn try_queue(&mut self, frame: Vec<u8>) -> Result<(), mpsc::TrySendError<Vec<u8>>> {
         let bytes = frame.len();
-        // Counted first: the task may take it at once, on another thread.
+        // Counted before it is queued, so the task's taking it never finds
+        // the count short.
         self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         let queued = self.queue.try_send(frame);
         if queued.is_err() {

@@ -167,9 +167,10 @@ async fn connect_one(from: Option<IpAddr>, target: SocketAddr) -> io::Result<Tcp
 /// and re-arms for it, so the reactor is touched about once per period.
 pub struct Watchdog {
     deadline: std::time::Instant,
-    /// When the armed timer fires (never after `deadline`'s first value,
-    /// and re-armed earlier when the deadline moves earlier than it).
+    /// When the armed timer fires: at or before `deadline`.
     armed_at: std::time::Instant,
+    /// The timer fired at a passed deadline and is not armed any more.
+    expired: bool,
     timer: async_io::Timer,
 }
 
@@ -178,22 +179,20 @@ impl Watchdog {
         Watchdog {
             deadline,
             armed_at: deadline,
+            expired: false,
             timer: async_io::Timer::at(deadline),
         }
     }
 
     /// Moves the deadline; costs a timer operation only when it moves
-    /// earlier than the armed timer.
+    /// earlier than the armed timer, or the timer expired.
     pub fn set(&mut self, deadline: std::time::Instant) {
         self.deadline = deadline;
-        if deadline < self.armed_at {
+        if self.expired || deadline < self.armed_at {
+            self.expired = false;
             self.armed_at = deadline;
             self.timer.set_at(deadline);
         }
-    }
-
-    pub fn deadline(&self) -> std::time::Instant {
-        self.deadline
     }
 
     /// Ready once the deadline has passed.
@@ -203,6 +202,7 @@ impl Watchdog {
                 return Poll::Pending;
             }
             if std::time::Instant::now() >= self.deadline {
+                self.expired = true;
                 return Poll::Ready(());
             }
             self.armed_at = self.deadline;
@@ -248,6 +248,23 @@ mod tests {
             dog.set(start + Duration::from_millis(20));
             assert_eq!(dog.guard(std::future::pending::<()>()).await, None);
             assert!(start.elapsed() < Duration::from_secs(30));
+        });
+    }
+
+    #[test]
+    fn a_watchdog_set_again_after_it_expired_fires_again() {
+        block_on(async {
+            let mut dog = Watchdog::new(Instant::now() + Duration::from_millis(10));
+            assert_eq!(dog.guard(std::future::pending::<()>()).await, None);
+            // A later deadline than the one that fired: it must be armed
+            // again, or the guard below would wait for ever.
+            dog.set(Instant::now() + Duration::from_millis(20));
+            let limit = async_io::Timer::after(Duration::from_secs(30));
+            let guarded = Box::pin(dog.guard(std::future::pending::<()>()));
+            match futures::future::select(limit, guarded).await {
+                futures::future::Either::Left(_) => panic!("the watchdog never fired"),
+                futures::future::Either::Right((fired, _)) => assert_eq!(fired, None),
+            };
         });
     }
 

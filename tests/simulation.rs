@@ -45,6 +45,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const TIMEOUT_TICKS: u64 = 300;
+/// Ticks of contact that end a node's stretch of being cut off (fewer may
+/// not reach the leader, so the silence it sees goes on).
+const CUT_GAP_TICKS: u64 = 20;
 
 fn config(seed: u64) -> CoreConfig {
     CoreConfig {
@@ -115,6 +118,11 @@ struct Sim {
     faults: Faults,
     /// Ordered pairs that cannot talk (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Each node's latest stretch of ticks paused or with a link cut (first
+    /// tick, last tick): faults in a row can silence a member past
+    /// -timeout, and the cluster then rightly removes it, so the crash
+    /// budget counts a member cut off for long as failed for a while.
+    cut: BTreeMap<NodeId, (u64, u64)>,
     /// The first event seen at each rev, and the store digest at each rev.
     events: BTreeMap<Rev, Event>,
     digests: BTreeMap<Rev, u64>,
@@ -167,6 +175,7 @@ impl Sim {
                 max_delay: 1,
             },
             blocked: BTreeSet::new(),
+            cut: BTreeMap::new(),
             events: BTreeMap::new(),
             digests: BTreeMap::new(),
             acked: BTreeMap::new(),
@@ -399,8 +408,14 @@ impl Sim {
     }
 
     /// Stops `id` for `ticks`: it gets no ticks and no messages (they wait
-    /// on the wire), as a stopped process or a long pause would.
+    /// on the wire), as a stopped process or a long pause would. A node
+    /// already stopped resumes when it was due to, as a second SIGSTOP does
+    /// nothing: pauses that stacked up once silenced a member past
+    /// -timeout (seed 278), and the cluster, rightly, removed it.
     fn pause(&mut self, id: &NodeId, ticks: u64) {
+        if self.is_paused(id) {
+            return;
+        }
         self.log
             .push(format!("t{} pause {id} for {ticks}", self.now));
         self.paused.insert(id.clone(), self.now + ticks);
@@ -594,6 +609,20 @@ impl Sim {
     fn step(&mut self) {
         self.now += 1;
         self.paused.retain(|_, until| *until > self.now);
+        let cut = self
+            .paused
+            .keys()
+            .chain(self.blocked.iter().flat_map(|(from, to)| [from, to]));
+        let now = self.now;
+        for id in cut {
+            let stretch = self.cut.entry(id.clone()).or_insert((now, now));
+            // A few ticks of contact between two faults need not reach the
+            // leader: the stretch goes on.
+            if now - stretch.1 > CUT_GAP_TICKS {
+                stretch.0 = now;
+            }
+            stretch.1 = now;
+        }
         let due: Vec<NodeId> = self
             .down
             .iter()
@@ -1401,10 +1430,21 @@ fn crash_and_replace(sim: &mut Sim, members: usize) {
         .filter(|n| n.core.is_leader())
         .flat_map(|n| n.core.removing())
         .collect();
+    // So has one cut off for long lately: the leader may be removing it.
+    let cut_lately = |m: &NodeId| {
+        sim.cut.get(m).is_some_and(|(first, last)| {
+            sim.now - last < TIMEOUT_TICKS && last - first >= TIMEOUT_TICKS / 3
+        })
+    };
     for set in sets {
         let live_after = set
             .iter()
-            .filter(|m| sim.nodes.contains_key(*m) && **m != victim && !removing.contains(*m))
+            .filter(|m| {
+                sim.nodes.contains_key(*m)
+                    && **m != victim
+                    && !removing.contains(*m)
+                    && !cut_lately(m)
+            })
             .count();
         if set.contains(&victim) && live_after < paxos::quorum(set.len()) {
             return;

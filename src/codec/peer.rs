@@ -25,6 +25,7 @@
 //! the list is the whole change.
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use bincode::de::read::Reader;
 use bincode::de::Decoder;
 use bincode::enc::Encoder;
 use bincode::error::{AllowedEnumVariants, DecodeError, EncodeError};
@@ -34,7 +35,7 @@ use futures::AsyncRead;
 use crate::core::{Decree, Durable, NodeImage, PeerMsg, SnapshotData};
 use crate::paxos::{Ballot, Durable as AcceptorRecord, Msg};
 use crate::store::Mutation;
-use crate::types::{NodeId, Path, Rev, RevCheck};
+use crate::types::{NodeId, Path, Rev, RevCheck, MAX_PATH_BYTES};
 
 /// The first 4 bytes of every peer connection.
 pub const MAGIC: [u8; 4] = *b"DZPR";
@@ -474,9 +475,44 @@ impl Encode for Path {
 /// store would refuse.
 impl<Ctx> Decode<Ctx> for Path {
     fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        let text = String::decode(decoder)?;
-        Path::parse(&text).map_err(|_| DecodeError::Other("invalid path"))
+        // Checked where it was read, then one allocation for the path
+        // itself: every decree names one, so a `String` first would cost a
+        // second allocation and copy per write.
+        decode_bounded_str(decoder, MAX_PATH_BYTES, "invalid path", |text| {
+            Path::parse(text).map_err(|_| DecodeError::Other("invalid path"))
+        })
     }
+}
+
+/// Strings up to this many bytes are read into the stack (most paths and
+/// every node id); longer ones into a buffer of their exact length.
+const INLINE_STR_BYTES: usize = 64;
+
+/// Reads a bincode string (length, then bytes) of at most `max` bytes and
+/// hands it to `make`: a longer one is refused as `what` before any byte of
+/// it is read, so the length a peer sends never sizes more than `max`.
+fn decode_bounded_str<D: Decoder, T>(
+    decoder: &mut D,
+    max: usize,
+    what: &'static str,
+    make: impl FnOnce(&str) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let len = u64::decode(decoder)?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| *len <= max)
+        .ok_or(DecodeError::Other(what))?;
+    decoder.claim_bytes_read(len)?;
+    let mut inline = [0u8; INLINE_STR_BYTES];
+    let mut spilled = Vec::new();
+    let bytes = if len <= INLINE_STR_BYTES {
+        &mut inline[..len]
+    } else {
+        spilled.resize(len, 0);
+        &mut spilled[..]
+    };
+    decoder.reader().read(bytes)?;
+    make(std::str::from_utf8(bytes).map_err(|inner| DecodeError::Utf8 { inner })?)
 }
 bincode::impl_borrow_decode!(Path);
 
@@ -499,25 +535,26 @@ thread_local! {
 
 impl<Ctx> Decode<Ctx> for NodeId {
     fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        let text = String::decode(decoder)?;
-        let seen = RECENT.with(|recent| {
-            let recent = recent.borrow();
-            recent.0.iter().find(|id| id.as_str() == text).cloned()
-        });
-        if let Some(id) = seen {
-            return Ok(id);
-        }
-        let id = NodeId::parse(&text).ok_or(DecodeError::Other("invalid node id"))?;
-        RECENT.with(|recent| {
-            let (ids, next) = &mut *recent.borrow_mut();
-            if ids.len() < RECENT_IDS {
-                ids.push(id.clone());
-            } else {
-                ids[*next] = id.clone();
-                *next = (*next + 1) % RECENT_IDS;
+        decode_bounded_str(decoder, NodeId::LEN, "invalid node id", |text| {
+            let seen = RECENT.with(|recent| {
+                let recent = recent.borrow();
+                recent.0.iter().find(|id| id.as_str() == text).cloned()
+            });
+            if let Some(id) = seen {
+                return Ok(id);
             }
-        });
-        Ok(id)
+            let id = NodeId::parse(text).ok_or(DecodeError::Other("invalid node id"))?;
+            RECENT.with(|recent| {
+                let (ids, next) = &mut *recent.borrow_mut();
+                if ids.len() < RECENT_IDS {
+                    ids.push(id.clone());
+                } else {
+                    ids[*next] = id.clone();
+                    *next = (*next + 1) % RECENT_IDS;
+                }
+            });
+            Ok(id)
+        })
     }
 }
 bincode::impl_borrow_decode!(NodeId);
@@ -801,6 +838,16 @@ mod tests {
         )
         .unwrap();
         assert!(decode_body::<Hello>(&lower).is_err());
+        // Too long or too short: refused before the bytes are read.
+        for wrong_length in ["AAAAAAAAAAAAAAAAA", "AAAAAAAAAAAAAAA", ""] {
+            let hello = bincode::encode_to_vec(
+                (PROTOCOL_VERSION, wrong_length, "c", Vec::<u8>::new()),
+                cfg,
+            )
+            .unwrap();
+            let err = decode_body::<Hello>(&hello).unwrap_err();
+            assert!(err.to_string().contains("invalid node id"), "{err}");
+        }
         let good = bincode::encode_to_vec(
             (PROTOCOL_VERSION, "AAAAAAAAAAAAAAAA", "c", vec![1u8, 2]),
             cfg,

@@ -2,7 +2,7 @@
 # One figure of the write path: a cluster of MEMBERS (3 or 5, default 3)
 # doozerd of BIN_DIR on 127.x.y.1.. (NET, default 127.0.88.), then
 # `doozer bench -op set -c 64 -size 64 -d SECS` against the leader; prints
-# the ops/s and p50 line and the CPU seconds the servers used meanwhile
+# the ops/s, p50 and p99 line and the CPU seconds the servers used meanwhile
 # (all nodes together), then stops the cluster.
 #   CONNS=N        connections (default 64)
 #   OP=get|mixed   benches reads instead of sets; OP=idle runs no load and
@@ -105,6 +105,6 @@ if [ "${out:0:1}" = "{" ]; then
   # The servers' CPU during the run joins the bench's JSON line.
   echo "${out%\}},\"server_cpu_s\":$cpu_used}"
 else
-  echo "$out" | grep -E "ops/s|p50" | tr '\n' ' '
+  echo "$out" | grep -E "ops/s|p50|p99:" | tr '\n' ' '
   echo "server CPU ${cpu_used} s"
 fi

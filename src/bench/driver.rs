@@ -13,6 +13,13 @@
 //! task switch. Reading and writing are polled side by side, so a full
 //! socket in one direction never stops the other (no deadlock with large
 //! values). [`Pacer`] decides what goes out when.
+//!
+//! What is particular to a protocol is behind [`Wire`]: encoding a request,
+//! reading a reply frame, and a keep-alive when the connection has been
+//! silent too long. [`DoozerWire`] speaks doozer; [`super::zk::ZkWire`]
+//! ZooKeeper (whose handshake is done before the driver starts). The
+//! driver is generic over it, so each protocol gets its own compiled hot
+//! loop and the pacing, histogram and report are shared.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -80,24 +87,74 @@ impl Keys {
     }
 }
 
-/// Encodes the requests of a run, reusing one `Request` per verb.
-pub struct Requests {
-    keys: Keys,
-    op: Op,
-    read_pct: u32,
-    rng: Rng,
+/// What one request does to its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Writes the value whatever the key holds (doozer SET at rev -1,
+    /// ZooKeeper setData at version -1).
+    Set,
+    /// Reads the key (doozer GET, ZooKeeper getData without a watch).
+    Get,
+    /// Makes the key with the value; a key already there counts as done
+    /// (ZooKeeper create: its setData fails on a missing znode). Doozer
+    /// never needs it (its SET makes a missing file) and encodes it as SET.
+    Create,
+}
+
+/// One reply, as a [`Wire`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer to the request tagged `tag`: done, or the error to show.
+    Answer { tag: i32, error: Option<String> },
+    /// A frame that answers no request of the bench (a keep-alive's reply,
+    /// an event).
+    Ignore,
+}
+
+/// What is particular to a protocol on a connection already set up: how a
+/// request is encoded and a reply read. Both protocols frame messages with
+/// a 4-byte big-endian length, which the [`Driver`] checks (against the
+/// value size plus [`Wire::REPLY_SLACK_BYTES`]) before buffering a frame;
+/// a `Wire` sees whole frames only. The driver is generic over it, so the
+/// doozer path pays no dynamic dispatch.
+pub trait Wire: Unpin {
+    /// How much larger than the values the bench sends a reply frame may
+    /// be before it is a protocol error.
+    const REPLY_SLACK_BYTES: usize;
+
+    /// Appends one request frame, `action` on key number `key`, tagged
+    /// `tag` (a tag is never reused before its reply came or the request
+    /// was given up).
+    fn encode(&mut self, action: Action, key: u64, tag: u32, out: &mut Vec<u8>);
+
+    /// Reads one reply frame's body (the bytes after the length). `Err` is
+    /// a protocol error that ends the connection; a request that failed is
+    /// an `Answer` with an error.
+    fn reply(&mut self, body: &[u8]) -> Result<Reply, String>;
+
+    /// How long the connection may send nothing before the server needs a
+    /// keep-alive, in nanoseconds (`None`: never).
+    fn keepalive_nanos(&self) -> Option<u64> {
+        None
+    }
+
+    /// Appends a keep-alive frame, whose reply is a [`Reply::Ignore`].
+    fn encode_keepalive(&mut self, _out: &mut Vec<u8>) {}
+}
+
+/// The doozer protocol: protobuf requests and replies, reusing one
+/// `Request` per verb (the path in its reused `String`, the value set
+/// once); of a reply only the tag and error code are decoded
+/// ([`ReplyHead`]) unless it is an error.
+pub struct DoozerWire {
     prefix: String,
     set: Request,
     get: Request,
 }
 
-impl Requests {
-    pub fn new(keys: Keys, op: Op, read_pct: u32, prefix: &str, value: &[u8]) -> Requests {
-        Requests {
-            keys,
-            op,
-            read_pct,
-            rng: Rng::new(),
+impl DoozerWire {
+    pub fn new(prefix: &str, value: &[u8]) -> DoozerWire {
+        DoozerWire {
             prefix: prefix.to_string(),
             set: Request {
                 verb: Some(Verb::Set as i32),
@@ -113,6 +170,78 @@ impl Requests {
             },
         }
     }
+}
+
+impl Wire for DoozerWire {
+    const REPLY_SLACK_BYTES: usize = REPLY_SLACK_BYTES;
+
+    fn encode(&mut self, action: Action, key: u64, tag: u32, out: &mut Vec<u8>) {
+        let req = match action {
+            Action::Set | Action::Create => &mut self.set,
+            Action::Get => &mut self.get,
+        };
+        let path = req.path.get_or_insert_with(String::new);
+        path.clear();
+        let _ = write!(path, "{}/{key}", self.prefix);
+        req.tag = Some(tag as i32);
+        encode_frame_into(req, out);
+    }
+
+    fn reply(&mut self, body: &[u8]) -> Result<Reply, String> {
+        let head = ReplyHead::decode(body).map_err(|e| format!("undecodable reply: {e}"))?;
+        let tag = head.tag.ok_or_else(|| "reply without a tag".to_string())?;
+        let error = head.err_code.map(|_| {
+            match Response::decode(body).ok().and_then(|r| r.reply_error()) {
+                Some(e) => e.to_string(),
+                None => "undecodable error reply".to_string(),
+            }
+        });
+        Ok(Reply::Answer { tag, error })
+    }
+}
+
+/// Which requests a phase sends.
+#[derive(Clone, Copy, Debug)]
+enum Mix {
+    Always(Action),
+    /// A GET with this probability in percent, a SET otherwise.
+    Reads(u32),
+}
+
+/// Picks the key and the action of each request of a run and has `W`
+/// encode it.
+pub struct Requests<W> {
+    keys: Keys,
+    mix: Mix,
+    rng: Rng,
+    wire: W,
+}
+
+impl<W: Wire> Requests<W> {
+    /// `op` on `keys` (`read_pct`: the share of GETs of `Op::Mixed`).
+    pub fn new(keys: Keys, op: Op, read_pct: u32, wire: W) -> Requests<W> {
+        let mix = match op {
+            Op::Set => Mix::Always(Action::Set),
+            Op::Get => Mix::Always(Action::Get),
+            Op::Mixed => Mix::Reads(read_pct),
+        };
+        Requests {
+            keys,
+            mix,
+            rng: Rng::new(),
+            wire,
+        }
+    }
+
+    /// A CREATE of each key.
+    pub fn creating(keys: Keys, wire: W) -> Requests<W> {
+        Requests {
+            keys,
+            mix: Mix::Always(Action::Create),
+            rng: Rng::new(),
+            wire,
+        }
+    }
 
     /// Appends the next request, tagged `tag`, to `out`; false when there
     /// are no more keys.
@@ -120,17 +249,17 @@ impl Requests {
         let Some(n) = self.keys.next() else {
             return false;
         };
-        let read = match self.op {
-            Op::Set => false,
-            Op::Get => true,
-            Op::Mixed => self.rng.below(100) < u64::from(self.read_pct),
+        let action = match self.mix {
+            Mix::Always(action) => action,
+            Mix::Reads(pct) => {
+                if self.rng.below(100) < u64::from(pct) {
+                    Action::Get
+                } else {
+                    Action::Set
+                }
+            }
         };
-        let req = if read { &mut self.get } else { &mut self.set };
-        let path = req.path.get_or_insert_with(String::new);
-        path.clear();
-        let _ = write!(path, "{}/{n}", self.prefix);
-        req.tag = Some(tag as i32);
-        encode_frame_into(req, out);
+        self.wire.encode(action, n, tag, out);
         true
     }
 }
@@ -176,11 +305,12 @@ pub struct ConnOutcome {
     pub first_error: Option<String>,
 }
 
-/// The future that runs one connection until its requests are done.
-pub struct Driver {
+/// The future that runs one connection until its requests are done,
+/// speaking the protocol of `W`.
+pub struct Driver<W> {
     conn: Conn,
     pacer: Pacer,
-    requests: Requests,
+    requests: Requests<W>,
     /// Times are nanoseconds since `epoch`.
     epoch: Instant,
     /// Requests still unanswered at this time are given up.
@@ -193,6 +323,13 @@ pub struct Driver {
     written: usize,
     timer: Timer,
     timer_at: Option<u64>,
+    /// How long the connection may stay silent before a keep-alive
+    /// ([`Wire::keepalive_nanos`]), when it last sent, and when to look
+    /// again whether a keep-alive is due (moved only when reached, so the
+    /// timer is not re-armed at every send).
+    keepalive: Option<u64>,
+    last_sent: u64,
+    keepalive_at: u64,
     hist: Rc<RefCell<LatencyHistogram>>,
     live: Arc<Live>,
     /// Counts not yet added to `live`.
@@ -207,27 +344,29 @@ enum Failure {
     Protocol(String),
 }
 
-impl Driver {
+impl<W: Wire> Driver<W> {
     /// `end` is when the pacer stops sending, from `epoch`; replies are
     /// awaited [`GRACE`] longer. `size` is the value size (to bound replies).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: Conn,
         pacer: Pacer,
-        requests: Requests,
+        requests: Requests<W>,
         epoch: Instant,
         end: Duration,
         size: usize,
         hist: Rc<RefCell<LatencyHistogram>>,
         live: Arc<Live>,
-    ) -> Driver {
+    ) -> Driver<W> {
+        let keepalive = requests.wire.keepalive_nanos();
+        let now = nanos(epoch.elapsed());
         Driver {
             conn,
             pacer,
             requests,
             epoch,
             give_up: nanos(end + GRACE),
-            max_reply: size.saturating_add(REPLY_SLACK_BYTES),
+            max_reply: size.saturating_add(W::REPLY_SLACK_BYTES),
             read: vec![0; READ_CHUNK_BYTES],
             read_start: 0,
             read_end: 0,
@@ -235,6 +374,9 @@ impl Driver {
             written: 0,
             timer: Timer::never(),
             timer_at: None,
+            keepalive,
+            last_sent: now,
+            keepalive_at: keepalive.map_or(u64::MAX, |every| now.saturating_add(every)),
             hist,
             live,
             live_ops: 0,
@@ -267,21 +409,19 @@ impl Driver {
             let Some(body) = buffered.get(HEADER_BYTES..HEADER_BYTES + len) else {
                 return Ok(());
             };
-            let head = ReplyHead::decode(body)
-                .map_err(|e| Failure::Protocol(format!("undecodable reply: {e}")))?;
-            let tag = head
-                .tag
-                .ok_or_else(|| Failure::Protocol("reply without a tag".into()))?;
+            let (tag, error) = match self.requests.wire.reply(body).map_err(Failure::Protocol)? {
+                Reply::Answer { tag, error } => (tag, error),
+                Reply::Ignore => {
+                    self.read_start += HEADER_BYTES + len;
+                    continue;
+                }
+            };
             let Some(latency) = self.pacer.complete(tag, now) else {
                 return Err(Failure::Protocol(format!(
                     "reply for tag {tag}, which has no request outstanding"
                 )));
             };
-            if head.err_code.is_some() {
-                let text = match Response::decode(body).ok().and_then(|r| r.reply_error()) {
-                    Some(e) => e.to_string(),
-                    None => "undecodable error reply".to_string(),
-                };
+            if let Some(text) = error {
                 self.error(|| text);
             } else {
                 self.outcome.ops += 1;
@@ -317,13 +457,27 @@ impl Driver {
         }
     }
 
-    /// Encodes every request the pacer lets out now.
+    /// Encodes every request the pacer lets out now, and a keep-alive if
+    /// the protocol needs one and the connection has been silent too long.
     fn send_due(&mut self, now: u64) {
+        let queued = self.write.len();
         while let Some(tag) = self.pacer.next_send(now) {
             if !self.requests.encode_next(tag, &mut self.write) {
                 self.pacer.stop();
                 let _ = self.pacer.complete(tag as i32, now);
-                return;
+                break;
+            }
+        }
+        if let Some(every) = self.keepalive {
+            if self.write.len() > queued {
+                self.last_sent = now;
+            }
+            if now >= self.keepalive_at {
+                if now.saturating_sub(self.last_sent) >= every {
+                    self.requests.wire.encode_keepalive(&mut self.write);
+                    self.last_sent = now;
+                }
+                self.keepalive_at = self.last_sent.saturating_add(every);
             }
         }
     }
@@ -367,12 +521,14 @@ impl Driver {
         }
     }
 
-    /// Whether the timer fired for the next due request or the give-up.
+    /// Whether the timer fired for the next due request, keep-alive or
+    /// the give-up.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
         let wake = self
             .pacer
             .wake_at()
-            .map_or(self.give_up, |at| at.min(self.give_up));
+            .map_or(self.give_up, |at| at.min(self.give_up))
+            .min(self.keepalive_at);
         if self.timer_at != Some(wake) {
             self.timer.set_at(self.epoch + Duration::from_nanos(wake));
             self.timer_at = Some(wake);
@@ -473,7 +629,7 @@ impl Driver {
     }
 }
 
-impl Future for Driver {
+impl<W: Wire> Future for Driver<W> {
     type Output = ConnOutcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnOutcome> {
@@ -567,7 +723,7 @@ mod tests {
             let driver = Driver::new(
                 Conn::plain(tcp),
                 Pacer::closed(1, nanos(length)),
-                Requests::new(keys, Op::Set, 0, "/t", b"v"),
+                Requests::new(keys, Op::Set, 0, DoozerWire::new("/t", b"v")),
                 Instant::now(),
                 length,
                 1,

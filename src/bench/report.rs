@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::histogram::Latency;
-use super::{BenchConfig, Op};
+use super::{BenchConfig, Op, Protocol};
 
 /// A once-a-second progress report.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +100,9 @@ impl Report {
     /// `pipeline`, `size`, `keys`, `threads`, `rate`: the open loop's target
     /// or `null`, `duration_s`), then what came of it (`ops`, `errors`,
     /// `elapsed_s`, `ops_per_sec`, `late`, `unsent`, `p50_ms`, `p90_ms`,
-    /// `p99_ms`, `p999_ms`, `max_ms`, `first_error`: a string or `null`).
+    /// `p99_ms`, `p999_ms`, `max_ms`, `first_error`: a string or `null`),
+    /// and last `"protocol":"zookeeper"` when the run drove ZooKeeper (a
+    /// doozer run's line is as it always was).
     pub fn json(&self, cfg: &BenchConfig) -> String {
         let (op, read_pct) = match cfg.op {
             Op::Set => ("set", 0),
@@ -113,12 +115,16 @@ impl Report {
             .as_deref()
             .map_or("null".to_string(), json_string);
         let l = &self.latency;
+        let protocol = match cfg.protocol {
+            Protocol::Doozer => "",
+            Protocol::ZooKeeper => ",\"protocol\":\"zookeeper\"",
+        };
         format!(
             "{{\"op\":\"{op}\",\"read_pct\":{read_pct},\"conns\":{},\"pipeline\":{},\"size\":{},\
              \"keys\":{},\"threads\":{},\"rate\":{rate},\"duration_s\":{:.3},\"ops\":{},\
              \"errors\":{},\"elapsed_s\":{:.3},\"ops_per_sec\":{:.1},\"late\":{},\"unsent\":{},\
              \"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\
-             \"first_error\":{first_error}}}\n",
+             \"first_error\":{first_error}{protocol}}}\n",
             cfg.conns,
             cfg.pipeline,
             cfg.size,
@@ -225,6 +231,17 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
             assert_eq!(v.as_object().unwrap().len(), 21, "{line}");
         }
+        let zk = BenchConfig {
+            protocol: Protocol::ZooKeeper,
+            ..BenchConfig::default()
+        };
+        let line = report().json(&zk);
+        assert!(
+            line.ends_with("\"first_error\":null,\"protocol\":\"zookeeper\"}\n"),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["protocol"], "zookeeper");
     }
 
     #[test]

@@ -95,6 +95,12 @@ Options (each may be written with one dash or two):
                 in flight per connection (default 1024)
   -threads N    threads driving the connections (default 1)
   -json         print one line of JSON instead of the report
+  -zk           drive a ZooKeeper server instead, in its own protocol, with
+                the same load: -a is then its HOST:PORT (default
+                127.0.0.1:2181); set is setData (any version), get is
+                getData (no watch); each connection opens a session, and the
+                znode /bench and each key's znode are created first (one
+                already there is kept)
 
 Before a get or mixed run, each key is written once. Progress goes to stderr
 once a second. At the end, prints on stdout the number of operations, the
@@ -904,12 +910,12 @@ fn run_bench(argv0: &str, g: &mut Globals, args: &[String], io: &mut Io<'_>) -> 
         }
         // A Go-style boolean `-json=true` / `-json=false`: argh's switch
         // takes no value.
-        if name == "json" {
+        if name == "json" || name == "zk" {
             match value.as_deref() {
-                None | Some("true") | Some("1") => own.push("--json".into()),
+                None | Some("true") | Some("1") => own.push(format!("--{name}")),
                 Some("false") | Some("0") => {}
                 Some(other) => {
-                    let _ = writeln!(io.stderr, "bench: bad -json value {other:?}");
+                    let _ = writeln!(io.stderr, "bench: bad -{name} value {other:?}");
                     return EXIT_ERROR;
                 }
             }
@@ -933,20 +939,45 @@ fn run_bench(argv0: &str, g: &mut Globals, args: &[String], io: &mut Io<'_>) -> 
         }
     };
 
-    let (uri, boot) = match g.uris() {
-        Ok(uris) => uris,
-        Err(e) => {
-            let _ = writeln!(io.stderr, "Error: {e}");
-            return EXIT_ERROR;
-        }
+    /// What the bench drives.
+    enum Target {
+        Doozer(Uri, Option<Uri>),
+        ZooKeeper(String),
+    }
+    let target = match cfg.protocol {
+        bench::Protocol::Doozer => match g.uris() {
+            Ok((uri, boot)) => Target::Doozer(uri, boot),
+            Err(e) => {
+                let _ = writeln!(io.stderr, "Error: {e}");
+                return EXIT_ERROR;
+            }
+        },
+        bench::Protocol::ZooKeeper => match bench::zk_addr(&g.uri) {
+            Ok(addr) => {
+                let _ = writeln!(
+                    io.stderr,
+                    "bench: creating {} znodes under {} on {addr}",
+                    cfg.keys, cfg.prefix
+                );
+                Target::ZooKeeper(addr)
+            }
+            Err(text) => {
+                let _ = writeln!(io.stderr, "{text}");
+                return EXIT_ERROR;
+            }
+        },
     };
     if cfg.fill {
         let _ = writeln!(io.stderr, "bench: writing {} keys", cfg.keys);
     }
     let stderr = &mut *io.stderr;
-    let report = bench::run(&uri, boot.as_ref(), &cfg, |p| {
+    let progress = |p: &bench::Progress| {
         let _ = writeln!(stderr, "{}", p.render());
-    });
+    };
+    let report = match target {
+        Target::Doozer(uri, boot) => bench::run(&uri, boot.as_ref(), &cfg, progress),
+        Target::ZooKeeper(addr) => bench::run_zk(&addr, &cfg, progress),
+    };
     match report {
         Ok(report) => {
             if let Some(e) = &report.first_error {
@@ -1307,5 +1338,26 @@ Commands:
         assert!(err.contains("frob"), "{err}");
         let (status, _, err) = run_plain(&["bench", "-a", "nope", "-d", "1"]);
         assert_eq!((status, err.as_str()), (2, "Error: invalid uri\n"));
+        // -zk takes -a as HOST:PORT, not a doozer URI.
+        let (status, _, err) = run_plain(&["bench", "-zk", "-a", "doozer:?ca=10.0.0.1"]);
+        assert_eq!(status, 2);
+        assert!(err.contains("-zk wants -a HOST:PORT"), "{err}");
+        let (status, _, err) = run_plain(&["bench", "-zk=maybe"]);
+        assert_eq!(
+            (status, err.as_str()),
+            (2, "bench: bad -zk value \"maybe\"\n")
+        );
+        // Nothing listens on port 1: the run fails to dial, after the
+        // announcement of the creates.
+        let (status, _, err) = run_plain(&["bench", "-zk=true", "-a", "127.0.0.1:1", "-d", "0.1"]);
+        assert_eq!(status, 2);
+        assert!(
+            err.starts_with("bench: creating 1000 znodes under /bench on 127.0.0.1:1\n"),
+            "{err}"
+        );
+        assert!(
+            err.contains("Error: dial tcp 127.0.0.1:1: connection refused"),
+            "{err}"
+        );
     }
 }

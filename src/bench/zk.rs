@@ -28,9 +28,10 @@
 //!   `ConnectResponse` with the same fields bar `lastZxidSeen` (servers
 //!   before 3.5 leave out `readOnly`; either is accepted). A time-out of 0
 //!   in the response is a session refused.
-//! * Request: `RequestHeader {int xid, int type}` then the body. The xid
-//!   is the bench's tag (a pacer slot: never negative, never two in flight
-//!   at once); ping's xid is -2.
+//! * Request: `RequestHeader {int xid, int type}` then the body. Xids
+//!   count 1, 2, 3, … per session, as ZooKeeper's own client sends them,
+//!   rather than repeating the bench's tags; a reply answers the oldest
+//!   request and so names its tag. Ping's xid is -2.
 //! * Reply: `ReplyHeader {int xid, long zxid, int err}`, then the body if
 //!   `err` is 0. Replies of one session come in request order; xid -2 is a
 //!   ping's reply and -1 a watch event (the bench sets no watch), both
@@ -42,6 +43,7 @@
 //! there, so a short or garbled frame is an error, never a panic or an
 //! allocation the server chose.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use super::driver::{Action, Reply, Wire};
@@ -451,10 +453,14 @@ pub struct ZkWire {
     prefix: String,
     path: String,
     value: Vec<u8>,
-    /// The opcode last sent with each tag (indexed by tag), to read its
-    /// reply's body by. Grows to the highest tag, at most the pacer's
-    /// slots ([`super::MAX_PIPELINE`]).
-    sent: Vec<i32>,
+    /// Requests sent and not answered, oldest first: (xid, tag, opcode).
+    /// A session's replies come in request order, so the front is the one
+    /// the next reply answers; at most the pacer's slots
+    /// ([`super::MAX_PIPELINE`]).
+    outstanding: VecDeque<(i32, u32, i32)>,
+    /// The xid of the next request: 1, 2, 3, … as ZooKeeper's own client
+    /// numbers them (the pacer's tags repeat, which no real client does).
+    next_xid: i32,
     ping_every: u64,
 }
 
@@ -472,7 +478,8 @@ impl ZkWire {
             prefix: prefix.to_string(),
             path: String::new(),
             value: value.to_vec(),
-            sent: Vec::new(),
+            outstanding: VecDeque::new(),
+            next_xid: 1,
             ping_every,
         }
     }
@@ -484,13 +491,11 @@ impl Wire for ZkWire {
     fn encode(&mut self, action: Action, key: u64, tag: u32, out: &mut Vec<u8>) {
         self.path.clear();
         let _ = write!(self.path, "{}/{key}", self.prefix);
-        let xid = tag as i32;
+        let xid = self.next_xid;
+        // Past i32::MAX: back to 1 (0 and the negatives are special xids).
+        self.next_xid = self.next_xid.checked_add(1).unwrap_or(1);
         let op = opcode_of(action);
-        let slot = tag as usize;
-        if slot >= self.sent.len() {
-            self.sent.resize(slot + 1, 0);
-        }
-        self.sent[slot] = op;
+        self.outstanding.push_back((xid, tag, op));
         match action {
             Action::Set => encode_set_data(xid, &self.path, &self.value, -1, out),
             Action::Get => encode_get_data(xid, &self.path, false, out),
@@ -503,16 +508,15 @@ impl Wire for ZkWire {
         if head.xid == PING_XID || head.xid == WATCH_XID {
             return Ok(Reply::Ignore);
         }
-        // A tag never sent is the pacer's to refuse.
-        let Some(&op) = usize::try_from(head.xid)
-            .ok()
-            .and_then(|slot| self.sent.get(slot))
-        else {
-            return Ok(Reply::Answer {
-                tag: head.xid,
-                error: None,
-            });
+        let Some((xid, tag, op)) = self.outstanding.pop_front() else {
+            return Err(format!("a reply (xid {}) to no request", head.xid));
         };
+        if head.xid != xid {
+            return Err(format!(
+                "a reply with xid {} where the oldest request has xid {xid}",
+                head.xid
+            ));
+        }
         let error = match head.err {
             code::OK => {
                 check_reply_body(op, rest).map_err(|e| e.to_string())?;
@@ -522,7 +526,7 @@ impl Wire for ZkWire {
             err => Some(error_text(err, op)),
         };
         Ok(Reply::Answer {
-            tag: head.xid,
+            tag: tag as i32,
             error,
         })
     }
@@ -1036,74 +1040,97 @@ mod tests {
         assert!(check_reply_body(opcode::CREATE, &[]).is_err());
     }
 
+    /// Requests carry xids 1, 2, 3, … whatever the pacer's tags (which
+    /// repeat), as ZooKeeper's own client numbers them.
     #[test]
-    fn wire_encodes_each_action_with_its_tag() {
+    fn wire_numbers_requests_from_one_whatever_the_tags() {
         let mut w = ZkWire::new("/bench", b"vv", 1_000_000);
         let mut out = Vec::new();
         w.encode(Action::Set, 12, 3, &mut out);
         let mut want = Vec::new();
-        encode_set_data(3, "/bench/12", b"vv", -1, &mut want);
+        encode_set_data(1, "/bench/12", b"vv", -1, &mut want);
         assert_eq!(out, want);
         out.clear();
         w.encode(Action::Get, 0, 0, &mut out);
         want.clear();
-        encode_get_data(0, "/bench/0", false, &mut want);
+        encode_get_data(2, "/bench/0", false, &mut want);
         assert_eq!(out, want);
         out.clear();
-        w.encode(Action::Create, 999, 1, &mut out);
+        w.encode(Action::Create, 999, 0, &mut out);
         want.clear();
-        encode_create(1, "/bench/999", b"vv", &mut want);
+        encode_create(3, "/bench/999", b"vv", &mut want);
         assert_eq!(out, want);
         assert_eq!(w.keepalive_nanos(), Some(1_000_000));
         out.clear();
         w.encode_keepalive(&mut out);
         assert_eq!(&out[4..8], &PING_XID.to_be_bytes());
+        // Past i32::MAX the xids start again at 1, never 0 or negative.
+        w.next_xid = i32::MAX;
+        out.clear();
+        w.encode(Action::Get, 0, 0, &mut out);
+        assert_eq!(&out[4..8], &i32::MAX.to_be_bytes());
+        out.clear();
+        w.encode(Action::Get, 0, 0, &mut out);
+        assert_eq!(&out[4..8], &1i32.to_be_bytes());
     }
 
     #[test]
-    fn wire_reads_replies() {
+    fn wire_reads_replies_in_request_order() {
         let mut w = ZkWire::new("/bench", b"vv", 1_000_000);
         let mut sink = Vec::new();
-        w.encode(Action::Set, 1, 0, &mut sink);
-        w.encode(Action::Get, 1, 1, &mut sink);
-        w.encode(Action::Create, 1, 2, &mut sink);
+        // Tags 5, 0, 5 go out as xids 1, 2, 3.
+        w.encode(Action::Set, 1, 5, &mut sink);
+        w.encode(Action::Get, 1, 0, &mut sink);
+        w.encode(Action::Create, 1, 5, &mut sink);
         let ok = |tag| Ok(Reply::Answer { tag, error: None });
 
-        assert_eq!(w.reply(&reply(0, 0, &stat())), ok(0));
-        let get = be(&[&[0, 0, 0, 2], b"vv", &stat()]);
-        assert_eq!(w.reply(&reply(1, 0, &get)), ok(1));
-        assert_eq!(w.reply(&reply(2, 0, &be(&[&[0, 0, 0, 2], b"/x"]))), ok(2));
-        // A znode already there is what a create wants; NoNode is not.
-        assert_eq!(w.reply(&reply(2, code::NODE_EXISTS, b"")), ok(2));
-        assert_eq!(
-            w.reply(&reply(0, code::NO_NODE, b"")),
-            Ok(Reply::Answer {
-                tag: 0,
-                error: Some("ZooKeeper error -101 (NoNode) on setData".into())
-            })
-        );
-        assert_eq!(
-            w.reply(&reply(1, code::NODE_EXISTS, b"")),
-            Ok(Reply::Answer {
-                tag: 1,
-                error: Some("ZooKeeper error -110 (NodeExists) on getData".into())
-            })
-        );
-        // Pings' replies and watch events answer nothing.
+        assert_eq!(w.reply(&reply(1, 0, &stat())), ok(5));
+        // Pings' replies and watch events answer nothing, in between too.
         assert_eq!(w.reply(&reply(PING_XID, 0, b"")), Ok(Reply::Ignore));
         assert_eq!(
             w.reply(&reply(WATCH_XID, 0, b"anything")),
             Ok(Reply::Ignore)
         );
-        // A tag never sent goes to the pacer, which refuses it.
-        assert_eq!(w.reply(&reply(77, 0, b"")), ok(77));
-        assert_eq!(w.reply(&reply(-4, 0, b"")), ok(-4));
-        // Garbled: a short header, a short body.
+        let get = be(&[&[0, 0, 0, 2], b"vv", &stat()]);
+        assert_eq!(w.reply(&reply(2, 0, &get)), ok(0));
+        assert_eq!(w.reply(&reply(3, 0, &be(&[&[0, 0, 0, 2], b"/x"]))), ok(5));
+
+        // A znode already there is what a create wants; NoNode is not, nor
+        // NodeExists for anything else.
+        w.encode(Action::Create, 1, 1, &mut sink);
+        w.encode(Action::Set, 1, 2, &mut sink);
+        w.encode(Action::Get, 1, 3, &mut sink);
+        assert_eq!(w.reply(&reply(4, code::NODE_EXISTS, b"")), ok(1));
+        assert_eq!(
+            w.reply(&reply(5, code::NO_NODE, b"")),
+            Ok(Reply::Answer {
+                tag: 2,
+                error: Some("ZooKeeper error -101 (NoNode) on setData".into())
+            })
+        );
+        assert_eq!(
+            w.reply(&reply(6, code::NODE_EXISTS, b"")),
+            Ok(Reply::Answer {
+                tag: 3,
+                error: Some("ZooKeeper error -110 (NodeExists) on getData".into())
+            })
+        );
+
+        // A reply to nothing, or out of order, is a protocol error.
+        let err = w.reply(&reply(7, 0, b"")).unwrap_err();
+        assert!(err.contains("to no request"), "{err}");
+        w.encode(Action::Get, 1, 0, &mut sink);
+        let err = w.reply(&reply(9, 0, b"")).unwrap_err();
+        assert!(err.contains("oldest request has xid 7"), "{err}");
+
+        // Garbled: a short header, a short body, a bad length.
         let err = w.reply(&[0, 0, 0]).unwrap_err();
         assert!(err.starts_with("reply header cut short"), "{err}");
-        let err = w.reply(&reply(0, 0, &stat()[..10])).unwrap_err();
+        w.encode(Action::Set, 1, 0, &mut sink);
+        let err = w.reply(&reply(8, 0, &stat()[..10])).unwrap_err();
         assert!(err.starts_with("setData reply cut short"), "{err}");
-        let err = w.reply(&reply(1, 0, &[0x80, 0, 0, 0])).unwrap_err();
+        w.encode(Action::Get, 1, 0, &mut sink);
+        let err = w.reply(&reply(9, 0, &[0x80, 0, 0, 0])).unwrap_err();
         assert!(err.contains("bad length"), "{err}");
     }
 

@@ -83,15 +83,6 @@ if [ "$nodes" -gt "$members" ]; then
   wait_rev "$nodes"
 fi
 sleep 1
-# CPU seconds (user + system) all the servers have used so far.
-server_cpu() {
-  local p total=0
-  for p in "${pids[@]}"; do
-    # Fields 14 and 15 of /proc/PID/stat, after the ")" that ends the name.
-    total=$((total + $(sed -E 's/.*\) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
-}
 cpu_before=$(server_cpu)
 if [ "$op" = idle ]; then
   # No load: what the cluster burns on its own (ticks, heartbeats, pulses).

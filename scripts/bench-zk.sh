@@ -47,15 +47,8 @@ leader=$("$here/zk-cluster.sh" start "$net" | sed -n 's/^leader: //p')
 [ -n "$leader" ] || { echo "no leader" >&2; exit 1; }
 if [ -n "${AT:-}" ]; then addr=${net}${AT}:2181; else addr=$leader; fi
 mapfile -t pids <"$state/pids"
-# CPU seconds (user + system) all the servers have used so far.
-server_cpu() {
-  local p total=0
-  for p in "${pids[@]}"; do
-    # Fields 14 and 15 of /proc/PID/stat, after the ")" that ends the name.
-    total=$((total + $(sed -E 's/.*\) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
-}
+# shellcheck source=scripts/cluster-lib.sh
+. "$here/cluster-lib.sh"
 if [ "${WARMUP:-0}" != 0 ] && [ "$op" != idle ]; then
   "$client" -a "$addr" bench -zk -op "$op" -c "$conns" -size 64 -d "$WARMUP" "${bench_args[@]}" >/dev/null 2>&1
 fi

@@ -1,5 +1,7 @@
-# Shared by scripts/bench-cluster.sh and scripts/restart-time.sh (sourced).
-# Needs $client (the doozer CLI) and uri N (node N's URI) defined first.
+# Shared by scripts/bench-cluster.sh, scripts/bench-zk.sh and
+# scripts/restart-time.sh (sourced). wait_rev and open_member_slots need
+# $client (the doozer CLI) and uri N (node N's URI) defined first;
+# server_cpu needs the array pids of the servers' PIDs.
 
 # Waits until node N answers REV (up to 10 s).
 wait_rev() { for _ in $(seq 200); do "$client" -a "$(uri "$1")" rev >/dev/null 2>&1 && return 0; sleep 0.05; done; return 1; }
@@ -16,4 +18,14 @@ open_member_slots() {
     sleep 0.1
   done
   return 1
+}
+
+# CPU seconds (user + system) all the servers in pids have used so far.
+server_cpu() {
+  local p total=0
+  for p in "${pids[@]}"; do
+    # Fields 14 and 15 of /proc/PID/stat, after the ")" that ends the name.
+    total=$((total + $(sed -E 's/.*\) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }

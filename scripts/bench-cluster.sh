@@ -83,19 +83,6 @@ if [ "$nodes" -gt "$members" ]; then
   wait_rev "$nodes"
 fi
 sleep 1
-cpu_before=$(server_cpu)
-if [ "$op" = idle ]; then
-  # No load: what the cluster burns on its own (ticks, heartbeats, pulses).
-  sleep "$secs"
-  echo "idle for $secs s: server CPU $(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}') s"
-  exit 0
-fi
-out=$("$client" -a "$(uri "$at")" bench -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}" 2>/dev/null)
-cpu_used=$(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}')
-if [ "${out:0:1}" = "{" ]; then
-  # The servers' CPU during the run joins the bench's JSON line.
-  echo "${out%\}},\"server_cpu_s\":$cpu_used}"
-else
-  echo "$out" | grep -E "ops/s|p50|p99:" | tr '\n' ' '
-  echo "server CPU ${cpu_used} s"
-fi
+# With OP=idle, no load: what the cluster burns on its own (ticks,
+# heartbeats, pulses).
+measure_servers "$op" "$secs" "$client" -a "$(uri "$at")" bench -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}"

@@ -53,20 +53,6 @@ if [ "${WARMUP:-0}" != 0 ] && [ "$op" != idle ]; then
   "$client" -a "$addr" bench -zk -op "$op" -c "$conns" -size 64 -d "$WARMUP" "${bench_args[@]}" >/dev/null 2>&1
 fi
 sleep 1
-cpu_before=$(server_cpu)
-if [ "$op" = idle ]; then
-  # No load: what the ensemble burns on its own (ticks, pings between the
-  # servers, the JVMs' own threads).
-  sleep "$secs"
-  echo "idle for $secs s: server CPU $(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}') s"
-  exit 0
-fi
-out=$("$client" -a "$addr" bench -zk -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}" 2>/dev/null)
-cpu_used=$(awk -v a="$cpu_before" -v b="$(server_cpu)" 'BEGIN {printf "%.2f", b - a}')
-if [ "${out:0:1}" = "{" ]; then
-  # The servers' CPU during the run joins the bench's JSON line.
-  echo "${out%\}},\"server_cpu_s\":$cpu_used}"
-else
-  echo "$out" | grep -E "ops/s|p50|p99:" | tr '\n' ' '
-  echo "server CPU ${cpu_used} s"
-fi
+# With OP=idle, no load: what the ensemble burns on its own (ticks, pings
+# between the servers, the JVMs' own threads).
+measure_servers "$op" "$secs" "$client" -a "$addr" bench -zk -op "$op" -c "$conns" -size 64 -d "$secs" "${bench_args[@]}"

@@ -464,6 +464,10 @@ pub struct Core {
     /// period: one `Tick` may advance it by many).
     ticks: u64,
     ticks_before: u64,
+    /// Housekeeping is due at the next tick, not at its period: the member
+    /// slots changed (a slave may claim one), or this node was removed (it
+    /// registers again), or it just started running.
+    housekeeping_soon: bool,
     last_pulse_tick: u64,
     /// Decided slots kept to serve other nodes' catch-up (the last
     /// `history_revs`).
@@ -515,9 +519,13 @@ pub struct Core {
     reads: reads::ReadIndexState,
 }
 
-/// Ticks between `Alive` messages to the leader, claim attempts and other
-/// housekeeping.
+/// Ticks between a joining node's snapshot requests, and the least between
+/// a running node's `Alive` messages, claim attempts and other housekeeping
+/// (see `Core::housekeeping_ticks`).
 const HOUSEKEEPING_TICKS: u64 = 20;
+/// The most ticks between a running node's housekeeping rounds (1 s at the
+/// default 5 ms tick).
+const MAX_HOUSEKEEPING_TICKS: u64 = 200;
 /// How long an answer to a catch-up request is taken from the node asked
 /// (`Decided` and `Snapshot` from a node not asked that lately are refused).
 const CATCH_UP_ANSWER_TICKS: u64 = 10 * HOUSEKEEPING_TICKS;
@@ -583,6 +591,7 @@ impl Core {
             parked_reads: BTreeMap::new(),
             ticks: 0,
             ticks_before: 0,
+            housekeeping_soon: false,
             last_pulse_tick: 0,
             decided_log: VecDeque::new(),
             newly_applied: Vec::new(),
@@ -1257,7 +1266,12 @@ impl Core {
         if path.starts_with("/ctl/node/") || path == "/ctl/node" || path == "/ctl" {
             let me_before = self.nodes.contains_key(&self.node.id);
             self.refresh_nodes();
-            if me_before && !self.nodes.contains_key(&self.node.id) {
+            let me_now = self.nodes.contains_key(&self.node.id);
+            if me_before != me_now {
+                // Registered: claim a free slot now. Removed: register again.
+                self.housekeeping_soon = true;
+            }
+            if me_before && !me_now {
                 log::warn!(
                     "this node ({}) was removed from the cluster at rev {} (silent for longer than -timeout); re-attaching as a slave",
                     self.node.id,
@@ -1291,6 +1305,7 @@ impl Core {
     }
 
     fn refresh_cal(&mut self) {
+        self.housekeeping_soon = true;
         self.cal = cal_slots(self.store.current())
             .into_iter()
             .filter_map(|(_, _, body)| NodeId::parse(std::str::from_utf8(&body).ok()?))

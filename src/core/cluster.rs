@@ -94,11 +94,12 @@ impl Core {
         self.ticks_before = self.ticks;
         self.ticks = self.ticks.saturating_add(elapsed);
         let mut sent = Vec::new();
+        let heartbeats_before = self.paxos.heartbeats_sent();
         self.paxos
             .tick_by(u32::try_from(elapsed).unwrap_or(u32::MAX), &mut sent);
         self.push_peer(sent, out);
         let took_over = self.track_leadership();
-        let heartbeat_due = self.due(u64::from(self.config.paxos.heartbeat_ticks));
+        let heartbeat_due = self.paxos.heartbeats_sent() != heartbeats_before;
         if self.paxos.is_leader() && (took_over || heartbeat_due) {
             // Slaves hear who leads as members do, so their forwarded writes
             // move to a new leader at once.
@@ -108,28 +109,50 @@ impl Core {
                 }
             }
         }
+        let housekeeping_due =
+            std::mem::take(&mut self.housekeeping_soon) || self.due(self.housekeeping_ticks());
         if self.is_writable() {
             self.resend_pending();
             self.pulse();
-            if self.paxos.is_leader() && (took_over || self.due(HOUSEKEEPING_TICKS)) {
+            if self.paxos.is_leader() && (took_over || housekeeping_due) {
                 self.announce_leadership();
             }
         }
-        if self.due(HOUSEKEEPING_TICKS) {
+        if housekeeping_due {
             self.housekeeping(out);
+        } else if self.phase == Phase::Running {
+            // A node that is not registered hears who leads only in answer
+            // to its `Alive` (the leader heartbeats registered nodes), and
+            // forgets it soon after: register while it is known.
+            self.register_if_missing();
         }
         self.catch_up_if_behind(out);
         self.retry_reads(out);
     }
 
-    /// Ticks until a `Tick` could do anything (at least 1, at most a
-    /// heartbeat period): the runtime sleeps that long when no input comes,
-    /// so an idle node wakes a few times a heartbeat period, not every tick.
-    /// While anything waits on time (writes or reads in flight, a catch-up,
-    /// a join, a change of leader not yet acted on) it is 1, as before.
+    /// Ticks between `Alive` messages, claim attempts and the other
+    /// housekeeping of a running node: a twentieth of `-timeout` (what it
+    /// times), within [`HOUSEKEEPING_TICKS`] and [`MAX_HOUSEKEEPING_TICKS`],
+    /// so an idle node with the default `-timeout` does it once a second. A
+    /// joining node asks for its snapshot every [`HOUSEKEEPING_TICKS`].
+    pub(super) fn housekeeping_ticks(&self) -> u64 {
+        if self.phase != Phase::Running {
+            return HOUSEKEEPING_TICKS;
+        }
+        (self.config.timeout_ticks / 20).clamp(HOUSEKEEPING_TICKS, MAX_HOUSEKEEPING_TICKS)
+    }
+
+    /// Ticks until a `Tick` could do anything (at least 1): the runtime
+    /// sleeps that long when no input comes, so an idle node wakes for its
+    /// heartbeats (a leader), its election timeout (a follower, put off by
+    /// every heartbeat), housekeeping and pulses, not every tick. While
+    /// anything waits on time (writes or reads in flight, a catch-up, a
+    /// join, a change of leader not yet acted on) it is 1, as before. The
+    /// caller must report the time that passed before each input (a
+    /// follower's timeout counts from the last heartbeat it was told of).
     pub fn ticks_until_due(&self) -> u64 {
-        let heartbeat = u64::from(self.config.paxos.heartbeat_ticks).max(1);
-        let waiting_on_time = self.phase != Phase::Running
+        let waiting_on_time = self.housekeeping_soon
+            || self.phase != Phase::Running
             || !self.pending_writes.is_empty()
             || !self.parked_reads.is_empty()
             || self.reads.waits_on_time()
@@ -146,12 +169,8 @@ impl Core {
             let period = period.max(1);
             period - self.ticks % period
         };
-        let mut due = u64::from(self.paxos.ticks_until_due())
-            .min(boundary(HOUSEKEEPING_TICKS))
-            .min(heartbeat);
-        if self.paxos.is_leader() {
-            due = due.min(boundary(heartbeat));
-        }
+        let mut due =
+            u64::from(self.paxos.ticks_until_due()).min(boundary(self.housekeeping_ticks()));
         if self.is_writable() {
             let since_pulse = self.ticks - self.last_pulse_tick;
             due = due.min(self.config.pulse_ticks.saturating_sub(since_pulse));

@@ -183,8 +183,14 @@ pub struct Settings {
     /// A follower that hears nothing from a leader for a random number of ticks
     /// in this range starts an election.
     pub election_ticks: (u32, u32),
-    /// A leader sends a heartbeat after this many quiet ticks.
+    /// A leader with writes or reads in flight sends a heartbeat after this
+    /// many quiet ticks, and resends what was not acknowledged after twice
+    /// as many; a follower acknowledges a bare heartbeat only when it sent
+    /// its leader nothing for this long.
     pub heartbeat_ticks: u32,
+    /// An idle leader's heartbeat period: longer, so an idle cluster sleeps,
+    /// and still well below `election_ticks.0`, so no follower times out.
+    pub idle_heartbeat_ticks: u32,
     /// Largest phase-2 batch, in bytes of values.
     pub max_batch_bytes: usize,
     /// Largest phase-2 batch, in slots.
@@ -200,6 +206,7 @@ impl Default for Settings {
             window: 256,
             election_ticks: (30, 60),
             heartbeat_ticks: 10,
+            idle_heartbeat_ticks: 20,
             max_batch_bytes: 4 << 20,
             max_batch_slots: 4096,
             max_queued: 100_000,
@@ -313,6 +320,12 @@ pub struct Paxos<V: Value> {
     record_durable: bool,
     /// Acceptor changes since the caller last took them.
     durable: Vec<Durable<V>>,
+    /// Ticks since this node last acknowledged anything (a follower does
+    /// not answer every bare heartbeat: see [`Settings::heartbeat_ticks`]).
+    ticks_since_ack: u32,
+    /// Periodic heartbeats this node sent as leader, ever (the caller sends
+    /// slaves one whenever it grows).
+    heartbeats_sent: u64,
 }
 
 type Out<V> = Vec<(NodeId, Msg<V>)>;
@@ -352,6 +365,8 @@ impl<V: Value> Paxos<V> {
             loopback: VecDeque::new(),
             record_durable: false,
             durable: Vec::new(),
+            ticks_since_ack: u32::MAX,
+            heartbeats_sent: 0,
         }
     }
 
@@ -781,20 +796,52 @@ impl<V: Value> Paxos<V> {
                 ..
             } => left(*timeout_ticks, *elapsed_ticks),
             Role::Leader(lead) => {
-                let heartbeat = self.settings.heartbeat_ticks;
-                left(heartbeat, lead.quiet_ticks)
-                    .min(left(heartbeat.saturating_mul(2), lead.resend_ticks))
+                let resend = if lead.inflight.is_empty() {
+                    u32::MAX
+                } else {
+                    left(
+                        self.settings.heartbeat_ticks.saturating_mul(2),
+                        lead.resend_ticks,
+                    )
+                };
+                left(self.heartbeat_period(lead), lead.quiet_ticks)
+                    .min(resend)
                     .min(left(self.settings.election_ticks.1, lead.check_ticks))
             }
         };
         due.max(1)
     }
 
+    /// Periodic heartbeats this node sent as leader, ever: the caller sends
+    /// the nodes the engine does not talk to (slaves) one whenever it grows.
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.heartbeats_sent
+    }
+
+    /// The leader's heartbeat period now: short while writes or reads are
+    /// in flight (a lost commit point or probe is noticed soon), long when
+    /// idle, so an idle cluster wakes rarely.
+    fn heartbeat_period(&self, lead: &Lead<V>) -> u32 {
+        let busy = !lead.inflight.is_empty()
+            || !self.queue.is_empty()
+            || lead.probe_wanted
+            || lead.probe_confirmed < lead.probes_sent;
+        if busy {
+            self.settings.heartbeat_ticks
+        } else {
+            self.settings.idle_heartbeat_ticks
+        }
+    }
+
     fn tick_inner(&mut self, elapsed: u32, out: &mut Out<V>) {
         let elapsed = elapsed.max(1);
         self.leader_silent_ticks = self.leader_silent_ticks.saturating_add(elapsed);
+        self.ticks_since_ack = self.ticks_since_ack.saturating_add(elapsed);
         let is_voter = self.is_voter();
-        let heartbeat = self.settings.heartbeat_ticks;
+        let heartbeat = match &self.role {
+            Role::Leader(lead) => self.heartbeat_period(lead),
+            _ => self.settings.heartbeat_ticks,
+        };
         let mut start_prevote = false;
         let mut leader_duties = false;
         match &mut self.role {
@@ -869,6 +916,7 @@ impl<V: Value> Paxos<V> {
         if lead.quiet_ticks >= heartbeat {
             lead.quiet_ticks = 0;
             lead.sent_commit = commit;
+            self.heartbeats_sent += 1;
             let msg = Msg::Commit {
                 ballot: lead.ballot.clone(),
                 commit,
@@ -877,7 +925,7 @@ impl<V: Value> Paxos<V> {
                 out.push((to.clone(), msg.clone()));
             }
         }
-        if lead.resend_ticks >= 2 * heartbeat {
+        if lead.resend_ticks >= 2 * self.settings.heartbeat_ticks {
             lead.resend_ticks = 0;
             // Resend what a voter has not acknowledged (a lost message, a
             // reconnected link), and phase 1 to voters that never promised.
@@ -1318,6 +1366,9 @@ impl<V: Value> Paxos<V> {
     }
 
     fn send(&mut self, to: NodeId, msg: Msg<V>, out: &mut Out<V>) {
+        if matches!(msg, Msg::Accepted { .. }) {
+            self.ticks_since_ack = 0;
+        }
         if to == self.me {
             self.loopback.push_back(msg);
         } else {
@@ -1721,9 +1772,15 @@ impl<V: Value> Paxos<V> {
             return;
         }
         self.learn_commit(&from, &ballot, commit);
-        if from != self.me && self.is_voter() {
-            // An empty acknowledgement: the leader counts who it still hears
-            // (among voters: a slave's would be refused).
+        // An empty acknowledgement: the leader counts who it still hears
+        // (among voters: a slave's would be refused). Only when this node
+        // told its leader nothing for a heartbeat period: a commit point
+        // sent right after an acknowledged Accept, or a heartbeat soon after
+        // another, needs none, which saves a message per write at low load.
+        if from != self.me
+            && self.is_voter()
+            && self.ticks_since_ack >= self.settings.heartbeat_ticks
+        {
             let ack = Msg::Accepted {
                 ballot,
                 first_slot: commit + 1,

@@ -645,10 +645,10 @@ fn nothing_is_due_before_ticks_until_due_and_an_idle_cluster_stays_led() {
         net.settle();
         assert_eq!(net.leader(), Some(0), "the idle cluster keeps its leader");
     }
-    let heartbeat = Settings::default().heartbeat_ticks;
+    let heartbeat = Settings::default().idle_heartbeat_ticks;
     assert_eq!(
         longest_step, heartbeat,
-        "idle, a node sleeps a heartbeat period"
+        "idle, a node sleeps an idle heartbeat period"
     );
     // A follower left alone is due when its election timer runs out.
     let mut lone = Net::new(3);
@@ -662,4 +662,106 @@ fn nothing_is_due_before_ticks_until_due_and_an_idle_cluster_stays_led() {
     let mut net = led_net();
     net.nodes[0].propose(Val::Put(99)).unwrap();
     assert_eq!(net.nodes[0].ticks_until_due(), 1);
+}
+
+/// What crosses the network per heartbeat period, idle and busy: an idle
+/// leader heartbeats every `idle_heartbeat_ticks` (each heartbeat acked,
+/// as the leader must hear a quorum every `election_ticks.1`), a leader
+/// with a write in flight every `heartbeat_ticks`; and a follower that
+/// acknowledged an Accept does not acknowledge the commit point that
+/// follows it (one message less per write).
+#[test]
+fn idle_heartbeats_are_sparse_and_a_commit_after_an_accept_is_not_acked() {
+    let settings = Settings::default();
+    assert!(settings.idle_heartbeat_ticks > settings.heartbeat_ticks);
+    assert!(settings.idle_heartbeat_ticks < settings.election_ticks.0);
+    let mut net = led_net();
+    // Count messages by kind over ticks, delivering everything.
+    let run = |net: &mut Net, ticks: u32| {
+        let (mut commits, mut acks) = (0, 0);
+        for _ in 0..ticks {
+            for i in 0..3 {
+                let mut out = Vec::new();
+                net.nodes[i].tick(&mut out);
+                for (_, msg) in &out {
+                    match msg {
+                        Msg::Commit { .. } => commits += 1,
+                        Msg::Accepted { .. } => acks += 1,
+                        _ => {}
+                    }
+                }
+                net.sent(i, out);
+            }
+            // Acks are sent while handling, not ticking: count them there.
+            while let Some((from, to, msg)) = net.queue.pop_front() {
+                let i = net.idx(&to);
+                let mut out = Vec::new();
+                net.nodes[i].handle(from, msg, false, &mut out).unwrap();
+                net.nodes[i].flush(&mut out);
+                acks += out
+                    .iter()
+                    .filter(|(_, m)| matches!(m, Msg::Accepted { .. }))
+                    .count();
+                net.sent(i, out);
+            }
+        }
+        (commits, acks)
+    };
+    run(&mut net, 100);
+    let idle = settings.idle_heartbeat_ticks;
+    let (commits, acks) = run(&mut net, 10 * idle);
+    assert_eq!(
+        commits,
+        2 * 10,
+        "idle: one heartbeat per follower per period"
+    );
+    assert_eq!(acks, commits, "idle: every heartbeat acked");
+    assert_eq!(net.leader(), Some(0));
+    // One write: an Accept and its acks, then the commit point, not acked.
+    net.nodes[0].propose(Val::Put(7)).unwrap();
+    let mut out = Vec::new();
+    net.nodes[0].flush(&mut out);
+    net.sent(0, out);
+    let mut kinds = Vec::new();
+    while let Some((from, to, msg)) = net.queue.pop_front() {
+        kinds.push(match &msg {
+            Msg::Accept { .. } => "accept",
+            Msg::Accepted { .. } => "accepted",
+            Msg::Commit { .. } => "commit",
+            _ => "other",
+        });
+        let i = net.idx(&to);
+        let mut out = Vec::new();
+        net.nodes[i].handle(from, msg, false, &mut out).unwrap();
+        net.nodes[i].flush(&mut out);
+        net.sent(i, out);
+    }
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        ["accept", "accept", "accepted", "accepted", "commit", "commit"]
+    );
+    net.collect();
+    assert!(net
+        .decided
+        .iter()
+        .all(|d| d.last() == Some(&(d.len() as Slot, Val::Put(7)))));
+    // A write left in flight (its acks lost): heartbeats every
+    // `heartbeat_ticks` until it is chosen.
+    net.nodes[0].propose(Val::Put(8)).unwrap();
+    let mut out = Vec::new();
+    net.nodes[0].flush(&mut out);
+    assert!(out.iter().all(|(_, m)| matches!(m, Msg::Accept { .. })));
+    let heartbeat = settings.heartbeat_ticks;
+    let mut sent = Vec::new();
+    for _ in 0..heartbeat {
+        net.nodes[0].tick(&mut sent);
+    }
+    assert_eq!(
+        sent.iter()
+            .filter(|(_, m)| matches!(m, Msg::Commit { .. }))
+            .count(),
+        2,
+        "busy: a heartbeat per follower after {heartbeat} ticks"
+    );
 }

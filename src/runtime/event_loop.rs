@@ -383,7 +383,11 @@ impl EventLoop {
             if self.drain_control(&mut out).is_err() {
                 return;
             }
-            if ticked {
+            // Time that passed is reported before the inputs too, not only
+            // when the ticker fires: an idle node sleeps past many ticks, and
+            // a heartbeat must reset a follower's timeout at the time it
+            // came, not at the last tick before it.
+            if ticked || std::time::Instant::now() >= self.clock + tick {
                 self.on_tick(&mut out);
             }
             for _ in 0..MAX_BATCH {

@@ -19,6 +19,7 @@
 
 mod ballot;
 mod membership;
+mod slots;
 
 pub use ballot::Ballot;
 pub use membership::{is_quorum, quorum, Membership};
@@ -294,9 +295,9 @@ pub struct Paxos<V: Value> {
     /// Acceptor: the highest ballot promised.
     promised: Ballot,
     /// Acceptor: accepted values of slots not yet known chosen.
-    accepted: BTreeMap<Slot, (Ballot, V)>,
+    accepted: slots::SlotMap<(Ballot, V)>,
     /// Learner: chosen values not yet taken by the caller.
-    chosen: BTreeMap<Slot, (Ballot, V)>,
+    chosen: slots::SlotMap<(Ballot, V)>,
     /// Learner: the next slot to hand out; everything below it is delivered.
     next_to_deliver: Slot,
     /// The highest slot known to be chosen.
@@ -353,8 +354,8 @@ impl<V: Value> Paxos<V> {
                 timeout_ticks,
             },
             promised: Ballot::ZERO,
-            accepted: BTreeMap::new(),
-            chosen: BTreeMap::new(),
+            accepted: slots::SlotMap::new(first_slot),
+            chosen: slots::SlotMap::new(first_slot),
             next_to_deliver: first_slot,
             commit: first_slot - 1,
             queue: VecDeque::new(),
@@ -385,9 +386,13 @@ impl<V: Value> Paxos<V> {
     /// The acceptor state to persist whole (in an image): the promised
     /// ballot and every value accepted or known chosen and not delivered.
     pub fn acceptor_state(&self) -> (Ballot, Vec<(Slot, Ballot, V)>) {
-        let mut values: BTreeMap<Slot, (Ballot, V)> = self.accepted.clone();
-        for (slot, (ballot, value)) in &self.chosen {
-            values.insert(*slot, (ballot.clone(), value.clone()));
+        let mut values: BTreeMap<Slot, (Ballot, V)> = self
+            .accepted
+            .iter()
+            .map(|(slot, entry)| (slot, entry.clone()))
+            .collect();
+        for (slot, (ballot, value)) in self.chosen.iter() {
+            values.insert(slot, (ballot.clone(), value.clone()));
         }
         let values = values
             .into_iter()
@@ -504,7 +509,7 @@ impl<V: Value> Paxos<V> {
     /// Whether slots up to the known commit point are missing here (so the
     /// caller should fetch them).
     pub fn is_behind(&self) -> bool {
-        self.commit >= self.next_to_deliver && !self.chosen.contains_key(&self.next_to_deliver)
+        self.commit >= self.next_to_deliver && !self.chosen.contains_key(self.next_to_deliver)
     }
 
     /// Asks for `value` to be ordered: queued here when leading, forwarded to
@@ -660,10 +665,12 @@ impl<V: Value> Paxos<V> {
 
     /// Takes the next decided value, in slot order.
     pub fn take_decided(&mut self) -> Option<(Slot, V)> {
-        let (_, value) = self.chosen.remove(&self.next_to_deliver)?;
+        let (_, value) = self.chosen.remove(self.next_to_deliver)?;
         let slot = self.next_to_deliver;
-        self.accepted.remove(&slot);
+        self.accepted.remove(slot);
         self.next_to_deliver += 1;
+        self.accepted.set_base(self.next_to_deliver);
+        self.chosen.set_base(self.next_to_deliver);
         if let Role::Leader(lead) = &mut self.role {
             // Learned another way (catch-up) before a quorum acknowledged
             // it: not in flight any more. A stale entry would keep the
@@ -677,7 +684,7 @@ impl<V: Value> Paxos<V> {
 
     /// The value this node knows chosen at `slot` and has not delivered yet.
     pub fn chosen_value(&self, slot: Slot) -> Option<&V> {
-        self.chosen.get(&slot).map(|(_, v)| v)
+        self.chosen.get(slot).map(|(_, v)| v)
     }
 
     /// A decided value learned from another node's log. A value that
@@ -691,14 +698,14 @@ impl<V: Value> Paxos<V> {
         if slot < self.next_to_deliver {
             return Ok(());
         }
-        if let Some((_, known)) = self.chosen.get(&slot) {
+        if let Some((_, known)) = self.chosen.get(slot) {
             return if *known == value {
                 Ok(())
             } else {
                 Err(Refusal::Conflict)
             };
         }
-        self.accepted.remove(&slot);
+        self.accepted.remove(slot);
         self.chosen.insert(slot, (chosen_ballot(), value));
         self.commit = self.commit.max(slot);
         Ok(())
@@ -709,7 +716,7 @@ impl<V: Value> Paxos<V> {
     /// chosen at the same slot is a bug in this node (not input from a
     /// peer): it stops the node rather than let it diverge.
     fn choose(&mut self, slot: Slot, ballot: Ballot, value: V) {
-        if let Some((_, known)) = self.chosen.get(&slot) {
+        if let Some((_, known)) = self.chosen.get(slot) {
             assert!(
                 *known == value,
                 "{}: slot {slot} was chosen as {known:?} and now as {value:?}",
@@ -734,8 +741,8 @@ impl<V: Value> Paxos<V> {
     pub fn restart_at(&mut self, rev: Slot, membership: Membership) {
         self.next_to_deliver = rev + 1;
         self.commit = self.commit.max(rev);
-        self.accepted = self.accepted.split_off(&(rev + 1));
-        self.chosen = self.chosen.split_off(&(rev + 1));
+        self.accepted.set_base(rev + 1);
+        self.chosen.set_base(rev + 1);
         self.membership = membership;
         if let Role::Leader(lead) = &mut self.role {
             lead.next_slot = lead.next_slot.max(rev + 1);
@@ -1525,9 +1532,9 @@ impl<V: Value> Paxos<V> {
         }
         let accepted = self
             .accepted
-            .range(from_slot..)
-            .chain(self.chosen.range(from_slot..))
-            .map(|(slot, (b, v))| (*slot, b.clone(), v.clone()))
+            .range_from(from_slot)
+            .chain(self.chosen.range_from(from_slot))
+            .map(|(slot, (b, v))| (slot, b.clone(), v.clone()))
             .collect();
         let msg = Msg::Promise {
             ballot,
@@ -1613,7 +1620,7 @@ impl<V: Value> Paxos<V> {
         // promises is the chosen one (plain Paxos recovery): without this,
         // voters that all missed a slot only a slave holds could never elect.
         let known = (self.next_to_deliver..=highest_commit).all(|slot| {
-            self.chosen.contains_key(&slot)
+            self.chosen.contains_key(slot)
                 || (slot >= promisers_undelivered && recovered.contains_key(&slot))
         });
         if !known {
@@ -1621,8 +1628,8 @@ impl<V: Value> Paxos<V> {
             // next tick: it runs again then.
             return;
         }
-        for (slot, (b, v)) in &self.chosen {
-            merge_highest(&mut recovered, *slot, b.clone(), v.clone());
+        for (slot, (b, v)) in self.chosen.iter() {
+            merge_highest(&mut recovered, slot, b.clone(), v.clone());
         }
         // Every open slot up to the last one anyone reported is proposed
         // again (a hole becomes a nop), ahead of new values.
@@ -1679,7 +1686,7 @@ impl<V: Value> Paxos<V> {
         let mut kept = Vec::new();
         for (i, value) in values.into_iter().enumerate() {
             let slot = first_slot + i as Slot;
-            if slot >= self.next_to_deliver && !self.chosen.contains_key(&slot) {
+            if slot >= self.next_to_deliver && !self.chosen.contains_key(slot) {
                 if self.record_durable {
                     kept.push((slot, value.clone()));
                 }
@@ -1836,12 +1843,13 @@ impl<V: Value> Paxos<V> {
         if commit >= start {
             let now_chosen: Vec<Slot> = self
                 .accepted
-                .range(start..=commit)
+                .range_from(start)
+                .take_while(|(slot, _)| *slot <= commit)
                 .filter(|(_, (b, _))| b == ballot)
-                .map(|(slot, _)| *slot)
+                .map(|(slot, _)| slot)
                 .collect();
             for slot in now_chosen {
-                if let Some((ballot, value)) = self.accepted.remove(&slot) {
+                if let Some((ballot, value)) = self.accepted.remove(slot) {
                     self.choose(slot, ballot, value);
                 }
             }

@@ -187,7 +187,7 @@ pub struct Settings {
     /// A leader with writes or reads in flight sends a heartbeat after this
     /// many quiet ticks, and resends what was not acknowledged after twice
     /// as many; a follower acknowledges a bare heartbeat only when it sent
-    /// its leader nothing for this long.
+    /// no acknowledgement for this long.
     pub heartbeat_ticks: u32,
     /// An idle leader's heartbeat period: longer, so an idle cluster sleeps,
     /// and still well below `election_ticks.0`, so no follower times out.

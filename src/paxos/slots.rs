@@ -19,7 +19,6 @@ use super::Slot;
 /// state the map stays empty; the ring only grows as far as slots are used.
 pub const RING_SLOTS: usize = 1024;
 
-#[derive(Clone)]
 pub struct SlotMap<T> {
     /// The slot of `ring[0]`.
     base: Slot,

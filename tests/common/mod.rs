@@ -338,9 +338,22 @@ impl Node {
         self.killed = true;
     }
 
-    /// `kill -STOP`: the process freezes, its sockets stay open.
+    /// `kill -STOP`: the process freezes, its sockets stay open. Returns
+    /// once every thread of it is stopped: the kernel stops the threads one
+    /// by one after `kill` returns (the one that takes the signal stops the
+    /// others), and on a loaded machine a thread can still answer a request
+    /// sent meanwhile.
     pub fn stop(&self) {
         self.signal("-STOP");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(self.pid()) {
+            assert!(
+                Instant::now() < deadline,
+                "doozerd {} did not stop within 10 s of SIGSTOP",
+                self.pid()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// `kill -CONT`.
@@ -637,4 +650,19 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in
+/// `/proc/<pid>/task/<tid>/stat`: the field after the command's closing
+/// parenthesis).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T")
+    })
 }

@@ -9,8 +9,10 @@
 //! ([`super::peer_auth::TAG_BYTES`]) and an empty body is a keepalive. Each frame is a 4-byte big-endian length and then the
 //! bincode 2 encoding (`config::standard()`: varints, little endian) of the
 //! message. The length is checked against a cap before anything is allocated
-//! for the body, and decoding runs with bincode's claim limit, so a hostile
-//! length inside a message cannot make us reserve more than [`DECODE_LIMIT`].
+//! for the body, and every length inside a message against the bytes left
+//! in the frame ([`FrameDecode`]), so a hostile length cannot make us
+//! reserve more than the frame could hold; bincode's claim limit
+//! ([`DECODE_LIMIT`]) bounds a whole message on top of that.
 //!
 //! `MAGIC` read as a client frame length is 0x445A5052 (about 1.07 GiB); client
 //! frames are capped below 1 GiB (`Config::validate`), so no client frame can
@@ -281,6 +283,146 @@ pub async fn read_hello<R: AsyncRead + Unpin>(
 }
 
 // ---------------------------------------------------------------------------
+// Lengths bounded by the frame
+
+/// How every field of a peer message or a data-dir record is decoded: like
+/// bincode's own `Decode`, except that a length (of a list, a body, a
+/// string) is checked against the bytes left in the frame before anything
+/// is allocated for it.
+///
+/// Why: bincode sizes a `Vec` or a body from the length it reads, bounded
+/// only by the configured claim limit ([`DECODE_LIMIT`], 1 GiB), so a
+/// ten-byte frame claiming a 500 MB body made the node allocate 500 MB
+/// before finding out. Every element takes at least one byte on the wire,
+/// so a length larger than the bytes left is a lie, refused at once; what a
+/// frame can make us allocate is then bounded by its own size (times the
+/// in-memory size of one element).
+///
+/// Decoding runs on a frame in memory ([`decode_body`]): a reader that
+/// cannot tell how much is left (bincode's `peek_read` returning `None`)
+/// has every non-empty length refused.
+pub trait FrameDecode: Sized {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError>;
+}
+
+/// Types whose decoding allocates nothing sized by the input (or checks its
+/// own bound, as [`Path`] and [`NodeId`] do): their bincode `Decode`.
+macro_rules! frame_decode_as_decode {
+    ($($t:ty),* $(,)?) => {
+        $(
+            impl FrameDecode for $t {
+                fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+                    <$t as Decode<D::Context>>::decode(decoder)
+                }
+            }
+        )*
+    };
+}
+
+frame_decode_as_decode!(u8, u32, u64, i64, bool, Rev, Path, NodeId);
+
+/// Reads a length and checks that `len` bytes are left in the frame (the
+/// least that `len` elements, or `len` bytes, take).
+fn decode_frame_len<D: Decoder>(decoder: &mut D) -> Result<usize, DecodeError> {
+    let len = u64::decode(decoder)?;
+    let len = usize::try_from(len).map_err(|_| DecodeError::Other(LONGER_THAN_FRAME))?;
+    if len > 0 && decoder.reader().peek_read(len).is_none() {
+        return Err(DecodeError::Other(LONGER_THAN_FRAME));
+    }
+    Ok(len)
+}
+
+/// The error of a length that the rest of the frame cannot hold.
+pub const LONGER_THAN_FRAME: &str = "a length longer than the rest of the frame";
+
+impl<T: FrameDecode> FrameDecode for Vec<T> {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let len = decode_frame_len(decoder)?;
+        // The claim limit still bounds the whole message's memory.
+        decoder.claim_container_read::<T>(len)?;
+        let mut items = Vec::with_capacity(len);
+        for _ in 0..len {
+            // Each element claims what it holds itself (as bincode does).
+            decoder.unclaim_bytes_read(std::mem::size_of::<T>());
+            items.push(T::frame_decode(decoder)?);
+        }
+        Ok(items)
+    }
+}
+
+/// A value's body: copied once, straight from the frame.
+impl FrameDecode for std::sync::Arc<[u8]> {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let len = decode_frame_len(decoder)?;
+        decoder.claim_bytes_read(len)?;
+        let reader = decoder.reader();
+        let body = std::sync::Arc::from(reader.peek_read(len).unwrap_or_default());
+        reader.consume(len);
+        Ok(body)
+    }
+}
+
+impl FrameDecode for String {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let len = decode_frame_len(decoder)?;
+        decoder.claim_bytes_read(len)?;
+        let reader = decoder.reader();
+        let bytes = reader.peek_read(len).unwrap_or_default().to_vec();
+        reader.consume(len);
+        String::from_utf8(bytes).map_err(|err| DecodeError::Utf8 {
+            inner: err.utf8_error(),
+        })
+    }
+}
+
+impl<T: FrameDecode> FrameDecode for Option<T> {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        match u8::decode(decoder)? {
+            0 => Ok(None),
+            1 => T::frame_decode(decoder).map(Some),
+            found => Err(DecodeError::UnexpectedVariant {
+                type_name: "Option<T>",
+                allowed: &AllowedEnumVariants::Range { min: 0, max: 1 },
+                found: u32::from(found),
+            }),
+        }
+    }
+}
+
+impl<T: FrameDecode> FrameDecode for Box<T> {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        T::frame_decode(decoder).map(Box::new)
+    }
+}
+
+impl<A: FrameDecode, B: FrameDecode> FrameDecode for (A, B) {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok((A::frame_decode(decoder)?, B::frame_decode(decoder)?))
+    }
+}
+
+impl<A: FrameDecode, B: FrameDecode, C: FrameDecode> FrameDecode for (A, B, C) {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok((
+            A::frame_decode(decoder)?,
+            B::frame_decode(decoder)?,
+            C::frame_decode(decoder)?,
+        ))
+    }
+}
+
+impl<A: FrameDecode, B: FrameDecode, C: FrameDecode, E: FrameDecode> FrameDecode for (A, B, C, E) {
+    fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok((
+            A::frame_decode(decoder)?,
+            B::frame_decode(decoder)?,
+            C::frame_decode(decoder)?,
+            E::frame_decode(decoder)?,
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Encode / Decode
 
 /// `Encode`, `Decode` and `BorrowDecode` for an enum, variant by variant with
@@ -310,13 +452,13 @@ macro_rules! wire_enum {
             }
         }
 
-        impl<Ctx $(, $g: Decode<Ctx>)?> Decode<Ctx> for $name$(<$g>)? {
+        impl<Ctx $(, $g: FrameDecode)?> Decode<Ctx> for $name$(<$g>)? {
             fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
                 let variant = <u32 as Decode<Ctx>>::decode(decoder)?;
                 Ok(match variant {
                     $(
                         $idx => $name::$var
-                            $( { $($f: Decode::decode(decoder)?),* } )?
+                            $( { $($f: FrameDecode::frame_decode(decoder)?),* } )?
                             $( ( $( wire_field!($t, decoder) ),* ) )?,
                     )*
                     found => {
@@ -330,10 +472,16 @@ macro_rules! wire_enum {
             }
         }
 
-        impl<'de, Ctx $(, $g: Decode<Ctx>)?> bincode::BorrowDecode<'de, Ctx> for $name$(<$g>)? {
+        impl<'de, Ctx $(, $g: FrameDecode)?> bincode::BorrowDecode<'de, Ctx> for $name$(<$g>)? {
             fn borrow_decode<D: bincode::de::BorrowDecoder<'de, Context = Ctx>>(
                 decoder: &mut D,
             ) -> Result<Self, DecodeError> {
+                Decode::decode(decoder)
+            }
+        }
+
+        impl$(<$g: FrameDecode>)? FrameDecode for $name$(<$g>)? {
+            fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
                 Decode::decode(decoder)
             }
         }
@@ -345,7 +493,7 @@ macro_rules! wire_enum {
 macro_rules! wire_field {
     ($t:ident, $decoder:ident) => {{
         let _ = stringify!($t);
-        Decode::decode($decoder)?
+        FrameDecode::frame_decode($decoder)?
     }};
 }
 
@@ -363,11 +511,17 @@ macro_rules! wire_struct {
 
         impl<Ctx> Decode<Ctx> for $name {
             fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
-                Ok($name { $($f: Decode::decode(decoder)?),* })
+                Ok($name { $($f: FrameDecode::frame_decode(decoder)?),* })
             }
         }
 
         bincode::impl_borrow_decode!($name);
+
+        impl FrameDecode for $name {
+            fn frame_decode<D: Decoder>(decoder: &mut D) -> Result<Self, DecodeError> {
+                Decode::decode(decoder)
+            }
+        }
     };
 }
 
@@ -937,35 +1091,82 @@ mod tests {
         assert!(matches!(got[0], Err(PeerFrameError::Truncated)));
     }
 
-    #[test]
-    fn a_huge_count_inside_a_frame_hits_the_decode_limit() {
-        // Decided with a decree count of 2^60: must fail without allocating.
-        let bytes = bincode::encode_to_vec((3u32, 1i64, 1u64 << 60), wire_config()).unwrap();
-        assert!(matches!(
-            decode_peer_msg(&bytes),
-            Err(PeerFrameError::Decode(DecodeError::LimitExceeded))
-        ));
-        // A body length of 2^40 likewise.
-        let bytes = bincode::encode_to_vec(
-            (
-                3u32,
-                1i64,
-                1u64,
-                (
-                    1u32,
-                    "AAAAAAAAAAAAAAAA",
-                    1u64,
-                    0u64,
-                    (0u32, "/a", 0u32, 1u64 << 40),
-                ),
-            ),
-            wire_config(),
+    /// The error of a frame whose lengths claim more than it holds.
+    fn longer_than_frame(result: Result<PeerMsg, PeerFrameError>) -> bool {
+        matches!(
+            result,
+            Err(PeerFrameError::Decode(DecodeError::Other(
+                LONGER_THAN_FRAME
+            )))
         )
-        .unwrap();
+    }
+
+    /// A `Decided` frame (first rev 1) whose decree list has `count` entries
+    /// and holds one `Set` of a body claimed `body_len` bytes long (and
+    /// holding none).
+    fn decided_claiming(count: u64, body_len: u64) -> Vec<u8> {
+        let set = (
+            1u32,
+            "AAAAAAAAAAAAAAAA",
+            1u64,
+            0u64,
+            (0u32, "/a", 0u32, body_len),
+        );
+        bincode::encode_to_vec((3u32, 1i64, count, set), wire_config()).unwrap()
+    }
+
+    #[test]
+    fn counts_and_lengths_beyond_the_frame_are_refused_before_allocating() {
+        // Below the claim limit, these were allocated in full by bincode
+        // before the frame ran out: 0.5 GiB of decree slots, a 500 MB body.
+        let count = (DECODE_LIMIT / std::mem::size_of::<Decree>() / 2) as u64;
+        assert!(longer_than_frame(decode_peer_msg(&decided_claiming(
+            count, 1
+        ))));
+        assert!(longer_than_frame(decode_peer_msg(&decided_claiming(
+            1,
+            500 << 20
+        ))));
+        // Far above it, the same.
+        assert!(longer_than_frame(decode_peer_msg(&decided_claiming(
+            1 << 60,
+            1
+        ))));
+        assert!(longer_than_frame(decode_peer_msg(&decided_claiming(
+            1,
+            1 << 40
+        ))));
+        // A string (an address) and a snapshot's file list likewise.
+        let alive = bincode::encode_to_vec((1u32, 5i64, 400u64 << 20), wire_config()).unwrap();
+        assert!(longer_than_frame(decode_peer_msg(&alive)));
+        let snapshot = bincode::encode_to_vec((4u32, 7i64, 300u64 << 20), wire_config()).unwrap();
+        assert!(longer_than_frame(decode_peer_msg(&snapshot)));
+        // One byte short of an honest body is refused; the honest one decodes.
+        let mut honest = decided_claiming(1, 3);
+        honest.extend_from_slice(b"abc");
+        let PeerMsg::Decided { decrees, .. } = decode_peer_msg(&honest).unwrap() else {
+            panic!("a Decided frame");
+        };
         assert!(matches!(
-            decode_peer_msg(&bytes),
-            Err(PeerFrameError::Decode(DecodeError::LimitExceeded))
+            &decrees[..],
+            [Decree::Write { mutation: Mutation::Set { body, .. }, .. }] if &body[..] == b"abc"
         ));
+        honest.pop();
+        assert!(longer_than_frame(decode_peer_msg(&honest)));
+    }
+
+    /// Options decode as bincode's: a tag byte of 0 or 1, anything else
+    /// refused.
+    #[test]
+    fn a_ballot_leader_tag_other_than_0_or_1_is_refused() {
+        let ballot = Ballot {
+            round: 3,
+            leader: Some(id(1)),
+        };
+        let mut bytes = bincode::encode_to_vec(&ballot, wire_config()).unwrap();
+        assert_eq!(decode_body::<Ballot>(&bytes).unwrap(), ballot);
+        bytes[1] = 2;
+        assert!(decode_body::<Ballot>(&bytes).is_err());
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod event_loop;
 pub mod peer_link;
 pub mod rt;
 pub mod server;
+pub mod tcp;

@@ -1,8 +1,9 @@
 //! The one place that names the async runtime.
 //!
 //! async-std is the requested runtime but is discontinued upstream; everything
-//! else in the crate reaches it through these re-exports and helpers, so moving
-//! to another runtime (smol, say) touches this file only.
+//! else in the crate reaches it through these re-exports and helpers (and
+//! [`super::tcp`], its sockets), so moving to another runtime (smol, say)
+//! touches these two files only.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use async_executor::LocalExecutor;
 
-pub use async_std::net::{TcpListener, TcpStream};
+pub use super::tcp::{TcpListener, TcpStream};
 
 /// Runs a future to completion on the current thread (binaries' `main`, tests).
 pub fn block_on<F: Future>(future: F) -> F::Output {
@@ -154,7 +155,7 @@ async fn connect_one(from: Option<IpAddr>, target: SocketAddr) -> io::Result<Tcp
     }
     // Connected (peer_addr fails on a socket whose connect failed).
     pending.get_ref().peer_addr()?;
-    Ok(TcpStream::from(pending.into_inner()?))
+    Ok(TcpStream::from_async(pending))
 }
 
 /// A deadline that a loop pushes later on every step (a link's silence

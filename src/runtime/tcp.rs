@@ -8,11 +8,15 @@
 //! task woken to send) read its idle socket twice for nothing. At 64
 //! connections that was two thirds of a node's `recvfrom` calls.
 //!
-//! Here a read that returned less than it asked for (or `EAGAIN`) marks the
-//! socket drained, and the next read first waits for readiness: the
-//! registration is level-triggered, so bytes that came in meanwhile are
-//! reported at once and nothing is missed. A read that filled its buffer
-//! reads again directly, as there is likely more.
+//! Here a read that finds the socket empty marks it drained, and the read
+//! after the task is woken asks the reactor first: that takes the event
+//! that woke it, so it cannot send the next read to the socket again for
+//! nothing. A read after one that returned bytes still tries the socket at
+//! once (under load the next frame is often there already, and finding it
+//! costs no `epoll_ctl` and no trip through the reactor). So a frame costs
+//! its `recvfrom`, at most one `EAGAIN`, and the re-arm. The registration
+//! is level-triggered: bytes that come in while a reader is marked drained
+//! are reported at once, so nothing is missed.
 //!
 //! Everything else (writes, `shutdown`, addresses) goes straight to the
 //! socket, as before.
@@ -34,8 +38,8 @@ use futures::{AsyncRead, AsyncWrite};
 #[derive(Debug)]
 pub struct TcpStream {
     io: Arc<Async<std::net::TcpStream>>,
-    /// The last read on this handle found the socket empty (or took less
-    /// than it asked for): the next one waits for readiness first.
+    /// The last read on this handle found the socket empty: the next one
+    /// waits for readiness first.
     drained: AtomicBool,
 }
 
@@ -115,8 +119,7 @@ impl AsyncRead for &TcpStream {
             }
             match this.io.get_ref().read(buf) {
                 Ok(n) => {
-                    this.drained
-                        .store(n < buf.len() || n == 0, Ordering::Relaxed);
+                    this.drained.store(false, Ordering::Relaxed);
                     return Poll::Ready(Ok(n));
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -213,8 +216,9 @@ mod tests {
     }
 
     /// Bytes that arrive while a reader is marked drained still wake it,
-    /// whether they came before it waited or after; a full buffer is read
-    /// on without waiting; the end of the stream reads as 0, again and again.
+    /// whether they came before it waited or after; after bytes, the next
+    /// read goes to the socket at once; the end of the stream reads as 0,
+    /// again and again.
     #[test]
     fn a_drained_reader_is_woken_by_what_comes_before_or_after_it_waits() {
         rt::block_on(async {
@@ -223,11 +227,18 @@ mod tests {
             a.write_all(b"one").await.unwrap();
             let mut buf = [0u8; 16];
             assert_eq!(reader.read(&mut buf).await.unwrap(), 3);
+            assert!(!reader.drained.load(Ordering::Relaxed));
+            // An empty socket marks the reader drained.
+            let empty = futures::future::poll_fn(|cx| {
+                Poll::Ready(Pin::new(&mut &reader).poll_read(cx, &mut buf).is_pending())
+            });
+            assert!(empty.await);
             assert!(reader.drained.load(Ordering::Relaxed));
             // Came while drained, before the next read waits.
             a.write_all(b"two").await.unwrap();
             let got = rt::timeout(std::time::Duration::from_secs(5), reader.read(&mut buf)).await;
             assert_eq!(got.unwrap().unwrap(), 3);
+            assert!(!reader.drained.load(Ordering::Relaxed));
             // Comes after the reader waits.
             let late = rt::spawn(async move {
                 rt::sleep(std::time::Duration::from_millis(50)).await;
@@ -237,7 +248,7 @@ mod tests {
             let mut small = [0u8; 8];
             let got = rt::timeout(std::time::Duration::from_secs(5), reader.read(&mut small)).await;
             assert_eq!(got.unwrap().unwrap(), 8);
-            // A full buffer: read on directly.
+            // After bytes, the next read tries the socket at once.
             assert!(!reader.drained.load(Ordering::Relaxed));
             let mut rest = [0u8; 64];
             let mut total = 0;

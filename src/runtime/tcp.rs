@@ -151,6 +151,18 @@ impl AsyncWrite for &TcpStream {
         Pin::new(&mut &*self.io).poll_write(cx, buf)
     }
 
+    /// One `writev`, as the socket does: the default would write only the
+    /// first buffer, and rustls hands its records over as several (a TLS
+    /// 1.3 client's last-gasp alert follows a change-cipher-spec record in
+    /// the same single write attempt, and was lost).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self.io).poll_write_vectored(cx, bufs)
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut &*self.io).poll_flush(cx)
     }
@@ -167,6 +179,14 @@ impl AsyncWrite for TcpStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut &*self).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut &*self).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -213,6 +233,22 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (dialed, accepted) = futures::join!(TcpStream::connect(addr), listener.accept());
         (dialed.unwrap(), accepted.unwrap().0)
+    }
+
+    /// A vectored write goes out as one `writev` of every buffer (rustls
+    /// relies on it for its last-gasp alert).
+    #[test]
+    fn a_vectored_write_writes_every_buffer() {
+        rt::block_on(async {
+            let (a, mut b) = pair().await;
+            let bufs = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cde")];
+            let wrote =
+                futures::future::poll_fn(|cx| Pin::new(&mut &a).poll_write_vectored(cx, &bufs));
+            assert_eq!(wrote.await.unwrap(), 5);
+            let mut got = [0u8; 5];
+            b.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"abcde");
+        });
     }
 
     /// Bytes that arrive while a reader is marked drained still wake it,

@@ -242,12 +242,7 @@ mod tests {
         }
     }
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = rt::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (dialed, accepted) = futures::join!(TcpStream::connect(addr), listener.accept());
-        (dialed.unwrap(), accepted.unwrap().0)
-    }
+    use crate::runtime::tcp::loopback_pair as pair;
 
     #[test]
     fn bytes_arrive_in_order_when_the_socket_fills() {

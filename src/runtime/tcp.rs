@@ -132,16 +132,6 @@ impl AsyncRead for &TcpStream {
     }
 }
 
-impl AsyncRead for TcpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self).poll_read(cx, buf)
-    }
-}
-
 impl AsyncWrite for &TcpStream {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -172,31 +162,57 @@ impl AsyncWrite for &TcpStream {
     }
 }
 
-impl AsyncWrite for TcpStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self).poll_write(cx, buf)
-    }
+/// `AsyncRead` and `AsyncWrite` for an owned handle through the impls on
+/// a shared one (`&T`), as `TcpStream` has them: reads and writes of a
+/// socket need no exclusive access.
+macro_rules! io_through_shared_ref {
+    ($t:ty) => {
+        impl futures::io::AsyncRead for $t {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut &*self).poll_read(cx, buf)
+            }
+        }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self).poll_write_vectored(cx, bufs)
-    }
+        impl futures::io::AsyncWrite for $t {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut &*self).poll_write(cx, buf)
+            }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self).poll_flush(cx)
-    }
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut &*self).poll_write_vectored(cx, bufs)
+            }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self).poll_close(cx)
-    }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut &*self).poll_flush(cx)
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut &*self).poll_close(cx)
+            }
+        }
+    };
 }
+pub(super) use io_through_shared_ref;
+
+io_through_shared_ref!(TcpStream);
 
 /// A listening socket whose accepted connections are [`TcpStream`]s.
 #[derive(Debug)]
@@ -221,6 +237,15 @@ impl TcpListener {
     }
 }
 
+/// Both ends of a fresh loopback connection: (dialed, accepted).
+#[cfg(test)]
+pub(super) async fn loopback_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = futures::join!(TcpStream::connect(addr), listener.accept());
+    (dialed.unwrap(), accepted.unwrap().0)
+}
+
 #[cfg(test)]
 mod tests {
     use futures::{AsyncReadExt, AsyncWriteExt};
@@ -228,19 +253,12 @@ mod tests {
     use super::*;
     use crate::runtime::rt;
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (dialed, accepted) = futures::join!(TcpStream::connect(addr), listener.accept());
-        (dialed.unwrap(), accepted.unwrap().0)
-    }
-
     /// A vectored write goes out as one `writev` of every buffer (rustls
     /// relies on it for its last-gasp alert).
     #[test]
     fn a_vectored_write_writes_every_buffer() {
         rt::block_on(async {
-            let (a, mut b) = pair().await;
+            let (a, mut b) = loopback_pair().await;
             let bufs = [io::IoSlice::new(b"ab"), io::IoSlice::new(b"cde")];
             let wrote =
                 futures::future::poll_fn(|cx| Pin::new(&mut &a).poll_write_vectored(cx, &bufs));
@@ -258,7 +276,7 @@ mod tests {
     #[test]
     fn a_drained_reader_is_woken_by_what_comes_before_or_after_it_waits() {
         rt::block_on(async {
-            let (mut a, b) = pair().await;
+            let (mut a, b) = loopback_pair().await;
             let mut reader = b.clone();
             a.write_all(b"one").await.unwrap();
             let mut buf = [0u8; 16];

@@ -67,7 +67,7 @@ impl TcpStream {
     }
 
     /// Takes over a connected (blocking or not) socket.
-    pub fn from_std(tcp: std::net::TcpStream) -> io::Result<TcpStream> {
+    fn from_std(tcp: std::net::TcpStream) -> io::Result<TcpStream> {
         Ok(TcpStream::from_async(Async::new(tcp)?))
     }
 

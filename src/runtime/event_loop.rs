@@ -362,7 +362,7 @@ impl EventLoop {
     /// arrived meanwhile, which makes the next batch.
     pub async fn run(mut self) {
         let tick = self.tick.max(Duration::from_micros(1));
-        let mut ticker = async_io::Timer::after(tick);
+        let mut ticker = rt::Timer::after(tick);
         let mut next_tick_at = self.clock + tick;
         let mut out = Vec::new();
         self.publish_status();

@@ -8,6 +8,7 @@ pub mod direct;
 pub mod dzns;
 pub mod event_loop;
 pub mod peer_link;
+pub mod reactor;
 pub mod rt;
 pub mod server;
 pub mod tcp;

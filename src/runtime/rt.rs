@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use async_executor::LocalExecutor;
 
+pub use super::reactor::Timer;
+use super::reactor::{self, Reactor};
 pub use super::tcp::{TcpListener, TcpStream};
 
 /// Runs a future to completion on the current thread (binaries' `main`, tests).
@@ -97,7 +99,17 @@ where
         .spawn(move || {
             let executor = Rc::new(LocalExecutor::new());
             NODE_EXECUTOR.with(|slot| *slot.borrow_mut() = Some(executor.clone()));
-            async_io::block_on(executor.run(main()));
+            match Reactor::new() {
+                Ok(reactor) => {
+                    if let Err(err) = reactor::block_on(reactor, executor.run(main())) {
+                        log::error!("the node thread's reactor failed: {err}");
+                    }
+                }
+                Err(err) => {
+                    log::warn!("no reactor of the node's own ({err}); using async-io's");
+                    async_io::block_on(executor.run(main()));
+                }
+            }
             NODE_EXECUTOR.with(|slot| *slot.borrow_mut() = None);
         })
 }
@@ -108,12 +120,20 @@ pub async fn yield_now() {
 }
 
 pub async fn sleep(duration: Duration) {
-    async_std::task::sleep(duration).await
+    Timer::after(duration).await
 }
 
 /// Awaits `future` for at most `duration`; `None` when time ran out.
 pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
-    async_std::future::timeout(duration, future).await.ok()
+    let mut future = std::pin::pin!(future);
+    let mut timer = Timer::after(duration);
+    futures::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        Pin::new(&mut timer).poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Connects to `addr` from the local IP `from` (any port), so the other side
@@ -124,38 +144,12 @@ pub async fn connect_from(from: Option<IpAddr>, addr: &str) -> io::Result<TcpStr
     use async_std::net::ToSocketAddrs;
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
     for target in addr.to_socket_addrs().await? {
-        match connect_one(from, target).await {
+        match super::tcp::connect_to(from, target).await {
             Ok(stream) => return Ok(stream),
             Err(err) => last = err,
         }
     }
     Err(last)
-}
-
-async fn connect_one(from: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    if let Some(ip) = from.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == target.is_ipv4()) {
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    socket.set_nonblocking(true)?;
-    match socket.connect(&target.into()) {
-        Ok(()) => {}
-        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(err) => return Err(err),
-    }
-    let pending = async_io::Async::new(std::net::TcpStream::from(socket))?;
-    pending.writable().await?;
-    if let Some(err) = pending.get_ref().take_error()? {
-        return Err(err);
-    }
-    // Connected (peer_addr fails on a socket whose connect failed).
-    pending.get_ref().peer_addr()?;
-    Ok(TcpStream::from_async(pending))
 }
 
 /// A deadline that a loop pushes later on every step (a link's silence
@@ -172,7 +166,7 @@ pub struct Watchdog {
     armed_at: std::time::Instant,
     /// The timer fired at a passed deadline and is not armed any more.
     expired: bool,
-    timer: async_io::Timer,
+    timer: Timer,
 }
 
 impl Watchdog {
@@ -181,7 +175,7 @@ impl Watchdog {
             deadline,
             armed_at: deadline,
             expired: false,
-            timer: async_io::Timer::at(deadline),
+            timer: Timer::at(deadline),
         }
     }
 
@@ -260,7 +254,7 @@ mod tests {
             // A later deadline than the one that fired: it must be armed
             // again, or the guard below would wait for ever.
             dog.set(Instant::now() + Duration::from_millis(20));
-            let limit = async_io::Timer::after(Duration::from_secs(30));
+            let limit = Timer::after(Duration::from_secs(30));
             let guarded = Box::pin(dog.guard(std::future::pending::<()>()));
             match futures::future::select(limit, guarded).await {
                 futures::future::Either::Left(_) => panic!("the watchdog never fired"),

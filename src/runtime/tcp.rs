@@ -1,5 +1,6 @@
-//! TCP streams and listeners, over async-io, whose reads wait for the
-//! reactor's word before they try an empty socket again.
+//! TCP streams and listeners whose reads wait for the reactor's word before
+//! they try an empty socket again, on the node thread's own reactor
+//! ([`super::reactor`]) or, elsewhere, on async-io.
 //!
 //! Why not async-std's own: its read tries the socket first and asks the
 //! reactor only after `EAGAIN`, and the reactor still reports the event that
@@ -9,35 +10,32 @@
 //! connections that was two thirds of a node's `recvfrom` calls.
 //!
 //! Here a read that finds the socket empty marks it drained, and the read
-//! after the task is woken asks the reactor first: that takes the event
-//! that woke it, so it cannot send the next read to the socket again for
-//! nothing. A read after one that returned bytes still tries the socket at
-//! once (under load the next frame is often there already, and finding it
-//! costs no `epoll_ctl` and no trip through the reactor). So a frame costs
-//! its `recvfrom`, at most one `EAGAIN`, and the re-arm. The registration
-//! is level-triggered: bytes that come in while a reader is marked drained
-//! are reported at once, so nothing is missed.
+//! after the task is woken asks the reactor first, which knows whether
+//! anything came since. A read after one that returned bytes still tries the
+//! socket at once (under load the next frame is often there already). So a
+//! frame costs its `recvfrom` and at most one `EAGAIN`; on a node thread no
+//! `epoll_ctl` either, as sockets there are registered once, edge-triggered.
 //!
-//! Everything else (writes, `shutdown`, addresses) goes straight to the
-//! socket, as before.
+//! Everything else (`shutdown`, addresses) goes straight to the socket.
 
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use async_io::Async;
 use async_std::net::ToSocketAddrs;
 use futures::{AsyncRead, AsyncWrite};
+
+use super::reactor::Registered;
 
 /// A connected socket. Clones share the socket (a reader and a writer task
 /// each hold one); each clone tracks its own reads.
 #[derive(Debug)]
 pub struct TcpStream {
-    io: Arc<Async<std::net::TcpStream>>,
+    io: Arc<Registered<std::net::TcpStream>>,
     /// The last read on this handle found the socket empty: the next one
     /// waits for readiness first.
     drained: AtomicBool,
@@ -55,26 +53,22 @@ impl Clone for TcpStream {
 impl TcpStream {
     /// Connects to the first address of `addr` that answers.
     pub async fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<TcpStream> {
-        TcpStream::from_async_std(async_std::net::TcpStream::connect(addr).await?)
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+        for target in addr.to_socket_addrs().await? {
+            match connect_to(None, target).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
     }
 
-    /// A socket already registered with the reactor.
-    pub(super) fn from_async(io: Async<std::net::TcpStream>) -> TcpStream {
+    /// Takes over a connected socket in non-blocking mode.
+    fn from_nonblocking(tcp: std::net::TcpStream) -> TcpStream {
         TcpStream {
-            io: Arc::new(io),
+            io: Arc::new(Registered::new(tcp)),
             drained: AtomicBool::new(false),
         }
-    }
-
-    /// Takes over a connected (blocking or not) socket.
-    fn from_std(tcp: std::net::TcpStream) -> io::Result<TcpStream> {
-        Ok(TcpStream::from_async(Async::new(tcp)?))
-    }
-
-    /// Takes over a socket async-std accepted or connected (which must hold
-    /// no other handle on it).
-    fn from_async_std(tcp: async_std::net::TcpStream) -> io::Result<TcpStream> {
-        TcpStream::from_std(std::net::TcpStream::try_from(tcp)?)
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -96,7 +90,71 @@ impl TcpStream {
     /// Reads without taking: waits until at least one byte (or the end) is
     /// there.
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read_with(|tcp| tcp.peek(buf)).await
+        futures::future::poll_fn(|cx| loop {
+            self.io.clear_read_ready();
+            match self.io.get_ref().peek(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_read_ready(cx))?;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        })
+        .await
+    }
+
+    /// Writes with `write` until the socket takes some of `bufs`.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        mut write: impl FnMut(&std::net::TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            self.io.clear_write_ready();
+            match write(self.io.get_ref()) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_write_ready(cx))?;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+/// Connects to `target` from the local IP `from` (any port; `None`, an
+/// unspecified IP or one of the other family lets the kernel choose).
+pub(super) async fn connect_to(from: Option<IpAddr>, target: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if let Some(ip) = from.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == target.is_ipv4()) {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.set_nonblocking(true)?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(err) => return Err(err),
+    }
+    let stream = TcpStream::from_nonblocking(std::net::TcpStream::from(socket));
+    loop {
+        futures::future::poll_fn(|cx| stream.io.poll_write_ready(cx)).await?;
+        if let Some(err) = stream.io.get_ref().take_error()? {
+            return Err(err);
+        }
+        // Connected once it has a peer (a failed connect has none either,
+        // but leaves its error, taken above).
+        match stream.peer_addr() {
+            Ok(_) => return Ok(stream),
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => {}
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -115,7 +173,9 @@ impl AsyncRead for &TcpStream {
         let this: &TcpStream = self.get_mut();
         loop {
             if this.drained.load(Ordering::Relaxed) {
-                ready!(this.io.poll_readable(cx))?;
+                ready!(this.io.poll_read_ready(cx))?;
+            } else {
+                this.io.clear_read_ready();
             }
             match this.io.get_ref().read(buf) {
                 Ok(n) => {
@@ -138,27 +198,27 @@ impl AsyncWrite for &TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.io).poll_write(cx, buf)
+        self.poll_write_with(cx, |mut tcp| tcp.write(buf))
     }
 
-    /// One `writev`, as the socket does: the default would write only the
-    /// first buffer, and rustls hands its records over as several (a TLS
-    /// 1.3 client's last-gasp alert follows a change-cipher-spec record in
-    /// the same single write attempt, and was lost).
+    /// One `writev` of every buffer: the default would write only the
+    /// first, and rustls hands its records over as several (a TLS 1.3
+    /// client's last-gasp alert follows a change-cipher-spec record in the
+    /// same single write attempt, and was lost).
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut &*self.io).poll_write_vectored(cx, bufs)
+        self.poll_write_with(cx, |mut tcp| tcp.write_vectored(bufs))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut &*self.io).poll_close(cx)
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.io.get_ref().shutdown(Shutdown::Write))
     }
 }
 
@@ -217,23 +277,46 @@ io_through_shared_ref!(TcpStream);
 /// A listening socket whose accepted connections are [`TcpStream`]s.
 #[derive(Debug)]
 pub struct TcpListener {
-    inner: async_std::net::TcpListener,
+    io: Registered<std::net::TcpListener>,
 }
 
 impl TcpListener {
     pub async fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<TcpListener> {
-        Ok(TcpListener {
-            inner: async_std::net::TcpListener::bind(addr).await?,
-        })
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to listen on");
+        for target in addr.to_socket_addrs().await? {
+            match std::net::TcpListener::bind(target) {
+                Ok(listener) => {
+                    listener.set_nonblocking(true)?;
+                    return Ok(TcpListener {
+                        io: Registered::new(listener),
+                    });
+                }
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
     }
 
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (tcp, from) = self.inner.accept().await?;
-        Ok((TcpStream::from_async_std(tcp)?, from))
+        futures::future::poll_fn(|cx| loop {
+            self.io.clear_read_ready();
+            match self.io.get_ref().accept() {
+                Ok((tcp, from)) => {
+                    tcp.set_nonblocking(true)?;
+                    return Poll::Ready(Ok((TcpStream::from_nonblocking(tcp), from)));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_read_ready(cx))?;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        })
+        .await
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.io.get_ref().local_addr()
     }
 }
 

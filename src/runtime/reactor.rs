@@ -330,7 +330,22 @@ struct Readiness {
     writer: AtomicWaker,
 }
 
+/// Which way a waiter waits.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
 impl Readiness {
+    /// The edge flag and the waiter of one direction.
+    fn edge(&self, direction: Direction) -> (&AtomicBool, &AtomicWaker) {
+        match direction {
+            Direction::Read => (&self.read_ready, &self.reader),
+            Direction::Write => (&self.write_ready, &self.writer),
+        }
+    }
+
     fn report(&self, flags: u32) {
         let broken = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
         if broken || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
@@ -353,12 +368,8 @@ struct Source {
 }
 
 impl Source {
-    fn poll_ready(
-        &self,
-        cx: &mut Context<'_>,
-        flag: &AtomicBool,
-        waiter: &AtomicWaker,
-    ) -> Poll<io::Result<()>> {
+    fn poll_ready(&self, cx: &mut Context<'_>, direction: Direction) -> Poll<io::Result<()>> {
+        let (flag, waiter) = self.readiness.edge(direction);
         if flag.swap(false, Ordering::SeqCst) {
             return Poll::Ready(Ok(()));
         }
@@ -437,36 +448,37 @@ impl<T: AsFd> Registered<T> {
     }
 
     pub fn clear_read_ready(&self) {
-        if let Some(Watch::Node(source)) = self.watch.get() {
-            source.readiness.read_ready.store(false, Ordering::SeqCst);
-        }
+        self.clear_ready(Direction::Read);
     }
 
     pub fn clear_write_ready(&self) {
-        if let Some(Watch::Node(source)) = self.watch.get() {
-            source.readiness.write_ready.store(false, Ordering::SeqCst);
-        }
+        self.clear_ready(Direction::Write);
     }
 
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.watch() {
-            Watch::Node(source) => {
-                let readiness = &source.readiness;
-                source.poll_ready(cx, &readiness.read_ready, &readiness.reader)
-            }
-            Watch::AsyncIo(watched) => watched.poll_readable(cx),
-            Watch::Failed(kind, why) => Poll::Ready(Err(io::Error::new(*kind, why.clone()))),
-        }
+        self.poll_ready(cx, Direction::Read)
     }
 
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.watch() {
-            Watch::Node(source) => {
-                let readiness = &source.readiness;
-                source.poll_ready(cx, &readiness.write_ready, &readiness.writer)
-            }
-            Watch::AsyncIo(watched) => watched.poll_writable(cx),
-            Watch::Failed(kind, why) => Poll::Ready(Err(io::Error::new(*kind, why.clone()))),
+        self.poll_ready(cx, Direction::Write)
+    }
+
+    fn clear_ready(&self, direction: Direction) {
+        if let Some(Watch::Node(source)) = self.watch.get() {
+            source
+                .readiness
+                .edge(direction)
+                .0
+                .store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>, direction: Direction) -> Poll<io::Result<()>> {
+        match (self.watch(), direction) {
+            (Watch::Node(source), _) => source.poll_ready(cx, direction),
+            (Watch::AsyncIo(watched), Direction::Read) => watched.poll_readable(cx),
+            (Watch::AsyncIo(watched), Direction::Write) => watched.poll_writable(cx),
+            (Watch::Failed(kind, why), _) => Poll::Ready(Err(io::Error::new(*kind, why.clone()))),
         }
     }
 }

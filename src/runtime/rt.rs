@@ -3,7 +3,9 @@
 //! async-std is the requested runtime but is discontinued upstream; everything
 //! else in the crate reaches it through these re-exports and helpers (and
 //! [`super::tcp`], its sockets), so moving to another runtime (smol, say)
-//! touches these two files only.
+//! touches these two files only. Node threads wait for I/O and time in a
+//! reactor of their own ([`super::reactor`]), which falls back to async-io
+//! off them.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -79,7 +81,7 @@ impl<T> Drop for JoinHandle<T> {
 
 /// Starts a node thread named `name`: it runs `main` (made on the thread)
 /// and every task spawned from it on one executor of its own, and waits for
-/// I/O in the reactor itself.
+/// I/O and timers in a reactor of its own ([`super::reactor`]).
 ///
 /// Why: a node's hot path is a chain of tasks (a client's reader, the core,
 /// the writers); on a pool of threads each link of the chain is a wake-up
@@ -155,11 +157,13 @@ pub async fn connect_from(from: Option<IpAddr>, addr: &str) -> io::Result<TcpStr
 /// A deadline that a loop pushes later on every step (a link's silence
 /// limit, moved on by every frame) without touching the reactor each time.
 ///
-/// Why: arming a timer queues an operation for the reactor and wakes
-/// whichever thread waits in `epoll`, so a timeout per frame costs a
-/// wake-up of another thread per frame. Here moving the deadline is a plain
-/// store; the one armed timer fires at the old deadline, sees the new one
-/// and re-arms for it, so the reactor is touched about once per period.
+/// Why: off a node thread, arming a timer queues an operation for
+/// async-io's reactor and wakes whichever thread waits in `epoll`, so a
+/// timeout per frame costs a wake-up of another thread per frame; on a node
+/// thread it is a remove and an insert in the timer map. Here moving the
+/// deadline is a plain store; the one armed timer fires at the old
+/// deadline, sees the new one and re-arms for it, so the timer is touched
+/// about once per period.
 pub struct Watchdog {
     deadline: std::time::Instant,
     /// When the armed timer fires: at or before `deadline`.

@@ -336,6 +336,53 @@ mod tests {
     use super::*;
     use crate::runtime::rt;
 
+    /// On a node thread (its own edge-triggered reactor), a writer that
+    /// filled the socket waits and resumes when the far end drains it, and
+    /// a reader waits for bytes that come later; the listener was bound off
+    /// the node thread and accepts on it.
+    #[test]
+    fn on_a_node_thread_a_full_socket_and_an_empty_one_both_wake_their_tasks() {
+        // More than both socket buffers hold (loopback: up to 4 + 6 MiB).
+        const TOTAL: usize = 32 << 20;
+        let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let far = std::thread::spawn(move || {
+            let mut far = std::net::TcpStream::connect(addr).unwrap();
+            far.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            // Let the node's writer fill both socket buffers first.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let mut got = 0;
+            let mut buf = vec![0u8; 1 << 16];
+            while got < TOTAL {
+                let n = far.read(&mut buf).unwrap();
+                assert!(n > 0, "the stream ended after {got} bytes");
+                got += n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            far.write_all(b"done").unwrap();
+            far
+        });
+        let (report, result) = std::sync::mpsc::channel();
+        let node = rt::spawn_node_thread("test-node", move || async move {
+            let run = async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut writer = tcp.clone();
+                writer.write_all(&vec![5u8; TOTAL]).await.unwrap();
+                let mut reader = tcp;
+                let mut word = [0u8; 4];
+                reader.read_exact(&mut word).await.unwrap();
+                word
+            };
+            let got = rt::timeout(std::time::Duration::from_secs(30), run).await;
+            report.send(got).unwrap();
+        })
+        .unwrap();
+        node.join().unwrap();
+        assert_eq!(result.recv().unwrap(), Some(*b"done"));
+        drop(far.join().unwrap());
+    }
+
     /// A vectored write goes out as one `writev` of every buffer (rustls
     /// relies on it for its last-gasp alert).
     #[test]

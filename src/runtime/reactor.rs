@@ -107,6 +107,7 @@ impl Reactor {
             // Unknown at first: the first wait tries the socket.
             read_ready: AtomicBool::new(true),
             write_ready: AtomicBool::new(true),
+            read_closed: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
         });
@@ -326,6 +327,10 @@ pub fn block_on<F: Future>(reactor: Arc<Reactor>, future: F) -> io::Result<F::Ou
 struct Readiness {
     read_ready: AtomicBool,
     write_ready: AtomicBool,
+    /// The peer closed its side, or the socket failed (sticky): a read
+    /// that returned fewer bytes than asked does not show that nothing is
+    /// left, as the end (or the error) is still to be read.
+    read_closed: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,
 }
@@ -348,6 +353,9 @@ impl Readiness {
 
     fn report(&self, flags: u32) {
         let broken = flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+        if broken || flags & libc::EPOLLRDHUP as u32 != 0 {
+            self.read_closed.store(true, Ordering::SeqCst);
+        }
         if broken || flags & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
             self.read_ready.store(true, Ordering::SeqCst);
             self.reader.wake();
@@ -461,6 +469,25 @@ impl<T: AsFd> Registered<T> {
 
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_ready(cx, Direction::Write)
+    }
+
+    /// Whether a read that returned `got` bytes of `asked` left the
+    /// descriptor empty, so the next read may wait for an edge instead of
+    /// trying it (and finding `EAGAIN`).
+    ///
+    /// On a node reactor, a short read took everything there was: bytes
+    /// that come later raise an edge after the clear that preceded the
+    /// read. Not so once the peer closed (the end is still to be read, and
+    /// its edge may have been taken already), nor for an empty read or
+    /// one that filled the buffer, nor with async-io (where waiting costs
+    /// an `epoll_ctl` and a pass of its reactor, more than the `EAGAIN`).
+    pub fn short_read_drained(&self, got: usize, asked: usize) -> bool {
+        match self.watch.get() {
+            Some(Watch::Node(source)) => {
+                got > 0 && got < asked && !source.readiness.read_closed.load(Ordering::SeqCst)
+            }
+            _ => false,
+        }
     }
 
     fn clear_ready(&self, direction: Direction) {

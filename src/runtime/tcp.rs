@@ -179,7 +179,8 @@ impl AsyncRead for &TcpStream {
             }
             match this.io.get_ref().read(buf) {
                 Ok(n) => {
-                    this.drained.store(false, Ordering::Relaxed);
+                    let drained = this.io.short_read_drained(n, buf.len());
+                    this.drained.store(drained, Ordering::Relaxed);
                     return Poll::Ready(Ok(n));
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -380,6 +381,58 @@ mod tests {
         .unwrap();
         node.join().unwrap();
         assert_eq!(result.recv().unwrap(), Some(*b"done"));
+        drop(far.join().unwrap());
+    }
+
+    /// On a node thread a short read marks the reader drained (no `EAGAIN`
+    /// read needed), and what comes after still wakes it; the end of the
+    /// stream that came with the last bytes is still read, not waited for.
+    #[test]
+    fn on_a_node_thread_a_short_read_drains_but_loses_neither_bytes_nor_the_end() {
+        let listener = rt::block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let far = std::thread::spawn(move || {
+            let mut far = std::net::TcpStream::connect(addr).unwrap();
+            // The reader waits first (and so is registered).
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            far.write_all(b"one").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            far.write_all(b"two").unwrap();
+            // The last bytes and the end together.
+            far.write_all(b"three").unwrap();
+            far.shutdown(Shutdown::Write).unwrap();
+            far
+        });
+        let (report, result) = std::sync::mpsc::channel();
+        let node = rt::spawn_node_thread("test-node", move || async move {
+            let run = async {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 64];
+                let mut got = Vec::new();
+                let mut drained_after_short = 0;
+                loop {
+                    let n = tcp.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if tcp.drained.load(Ordering::Relaxed) {
+                        drained_after_short += 1;
+                    }
+                }
+                (got, drained_after_short)
+            };
+            let got = rt::timeout(std::time::Duration::from_secs(30), run).await;
+            report.send(got).unwrap();
+        })
+        .unwrap();
+        node.join().unwrap();
+        let (got, drained_after_short) = result.recv().unwrap().expect("the reader hung");
+        assert_eq!(got, b"onetwothree");
+        assert!(
+            drained_after_short >= 1,
+            "no short read marked the reader drained"
+        );
         drop(far.join().unwrap());
     }
 

@@ -13,8 +13,12 @@
 //! after the task is woken asks the reactor first, which knows whether
 //! anything came since. A read after one that returned bytes still tries the
 //! socket at once (under load the next frame is often there already). So a
-//! frame costs its `recvfrom` and at most one `EAGAIN`; on a node thread no
-//! `epoll_ctl` either, as sockets there are registered once, edge-triggered.
+//! frame costs its `recvfrom` and at most one `EAGAIN`. On a node thread,
+//! where sockets are registered once, edge-triggered, there is no
+//! `epoll_ctl`, and a read that returned fewer bytes than asked took all
+//! there was, so it marks the reader drained too and the `EAGAIN` is saved
+//! (bytes that come later raise an edge; see
+//! [`Registered::short_read_drained`]).
 //!
 //! Everything else (`shutdown`, addresses) goes straight to the socket.
 

@@ -337,7 +337,7 @@ struct Readiness {
 
 /// Which way a waiter waits.
 #[derive(Clone, Copy)]
-enum Direction {
+pub enum Direction {
     Read,
     Write,
 }
@@ -459,10 +459,6 @@ impl<T: AsFd> Registered<T> {
         self.clear_ready(Direction::Read);
     }
 
-    pub fn clear_write_ready(&self) {
-        self.clear_ready(Direction::Write);
-    }
-
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_ready(cx, Direction::Read)
     }
@@ -487,6 +483,28 @@ impl<T: AsFd> Registered<T> {
                 got > 0 && got < asked && !source.readiness.read_closed.load(Ordering::SeqCst)
             }
             _ => false,
+        }
+    }
+
+    /// Runs `op` (a read, write or accept on the descriptor) until it
+    /// does not find it busy, waiting for readiness in `direction` between
+    /// tries, as the protocol above says.
+    pub fn poll_io<R>(
+        &self,
+        cx: &mut Context<'_>,
+        direction: Direction,
+        mut op: impl FnMut(&T) -> io::Result<R>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            self.clear_ready(direction);
+            match op(&self.io) {
+                Ok(done) => return Poll::Ready(Ok(done)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.poll_ready(cx, direction))?;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
         }
     }
 
@@ -668,19 +686,11 @@ mod tests {
                     far
                 });
                 let mut buf = [0u8; 8];
-                let n = futures::future::poll_fn(|cx| loop {
-                    near.clear_read_ready();
-                    match near.get_ref().read(&mut buf) {
-                        Ok(n) => return Poll::Ready(n),
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                            if near.poll_read_ready(cx).is_pending() {
-                                return Poll::Pending;
-                            }
-                        }
-                        Err(err) => panic!("{err}"),
-                    }
+                let n = futures::future::poll_fn(|cx| {
+                    near.poll_io(cx, Direction::Read, |mut near_end| near_end.read(&mut buf))
                 })
-                .await;
+                .await
+                .unwrap();
                 let far = writer.join().unwrap();
                 drop(far);
                 (buf[..n].to_vec(), near.get_ref().read(&mut buf).unwrap())

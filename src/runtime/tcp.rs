@@ -33,7 +33,7 @@ use std::task::{ready, Context, Poll};
 use async_std::net::ToSocketAddrs;
 use futures::{AsyncRead, AsyncWrite};
 
-use super::reactor::Registered;
+use super::reactor::{Direction, Registered};
 
 /// A connected socket. Clones share the socket (a reader and a writer task
 /// each hold one); each clone tracks its own reads.
@@ -94,37 +94,8 @@ impl TcpStream {
     /// Reads without taking: waits until at least one byte (or the end) is
     /// there.
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        futures::future::poll_fn(|cx| loop {
-            self.io.clear_read_ready();
-            match self.io.get_ref().peek(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.poll_read_ready(cx))?;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        })
-        .await
-    }
-
-    /// Writes with `write` until the socket takes some of `bufs`.
-    fn poll_write_with(
-        &self,
-        cx: &mut Context<'_>,
-        mut write: impl FnMut(&std::net::TcpStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            self.io.clear_write_ready();
-            match write(self.io.get_ref()) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.poll_write_ready(cx))?;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
+        futures::future::poll_fn(|cx| self.io.poll_io(cx, Direction::Read, |tcp| tcp.peek(buf)))
+            .await
     }
 }
 
@@ -203,7 +174,8 @@ impl AsyncWrite for &TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |mut tcp| tcp.write(buf))
+        self.io
+            .poll_io(cx, Direction::Write, |mut tcp| tcp.write(buf))
     }
 
     /// One `writev` of every buffer: the default would write only the
@@ -215,7 +187,8 @@ impl AsyncWrite for &TcpStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_write_with(cx, |mut tcp| tcp.write_vectored(bufs))
+        self.io
+            .poll_io(cx, Direction::Write, |mut tcp| tcp.write_vectored(bufs))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -303,21 +276,13 @@ impl TcpListener {
     }
 
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        futures::future::poll_fn(|cx| loop {
-            self.io.clear_read_ready();
-            match self.io.get_ref().accept() {
-                Ok((tcp, from)) => {
-                    tcp.set_nonblocking(true)?;
-                    return Poll::Ready(Ok((TcpStream::from_nonblocking(tcp), from)));
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.io.poll_read_ready(cx))?;
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Poll::Ready(Err(err)),
-            }
+        let (tcp, from) = futures::future::poll_fn(|cx| {
+            self.io
+                .poll_io(cx, Direction::Read, std::net::TcpListener::accept)
         })
-        .await
+        .await?;
+        tcp.set_nonblocking(true)?;
+        Ok((TcpStream::from_nonblocking(tcp), from))
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -13,9 +13,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cut::{require_iptables, Cut};
 use common::*;
 use doozer::codec::client::{Request, Verb};
 use doozer::codec::peer::{encode_hello, encode_peer_frame, Hello, MAGIC, PROTOCOL_VERSION};
@@ -344,76 +344,6 @@ fn a_node_with_another_peer_key_cannot_join() {
 // ---------------------------------------------------------------------------
 // Partitions
 
-/// iptables rules that cut one loopback IP off from every other, removed
-/// when dropped.
-struct Cut {
-    ip: String,
-    tag: String,
-}
-
-fn iptables(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("iptables").args(args).output().map_err(|e| {
-        format!("iptables: {e} (install it: apt-get install -y iptables; run as root)")
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("iptables {args:?}: {}", text(&out.stderr)))
-    }
-}
-
-impl Cut {
-    fn rules(&self) -> [[&str; 8]; 2] {
-        [
-            [
-                "INPUT",
-                "-s",
-                &self.ip,
-                "-m",
-                "comment",
-                "--comment",
-                &self.tag,
-                "-j",
-            ],
-            [
-                "INPUT",
-                "-d",
-                &self.ip,
-                "-m",
-                "comment",
-                "--comment",
-                &self.tag,
-                "-j",
-            ],
-        ]
-    }
-
-    fn new(ip: &str) -> Cut {
-        let cut = Cut {
-            ip: ip.to_string(),
-            tag: format!("doozer-test-{}", std::process::id()),
-        };
-        for rule in cut.rules() {
-            let mut args = vec!["-I"];
-            args.extend(rule);
-            args.push("DROP");
-            iptables(&args).unwrap();
-        }
-        cut
-    }
-}
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        for rule in self.rules() {
-            let mut args = vec!["-D"];
-            args.extend(rule);
-            args.push("DROP");
-            let _ = iptables(&args);
-        }
-    }
-}
-
 /// Cuts node `i` off for `secs`, with writes going on through `writer`, then
 /// heals and returns how long after the heal node `i` had every write acked
 /// before the heal and took a write of its own.
@@ -465,7 +395,7 @@ fn leader_index(bed: &Bed) -> usize {
 /// follower) is caught up and takes a write soon after the heal.
 #[test]
 fn a_healed_partition_takes_writes_within_a_second() {
-    iptables(&["-L", "INPUT", "-n"]).expect("this test needs iptables and root");
+    require_iptables();
     let bed = Bed::start(
         "peer-partition",
         &[("DOOZER_RWSECRET", SECRET)],

@@ -2,6 +2,8 @@
 //! client/peer listener (`accept_loop`) of another "node" whose core is
 //! replaced by the test reading its inbox.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +24,8 @@ use doozer::runtime::client_conn::{accept_loop, ClientContext};
 use doozer::runtime::conn::Conn;
 use doozer::runtime::event_loop::{Control, ControlSender, Inbox, NodeStatus, Queued};
 use doozer::runtime::peer_link::{
-    self as link, PeerIdentity, PeerInbound, PeerLinks, SILENCE_TIMEOUT,
+    self as link, PeerIdentity, PeerInbound, PeerLinks, KEEPALIVE_INTERVAL, SILENCE_TIMEOUT,
+    UNACKED_TIMEOUT,
 };
 use doozer::runtime::rt::{self, TcpListener, TcpStream};
 use doozer::session::{Secrets, SessionLimits};
@@ -324,50 +327,89 @@ fn a_link_redials_after_the_listener_drops_it_and_keeps_the_backlog() {
     });
 }
 
-/// A connection that stays open but carries nothing (a partition: no FIN,
-/// no RST) is dropped once the link hears no keepalive, and redialed.
+/// A link whose listener writes nothing stays up: TCP's acknowledgements
+/// say the path works. Once its bytes go unacknowledged (a partition: no
+/// FIN, no RST, packets dropped), the kernel drops the connection after
+/// [`UNACKED_TIMEOUT`] and the next message goes out on a new one, where
+/// TCP's backed-off retransmission would have brought it seconds after the
+/// heal.
 #[test]
-fn a_silent_link_is_dropped_and_redialed() {
+fn a_quiet_link_stays_up_and_one_whose_bytes_go_unacknowledged_is_redialed() {
+    common::cut::require_iptables();
+    // A net no other test of this file uses: the cut drops all its packets.
+    let ip = format!("127.0.1.{}", 2 + rand_u8() % 250);
     rt::block_on(async {
-        let listener = bind().await;
+        let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mut links = links(1, "c");
         links.send(id(2), &addr, alive(1));
         let (mut conn, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
         let (_, mut opener, _sealer) = accept_as(&mut conn, 2).await;
         assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(1));
-        // This end sends no keepalives and keeps the socket open: the link
-        // gives the connection up, and the next message goes out on a new one.
+        // This end writes nothing, past the silence that closes an inbound
+        // link: the link keeps the connection.
         rt::sleep(SILENCE_TIMEOUT + Duration::from_millis(300)).await;
         links.send(id(2), &addr, alive(2));
-        let (mut again, _) = rt::timeout(WAIT, listener.accept()).await.unwrap().unwrap();
-        let (_, mut opener, mut sealer) = accept_as(&mut again, 2).await;
-        assert_eq!(read_sealed(&mut again, &mut opener).await, alive(2));
-        // The old connection was closed by the link.
-        assert!(closed_by_peer(&mut conn).await);
-        // Keepalives both ways keep this one up past the silence timeout.
-        let writer = again.clone();
-        rt::spawn(async move {
-            let mut writer = writer;
-            for _ in 0..20 {
-                let mut buf = Vec::new();
-                sealer.keepalive(&mut buf);
-                if writer.write_all(&buf).await.is_err() {
-                    return;
-                }
-                rt::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        rt::sleep(SILENCE_TIMEOUT + Duration::from_millis(500)).await;
-        links.send(id(2), &addr, alive(3));
-        assert_eq!(read_sealed(&mut again, &mut opener).await, alive(3));
+        assert_eq!(read_sealed(&mut conn, &mut opener).await, alive(2));
         assert!(
             rt::timeout(Duration::from_millis(50), listener.accept())
                 .await
                 .is_none(),
-            "a live link was redialed"
+            "a quiet link was redialed"
         );
+        // Cut: what the link sends now is never acknowledged.
+        let cut = common::cut::Cut::new(&ip);
+        links.send(id(2), &addr, alive(3));
+        rt::sleep(UNACKED_TIMEOUT + Duration::from_secs(1)).await;
+        drop(cut);
+        links.send(id(2), &addr, alive(4));
+        let (mut again, _) = rt::timeout(WAIT, listener.accept())
+            .await
+            .expect("the link dialed again after the heal")
+            .unwrap();
+        let (_, mut opener, _) = accept_as(&mut again, 2).await;
+        // alive(3) went down with the dropped connection, unless the link
+        // still held it when the connection failed.
+        let mut next = read_sealed(&mut again, &mut opener).await;
+        if next == alive(3) {
+            next = read_sealed(&mut again, &mut opener).await;
+        }
+        assert_eq!(next, alive(4));
     });
+}
+
+/// After the handshake an inbound link writes nothing back (the dialer's
+/// keepalives and TCP's acknowledgements keep both ends sure of the path),
+/// and it stays open as long as the dialer's frames come.
+#[test]
+fn an_inbound_link_writes_nothing_and_stays_while_keepalives_come() {
+    let a = node(1, "c", 1024);
+    rt::block_on(async {
+        let (conn, mut sealer) = authed(3, &a).await;
+        let mut writer = conn.clone();
+        let mut reader = conn.clone();
+        let keepalives = rt::spawn(async move {
+            let mut buf = Vec::new();
+            let stop = Instant::now() + SILENCE_TIMEOUT * 2;
+            while Instant::now() < stop {
+                buf.clear();
+                sealer.keepalive(&mut buf);
+                writer.write_all(&buf).await.unwrap();
+                rt::sleep(KEEPALIVE_INTERVAL).await;
+            }
+            sealer
+        });
+        let mut byte = [0u8; 1];
+        let read = rt::timeout(SILENCE_TIMEOUT * 2, reader.read(&mut byte)).await;
+        assert!(read.is_none(), "the listener wrote or closed: {read:?}");
+        let mut sealer = keepalives.await;
+        let mut writer = conn.clone();
+        writer
+            .write_all(&sealed(&alive(7), &mut sealer))
+            .await
+            .unwrap();
+    });
+    assert_eq!(next_peer(&a.inbox), (id(3), alive(7)));
 }
 
 #[test]
@@ -564,7 +606,11 @@ fn stalled_inbound_links_are_closed_and_bounded_in_bytes() {
         let since = Instant::now();
         assert!(closed_by_peer(&mut first).await);
         let took = since.elapsed();
-        assert!(took < Duration::from_secs(6), "closed after {took:?}");
+        let deadline = SILENCE_TIMEOUT + Duration::from_secs(2);
+        assert!(
+            took < deadline + Duration::from_secs(3),
+            "closed after {took:?}"
+        );
         // Now a frame of that size goes through.
         let (mut third, mut sealer) = authed(5, &a).await;
         let big = big_accept(2 << 20);

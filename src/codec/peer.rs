@@ -5,7 +5,8 @@
 //! listener answers with a [`Challenge`], the dialer with a [`Proof`]
 //! (the handshake of [`super::peer_auth`]), and after it the dialer sends
 //! [`PeerMsg`] frames for as long as the link lives while the listener sends
-//! only keepalives; every frame after the handshake ends with a MAC
+//! nothing (an older doozerd sent keepalives, which dialers still take);
+//! every frame after the handshake ends with a MAC
 //! ([`super::peer_auth::TAG_BYTES`]) and an empty body is a keepalive. Each frame is a 4-byte big-endian length and then the
 //! bincode 2 encoding (`config::standard()`: varints, little endian) of the
 //! message. The length is checked against a cap before anything is allocated

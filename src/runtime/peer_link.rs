@@ -1,10 +1,10 @@
 //! Peer links: the TCP connections between nodes.
 //!
 //! Every node dials each peer it has something to say to; after the
-//! handshake the listener on the other end writes only keepalives. So a pair
-//! of nodes talking both ways holds two connections, each carrying the
-//! messages of one direction, and neither side ever has to decide which of
-//! two crossing dials wins.
+//! handshake the listener on the other end writes nothing. So a pair of
+//! nodes talking both ways holds two connections, each carrying the messages
+//! of one direction, and neither side ever has to decide which of two
+//! crossing dials wins.
 //!
 //! - **Trust**: every link opens with the mutual challenge–response of
 //!   [`peer_auth`] on the cluster's peer key, and every frame after it
@@ -12,12 +12,17 @@
 //!   not proved it holds the key; the dialer also checks that the address
 //!   answers as the node it meant to reach. The core then gets each message
 //!   tagged with the authenticated sender and the connection's source IP.
-//! - **Liveness**: both ends send a keepalive when they have sent nothing for
-//!   [`KEEPALIVE_INTERVAL`], and drop a link that heard nothing for
-//!   [`SILENCE_TIMEOUT`]. A partition leaves a TCP connection that looks open
-//!   but carries nothing until TCP's backed-off retransmission, which can be
+//! - **Liveness**: a partition leaves a TCP connection that looks open but
+//!   carries nothing until TCP's backed-off retransmission, which can be
 //!   tens of seconds after the heal; a dropped link redials instead, within
-//!   [`DIAL_TIMEOUT`] + [`MAX_BACKOFF`] of the path coming back.
+//!   [`DIAL_TIMEOUT`] + [`MAX_BACKOFF`] of the path coming back. The dialer
+//!   sends a keepalive when it has sent nothing for [`KEEPALIVE_INTERVAL`],
+//!   and its kernel drops the connection when what it sent goes
+//!   unacknowledged for [`UNACKED_TIMEOUT`] (`TCP_USER_TIMEOUT`); the
+//!   listener drops one that brought nothing for [`SILENCE_TIMEOUT`]. The
+//!   listener sends no keepalives: TCP's acknowledgements, which the kernel
+//!   sends without waking the node, tell the dialer the path works. That
+//!   halves an idle cluster's keepalives and the wake-ups they cost.
 //! - **Outbound**: [`PeerLinks`] lives on the event loop thread. `send` never
 //!   blocks: it `try_send`s on the link's bounded queue and drops the message
 //!   when the queue is full (consensus retransmits what matters). Each link is
@@ -79,11 +84,14 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
 /// How long the handshake (hello, challenge, proof) may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Each end sends a keepalive when it has written nothing for this long.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
-/// A link that hears nothing (no frame, no keepalive) for this long is
-/// dropped: the dialer redials, the listener closes.
-pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The dialer sends a keepalive when it has written nothing for this long.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// An inbound link that hears nothing (no frame, no keepalive) for this long
+/// is closed.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A dialer's connection whose bytes stay unacknowledged (or unsent behind
+/// a zero window) for this long is dropped by the kernel, and redialed.
+pub const UNACKED_TIMEOUT: Duration = Duration::from_secs(1);
 /// A write that makes no progress for this long (the peer stopped reading)
 /// drops the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,8 +111,9 @@ pub const BACKLOG_TTL: Duration = Duration::from_secs(5);
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Read buffer of an inbound link.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// The listener only ever sends keepalives: any frame larger than one is a
-/// protocol error.
+/// The listener sends nothing after the handshake (a doozerd before this
+/// one sent keepalives, which are still taken): any frame larger than one is
+/// a protocol error.
 const MAX_KEEPALIVE_FRAME: usize = TAG_BYTES;
 
 /// Who this node is on its peer links.
@@ -131,6 +140,9 @@ impl PeerIdentity {
             Some(Err(err)) => return Err((format!("cannot connect: {err}"), false)),
             None => return Err(("cannot connect: timed out".to_string(), false)),
         };
+        if let Err(err) = tcp.set_unacked_timeout(UNACKED_TIMEOUT) {
+            return Err((format!("cannot set TCP_USER_TIMEOUT: {err}"), false));
+        }
         let Some(tls) = &self.tls else {
             return Ok(Conn::plain(tcp));
         };
@@ -660,7 +672,7 @@ impl LinkTask {
             log::info!("peer {} at {}: connected", self.to, self.addr);
             *failing = false;
         }
-        let mut listening: Listening = listen_for_keepalives(reader, opener).boxed().fuse();
+        let mut listening: Listening = watch_for_close(reader, opener).boxed().fuse();
         if let Some(tcp) = stream.plain_tcp() {
             let writer = Arc::new(DirectWriter::new(tcp.clone(), DIRECT_QUEUE_BYTES));
             return self.pump_direct(sealer, writer, listening).await;
@@ -975,20 +987,16 @@ async fn write(writer: &mut Conn, buf: &[u8], mut listening: &mut Listening) -> 
     }
 }
 
-/// Reads what the listener sends on an outbound link — keepalives only — and
-/// completes with the reason when that stops.
-async fn listen_for_keepalives(mut reader: BufReader<Conn>, mut opener: FrameOpener) -> String {
-    let mut watchdog = rt::Watchdog::new(Instant::now() + SILENCE_TIMEOUT);
+/// Reads what the listener sends on an outbound link (nothing, or an older
+/// doozerd's keepalives) and completes with the reason the connection
+/// ended: closed, reset, dropped by the kernel for [`UNACKED_TIMEOUT`], or
+/// sent something it must not.
+async fn watch_for_close(mut reader: BufReader<Conn>, mut opener: FrameOpener) -> String {
     loop {
-        watchdog.set(Instant::now() + SILENCE_TIMEOUT);
-        let frame = watchdog
-            .guard(peer::read_frame(&mut reader, MAX_KEEPALIVE_FRAME))
-            .await;
-        match frame {
-            None => return format!("heard nothing for {SILENCE_TIMEOUT:?}"),
-            Some(Ok(None)) => return "the peer closed the connection".to_string(),
-            Some(Err(err)) => return format!("connection failed: {err}"),
-            Some(Ok(Some(frame))) => match opener.open(&frame) {
+        match peer::read_frame(&mut reader, MAX_KEEPALIVE_FRAME).await {
+            Ok(None) => return "the peer closed the connection".to_string(),
+            Err(err) => return format!("connection failed: {err}"),
+            Ok(Some(frame)) => match opener.open(&frame) {
                 Ok([]) => continue,
                 Ok(_) => return "the peer sent a message on a keepalive-only link".to_string(),
                 Err(err) => return format!("bad frame from the peer: {err}"),
@@ -1072,16 +1080,12 @@ pub async fn serve_inbound(stream: Conn, ctx: &PeerInbound) {
     let reason = match rt::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         None => Some("no handshake in time".to_string()),
         Some(Err(reason)) => Some(reason),
-        Some(Ok((from, sealer, opener))) => {
+        // No sealer: nothing is written back, the dialer learns the path
+        // works from TCP's acknowledgements (see `UNACKED_TIMEOUT`).
+        Some(Ok((from, _, opener))) => {
             log::debug!("peer {from} connected from {addr}");
             let source_ip = source.map(|a| a.ip());
-            let receiving = receive(&mut reader, opener, &from, source_ip, ctx).fuse();
-            let keepalives = send_keepalives(writer, sealer).fuse();
-            futures::pin_mut!(receiving, keepalives);
-            futures::select! {
-                reason = receiving => reason,
-                reason = keepalives => Some(format!("peer {from}: {reason}")),
-            }
+            receive(&mut reader, opener, &from, source_ip, ctx).await
         }
     };
     if let Some(reason) = reason {
@@ -1143,22 +1147,6 @@ pub async fn listen_handshake<R: futures::AsyncRead + Unpin, W: futures::AsyncWr
     }
     let (sealer, opener) = identity.key.listener_link_keys(&transcript);
     Ok((hello.from, sealer, opener))
-}
-
-/// Sends a keepalive every [`KEEPALIVE_INTERVAL`] until a write fails or
-/// stalls; the reason.
-async fn send_keepalives(mut writer: Conn, mut sealer: FrameSealer) -> String {
-    let mut buf = Vec::with_capacity(4 + TAG_BYTES);
-    loop {
-        rt::sleep(KEEPALIVE_INTERVAL).await;
-        buf.clear();
-        sealer.keepalive(&mut buf);
-        match rt::timeout(SILENCE_TIMEOUT, write_flushed(&mut writer, &buf)).await {
-            Some(Ok(())) => {}
-            Some(Err(err)) => return format!("keepalive failed: {err}"),
-            None => return "keepalive stalled (the dialer is not reading)".to_string(),
-        }
-    }
 }
 
 /// Feeds `from`'s messages to the core until the link ends; the reason it

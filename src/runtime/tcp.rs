@@ -91,6 +91,14 @@ impl TcpStream {
         self.io.get_ref().set_nodelay(on)
     }
 
+    /// Has the kernel drop the connection (`ETIMEDOUT`) when bytes it sent
+    /// stay unacknowledged, or unsent behind a zero window, for `timeout`
+    /// (`TCP_USER_TIMEOUT`): a dead path noticed without the far end having
+    /// to write anything.
+    pub fn set_unacked_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        socket2::SockRef::from(self.io.get_ref()).set_tcp_user_timeout(Some(timeout))
+    }
+
     /// Reads without taking: waits until at least one byte (or the end) is
     /// there.
     pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {

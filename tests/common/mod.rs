@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod cut;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -21,8 +21,9 @@
 //!   unacknowledged for [`UNACKED_TIMEOUT`] (`TCP_USER_TIMEOUT`); the
 //!   listener drops one that brought nothing for [`SILENCE_TIMEOUT`]. The
 //!   listener sends no keepalives: TCP's acknowledgements, which the kernel
-//!   sends without waking the node, tell the dialer the path works. That
-//!   halves an idle cluster's keepalives and the wake-ups they cost.
+//!   sends without waking the node, tell the dialer the path works. So an
+//!   idle cluster's only keepalives are on the links that carry nothing
+//!   else, one way, and the listener's end never wakes to write.
 //! - **Outbound**: [`PeerLinks`] lives on the event loop thread. `send` never
 //!   blocks: it `try_send`s on the link's bounded queue and drops the message
 //!   when the queue is full (consensus retransmits what matters). Each link is

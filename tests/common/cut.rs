@@ -1,5 +1,5 @@
-//! Partitions on loopback: iptables rules in the test's own namespace that
-//! drop every packet from and to one 127.x address, so a TCP connection
+//! Partitions on loopback: iptables rules (in the network namespace the
+//! test runs in) that drop every packet from and to one 127.x address, so a TCP connection
 //! looks open but carries nothing (no FIN, no RST) until the rules go.
 
 use std::process::Command;
@@ -12,7 +12,7 @@ pub struct Cut {
 }
 
 /// Runs `iptables ARGS`; why not, if it failed.
-pub fn iptables(args: &[&str]) -> Result<(), String> {
+fn iptables(args: &[&str]) -> Result<(), String> {
     let out = Command::new("iptables").args(args).output().map_err(|e| {
         format!("iptables: {e} (install it: apt-get install -y iptables; run as root)")
     })?;

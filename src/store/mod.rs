@@ -814,6 +814,34 @@ fn apply_in_place(
         )),
         Mutation::Set { path, check, body } => {
             let comps: Vec<&str> = path.components().collect();
+            let event = || Event {
+                rev,
+                path: path.clone(),
+                body: body.clone(),
+                kind: EventKind::Set,
+                error: None,
+            };
+            // Overwriting a file, in one walk: only the file's own rev is
+            // checked (no ancestor is a file, no directory is in the way).
+            if let Some(file) = tree::file_mut(root, &comps) {
+                let Node::File { rev: cur, .. } = file else {
+                    unreachable!("file_mut finds only files")
+                };
+                check_rev(cur.0, *check)?;
+                let old = std::mem::replace(
+                    file,
+                    Node::File {
+                        body: body.clone(),
+                        rev,
+                    },
+                );
+                let undo = Undo {
+                    path: path.clone(),
+                    depth: comps.len(),
+                    old: Some(old),
+                };
+                return Ok((event(), undo));
+            }
             let found = tree::lookup(root, comps.iter().copied());
             // Step 3: a proper ancestor that is a file (the one walk tells).
             if let Lookup::UnderFile = found {
@@ -833,14 +861,7 @@ fn apply_in_place(
                 depth,
                 old,
             };
-            let event = Event {
-                rev,
-                path: path.clone(),
-                body: body.clone(),
-                kind: EventKind::Set,
-                error: None,
-            };
-            Ok((event, undo))
+            Ok((event(), undo))
         }
         Mutation::Del { path, check } => {
             let comps: Vec<&str> = path.components().collect();

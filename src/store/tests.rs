@@ -808,3 +808,44 @@ fn old_revs_are_rebuilt_exactly() {
     s.apply(&set("/a/b/c", -1, "later"));
     assert_eq!(old.digest(), before);
 }
+
+#[test]
+fn file_mut_finds_only_files_and_changes_no_clone() {
+    let s = fixture();
+    let mut root = s.current().root.clone();
+    let kept = root.clone();
+    for (path, found) in [
+        (vec!["f"], true),
+        (vec!["d", "x"], true),
+        (vec!["d"], false),          // a directory
+        (vec!["f", "below"], false), // below a file
+        (vec!["nothing"], false),
+        (vec!["d", "nothing"], false),
+        (vec![], false), // the root
+    ] {
+        assert_eq!(
+            tree::file_mut(&mut root, &path).is_some(),
+            found,
+            "{path:?}"
+        );
+    }
+    let Some(file) = tree::file_mut(&mut root, &["d", "x"]) else {
+        panic!("/d/x is a file")
+    };
+    *file = Node::File {
+        body: b("changed"),
+        rev: Rev(9),
+    };
+    let before = Snapshot {
+        rev: s.rev(),
+        root: kept,
+    };
+    let after = Snapshot { rev: s.rev(), root };
+    assert_eq!(before.entry(&p("/d/x")), s.current().entry(&p("/d/x")));
+    assert_eq!(&before, s.current(), "the clone kept its tree");
+    assert_ne!(&after, s.current());
+    assert!(matches!(
+        after.entry(&p("/d/x")),
+        Entry::File { rev: Rev(9), .. }
+    ));
+}

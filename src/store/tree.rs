@@ -170,6 +170,28 @@ pub(crate) fn lookup<'a, 'p>(
     }
 }
 
+/// The file at `comps` (at least one component), to change in place, found
+/// on one walk down; `None` when no file is there (absent, a directory, or
+/// below a file). Overwriting a file is nearly every write, and a
+/// [`lookup`] and then a [`set`] walk the path twice and search each
+/// directory twice more on the way. The walk makes the directories on the
+/// path unshared (copy on write) even when it returns `None`: their
+/// contents stay the same.
+pub(crate) fn file_mut<'a>(root: &'a mut Dir, comps: &[&str]) -> Option<&'a mut Node> {
+    let (last, parents) = comps.split_last()?;
+    let mut dir = root;
+    for name in parents {
+        match dir.get_mut(name.as_bytes()) {
+            Some(Node::Dir(child)) => dir = child,
+            _ => return None,
+        }
+    }
+    match dir.get_mut(last.as_bytes()) {
+        Some(node @ Node::File { .. }) => Some(node),
+        _ => None,
+    }
+}
+
 /// Puts `leaf` at `comps` (at least one component), creating missing
 /// directories. An ancestor that is a file is replaced by a directory; callers
 /// that must not do that check first (only the forced `/ctl/err` write relies on it).

@@ -813,7 +813,6 @@ fn apply_in_place(
             Undo::nothing(),
         )),
         Mutation::Set { path, check, body } => {
-            let comps: Vec<&str> = path.components().collect();
             let event = || Event {
                 rev,
                 path: path.clone(),
@@ -823,7 +822,7 @@ fn apply_in_place(
             };
             // Overwriting a file, in one walk: only the file's own rev is
             // checked (no ancestor is a file, no directory is in the way).
-            if let Some(file) = tree::file_mut(root, &comps) {
+            if let Some((file, depth)) = tree::file_mut(root, path.components()) {
                 let Node::File { rev: cur, .. } = file else {
                     unreachable!("file_mut finds only files")
                 };
@@ -837,11 +836,12 @@ fn apply_in_place(
                 );
                 let undo = Undo {
                     path: path.clone(),
-                    depth: comps.len(),
+                    depth,
                     old: Some(old),
                 };
                 return Ok((event(), undo));
             }
+            let comps: Vec<&str> = path.components().collect();
             let found = tree::lookup(root, comps.iter().copied());
             // Step 3: a proper ancestor that is a file (the one walk tells).
             if let Lookup::UnderFile = found {

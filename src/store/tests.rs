@@ -823,13 +823,14 @@ fn file_mut_finds_only_files_and_changes_no_clone() {
         (vec!["d", "nothing"], false),
         (vec![], false), // the root
     ] {
+        let depth = path.len();
         assert_eq!(
-            tree::file_mut(&mut root, &path).is_some(),
-            found,
+            tree::file_mut(&mut root, path.clone()).map(|(_, depth)| depth),
+            found.then_some(depth),
             "{path:?}"
         );
     }
-    let Some(file) = tree::file_mut(&mut root, &["d", "x"]) else {
+    let Some((file, _)) = tree::file_mut(&mut root, ["d", "x"]) else {
         panic!("/d/x is a file")
     };
     *file = Node::File {

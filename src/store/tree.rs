@@ -170,24 +170,32 @@ pub(crate) fn lookup<'a, 'p>(
     }
 }
 
-/// The file at `comps` (at least one component), to change in place, found
-/// on one walk down; `None` when no file is there (absent, a directory, or
-/// below a file). Overwriting a file is nearly every write, and a
-/// [`lookup`] and then a [`set`] walk the path twice and search each
-/// directory twice more on the way. The walk makes the directories on the
-/// path unshared (copy on write) even when it returns `None`: their
-/// contents stay the same.
-pub(crate) fn file_mut<'a>(root: &'a mut Dir, comps: &[&str]) -> Option<&'a mut Node> {
-    let (last, parents) = comps.split_last()?;
+/// The file at `comps` (at least one component), to change in place, and
+/// the number of components, found on one walk down; `None` when no file is
+/// there (absent, a directory, or below a file). Overwriting a file is
+/// nearly every write, and a [`lookup`] and then a [`set`] walk the path
+/// twice and search each directory twice more on the way; the components
+/// are taken as they come, with no vector built. The walk makes the
+/// directories on the path unshared (copy on write) even when it returns
+/// `None`: their contents stay the same.
+pub(crate) fn file_mut<'a, 'p>(
+    root: &'a mut Dir,
+    comps: impl IntoIterator<Item = &'p str>,
+) -> Option<(&'a mut Node, usize)> {
+    let mut comps = comps.into_iter();
     let mut dir = root;
-    for name in parents {
+    let mut depth = 1;
+    let mut name = comps.next()?;
+    for next in comps {
         match dir.get_mut(name.as_bytes()) {
             Some(Node::Dir(child)) => dir = child,
             _ => return None,
         }
+        name = next;
+        depth += 1;
     }
-    match dir.get_mut(last.as_bytes()) {
-        Some(node @ Node::File { .. }) => Some(node),
+    match dir.get_mut(name.as_bytes()) {
+        Some(node @ Node::File { .. }) => Some((node, depth)),
         _ => None,
     }
 }

@@ -224,8 +224,28 @@ impl AsRef<str> for Path {
 }
 
 /// A node's identity: 80 random bits as 16 characters of RFC 4648 base32.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(Arc<str>);
+///
+/// Kept as its 16 ASCII characters inline: ids are cloned, compared and
+/// dropped several times per write (the origin of every decree, the sender
+/// of every message, the acknowledgers of every slot), and inline that is
+/// a 16-byte copy and one 128-bit comparison, where a shared string was an
+/// atomic count, an allocation per decoded decree and a `memcmp` call.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct NodeId([u8; NodeId::LEN]);
+
+/// Ordered as the text is: the characters are ASCII, so comparing the 16
+/// bytes as one big-endian number is comparing them in order.
+impl Ord for NodeId {
+    fn cmp(&self, other: &NodeId) -> std::cmp::Ordering {
+        u128::from_be_bytes(self.0).cmp(&u128::from_be_bytes(other.0))
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &NodeId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Default for NodeId {
     /// The all-zero id (used only as a placeholder before a node has one).
@@ -246,13 +266,12 @@ impl NodeId {
         for b in bytes {
             bits = (bits << 8) | u128::from(b);
         }
-        let text: String = (0..16)
-            .map(|i| {
-                let shift = 75 - 5 * i;
-                BASE32_ALPHABET[((bits >> shift) & 31) as usize] as char
-            })
-            .collect();
-        NodeId(Arc::from(text))
+        let mut text = [0u8; NodeId::LEN];
+        for (i, c) in text.iter_mut().enumerate() {
+            let shift = 75 - 5 * i;
+            *c = BASE32_ALPHABET[((bits >> shift) & 31) as usize];
+        }
+        NodeId(text)
     }
 
     /// Accepts any 16-character base32 string (as another node would write it).
@@ -263,23 +282,24 @@ impl NodeId {
             && text
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b));
-        ok.then(|| NodeId(Arc::from(text)))
+        let bytes: [u8; NodeId::LEN] = text.as_bytes().try_into().ok()?;
+        ok.then_some(NodeId(bytes))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("an id is built from base32 characters")
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", &*self.0)
+        write!(f, "NodeId({})", self.as_str())
     }
 }
 
@@ -361,5 +381,33 @@ mod tests {
         assert_eq!(&id.as_str()[..8], "AAAQEAYE");
         assert!(NodeId::parse(id.as_str()).is_some());
         assert!(NodeId::parse("abc").is_none());
+        assert!(
+            NodeId::parse("AAAAAAAAAAAAAAAAA").is_none(),
+            "17 characters"
+        );
+        assert!(NodeId::parse("AAAAAAAAAAAAAAA1").is_none(), "not base32");
+        assert!(NodeId::parse("aaaaaaaaaaaaaaaa").is_none(), "lower case");
+    }
+
+    #[test]
+    fn node_ids_order_as_their_text() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        let mut ids: Vec<NodeId> = (0..2_000)
+            .map(|_| NodeId::from_bytes(rng.random()))
+            .collect();
+        // Ids that share long prefixes, where the order is decided late.
+        ids.extend((0..=255u8).map(|b| NodeId::from_bytes([0, 0, 0, 0, 0, 0, 0, 0, 0, b])));
+        for pair in ids.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert_eq!(a.cmp(b), a.as_str().cmp(b.as_str()), "{a} vs {b}");
+            assert_eq!(a == b, a.as_str() == b.as_str());
+            assert_eq!(NodeId::parse(a.as_str()).as_ref(), Some(a));
+        }
+        let mut by_id = ids.clone();
+        by_id.sort();
+        let mut by_text = ids;
+        by_text.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(by_id, by_text);
     }
 }

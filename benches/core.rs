@@ -28,21 +28,13 @@ use doozer::config::Config;
 use doozer::core::{Command, ConnId, Core, Input, NodeInfo, Outcome, Output, Reply};
 use doozer::types::{Body, NodeId, Path, RevCheck};
 
-/// Writers, each with one SET outstanding.
-const WRITERS: u64 = 256;
-/// Bytes per value.
-const VALUE_BYTES: usize = 64;
+mod shape;
+use shape::{MAX_BATCH, MAX_TURNS, TICK, VALUE_BYTES, WRITERS};
+
 /// Distinct keys written (`/bench/<n>`, as `doozer bench` names them).
 const KEYS: usize = 1000;
-/// Inputs one batch takes at most (the event loop's `MAX_BATCH`).
-const MAX_BATCH: usize = 4096;
-/// Wall time between ticks (the runtime's default `-tick`).
-const TICK: Duration = Duration::from_millis(5);
 /// Writes the smoke test waits to see answered.
 const SMOKE_WRITES: u64 = 600;
-/// Loop turns any phase may take before the harness gives up (bounds every
-/// loop; a healthy run needs a small fraction).
-const MAX_TURNS: u64 = 50_000_000;
 
 /// Three cores and the inputs queued for each.
 struct Cluster {
@@ -239,7 +231,7 @@ impl Writers {
 /// the start time); returns the answered count and the time taken.
 fn run(cluster: &mut Cluster, stop: impl Fn(u64, Instant) -> bool) -> (u64, Duration) {
     let mut writers = Writers::new();
-    for conn in 1..=WRITERS {
+    for conn in 1..=u64::from(WRITERS) {
         let input = writers.request(conn);
         cluster.inboxes[0].push_back(input);
     }

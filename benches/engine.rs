@@ -24,18 +24,11 @@ use std::time::{Duration, Instant};
 use doozer::paxos::{Membership, Msg, Paxos, Settings, Slot, Value};
 use doozer::types::NodeId;
 
-/// Writers, each with one value outstanding.
-const WRITERS: u32 = 256;
-/// Bytes per value.
-const VALUE_BYTES: usize = 64;
-/// Messages one turn takes at most (the event loop's `MAX_BATCH`).
-const MAX_BATCH: usize = 4096;
-/// Wall time between ticks (the runtime's default `-tick`).
-const TICK: Duration = Duration::from_millis(5);
+mod shape;
+use shape::{MAX_BATCH, MAX_TURNS, TICK, VALUE_BYTES, WRITERS};
+
 /// Writes the smoke test waits to see answered.
 const SMOKE_WRITES: u64 = 5_000;
-/// Loop turns any phase may take before the harness gives up.
-const MAX_TURNS: u64 = 50_000_000;
 /// Ticks the election may take before the harness gives up.
 const MAX_ELECTION_TICKS: usize = 10_000;
 

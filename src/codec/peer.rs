@@ -677,38 +677,10 @@ impl Encode for NodeId {
     }
 }
 
-/// Node ids decoded lately on this thread, handed out again instead of a
-/// new allocation each: every decree names its origin, and a cluster has a
-/// handful of nodes. At most [`RECENT_IDS`] are kept (replaced round robin),
-/// so a peer sending many ids costs nothing more than a miss.
-const RECENT_IDS: usize = 16;
-
-thread_local! {
-    static RECENT: std::cell::RefCell<(Vec<NodeId>, usize)> =
-        const { std::cell::RefCell::new((Vec::new(), 0)) };
-}
-
 impl<Ctx> Decode<Ctx> for NodeId {
     fn decode<D: Decoder<Context = Ctx>>(decoder: &mut D) -> Result<Self, DecodeError> {
         decode_bounded_str(decoder, NodeId::LEN, "invalid node id", |text| {
-            let seen = RECENT.with(|recent| {
-                let recent = recent.borrow();
-                recent.0.iter().find(|id| id.as_str() == text).cloned()
-            });
-            if let Some(id) = seen {
-                return Ok(id);
-            }
-            let id = NodeId::parse(text).ok_or(DecodeError::Other("invalid node id"))?;
-            RECENT.with(|recent| {
-                let (ids, next) = &mut *recent.borrow_mut();
-                if ids.len() < RECENT_IDS {
-                    ids.push(id.clone());
-                } else {
-                    ids[*next] = id.clone();
-                    *next = (*next + 1) % RECENT_IDS;
-                }
-            });
-            Ok(id)
+            NodeId::parse(text).ok_or(DecodeError::Other("invalid node id"))
         })
     }
 }

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use futures::{AsyncRead, AsyncWrite};
 use prost::Message;
 
@@ -44,6 +43,7 @@ use crate::codec::client::{
     encode_frame_into, frame_len, ReplyHead, Request, Response, Verb, HEADER_BYTES,
 };
 use crate::runtime::conn::Conn;
+use crate::runtime::rt::Timer;
 
 /// Bytes read from the socket at once (the read buffer's size unless one
 /// reply is larger).
@@ -372,7 +372,8 @@ impl<W: Wire> Driver<W> {
             read_end: 0,
             write: Vec::with_capacity(READ_CHUNK_BYTES),
             written: 0,
-            timer: Timer::never(),
+            // Set before its first poll (`timer_at` is `None`).
+            timer: Timer::at(epoch),
             timer_at: None,
             keepalive,
             last_sent: now,

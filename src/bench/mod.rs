@@ -43,7 +43,7 @@ use crate::client::{
 };
 use crate::codec::client::{frame_len, HEADER_BYTES};
 use crate::runtime::conn::Conn;
-use crate::runtime::rt::{block_on, timeout};
+use crate::runtime::rt::{block_on, block_on_own_reactor, timeout};
 use crate::uri::Uri;
 use driver::{ConnOutcome, DoozerWire, Driver, Keys, Live, Requests, Rng, Wire};
 pub use histogram::Latency;
@@ -667,7 +667,9 @@ where
                 .enumerate()
                 .skip(t)
                 .step_by(threads)
-                .map(|(i, c)| (i, c.clone()))
+                // A handle of its own per connection, so the thread's
+                // reactor watches it (a TLS connection stays on async-io).
+                .map(|(i, c)| (i, c.rehome().unwrap_or_else(|_| c.clone())))
                 .collect();
             let size = cfg.size;
             scope.spawn(move || {
@@ -688,12 +690,23 @@ where
                         )
                     })
                     .collect();
-                let outcomes = block_on(async {
+                let count = drivers.len();
+                let outcomes = block_on_own_reactor(async {
                     let mut outcomes = Vec::new();
                     while let Some(o) = drivers.next().await {
                         outcomes.push(o);
                     }
                     outcomes
+                })
+                .unwrap_or_else(|err| {
+                    let text = format!("the bench thread's reactor failed: {err}");
+                    (0..count)
+                        .map(|_| ConnOutcome {
+                            errors: 1,
+                            first_error: Some(text.clone()),
+                            ..ConnOutcome::default()
+                        })
+                        .collect()
                 });
                 drop(drivers);
                 let hist = Rc::try_unwrap(hist)

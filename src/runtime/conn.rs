@@ -111,6 +111,16 @@ impl Conn {
         })
     }
 
+    /// This connection on a new handle that the next thread to wait on it
+    /// watches ([`TcpStream::rehome`]); a TLS connection stays where it is
+    /// (its session holds the handle it was made on), as a clone.
+    pub fn rehome(&self) -> io::Result<Conn> {
+        match &self.tls {
+            None => Ok(Conn::plain(self.tcp.rehome()?)),
+            Some(_) => Ok(self.clone()),
+        }
+    }
+
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.tcp.shutdown(how)
     }

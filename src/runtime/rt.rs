@@ -27,6 +27,24 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     async_std::task::block_on(future)
 }
 
+/// Runs `future` to completion on the current thread, waiting for I/O and
+/// timers in a reactor of the thread's own, as a node thread does
+/// ([`super::reactor`]): for a thread that drives many sockets itself (the
+/// load generator's), whose every system call is taken from the servers it
+/// measures. Sockets must be first waited on inside `future` to be
+/// watched by that reactor ([`TcpStream::rehome`]); others stay on
+/// async-io and still work. Falls back to [`block_on`] when no reactor can
+/// be made; `Err` if the reactor failed while `future` ran.
+pub fn block_on_own_reactor<F: Future>(future: F) -> io::Result<F::Output> {
+    match Reactor::new() {
+        Ok(reactor) => reactor::block_on(reactor, future),
+        Err(err) => {
+            log::warn!("no reactor of the thread's own ({err}); using async-io's");
+            Ok(block_on(future))
+        }
+    }
+}
+
 thread_local! {
     /// The executor of the node thread this is, if it is one.
     static NODE_EXECUTOR: RefCell<Option<Rc<LocalExecutor<'static>>>> =

@@ -75,6 +75,17 @@ impl TcpStream {
         }
     }
 
+    /// Another handle on this socket, a duplicated descriptor, watched by
+    /// the reactor of whichever thread first waits on it rather than by
+    /// this handle's. A socket dialed on one thread (where the connect and
+    /// any handshake bound it to async-io) can then be served from a
+    /// node reactor ([`super::rt::block_on_own_reactor`]), with no
+    /// `epoll_ctl` per wait and no `EAGAIN` after a short read. Only one of
+    /// the two handles may wait on the socket at a time.
+    pub fn rehome(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream::from_nonblocking(self.io.get_ref().try_clone()?))
+    }
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.io.get_ref().peer_addr()
     }
@@ -477,5 +488,58 @@ mod tests {
                 assert_eq!(got.await.unwrap().unwrap(), 0);
             }
         });
+    }
+
+    /// A socket dialed and read on one thread (so watched by async-io) and
+    /// then rehomed is watched by the reactor of the thread that waits on
+    /// the new handle: a short read there marks it drained, which only a
+    /// node reactor allows, and bytes that come later still wake it. The
+    /// first handle stays usable once the new one is gone.
+    #[test]
+    fn a_rehomed_socket_is_watched_by_the_reactor_of_the_thread_that_waits_on_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let far = std::thread::spawn(move || {
+            let (mut far, _) = listener.accept().unwrap();
+            far.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            let mut word = [0u8; 3];
+            for (send, expect) in [(b"one", b"ack"), (b"two", b"bye"), (b"end", b"fin")] {
+                // The near side waits first, so each word comes as an edge.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                far.write_all(send).unwrap();
+                far.read_exact(&mut word).unwrap();
+                assert_eq!(&word, expect);
+            }
+        });
+        let near = rt::block_on(TcpStream::connect(addr)).unwrap();
+        let exchange = |tcp: TcpStream, reply: &'static [u8]| async move {
+            let mut buf = [0u8; 64];
+            let n = (&tcp).read(&mut buf).await.unwrap();
+            (&tcp).write_all(reply).await.unwrap();
+            (buf[..n].to_vec(), tcp.drained.load(Ordering::Relaxed))
+        };
+        let limit = std::time::Duration::from_secs(30);
+        let (got, drained) =
+            rt::block_on(rt::timeout(limit, exchange(near.clone(), b"ack"))).unwrap();
+        assert_eq!((got.as_slice(), drained), (&b"one"[..], false));
+
+        let moved = near.rehome().unwrap();
+        let (got, drained) = std::thread::spawn(move || {
+            rt::block_on_own_reactor(rt::timeout(limit, exchange(moved, b"bye")))
+                .unwrap()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, b"two");
+        assert!(
+            drained,
+            "the rehomed handle was not watched by its thread's reactor"
+        );
+
+        let (got, _) = rt::block_on(rt::timeout(limit, exchange(near, b"fin"))).unwrap();
+        assert_eq!(got, b"end");
+        far.join().unwrap();
     }
 }
